@@ -1,0 +1,272 @@
+//! **Blocking facades** for code that is not async: a producer and a consumer
+//! usable from a plain `fn main()`.
+//!
+//! Each wraps the async type of the same name and runs it on a private Tokio
+//! runtime with one worker thread, so the connection stays alive (heartbeats)
+//! between calls. Calling them from inside an async runtime is an error
+//! ([`ErrorKind::Usage`](crate::ErrorKind::Usage)); use the async API there.
+//! For a callback-driven consumer on its own thread, see
+//! [`ConsumerThread`](crate::ConsumerThread).
+//!
+//! # Examples
+//!
+//! ```
+//! use std::time::Duration;
+//! use tidings::{AmqpProps, Queue, blocking};
+//!
+//! let props = AmqpProps::from_env()?.with_exchange("doc.blocking", tidings::ExchangeKind::Fanout);
+//! let mut consumer = blocking::Consumer::connect(&props, &Queue::exclusive())?;
+//! let producer = blocking::Producer::connect(&props)?;
+//! producer.send(&"ping")?;
+//!
+//! let delivery = consumer.recv_timeout(Duration::from_secs(5))?.expect("nothing arrived");
+//! assert_eq!(delivery.decode::<String>()?, "ping");
+//! delivery.ack()?;
+//! assert!(consumer.recv_timeout(Duration::from_millis(50))?.is_none());
+//! # Ok::<(), tidings::Error>(())
+//! ```
+
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::runtime::Runtime;
+use tokio_stream::StreamExt;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::producer::Publish;
+use crate::props::AmqpProps;
+use crate::queue::Queue;
+use crate::{Connection, runtime};
+
+/// How long closing may take when a facade is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// **A producer for non-async code**: [`send`](Producer::send) returns when
+/// the broker has confirmed the message.
+pub struct Producer {
+    producer: crate::Producer,
+    conn: Connection,
+    runtime: Runtime,
+}
+
+impl Producer {
+    /// **Connects** with its own connection and declares the exchange.
+    ///
+    /// # Errors
+    ///
+    /// As [`Connection::connect`], and [`ErrorKind::Usage`] inside an async
+    /// runtime.
+    pub fn connect(props: &AmqpProps) -> Result<Self> {
+        let runtime = runtime::new("tidings-producer")?;
+        let (conn, producer) = runtime::block_on(&runtime, async {
+            let conn = Connection::connect(props).await?;
+            let producer = conn.producer().await?;
+            Ok::<_, Error>((conn, producer))
+        })??;
+        Ok(Self {
+            producer,
+            conn,
+            runtime,
+        })
+    }
+
+    /// **Publishes a value and waits for the broker's confirm.**
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Producer::publish_confirmed`].
+    pub fn send<T: Serialize + ?Sized>(&self, value: &T) -> Result<()> {
+        self.send_with(value, &Publish::default())
+    }
+
+    /// **Publishes a value with per-message settings** and waits for the
+    /// broker's confirm.
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Producer::publish_with`], and the confirm's errors.
+    pub fn send_with<T: Serialize + ?Sized>(&self, value: &T, publish: &Publish) -> Result<()> {
+        runtime::block_on(&self.runtime, async {
+            self.producer.publish_with(value, publish).await?.await
+        })?
+    }
+
+    /// The connection underneath, for its instance id and props.
+    #[must_use]
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// **Closes the connection** after the broker confirmed what was sent.
+    ///
+    /// # Errors
+    ///
+    /// As [`Connection::close`].
+    pub fn close(self) -> Result<()> {
+        runtime::block_on(&self.runtime, self.conn.close())?
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        close_quietly(&self.runtime, &self.conn);
+    }
+}
+
+impl fmt::Debug for Producer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("blocking::Producer")
+            .field("connection", &self.conn)
+            .finish_non_exhaustive()
+    }
+}
+
+/// **A consumer for non-async code** that is polled:
+/// [`recv_timeout`](Consumer::recv_timeout) waits for the next delivery.
+pub struct Consumer {
+    consumer: crate::Consumer,
+    conn: Connection,
+    runtime: Arc<Runtime>,
+}
+
+impl Consumer {
+    /// **Connects**, declares and binds `queue`, and starts consuming.
+    ///
+    /// # Errors
+    ///
+    /// As [`Connection::consumer`], and [`ErrorKind::Usage`] inside an
+    /// async runtime.
+    pub fn connect(props: &AmqpProps, queue: &Queue) -> Result<Self> {
+        let runtime = runtime::new("tidings-consumer")?;
+        let (conn, consumer) = runtime::block_on(&runtime, async {
+            let conn = Connection::connect(props).await?;
+            let consumer = conn.consumer(queue).await?;
+            Ok::<_, Error>((conn, consumer))
+        })??;
+        Ok(Self {
+            consumer,
+            conn,
+            runtime: Arc::new(runtime),
+        })
+    }
+
+    /// **Waits up to `timeout` for the next delivery**; `Ok(None)` when none
+    /// came in time.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Closed`] when the consumer was cancelled or its
+    /// connection closed; a delivery the broker sent but lapin could not
+    /// read gives that error, and the next call goes on.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Delivery>> {
+        let next = runtime::block_on(&self.runtime, async {
+            tokio::time::timeout(timeout, self.consumer.next()).await
+        })?;
+        match next {
+            Err(_elapsed) => Ok(None),
+            Ok(None) => Err(Error::new(
+                ErrorKind::Closed,
+                format!(
+                    "the consumer of queue {:?} is closed",
+                    self.consumer.queue()
+                ),
+            )),
+            Ok(Some(delivery)) => Ok(Some(Delivery {
+                inner: delivery?,
+                runtime: self.runtime.clone(),
+            })),
+        }
+    }
+
+    /// The name of the queue consumed.
+    #[must_use]
+    pub fn queue(&self) -> &str {
+        self.consumer.queue()
+    }
+
+    /// **Cancels the consumer and closes the connection**; unsettled
+    /// deliveries go back to the queue.
+    ///
+    /// # Errors
+    ///
+    /// As [`Connection::close`].
+    pub fn close(self) -> Result<()> {
+        runtime::block_on(&self.runtime, self.conn.close())?
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        close_quietly(&self.runtime, &self.conn);
+    }
+}
+
+impl fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("blocking::Consumer")
+            .field("queue", &self.queue())
+            .field("connection", &self.conn)
+            .finish_non_exhaustive()
+    }
+}
+
+/// **A delivery received by a blocking [`Consumer`]**: everything of
+/// [`crate::Delivery`] (through `Deref`), with blocking settlement.
+pub struct Delivery {
+    inner: crate::Delivery,
+    runtime: Arc<Runtime>,
+}
+
+impl Delivery {
+    /// Acknowledges; see [`crate::Delivery::ack`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Delivery::ack`].
+    pub fn ack(&self) -> Result<()> {
+        runtime::block_on(&self.runtime, self.inner.ack())?
+    }
+
+    /// Negatively acknowledges; see [`crate::Delivery::nack`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Delivery::nack`].
+    pub fn nack(&self, requeue: bool) -> Result<()> {
+        runtime::block_on(&self.runtime, self.inner.nack(requeue))?
+    }
+
+    /// Rejects; see [`crate::Delivery::reject`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Delivery::reject`].
+    pub fn reject(&self) -> Result<()> {
+        runtime::block_on(&self.runtime, self.inner.reject())?
+    }
+}
+
+impl Deref for Delivery {
+    type Target = crate::Delivery;
+
+    fn deref(&self) -> &crate::Delivery {
+        &self.inner
+    }
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.inner, f)
+    }
+}
+
+/// Closes a facade's connection before its runtime goes away, so lapin's
+/// I/O thread does not find a runtime shutting down under it.
+fn close_quietly(runtime: &Runtime, conn: &Connection) {
+    if conn.is_connected() && tokio::runtime::Handle::try_current().is_err() {
+        let _ = runtime.block_on(tokio::time::timeout(CLOSE_TIMEOUT, conn.close()));
+    }
+}

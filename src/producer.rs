@@ -1,0 +1,388 @@
+//! `Producer`: publishes any `Serialize` value to the exchange.
+
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Confirmation, PublisherConfirm};
+use serde::Serialize;
+use tracing::trace;
+
+use crate::codec::Codec;
+use crate::connection::{Connection, short};
+use crate::error::{Error, ErrorKind, Result};
+
+/// The header that carries the instance id of the publishing connection.
+pub const ORIGIN_HEADER: &str = "x-origin";
+
+/// **Publishes values to the exchange of the props**, encoded with the props'
+/// codec, with `content-type`, `message-id`, `timestamp`, `app-id` and an
+/// [`x-origin`](ORIGIN_HEADER) header.
+///
+/// A `Producer` is a cheap handle: clones share one channel. With publisher
+/// confirms on (the default of [`Connection::producer`]) each publish returns
+/// a [`Confirm`]: await it to know the broker has the message, or keep
+/// publishing and await later (pipelining), or call
+/// [`wait_for_confirms`](Producer::wait_for_confirms).
+///
+/// # Examples
+///
+/// ```
+/// # async fn example() -> tidings::Result<()> {
+/// use tidings::{AmqpProps, Connection, Publish};
+///
+/// let props = AmqpProps::from_env()?.with_exchange("doc.producer", tidings::ExchangeKind::Topic);
+/// let conn = Connection::connect(&props).await?;
+/// let producer = conn.producer().await?;
+///
+/// // One at a time: returns when the broker has confirmed.
+/// producer.publish_confirmed(&vec![1, 2, 3]).await?;
+///
+/// // Pipelined: publish many, then wait for all confirms.
+/// for i in 0..100u32 {
+///     producer.publish_with(&i, &Publish::new().routing_key("numbers.small")).await?;
+/// }
+/// producer.wait_for_confirms().await?;
+/// # conn.close().await?;
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(example()).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct Producer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    channel: lapin::Channel,
+    exchange: ShortString,
+    codec: Arc<dyn Codec>,
+    content_type: ShortString,
+    app_id: ShortString,
+    origin: AMQPValue,
+    instance_id: String,
+    sequence: AtomicU64,
+    confirms: bool,
+}
+
+/// **How to publish one message**: routing key, extra headers, persistence,
+/// and the rest of the per-message settings. The default publishes with the
+/// empty routing key, transient, not mandatory.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use tidings::Publish;
+///
+/// let publish = Publish::new()
+///     .routing_key("orders.placed")
+///     .header("tenant", "acme")
+///     .persistent(true)
+///     .mandatory(true)
+///     .expiration(Duration::from_secs(60));
+/// assert_eq!(publish.get_routing_key(), "orders.placed");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Publish {
+    routing_key: String,
+    headers: Vec<(String, String)>,
+    persistent: bool,
+    mandatory: bool,
+    message_id: Option<String>,
+    expiration: Option<Duration>,
+    to_queue: bool,
+}
+
+impl Publish {
+    /// The defaults: empty routing key, no extra headers, transient.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// **Sends to one named queue** through the default exchange (point to
+    /// point), bypassing the exchange of the props.
+    #[must_use]
+    pub fn to_queue(queue: impl Into<String>) -> Self {
+        Self {
+            routing_key: queue.into(),
+            to_queue: true,
+            ..Self::default()
+        }
+    }
+
+    /// Sets the routing key (default empty).
+    #[must_use]
+    pub fn routing_key(mut self, key: impl Into<String>) -> Self {
+        self.routing_key = key.into();
+        self
+    }
+
+    /// Adds a string header.
+    #[must_use]
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Asks the broker to write the message to disk (delivery mode 2) so it
+    /// survives a broker restart in a durable queue.
+    #[must_use]
+    pub fn persistent(mut self, persistent: bool) -> Self {
+        self.persistent = persistent;
+        self
+    }
+
+    /// Asks the broker to return the message if no queue is bound to its
+    /// routing key; with confirms, the [`Confirm`] then fails with
+    /// [`ErrorKind::Unroutable`].
+    #[must_use]
+    pub fn mandatory(mut self, mandatory: bool) -> Self {
+        self.mandatory = mandatory;
+        self
+    }
+
+    /// Uses this message id instead of a generated one.
+    #[must_use]
+    pub fn message_id(mut self, id: impl Into<String>) -> Self {
+        self.message_id = Some(id.into());
+        self
+    }
+
+    /// Lets the broker drop the message if it waits in a queue longer than
+    /// this.
+    #[must_use]
+    pub fn expiration(mut self, ttl: Duration) -> Self {
+        self.expiration = Some(ttl);
+        self
+    }
+
+    /// The routing key.
+    #[must_use]
+    pub fn get_routing_key(&self) -> &str {
+        &self.routing_key
+    }
+}
+
+impl Producer {
+    pub(crate) async fn open(conn: &Connection, confirms: bool) -> Result<Self> {
+        let channel = conn.channel().await?;
+        if confirms {
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(|e| Error::amqp("turning on publisher confirms", e))?;
+        }
+        let props = conn.props();
+        let codec = props.codec().clone();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                channel,
+                exchange: short(props.exchange())?,
+                content_type: short(codec.content_type())?,
+                codec,
+                app_id: short(props.connection_name().unwrap_or("tidings"))?,
+                origin: AMQPValue::LongString(conn.instance_id().into()),
+                instance_id: conn.instance_id().to_owned(),
+                sequence: AtomicU64::new(0),
+                confirms,
+            }),
+        })
+    }
+
+    /// **Publishes a value** with the default [`Publish`] settings.
+    ///
+    /// Returns once the message is handed to the connection; the returned
+    /// [`Confirm`] resolves when the broker has it.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Encode`] when the value cannot be encoded,
+    /// [`ErrorKind::Closed`] when the channel or connection is closed.
+    pub async fn publish<T: Serialize + ?Sized>(&self, value: &T) -> Result<Confirm> {
+        self.publish_with(value, &Publish::default()).await
+    }
+
+    /// **Publishes a value and waits for the broker's confirm.**
+    ///
+    /// # Errors
+    ///
+    /// As [`publish`](Producer::publish), and [`ErrorKind::Nacked`] when the
+    /// broker refused the message.
+    pub async fn publish_confirmed<T: Serialize + ?Sized>(&self, value: &T) -> Result<()> {
+        self.publish(value).await?.await
+    }
+
+    /// **Publishes a value with per-message settings.**
+    ///
+    /// # Errors
+    ///
+    /// As [`publish`](Producer::publish), and [`ErrorKind::InvalidConfig`]
+    /// for a routing key or header name over 255 bytes.
+    pub async fn publish_with<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        publish: &Publish,
+    ) -> Result<Confirm> {
+        let body = (*self.inner.codec).encode(value)?;
+        self.publish_bytes(&body, publish).await
+    }
+
+    /// **Publishes an already-encoded body**, labelled with the codec's
+    /// `content-type` like any other message.
+    ///
+    /// # Errors
+    ///
+    /// As [`publish_with`](Producer::publish_with).
+    pub async fn publish_bytes(&self, body: &[u8], publish: &Publish) -> Result<Confirm> {
+        let inner = &*self.inner;
+        let sequence = inner.sequence.fetch_add(1, Ordering::Relaxed);
+        let message_id = match &publish.message_id {
+            Some(id) => short(id)?,
+            None => ShortString::from(format!("{}-{sequence}", inner.instance_id)),
+        };
+        let mut headers = FieldTable::default();
+        headers.insert(ORIGIN_HEADER.into(), inner.origin.clone());
+        for (name, value) in &publish.headers {
+            headers.insert(short(name)?, AMQPValue::LongString(value.as_str().into()));
+        }
+        let mut properties = BasicProperties::default()
+            .with_content_type(inner.content_type.clone())
+            .with_message_id(message_id)
+            .with_timestamp(unix_now())
+            .with_app_id(inner.app_id.clone())
+            .with_headers(headers);
+        if publish.persistent {
+            properties = properties.with_delivery_mode(2);
+        }
+        if let Some(ttl) = publish.expiration {
+            properties = properties.with_expiration(ttl.as_millis().to_string().into());
+        }
+        let exchange = if publish.to_queue {
+            ShortString::from("")
+        } else {
+            inner.exchange.clone()
+        };
+        let routing_key = short(&publish.routing_key)?;
+        let options = BasicPublishOptions {
+            mandatory: publish.mandatory,
+            ..BasicPublishOptions::default()
+        };
+        let confirm = inner
+            .channel
+            .basic_publish(exchange, routing_key, options, body, properties)
+            .await
+            .map_err(|e| Error::amqp("publishing", e))?;
+        trace!(routing_key = %publish.routing_key, bytes = body.len(), "published");
+        Ok(Confirm {
+            inner: inner.confirms.then_some(confirm),
+        })
+    }
+
+    /// **Waits until the broker has confirmed every message published so
+    /// far** on this producer.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Nacked`] if the broker refused any of them,
+    /// [`ErrorKind::Unroutable`] if a mandatory one was returned,
+    /// [`ErrorKind::Closed`] when the channel closed first.
+    pub async fn wait_for_confirms(&self) -> Result<()> {
+        if !self.inner.confirms {
+            return Ok(());
+        }
+        let returned = self
+            .inner
+            .channel
+            .wait_for_confirms()
+            .await
+            .map_err(|e| Error::amqp("waiting for publisher confirms", e))?;
+        match returned.len() {
+            0 => Ok(()),
+            n => Err(Error::new(
+                ErrorKind::Unroutable,
+                format!(
+                    "{n} mandatory messages were returned by the broker, the first with routing key {:?}: {}",
+                    returned[0].delivery.routing_key.as_str(),
+                    returned[0].reply_text.as_str()
+                ),
+            )),
+        }
+    }
+
+    /// Whether this producer asks the broker for confirms.
+    #[must_use]
+    pub fn confirms(&self) -> bool {
+        self.inner.confirms
+    }
+}
+
+impl fmt::Debug for Producer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Producer")
+            .field("exchange", &self.inner.exchange.as_str())
+            .field("content_type", &self.inner.content_type.as_str())
+            .field("confirms", &self.inner.confirms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// **The broker's answer to one publish**, to await or drop.
+///
+/// Awaiting gives `Ok(())` once the broker has taken responsibility for the
+/// message (or at once, when confirms are off). Dropping it does not cancel
+/// the publish; [`Producer::wait_for_confirms`] still accounts for it.
+#[must_use = "await the Confirm to know the broker has the message, or drop it explicitly"]
+pub struct Confirm {
+    inner: Option<PublisherConfirm>,
+}
+
+impl fmt::Debug for Confirm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Confirm")
+            .field("requested", &self.inner.is_some())
+            .finish()
+    }
+}
+
+impl IntoFuture for Confirm {
+    type Output = Result<()>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<()>> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let Some(pending) = self.inner else {
+                return Ok(());
+            };
+            let confirmation = pending
+                .await
+                .map_err(|e| Error::amqp("waiting for a publisher confirm", e))?;
+            match confirmation {
+                Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+                Confirmation::Ack(Some(returned)) => Err(Error::new(
+                    ErrorKind::Unroutable,
+                    format!(
+                        "broker returned the message: no queue is bound to routing key {:?} ({})",
+                        returned.delivery.routing_key.as_str(),
+                        returned.reply_text.as_str()
+                    ),
+                )),
+                Confirmation::Nack(_) => Err(Error::new(
+                    ErrorKind::Nacked,
+                    "broker refused the message (nack); it may be out of resources or the queue may be full",
+                )),
+            }
+        })
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

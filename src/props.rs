@@ -1,0 +1,788 @@
+//! `AmqpProps`: where the broker is, how to talk to it, and which exchange
+//! carries the events.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use percent_encoding::percent_decode_str;
+
+use crate::codec::{self, Codec};
+use crate::error::{Error, ErrorKind, Result};
+
+/// The longest name AMQP allows for an exchange, queue or routing key.
+pub(crate) const MAX_NAME_LEN: usize = 255;
+
+const DEFAULT_EXCHANGE: &str = "tidings";
+
+/// **Everything tidings needs to reach a broker**: address, credentials,
+/// virtual host, TLS, the exchange and its kind, and the knobs of a
+/// connection (heartbeat, prefetch, timeouts, size limit, codec).
+///
+/// Build it with [`Default`] and the `with_*` methods, or parse it from a URL
+/// with [`from_url`](AmqpProps::from_url) or [`from_env`](AmqpProps::from_env).
+/// Nothing is checked until [`validate`](AmqpProps::validate) (which
+/// connecting calls), so a builder chain never fails half-way.
+///
+/// The password is never printed: `Debug` and [`redacted_url`](AmqpProps::redacted_url)
+/// show `***` in its place, and so does every log line of tidings.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use tidings::{AmqpProps, ExchangeKind};
+///
+/// let props = AmqpProps::from_url(
+///     "amqp://app:s3cret@rabbit.internal:5672/%2f?exchange=orders&kind=topic&heartbeat=30&prefetch=500",
+/// )?;
+/// assert_eq!(props.host(), "rabbit.internal");
+/// assert_eq!(props.vhost(), "/");
+/// assert_eq!(props.exchange(), "orders");
+/// assert_eq!(props.exchange_kind(), ExchangeKind::Topic);
+/// assert_eq!(props.heartbeat(), Some(Duration::from_secs(30)));
+/// assert!(!format!("{props:?}").contains("s3cret"));
+///
+/// // The same with the builder:
+/// let built = AmqpProps::default()
+///     .with_host("rabbit.internal")
+///     .with_credentials("app", "s3cret")
+///     .with_exchange("orders", ExchangeKind::Topic)
+///     .with_heartbeat(Some(Duration::from_secs(30)))
+///     .with_prefetch(500);
+/// assert_eq!(built.redacted_url(), props.redacted_url());
+/// # Ok::<(), tidings::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct AmqpProps {
+    host: String,
+    port: Option<u16>,
+    user: String,
+    password: String,
+    vhost: String,
+    tls: bool,
+    ca_file: Option<PathBuf>,
+    exchange: String,
+    kind: ExchangeKind,
+    heartbeat: Option<Duration>,
+    prefetch: u16,
+    connection_name: Option<String>,
+    connect_timeout: Duration,
+    max_message_size: usize,
+    codec: Arc<dyn Codec>,
+}
+
+/// **How an exchange routes**: to every bound queue, by exact routing key, or
+/// by routing-key pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum ExchangeKind {
+    /// Every queue bound to the exchange gets every message (zamqp's default).
+    #[default]
+    Fanout,
+    /// A queue gets the messages whose routing key equals its binding key.
+    Direct,
+    /// A queue gets the messages whose routing key matches its binding
+    /// pattern (`orders.*`, `#.created`).
+    Topic,
+}
+
+impl ExchangeKind {
+    /// The name AMQP uses for this kind: `fanout`, `direct` or `topic`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fanout => "fanout",
+            Self::Direct => "direct",
+            Self::Topic => "topic",
+        }
+    }
+}
+
+impl fmt::Display for ExchangeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ExchangeKind {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "fanout" => Ok(Self::Fanout),
+            "direct" => Ok(Self::Direct),
+            "topic" => Ok(Self::Topic),
+            other => Err(config_error(format!(
+                "unknown exchange kind {other:?}; use fanout, direct or topic"
+            ))),
+        }
+    }
+}
+
+impl Default for AmqpProps {
+    /// The broker on `localhost:5672`, user `guest`, virtual host `/`, a
+    /// fanout exchange named `tidings`, the bincode codec.
+    fn default() -> Self {
+        Self {
+            host: "localhost".to_owned(),
+            port: None,
+            user: "guest".to_owned(),
+            password: "guest".to_owned(),
+            vhost: "/".to_owned(),
+            tls: false,
+            ca_file: None,
+            exchange: DEFAULT_EXCHANGE.to_owned(),
+            kind: ExchangeKind::Fanout,
+            heartbeat: Some(Duration::from_secs(60)),
+            prefetch: 256,
+            connection_name: None,
+            connect_timeout: Duration::from_secs(10),
+            max_message_size: 4 * 1024 * 1024,
+            codec: Arc::new(codec::Bincode),
+        }
+    }
+}
+
+impl AmqpProps {
+    /// **Parses an `amqp://` or `amqps://` URL.**
+    ///
+    /// `amqp[s]://user:password@host:port/vhost?key=value&..`, where user,
+    /// password and vhost are percent-decoded (`%2f` is `/`; a missing or
+    /// empty vhost means `/`). Query keys, all optional:
+    ///
+    /// | key | meaning | example |
+    /// |---|---|---|
+    /// | `exchange` | exchange name | `orders` |
+    /// | `kind` | `fanout`, `direct` or `topic` | `topic` |
+    /// | `heartbeat` | seconds, `0` turns heartbeats off | `30` |
+    /// | `prefetch` | unacknowledged deliveries per consumer | `500` |
+    /// | `connection_name` | shown in the broker's management UI | `billing` |
+    /// | `connection_timeout` | milliseconds to connect | `5000` |
+    /// | `max_message_size` | largest body accepted, in bytes | `1048576` |
+    /// | `codec` | `bincode` or `json` | `json` |
+    /// | `cacertfile` | PEM file of the CA that signed the broker's certificate | `/etc/ssl/ca.pem` |
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidConfig`] naming the bad part: an unknown scheme, a
+    /// bad port, an unknown kind or codec, an unknown query key, a value that
+    /// is not a number, a name over 255 bytes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tidings::AmqpProps;
+    ///
+    /// let props = AmqpProps::from_url("amqps://bob:p%40ss@broker:5671/prod?cacertfile=/etc/ca.pem")?;
+    /// assert!(props.tls());
+    /// assert_eq!(props.user(), "bob");
+    /// assert_eq!(props.vhost(), "prod");
+    ///
+    /// let err = AmqpProps::from_url("amqp://localhost?colour=blue").unwrap_err();
+    /// assert_eq!(err.to_string(), "unknown query key \"colour\" in AMQP URL; known keys: exchange, kind, heartbeat, prefetch, connection_name, connection_timeout, max_message_size, codec, cacertfile");
+    /// # Ok::<(), tidings::Error>(())
+    /// ```
+    pub fn from_url(url: &str) -> Result<Self> {
+        let parsed = url::Url::parse(url).map_err(|e| {
+            let part = match e {
+                url::ParseError::InvalidPort => "bad port".to_owned(),
+                url::ParseError::EmptyHost => "missing host".to_owned(),
+                url::ParseError::RelativeUrlWithoutBase => {
+                    "missing scheme; start with amqp:// or amqps://".to_owned()
+                }
+                other => other.to_string(),
+            };
+            config_error(format!(
+                "invalid AMQP URL {:?}: {part}",
+                redact_url_text(url)
+            ))
+        })?;
+        let tls = match parsed.scheme() {
+            "amqp" => false,
+            "amqps" => true,
+            other => {
+                return Err(config_error(format!(
+                    "unknown scheme {other:?} in AMQP URL; use amqp:// or amqps://"
+                )));
+            }
+        };
+        let host = match parsed.host_str() {
+            Some(host) if !host.is_empty() => host.to_owned(),
+            _ => return Err(config_error("missing host in AMQP URL")),
+        };
+        let mut props = Self {
+            host,
+            tls,
+            ..Self::default()
+        };
+        props.port = parsed.port();
+        if !parsed.username().is_empty() {
+            props.user = decode_part(parsed.username(), "user")?;
+            props.password = decode_part(parsed.password().unwrap_or(""), "password")?;
+        }
+        let vhost = parsed.path().strip_prefix('/').unwrap_or(parsed.path());
+        if vhost.contains('/') {
+            return Err(config_error(format!(
+                "virtual host {vhost:?} in AMQP URL contains '/'; write it as %2f"
+            )));
+        }
+        props.vhost = match decode_part(vhost, "virtual host")? {
+            v if v.is_empty() => "/".to_owned(),
+            v => v,
+        };
+        for (key, value) in parsed.query_pairs() {
+            props.set_query(&key, &value)?;
+        }
+        props.validate()?;
+        Ok(props)
+    }
+
+    /// **Reads the URL in the `AMQP_URL` environment variable**, or returns
+    /// the [defaults](AmqpProps::default) (`amqp://guest:guest@localhost:5672/%2f`)
+    /// when it is not set.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidConfig`] when `AMQP_URL` is set but not valid
+    /// Unicode or not a valid URL (see [`from_url`](AmqpProps::from_url)).
+    pub fn from_env() -> Result<Self> {
+        match std::env::var("AMQP_URL") {
+            Ok(url) => Self::from_url(&url),
+            Err(std::env::VarError::NotPresent) => Ok(Self::default()),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                Err(config_error("AMQP_URL is not valid unicode"))
+            }
+        }
+    }
+
+    fn set_query(&mut self, key: &str, value: &str) -> Result<()> {
+        match key {
+            "exchange" => self.exchange = value.to_owned(),
+            "kind" => self.kind = value.parse()?,
+            "heartbeat" => {
+                let secs: u16 = parse_number(key, value)?;
+                self.heartbeat = (secs > 0).then(|| Duration::from_secs(secs.into()));
+            }
+            "prefetch" => self.prefetch = parse_number(key, value)?,
+            "connection_name" => self.connection_name = Some(value.to_owned()),
+            "connection_timeout" => {
+                self.connect_timeout = Duration::from_millis(parse_number(key, value)?);
+            }
+            "max_message_size" => self.max_message_size = parse_number(key, value)?,
+            "codec" => self.codec = codec::builtin(value)?,
+            "cacertfile" => {
+                self.ca_file = Some(PathBuf::from(value));
+                self.tls = true;
+            }
+            other => {
+                return Err(config_error(format!(
+                    "unknown query key {other:?} in AMQP URL; known keys: exchange, kind, heartbeat, prefetch, connection_name, connection_timeout, max_message_size, codec, cacertfile"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// **Checks the settings** and names the first bad one. Connecting calls
+    /// this, so calling it yourself is only needed to fail early.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidConfig`] for an empty host or exchange name, an
+    /// exchange name over 255 bytes, a zero connect timeout or maximum
+    /// message size, or a CA file without TLS.
+    pub fn validate(&self) -> Result<()> {
+        if self.host.is_empty() {
+            return Err(config_error("host is empty; set one with with_host"));
+        }
+        check_name("exchange name", &self.exchange)?;
+        if self.exchange.is_empty() {
+            return Err(config_error(
+                "exchange name is empty; tidings needs a named exchange to publish to",
+            ));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(config_error(
+                "connect timeout is zero; use a positive duration",
+            ));
+        }
+        if self.max_message_size == 0 {
+            return Err(config_error(
+                "max message size is zero; use a positive size",
+            ));
+        }
+        if self.ca_file.is_some() && !self.tls {
+            return Err(config_error(
+                "a CA file is set but TLS is off; use amqps:// or with_tls(true)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sets the broker's host name or IP address (default `localhost`).
+    #[must_use]
+    pub fn with_host(mut self, host: impl Into<String>) -> Self {
+        self.host = host.into();
+        self
+    }
+
+    /// Sets the broker's port (default 5672, or 5671 with TLS).
+    #[must_use]
+    pub fn with_port(mut self, port: u16) -> Self {
+        self.port = Some(port);
+        self
+    }
+
+    /// Sets the user name and password (default `guest` / `guest`).
+    #[must_use]
+    pub fn with_credentials(
+        mut self,
+        user: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        self.user = user.into();
+        self.password = password.into();
+        self
+    }
+
+    /// Sets the virtual host (default `/`).
+    #[must_use]
+    pub fn with_vhost(mut self, vhost: impl Into<String>) -> Self {
+        self.vhost = vhost.into();
+        self
+    }
+
+    /// Turns TLS on or off (default off; `amqps://` turns it on).
+    #[must_use]
+    pub fn with_tls(mut self, tls: bool) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Verifies the broker's certificate against the CA in this PEM file
+    /// instead of the system's roots, and turns TLS on.
+    #[must_use]
+    pub fn with_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
+        self.tls = true;
+        self
+    }
+
+    /// Sets the exchange that carries the events and its kind (default: a
+    /// fanout exchange named `tidings`).
+    #[must_use]
+    pub fn with_exchange(mut self, name: impl Into<String>, kind: ExchangeKind) -> Self {
+        self.exchange = name.into();
+        self.kind = kind;
+        self
+    }
+
+    /// Sets the heartbeat interval; `None` turns heartbeats off (default 60 s).
+    /// A dead peer is noticed after about two intervals.
+    #[must_use]
+    pub fn with_heartbeat(mut self, interval: Option<Duration>) -> Self {
+        self.heartbeat = interval;
+        self
+    }
+
+    /// Sets how many unacknowledged deliveries a consumer may hold (default
+    /// 256); this bounds a consumer's memory. `0` means no limit.
+    #[must_use]
+    pub fn with_prefetch(mut self, prefetch: u16) -> Self {
+        self.prefetch = prefetch;
+        self
+    }
+
+    /// Names the connection in the broker's management UI and in the
+    /// `app-id` of published messages.
+    #[must_use]
+    pub fn with_connection_name(mut self, name: impl Into<String>) -> Self {
+        self.connection_name = Some(name.into());
+        self
+    }
+
+    /// Sets how long connecting may take, TCP, TLS and AMQP handshake
+    /// together (default 10 s).
+    #[must_use]
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets the largest message body a consumer decodes (default 4 MiB);
+    /// larger deliveries fail with [`ErrorKind::MessageTooLarge`].
+    #[must_use]
+    pub fn with_max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Sets the codec used to encode published messages (default
+    /// [`Bincode`](crate::Bincode)). Receivers decode by each message's
+    /// `content-type`, so they read both this codec and the built-in ones.
+    #[must_use]
+    pub fn with_codec(mut self, codec: impl Codec) -> Self {
+        self.codec = Arc::new(codec);
+        self
+    }
+
+    /// The broker's host.
+    #[must_use]
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The broker's port: the one set, or 5672 (5671 with TLS).
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(if self.tls { 5671 } else { 5672 })
+    }
+
+    /// The user name.
+    #[must_use]
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// The virtual host.
+    #[must_use]
+    pub fn vhost(&self) -> &str {
+        &self.vhost
+    }
+
+    /// Whether TLS is on.
+    #[must_use]
+    pub fn tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The CA file that verifies the broker, if one is set.
+    #[must_use]
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca_file.as_deref()
+    }
+
+    /// The exchange name.
+    #[must_use]
+    pub fn exchange(&self) -> &str {
+        &self.exchange
+    }
+
+    /// The exchange kind.
+    #[must_use]
+    pub fn exchange_kind(&self) -> ExchangeKind {
+        self.kind
+    }
+
+    /// The heartbeat interval, `None` when heartbeats are off.
+    #[must_use]
+    pub fn heartbeat(&self) -> Option<Duration> {
+        self.heartbeat
+    }
+
+    /// Unacknowledged deliveries a consumer may hold; `0` means no limit.
+    #[must_use]
+    pub fn prefetch(&self) -> u16 {
+        self.prefetch
+    }
+
+    /// The connection name, if one is set.
+    #[must_use]
+    pub fn connection_name(&self) -> Option<&str> {
+        self.connection_name.as_deref()
+    }
+
+    /// How long connecting may take.
+    #[must_use]
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// The largest message body a consumer decodes.
+    #[must_use]
+    pub fn max_message_size(&self) -> usize {
+        self.max_message_size
+    }
+
+    /// The codec that encodes published messages.
+    #[must_use]
+    pub fn codec(&self) -> &Arc<dyn Codec> {
+        &self.codec
+    }
+
+    /// **The settings as a URL with the password replaced by `***`**, fit
+    /// for logs and error messages.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let props = tidings::AmqpProps::from_url("amqp://app:hunter2@mq:5672/%2f?exchange=orders")?;
+    /// assert_eq!(
+    ///     props.redacted_url(),
+    ///     "amqp://app:***@mq:5672/%2F?exchange=orders&kind=fanout",
+    /// );
+    /// # Ok::<(), tidings::Error>(())
+    /// ```
+    #[must_use]
+    pub fn redacted_url(&self) -> String {
+        self.url_with_password("***")
+    }
+
+    /// The URL lapin connects to: credentials, host, port, vhost, heartbeat.
+    pub(crate) fn lapin_uri(&self) -> lapin::uri::AMQPUri {
+        use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
+        AMQPUri {
+            scheme: if self.tls {
+                AMQPScheme::AMQPS
+            } else {
+                AMQPScheme::AMQP
+            },
+            authority: AMQPAuthority {
+                userinfo: AMQPUserInfo {
+                    username: self.user.clone(),
+                    password: self.password.clone(),
+                },
+                host: self
+                    .host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned(),
+                port: self.port(),
+            },
+            vhost: self.vhost.clone(),
+            query: AMQPQueryString {
+                heartbeat: Some(
+                    self.heartbeat
+                        .map_or(0, |d| u16::try_from(d.as_secs().max(1)).unwrap_or(u16::MAX)),
+                ),
+                connection_timeout: Some(
+                    u64::try_from(self.connect_timeout.as_millis()).unwrap_or(u64::MAX),
+                ),
+                ..AMQPQueryString::default()
+            },
+        }
+    }
+
+    fn url_with_password(&self, password: &str) -> String {
+        use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+        let enc = |s: &str| utf8_percent_encode(s, NON_ALPHANUMERIC).to_string();
+        let scheme = if self.tls { "amqps" } else { "amqp" };
+        let mut url = format!(
+            "{scheme}://{}:{password}@{}:{}/{}?exchange={}&kind={}",
+            enc(&self.user),
+            self.host,
+            self.port(),
+            enc(&self.vhost),
+            enc(&self.exchange),
+            self.kind,
+        );
+        if let Some(path) = &self.ca_file {
+            url.push_str(&format!("&cacertfile={}", enc(&path.to_string_lossy())));
+        }
+        url
+    }
+}
+
+impl fmt::Debug for AmqpProps {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpProps")
+            .field("host", &self.host)
+            .field("port", &self.port())
+            .field("user", &self.user)
+            .field("password", &"***")
+            .field("vhost", &self.vhost)
+            .field("tls", &self.tls)
+            .field("ca_file", &self.ca_file)
+            .field("exchange", &self.exchange)
+            .field("kind", &self.kind)
+            .field("heartbeat", &self.heartbeat)
+            .field("prefetch", &self.prefetch)
+            .field("connection_name", &self.connection_name)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_message_size", &self.max_message_size)
+            .field("codec", &self.codec.content_type())
+            .finish()
+    }
+}
+
+impl FromStr for AmqpProps {
+    type Err = Error;
+
+    /// Same as [`AmqpProps::from_url`].
+    fn from_str(url: &str) -> Result<Self> {
+        Self::from_url(url)
+    }
+}
+
+/// Checks a name that will become an AMQP short string (exchange, queue,
+/// routing key): lapin panics on one over 255 bytes.
+pub(crate) fn check_name(what: &str, name: &str) -> Result<()> {
+    if name.len() > MAX_NAME_LEN {
+        return Err(config_error(format!(
+            "{what} is {} bytes long, over the AMQP limit of {MAX_NAME_LEN}: {:?}...",
+            name.len(),
+            truncate(name, 40),
+        )));
+    }
+    Ok(())
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = max.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn config_error(message: impl Into<String>) -> Error {
+    Error::new(ErrorKind::InvalidConfig, message)
+}
+
+fn decode_part(raw: &str, what: &str) -> Result<String> {
+    percent_decode_str(raw)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| {
+            config_error(format!(
+                "{what} in AMQP URL is not valid percent-encoded UTF-8"
+            ))
+        })
+}
+
+fn parse_number<T: FromStr>(key: &str, value: &str) -> Result<T> {
+    value.parse().map_err(|_| {
+        config_error(format!(
+            "query key {key:?} in AMQP URL wants a whole number in range, found {value:?}"
+        ))
+    })
+}
+
+/// Replaces the password in a URL that failed to parse, so an error message
+/// can quote it.
+fn redact_url_text(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rfind('@') {
+        Some(at) => match authority[..at].split_once(':') {
+            Some((user, _)) => format!(
+                "{scheme}://{user}:***{}{}",
+                &authority[at..],
+                &rest[authority_end..]
+            ),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(url: &str) -> String {
+        let e = AmqpProps::from_url(url).expect_err(url);
+        assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{url}");
+        e.to_string()
+    }
+
+    #[test]
+    fn full_url_parses_every_part() {
+        let p = AmqpProps::from_url(
+            "amqps://us%65r:p%40ss%3Aw@h.example:1234/v%2fh?exchange=ex&kind=direct&heartbeat=0\
+             &prefetch=7&connection_name=svc&connection_timeout=1500&max_message_size=99\
+             &codec=json&cacertfile=/tmp/ca.pem",
+        )
+        .unwrap();
+        assert!(p.tls());
+        assert_eq!(p.user(), "user");
+        assert_eq!(p.password, "p@ss:w");
+        assert_eq!((p.host(), p.port()), ("h.example", 1234));
+        assert_eq!(p.vhost(), "v/h");
+        assert_eq!(p.exchange(), "ex");
+        assert_eq!(p.exchange_kind(), ExchangeKind::Direct);
+        assert_eq!(p.heartbeat(), None);
+        assert_eq!(p.prefetch(), 7);
+        assert_eq!(p.connection_name(), Some("svc"));
+        assert_eq!(p.connect_timeout(), Duration::from_millis(1500));
+        assert_eq!(p.max_message_size(), 99);
+        assert_eq!(p.codec().content_type(), "application/json");
+        assert_eq!(p.ca_file(), Some(Path::new("/tmp/ca.pem")));
+    }
+
+    #[test]
+    fn defaults_fill_what_the_url_leaves_out() {
+        let p = AmqpProps::from_url("amqp://localhost").unwrap();
+        assert_eq!((p.user(), p.vhost(), p.port()), ("guest", "/", 5672));
+        assert_eq!(AmqpProps::from_url("amqp://h/").unwrap().vhost(), "/");
+        assert_eq!(AmqpProps::from_url("amqps://h").unwrap().port(), 5671);
+        assert_eq!(
+            AmqpProps::from_url("amqp://[::1]:5673").unwrap().host(),
+            "[::1]"
+        );
+    }
+
+    #[test]
+    fn each_bad_part_is_named() {
+        assert!(err("http://localhost").contains("unknown scheme \"http\""));
+        assert!(err("amqp://localhost:99999").contains("bad port"));
+        assert!(err("amqp://localhost:port").contains("bad port"));
+        assert!(err("amqp://localhost?kind=headers").contains("unknown exchange kind \"headers\""));
+        assert!(err("amqp://localhost?colour=blue").contains("unknown query key \"colour\""));
+        assert!(err("amqp://localhost?prefetch=-1").contains("\"prefetch\""));
+        assert!(err("amqp://localhost?heartbeat=70000").contains("\"heartbeat\""));
+        assert!(err("amqp://localhost?codec=pickle").contains("unknown codec \"pickle\""));
+        assert!(err("amqp://").contains("missing host"));
+        assert!(err("localhost:5672").contains("scheme"));
+        assert!(err("amqp://h/a/b").contains("%2f"));
+        assert!(err("amqp://h?exchange=").contains("exchange name is empty"));
+        let long = "x".repeat(256);
+        let msg = err(&format!("amqp://localhost?exchange={long}"));
+        assert!(msg.contains("256 bytes") && msg.contains("255"), "{msg}");
+        assert!(AmqpProps::from_url(&format!("amqp://h?exchange={}", "x".repeat(255))).is_ok());
+    }
+
+    #[test]
+    fn password_never_shows() {
+        let p = AmqpProps::from_url("amqp://u:topsecret@h/%2f").unwrap();
+        assert!(!format!("{p:?}").contains("topsecret"));
+        assert!(!p.redacted_url().contains("topsecret"));
+        let e = err("amqp://u:topsecret@h:99999/");
+        assert!(!e.contains("topsecret"), "{e}");
+        assert!(e.contains("u:***@h:99999"), "{e}");
+    }
+
+    #[test]
+    fn builder_values_are_checked_by_validate() {
+        let long = AmqpProps::default().with_exchange("e".repeat(300), ExchangeKind::Topic);
+        assert!(long.validate().unwrap_err().is_config());
+        let no_tls = AmqpProps::default().with_ca_file("/ca.pem").with_tls(false);
+        assert!(
+            no_tls
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("TLS is off")
+        );
+        assert!(AmqpProps::default().validate().is_ok());
+    }
+
+    #[test]
+    fn redacted_url_parses_back_to_the_same_settings() {
+        let p = AmqpProps::default()
+            .with_credentials("a b", "pw")
+            .with_vhost("/")
+            .with_exchange("orders.v1", ExchangeKind::Topic);
+        let back = AmqpProps::from_url(&p.redacted_url()).unwrap();
+        assert_eq!(back.user(), "a b");
+        assert_eq!(back.vhost(), "/");
+        assert_eq!(back.exchange(), "orders.v1");
+        assert_eq!(back.exchange_kind(), ExchangeKind::Topic);
+    }
+}

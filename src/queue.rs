@@ -1,0 +1,186 @@
+//! `Queue`: what a consumer reads from, and how it is bound to the exchange.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::props::{ExchangeKind, check_name};
+
+/// **A queue to consume from**, declared by tidings before consuming: a
+/// durable queue shared by name, or an exclusive per-process queue.
+///
+/// Every queue tidings declares has a name tidings chose, never a
+/// server-generated `amq.gen-*` one: a named queue can be declared again after
+/// a reconnect, a server-named one cannot.
+///
+/// Unless told otherwise ([`bind`](Queue::bind), [`unbound`](Queue::unbound))
+/// a queue is bound to the exchange of the props so that it receives
+/// everything: with the empty key on a fanout exchange, with `#` on a topic
+/// exchange. A direct exchange routes only exact keys, so a queue on one needs
+/// at least one [`bind`](Queue::bind).
+///
+/// # Examples
+///
+/// ```
+/// use tidings::Queue;
+///
+/// // Shared work queue, survives broker restarts, gets only `orders.*`.
+/// let work = Queue::durable("billing").bind("orders.*");
+/// assert_eq!(work.name(), Some("billing"));
+///
+/// // This process's own queue, gone when the connection closes.
+/// let mine = Queue::exclusive();
+/// assert_eq!(mine.name(), None); // named `<exchange>.<instance-id>.<n>` at declare time
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queue {
+    name: Option<String>,
+    durable: bool,
+    binding: Binding,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Binding {
+    Everything,
+    Keys(Vec<String>),
+    Unbound,
+}
+
+impl Queue {
+    /// **A durable queue with this name**, shared by every consumer that
+    /// names it (competing consumers). It survives broker restarts and keeps
+    /// messages while no consumer runs.
+    #[must_use]
+    pub fn durable(name: impl Into<String>) -> Self {
+        Self {
+            name: Some(name.into()),
+            durable: true,
+            binding: Binding::Everything,
+        }
+    }
+
+    /// **A queue of this process alone**: exclusive to its connection and
+    /// deleted with it, named `<exchange>.<instance-id>.<n>` by tidings. The
+    /// broadcast queue: every process gets every message.
+    #[must_use]
+    pub fn exclusive() -> Self {
+        Self {
+            name: None,
+            durable: false,
+            binding: Binding::Everything,
+        }
+    }
+
+    /// Binds the queue to the exchange with this routing key or pattern
+    /// (`orders.*` on a topic exchange). Call it once per key; the first call
+    /// replaces the default binding.
+    #[must_use]
+    pub fn bind(mut self, routing_key: impl Into<String>) -> Self {
+        match &mut self.binding {
+            Binding::Keys(keys) => keys.push(routing_key.into()),
+            other => *other = Binding::Keys(vec![routing_key.into()]),
+        }
+        self
+    }
+
+    /// Leaves the queue unbound: it receives only what is sent to it by
+    /// name (point to point), nothing published to the exchange.
+    #[must_use]
+    pub fn unbound(mut self) -> Self {
+        self.binding = Binding::Unbound;
+        self
+    }
+
+    /// The name given, `None` for an exclusive queue named at declare time.
+    #[must_use]
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// Whether the queue survives broker restarts.
+    #[must_use]
+    pub fn is_durable(&self) -> bool {
+        self.durable
+    }
+
+    /// The routing keys this queue is bound with on an exchange of `kind`.
+    pub(crate) fn binding_keys(&self, kind: ExchangeKind) -> Result<Vec<String>> {
+        match &self.binding {
+            Binding::Unbound => Ok(Vec::new()),
+            Binding::Keys(keys) => {
+                for key in keys {
+                    check_name("routing key", key)?;
+                }
+                Ok(keys.clone())
+            }
+            Binding::Everything => match kind {
+                ExchangeKind::Fanout => Ok(vec![String::new()]),
+                ExchangeKind::Topic => Ok(vec!["#".to_owned()]),
+                ExchangeKind::Direct => Err(Error::new(
+                    ErrorKind::InvalidConfig,
+                    "a queue on a direct exchange receives only the keys it is bound to; add one with Queue::bind",
+                )),
+            },
+        }
+    }
+
+    /// Checks a name the user gave.
+    pub(crate) fn check(&self) -> Result<()> {
+        let Some(name) = &self.name else {
+            return Ok(());
+        };
+        if name.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "queue name is empty; name the queue or use Queue::exclusive",
+            ));
+        }
+        if name.starts_with("amq.") {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!("queue name {name:?} starts with \"amq.\", which the broker reserves"),
+            ));
+        }
+        check_name("queue name", name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_bindings_follow_the_exchange_kind() {
+        let q = Queue::exclusive();
+        assert_eq!(q.binding_keys(ExchangeKind::Fanout).unwrap(), [""]);
+        assert_eq!(q.binding_keys(ExchangeKind::Topic).unwrap(), ["#"]);
+        assert!(
+            q.binding_keys(ExchangeKind::Direct)
+                .unwrap_err()
+                .is_config()
+        );
+        let keyed = Queue::durable("q").bind("a").bind("b.*");
+        assert_eq!(
+            keyed.binding_keys(ExchangeKind::Direct).unwrap(),
+            ["a", "b.*"]
+        );
+        assert!(
+            Queue::durable("q")
+                .unbound()
+                .binding_keys(ExchangeKind::Topic)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn bad_names_are_refused() {
+        assert!(Queue::durable("").check().is_err());
+        assert!(Queue::durable("amq.gen-x").check().is_err());
+        assert!(Queue::durable("q".repeat(256)).check().is_err());
+        assert!(
+            Queue::durable("q")
+                .bind("k".repeat(256))
+                .binding_keys(ExchangeKind::Topic)
+                .is_err()
+        );
+        assert!(Queue::durable("orders").check().is_ok());
+    }
+}
