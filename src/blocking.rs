@@ -32,14 +32,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::runtime::Runtime;
 use tokio_stream::StreamExt;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::producer::Publish;
 use crate::props::AmqpProps;
 use crate::queue::Queue;
-use crate::{Connection, runtime};
+use crate::Connection;
+use crate::runtime::BlockingRuntime;
 
 /// How long closing may take when a facade is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -49,7 +49,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Producer {
     producer: crate::Producer,
     conn: Connection,
-    runtime: Runtime,
+    runtime: BlockingRuntime,
 }
 
 impl Producer {
@@ -60,8 +60,8 @@ impl Producer {
     /// As [`Connection::connect`], and [`ErrorKind::Usage`] inside an async
     /// runtime.
     pub fn connect(props: &AmqpProps) -> Result<Self> {
-        let runtime = runtime::new("tidings-producer")?;
-        let (conn, producer) = runtime::block_on(&runtime, async {
+        let runtime = BlockingRuntime::new("tidings-producer")?;
+        let (conn, producer) = runtime.block_on(async {
             let conn = Connection::connect(props).await?;
             let producer = conn.producer().await?;
             Ok::<_, Error>((conn, producer))
@@ -89,7 +89,7 @@ impl Producer {
     ///
     /// As [`crate::Producer::publish_with`], and the confirm's errors.
     pub fn send_with<T: Serialize + ?Sized>(&self, value: &T, publish: &Publish) -> Result<()> {
-        runtime::block_on(&self.runtime, async {
+        self.runtime.block_on(async {
             self.producer.publish_with(value, publish).await?.await
         })?
     }
@@ -106,7 +106,7 @@ impl Producer {
     ///
     /// As [`Connection::close`].
     pub fn close(self) -> Result<()> {
-        runtime::block_on(&self.runtime, self.conn.close())?
+        self.runtime.block_on(self.conn.close())?
     }
 }
 
@@ -129,7 +129,7 @@ impl fmt::Debug for Producer {
 pub struct Consumer {
     consumer: crate::Consumer,
     conn: Connection,
-    runtime: Arc<Runtime>,
+    runtime: Arc<BlockingRuntime>,
 }
 
 impl Consumer {
@@ -140,8 +140,8 @@ impl Consumer {
     /// As [`Connection::consumer`], and [`ErrorKind::Usage`] inside an
     /// async runtime.
     pub fn connect(props: &AmqpProps, queue: &Queue) -> Result<Self> {
-        let runtime = runtime::new("tidings-consumer")?;
-        let (conn, consumer) = runtime::block_on(&runtime, async {
+        let runtime = BlockingRuntime::new("tidings-consumer")?;
+        let (conn, consumer) = runtime.block_on(async {
             let conn = Connection::connect(props).await?;
             let consumer = conn.consumer(queue).await?;
             Ok::<_, Error>((conn, consumer))
@@ -162,7 +162,7 @@ impl Consumer {
     /// connection closed; a delivery the broker sent but lapin could not
     /// read gives that error, and the next call goes on.
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Delivery>> {
-        let next = runtime::block_on(&self.runtime, async {
+        let next = self.runtime.block_on(async {
             tokio::time::timeout(timeout, self.consumer.next()).await
         })?;
         match next {
@@ -194,7 +194,7 @@ impl Consumer {
     ///
     /// As [`Connection::close`].
     pub fn close(self) -> Result<()> {
-        runtime::block_on(&self.runtime, self.conn.close())?
+        self.runtime.block_on(self.conn.close())?
     }
 }
 
@@ -217,7 +217,7 @@ impl fmt::Debug for Consumer {
 /// [`crate::Delivery`] (through `Deref`), with blocking settlement.
 pub struct Delivery {
     inner: crate::Delivery,
-    runtime: Arc<Runtime>,
+    runtime: Arc<BlockingRuntime>,
 }
 
 impl Delivery {
@@ -227,7 +227,7 @@ impl Delivery {
     ///
     /// As [`crate::Delivery::ack`].
     pub fn ack(&self) -> Result<()> {
-        runtime::block_on(&self.runtime, self.inner.ack())?
+        self.runtime.block_on(self.inner.ack())?
     }
 
     /// Negatively acknowledges; see [`crate::Delivery::nack`].
@@ -236,7 +236,7 @@ impl Delivery {
     ///
     /// As [`crate::Delivery::nack`].
     pub fn nack(&self, requeue: bool) -> Result<()> {
-        runtime::block_on(&self.runtime, self.inner.nack(requeue))?
+        self.runtime.block_on(self.inner.nack(requeue))?
     }
 
     /// Rejects; see [`crate::Delivery::reject`].
@@ -245,7 +245,7 @@ impl Delivery {
     ///
     /// As [`crate::Delivery::reject`].
     pub fn reject(&self) -> Result<()> {
-        runtime::block_on(&self.runtime, self.inner.reject())?
+        self.runtime.block_on(self.inner.reject())?
     }
 }
 
@@ -265,8 +265,8 @@ impl fmt::Debug for Delivery {
 
 /// Closes a facade's connection before its runtime goes away, so lapin's
 /// I/O thread does not find a runtime shutting down under it.
-fn close_quietly(runtime: &Runtime, conn: &Connection) {
-    if conn.is_connected() && tokio::runtime::Handle::try_current().is_err() {
-        let _ = runtime.block_on(tokio::time::timeout(CLOSE_TIMEOUT, conn.close()));
+fn close_quietly(runtime: &BlockingRuntime, conn: &Connection) {
+    if conn.is_connected() {
+        let _ = runtime.block_on(async { tokio::time::timeout(CLOSE_TIMEOUT, conn.close()).await });
     }
 }

@@ -326,11 +326,16 @@ impl Connection {
     ///
     /// [`ErrorKind::Closed`] if it was already closed.
     pub async fn close(&self) -> Result<()> {
-        self.inner
-            .amqp
-            .close(200, "closed by the application".into())
-            .await
-            .map_err(|e| Error::amqp("closing the connection", e))
+        match self.inner.amqp.close(200, "closed by the application".into()).await {
+            Ok(()) => Ok(()),
+            // lapin tears the connection down with this error when a channel
+            // dropped just before was still closing: the connection is gone.
+            Err(e) if matches!(e.kind(), lapin::ErrorKind::InvalidChannelState(..)) => {
+                debug!(error = %e, "connection closed while a channel was closing");
+                Ok(())
+            }
+            Err(e) => Err(Error::amqp("closing the connection", e)),
+        }
     }
 
     pub(crate) fn codecs(&self) -> &Codecs {

@@ -13,7 +13,8 @@ use crate::delivery::Delivery;
 use crate::error::{Error, ErrorKind, Result};
 use crate::props::AmqpProps;
 use crate::queue::Queue;
-use crate::{Connection, runtime};
+use crate::Connection;
+use crate::runtime::BlockingRuntime;
 
 /// The error a [`ConsumerThread`] callback may return.
 pub type CallbackError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -117,8 +118,14 @@ impl ConsumerThread {
     ///
     /// What ended the thread, if it ended with an error before the stop.
     pub fn stop(mut self) -> Result<()> {
-        let _ = self.stop.send(true);
+        self.request_stop();
         self.join_thread()
+    }
+
+    /// **Asks the thread to stop** after the callback running now, and
+    /// returns at once; [`join`](ConsumerThread::join) then waits for it.
+    pub fn request_stop(&self) {
+        let _ = self.stop.send(true);
     }
 
     /// **Waits for the thread to end** by itself, which it does when its
@@ -144,7 +151,7 @@ impl ConsumerThread {
 
 impl Drop for ConsumerThread {
     fn drop(&mut self) {
-        let _ = self.stop.send(true);
+        self.request_stop();
         let _ = self.join_thread();
     }
 }
@@ -168,7 +175,7 @@ fn run<F>(
 where
     F: FnMut(&Delivery) -> Result<(), CallbackError>,
 {
-    let runtime = match runtime::new("tidings-consumer-io") {
+    let runtime = match BlockingRuntime::new("tidings-consumer-io") {
         Ok(runtime) => runtime,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -176,7 +183,7 @@ where
         }
     };
     let span = info_span!("consumer_thread", queue = tracing::field::Empty);
-    runtime.block_on(
+    let finished = runtime.block_on(
         async move {
             let started = async {
                 let conn = Connection::connect(&props).await?;
@@ -235,7 +242,8 @@ where
             outcome
         }
         .instrument(span),
-    )
+    );
+    finished.unwrap_or_else(Err)
 }
 
 fn join_error(joined: std::thread::Result<Result<()>>) -> Error {

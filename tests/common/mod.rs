@@ -1,0 +1,250 @@
+//! Helpers shared by the integration tests: the broker's props, unique names,
+//! cleanup of what a test declares, and private broker nodes for fault tests.
+#![allow(dead_code, unreachable_pub)] // each test binary uses a different subset
+
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tidings::{AmqpProps, Connection, ExchangeKind};
+
+/// The shared broker's URL: `AMQP_URL`, or the local default.
+pub fn broker_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// Props for the shared broker with a fresh exchange of `kind`, after
+/// checking the broker answers. Fails the test with instructions otherwise.
+pub fn props(kind: ExchangeKind) -> AmqpProps {
+    let props = AmqpProps::from_url(&broker_url()).expect("AMQP_URL is not a valid AMQP URL");
+    require_broker(&props);
+    props.with_exchange(unique("ex"), kind)
+}
+
+/// Panics with a message saying how to start a broker when none answers.
+pub fn require_broker(props: &AmqpProps) {
+    let addr = format!("{}:{}", props.host(), props.port());
+    let reachable = addr
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
+    assert!(
+        reachable,
+        "no RabbitMQ broker answers at {addr}: these tests need one. Start it with \
+         `rabbitmq-server -detached`, point AMQP_URL at another, or run `scripts/test`, \
+         which starts a private node when none answers"
+    );
+}
+
+/// A name no other test (or test run) uses.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+    format!(
+        "tidings-test.{prefix}.{}.{}.{nanos:x}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Deletes the exchanges and queues a test declared when dropped, even when
+/// the test fails.
+pub struct Cleanup {
+    props: AmqpProps,
+    queues: Mutex<Vec<String>>,
+}
+
+impl Cleanup {
+    /// Cleans up the exchange of `props` and whatever queues are added.
+    pub fn new(props: &AmqpProps) -> Self {
+        Self {
+            props: props.clone(),
+            queues: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Adds a queue to delete.
+    pub fn queue(&self, name: &str) {
+        self.queues.lock().unwrap().push(name.to_owned());
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let props = self.props.clone();
+        let queues = std::mem::take(&mut *self.queues.lock().unwrap());
+        // A thread of its own: Drop may run inside a test's runtime.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            runtime.block_on(async {
+                let Ok(conn) = Connection::connect(&props).await else {
+                    return;
+                };
+                for queue in queues {
+                    let _ = conn.delete_queue(&queue).await;
+                }
+                let _ = conn.delete_exchange(props.exchange()).await;
+                let _ = conn.close().await;
+            });
+        })
+        .join();
+    }
+}
+
+/// Waits until `condition` holds, polling, for at most `limit`.
+pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    condition()
+}
+
+/// A RabbitMQ node of the test's own: own name, ports and data directory
+/// under the target directory, so it can be stopped and restarted without
+/// touching the shared broker.
+pub struct PrivateNode {
+    name: String,
+    dir: PathBuf,
+    port: u16,
+    dist_port: u16,
+    server: Option<Child>,
+}
+
+const RABBITMQ_BIN: &str = "/usr/lib/rabbitmq/bin";
+
+impl PrivateNode {
+    /// Starts a fresh node on free ports and waits until it accepts AMQP.
+    pub fn start() -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let id = format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let name = format!("tidings-{id}@localhost");
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("rmq-{id}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        for sub in ["home", "mnesia", "log"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        std::fs::write(dir.join("enabled_plugins"), "[].").unwrap();
+        std::fs::write(dir.join("rabbitmq.conf"), "").unwrap();
+        std::fs::write(dir.join("rabbitmq-env.conf"), "").unwrap();
+        let mut node = Self {
+            name,
+            dir,
+            port: free_port(),
+            dist_port: free_port(),
+            server: None,
+        };
+        node.start_again();
+        node
+    }
+
+    /// The node's AMQP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Props for this node with a fresh exchange of `kind`.
+    pub fn props(&self, kind: ExchangeKind) -> AmqpProps {
+        AmqpProps::default()
+            .with_host("127.0.0.1")
+            .with_port(self.port)
+            .with_exchange(unique("ex"), kind)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let d = &self.dir;
+        let mut cmd = Command::new(format!("{RABBITMQ_BIN}/{program}"));
+        cmd.env("HOME", d.join("home"))
+            .env("RABBITMQ_NODENAME", &self.name)
+            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("RABBITMQ_MNESIA_BASE", d.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", d.join("log"))
+            .env("RABBITMQ_PID_FILE", d.join("node.pid"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", d.join("enabled_plugins"))
+            .env("RABBITMQ_CONFIG_FILE", d.join("rabbitmq.conf"))
+            .env("RABBITMQ_CONF_ENV_FILE", d.join("rabbitmq-env.conf"));
+        cmd
+    }
+
+    /// Starts the node again after [`stop`](Self::stop) (same data, same
+    /// port) and waits until it accepts AMQP.
+    pub fn start_again(&mut self) {
+        assert!(self.server.is_none(), "node {} is already running", self.name);
+        assert!(
+            std::path::Path::new(RABBITMQ_BIN).join("rabbitmq-server").exists(),
+            "rabbitmq-server is not installed at {RABBITMQ_BIN}; install Debian's rabbitmq-server"
+        );
+        let log = std::fs::File::create(self.dir.join("stdout.log")).unwrap();
+        let server = self
+            .command("rabbitmq-server")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start rabbitmq-server");
+        self.server = Some(server);
+        let status = self
+            .command("rabbitmqctl")
+            .args(["-n", &self.name, "--timeout", "60", "await_startup"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("cannot run rabbitmqctl");
+        assert!(
+            status.success(),
+            "private node {} did not start; see {}",
+            self.name,
+            self.dir.join("stdout.log").display()
+        );
+    }
+
+    /// Stops the node and waits for its process to exit.
+    pub fn stop(&mut self) {
+        let Some(mut server) = self.server.take() else {
+            return;
+        };
+        let _ = self
+            .command("rabbitmqctl")
+            .args(["-n", &self.name, "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if server.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = server.kill();
+        let _ = server.wait();
+    }
+
+    /// Stops and starts the node.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.start_again();
+    }
+}
+
+impl Drop for PrivateNode {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
