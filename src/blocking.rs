@@ -34,11 +34,11 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio_stream::StreamExt;
 
+use crate::Connection;
 use crate::error::{Error, ErrorKind, Result};
 use crate::producer::Publish;
 use crate::props::AmqpProps;
 use crate::queue::Queue;
-use crate::Connection;
 use crate::runtime::BlockingRuntime;
 
 /// How long closing may take when a facade is dropped.
@@ -89,9 +89,8 @@ impl Producer {
     ///
     /// As [`crate::Producer::publish_with`], and the confirm's errors.
     pub fn send_with<T: Serialize + ?Sized>(&self, value: &T, publish: &Publish) -> Result<()> {
-        self.runtime.block_on(async {
-            self.producer.publish_with(value, publish).await?.await
-        })?
+        self.runtime
+            .block_on(async { self.producer.publish_with(value, publish).await?.await })?
     }
 
     /// The connection underneath, for its instance id and props.
@@ -162,9 +161,9 @@ impl Consumer {
     /// connection closed; a delivery the broker sent but lapin could not
     /// read gives that error, and the next call goes on.
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Delivery>> {
-        let next = self.runtime.block_on(async {
-            tokio::time::timeout(timeout, self.consumer.next()).await
-        })?;
+        let next = self
+            .runtime
+            .block_on(async { tokio::time::timeout(timeout, self.consumer.next()).await })?;
         match next {
             Err(_elapsed) => Ok(None),
             Ok(None) => Err(Error::new(

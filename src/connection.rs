@@ -86,7 +86,7 @@ impl Connection {
         let url = props.redacted_url();
         let amqp = match tokio::time::timeout(props.connect_timeout(), connecting).await {
             Ok(Ok(amqp)) => amqp,
-            Ok(Err(e)) => return Err(Error::amqp(&format!("connecting to {url}"), e)),
+            Ok(Err(e)) => return Err(Error::connect(&url, e)),
             Err(_) => {
                 return Err(Error::new(
                     ErrorKind::Connect,
@@ -326,7 +326,12 @@ impl Connection {
     ///
     /// [`ErrorKind::Closed`] if it was already closed.
     pub async fn close(&self) -> Result<()> {
-        match self.inner.amqp.close(200, "closed by the application".into()).await {
+        match self
+            .inner
+            .amqp
+            .close(200, "closed by the application".into())
+            .await
+        {
             Ok(()) => Ok(()),
             // lapin tears the connection down with this error when a channel
             // dropped just before was still closing: the connection is gone.

@@ -9,11 +9,11 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tracing::{Instrument, error, info_span, warn};
 
+use crate::Connection;
 use crate::delivery::Delivery;
 use crate::error::{Error, ErrorKind, Result};
 use crate::props::AmqpProps;
 use crate::queue::Queue;
-use crate::Connection;
 use crate::runtime::BlockingRuntime;
 
 /// The error a [`ConsumerThread`] callback may return.

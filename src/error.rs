@@ -101,11 +101,31 @@ impl Error {
     pub(crate) fn amqp(doing: &str, err: lapin::Error) -> Self {
         let kind = amqp_kind(&err);
         let hint = match kind {
-            ErrorKind::Authentication => "; check the user name and password",
             ErrorKind::Connect => "; check that the broker is running and the host and port",
             _ => "",
         };
         Self::with_source(kind, format!("{doing} failed: {err}{hint}"), err)
+    }
+
+    /// Classifies a lapin error from opening a connection, where a refusal
+    /// by the broker means the credentials or the virtual host are wrong.
+    pub(crate) fn connect(url: &str, err: lapin::Error) -> Self {
+        use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+        let refused = match err.kind() {
+            lapin::ErrorKind::ProtocolError(e) => matches!(
+                e.kind(),
+                AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
+                    | AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED)
+            ),
+            _ => false,
+        };
+        if refused {
+            let message = format!(
+                "connecting to {url} failed: {err}; check the user name, password and virtual host"
+            );
+            return Self::with_source(ErrorKind::Authentication, message, err);
+        }
+        Self::amqp(&format!("connecting to {url}"), err)
     }
 
     /// What kind of failure this is.
@@ -145,23 +165,13 @@ impl Error {
 
 fn amqp_kind(err: &lapin::Error) -> ErrorKind {
     use lapin::ErrorKind as L;
-    use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
     match err.kind() {
-        L::IOError(_) => ErrorKind::Connect,
-        L::ProtocolError(e) => match e.kind() {
-            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
-            | AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED) => ErrorKind::Authentication,
-            _ => ErrorKind::Broker,
-        },
-        L::InvalidChannelState(..) | L::InvalidConnectionState(_) => ErrorKind::Closed,
-        _ if is_auth_failure(err) => ErrorKind::Authentication,
+        L::IOError(_) | L::MissingHeartbeatError => ErrorKind::Connect,
+        L::InvalidChannelState(..) | L::InvalidConnectionState(_) | L::InvalidChannel(_) => {
+            ErrorKind::Closed
+        }
         _ => ErrorKind::Broker,
     }
-}
-
-fn is_auth_failure(err: &lapin::Error) -> bool {
-    let text = err.to_string();
-    text.contains("ACCESS_REFUSED") || text.contains("authentication")
 }
 
 impl fmt::Debug for Error {

@@ -22,7 +22,11 @@ impl BlockingRuntime {
             .enable_all()
             .build()
             .map_err(|e| {
-                Error::with_source(ErrorKind::Usage, format!("cannot start a tokio runtime: {e}"), e)
+                Error::with_source(
+                    ErrorKind::Usage,
+                    format!("cannot start a tokio runtime: {e}"),
+                    e,
+                )
             })?;
         Ok(Self {
             runtime: Some(runtime),
@@ -35,7 +39,10 @@ impl BlockingRuntime {
         refuse_inside_runtime()?;
         match &self.runtime {
             Some(runtime) => Ok(runtime.block_on(future)),
-            None => Err(Error::new(ErrorKind::Closed, "the blocking runtime is shut down")),
+            None => Err(Error::new(
+                ErrorKind::Closed,
+                "the blocking runtime is shut down",
+            )),
         }
     }
 }

@@ -32,7 +32,10 @@ fn consumer_thread_receives_from_a_blocking_producer() {
         producer.send(&n).unwrap();
     }
     let got: Vec<u32> = (0..8)
-        .map(|_| rx.recv_timeout(Duration::from_secs(10)).expect("callback not called"))
+        .map(|_| {
+            rx.recv_timeout(Duration::from_secs(10))
+                .expect("callback not called")
+        })
         .collect();
     // 13 failed and 14 panicked; the thread went on with the rest, in order.
     assert_eq!(got, [10, 11, 12, 15, 16, 17, 18, 19]);
@@ -50,7 +53,11 @@ fn stop_returns_promptly_while_idle() {
     thread.stop().unwrap();
     // Not a benchmark: a hang detector. Stopping an idle thread takes a few
     // milliseconds; without the stop signal it would wait forever.
-    assert!(started.elapsed() < Duration::from_secs(5), "stop took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stop took {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -78,10 +85,18 @@ fn stop_lets_the_running_callback_finish() {
     // The first was acked when its callback finished; the second was never
     // handed to the callback and is back in the queue.
     let mut consumer = blocking::Consumer::connect(&props, &queue).unwrap();
-    let left = consumer.recv_timeout(Duration::from_secs(10)).unwrap().expect("second message lost");
+    let left = consumer
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap()
+        .expect("second message lost");
     assert_eq!(left.decode::<u8>().unwrap(), 2);
     left.ack().unwrap();
-    assert!(consumer.recv_timeout(Duration::from_millis(300)).unwrap().is_none());
+    assert!(
+        consumer
+            .recv_timeout(Duration::from_millis(300))
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[test]
@@ -97,13 +112,22 @@ fn spawn_reports_setup_errors() {
 fn recv_timeout_returns_none_when_idle_then_the_next_delivery() {
     let props = common::props(ExchangeKind::Topic);
     let _cleanup = common::Cleanup::new(&props);
-    let mut consumer = blocking::Consumer::connect(&props, &Queue::exclusive().bind("a.*")).unwrap();
-    assert!(consumer.recv_timeout(Duration::from_millis(100)).unwrap().is_none());
+    let mut consumer =
+        blocking::Consumer::connect(&props, &Queue::exclusive().bind("a.*")).unwrap();
+    assert!(
+        consumer
+            .recv_timeout(Duration::from_millis(100))
+            .unwrap()
+            .is_none()
+    );
     let producer = blocking::Producer::connect(&props).unwrap();
     producer
         .send_with(&"hi", &tidings::Publish::new().routing_key("a.b"))
         .unwrap();
-    let d = consumer.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+    let d = consumer
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap()
+        .unwrap();
     assert_eq!(d.routing_key(), "a.b");
     assert_eq!(d.decode::<String>().unwrap(), "hi");
     d.ack().unwrap();

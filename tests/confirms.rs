@@ -11,7 +11,10 @@ use tidings::{Connection, ErrorKind, ExchangeKind, Publish, Queue};
 async fn one_slot_queue(conn: &Connection, name: &str) {
     let mut args = FieldTable::default();
     args.insert("x-max-length".into(), AMQPValue::LongInt(1));
-    args.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
     let channel = conn.channel().await.unwrap();
     channel
         .queue_declare(name.into(), QueueDeclareOptions::default(), args)
@@ -42,7 +45,12 @@ async fn confirmed_publish_waits_for_the_broker_and_reports_a_nack() {
     one_slot_queue(&conn, &queue).await;
     let producer = conn.producer().await.unwrap();
 
-    producer.publish_with(&1u8, &Publish::to_queue(&queue)).await.unwrap().await.unwrap();
+    producer
+        .publish_with(&1u8, &Publish::to_queue(&queue))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     // The ack came from the broker after it enqueued the message.
     assert_eq!(queued(&conn, &queue).await, 1);
 
@@ -62,7 +70,10 @@ async fn pipelined_confirms_all_arrive() {
     let props = common::props(ExchangeKind::Fanout);
     let cleanup = common::Cleanup::new(&props);
     let conn = Connection::connect(&props).await.unwrap();
-    let queue = conn.declare_queue(&Queue::durable(common::unique("pipelined"))).await.unwrap();
+    let queue = conn
+        .declare_queue(&Queue::durable(common::unique("pipelined")))
+        .await
+        .unwrap();
     cleanup.queue(&queue);
     let producer = conn.producer().await.unwrap();
     let mut confirms = Vec::new();
@@ -87,7 +98,10 @@ async fn mandatory_unroutable_publish_is_reported() {
     let conn = Connection::connect(&props).await.unwrap();
     let producer = conn.producer().await.unwrap();
     let err = producer
-        .publish_with(&"lost", &Publish::new().routing_key("nobody.listens").mandatory(true))
+        .publish_with(
+            &"lost",
+            &Publish::new().routing_key("nobody.listens").mandatory(true),
+        )
         .await
         .unwrap()
         .await

@@ -70,7 +70,10 @@ async fn round_trip(props: AmqpProps, content_type: &str) {
 
     producer.publish_confirmed(&order(1)).await.unwrap();
     producer.publish_confirmed(&order(2)).await.unwrap();
-    producer.publish_confirmed(&vec![Some(1.5f64), None]).await.unwrap();
+    producer
+        .publish_confirmed(&vec![Some(1.5f64), None])
+        .await
+        .unwrap();
     producer.publish_confirmed(&"plain text").await.unwrap();
     producer.publish_confirmed(&Priority::Low).await.unwrap();
 
@@ -81,7 +84,10 @@ async fn round_trip(props: AmqpProps, content_type: &str) {
         d.ack().await.unwrap();
     }
     let d = next(&mut consumer).await;
-    assert_eq!(d.decode::<Vec<Option<f64>>>().unwrap(), vec![Some(1.5), None]);
+    assert_eq!(
+        d.decode::<Vec<Option<f64>>>().unwrap(),
+        vec![Some(1.5), None]
+    );
     d.ack().await.unwrap();
     let d = next(&mut consumer).await;
     assert_eq!(d.decode::<String>().unwrap(), "plain text");
@@ -99,7 +105,11 @@ async fn round_trip_bincode() {
 
 #[tokio::test]
 async fn round_trip_json() {
-    round_trip(common::props(ExchangeKind::Fanout).with_codec(Json), "application/json").await;
+    round_trip(
+        common::props(ExchangeKind::Fanout).with_codec(Json),
+        "application/json",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -107,14 +117,22 @@ async fn headers_and_properties_arrive() {
     let props = common::props(ExchangeKind::Topic).with_connection_name("roundtrip-test");
     let _cleanup = common::Cleanup::new(&props);
     let conn = Connection::connect(&props).await.unwrap();
-    let mut consumer = conn.consumer(&Queue::exclusive().bind("orders.*")).await.unwrap();
+    let mut consumer = conn
+        .consumer(&Queue::exclusive().bind("orders.*"))
+        .await
+        .unwrap();
     let producer = conn.producer().await.unwrap();
     let publish = Publish::new()
         .routing_key("orders.placed")
         .header("tenant", "acme")
         .message_id("order-42")
         .persistent(true);
-    producer.publish_with(&order(42), &publish).await.unwrap().await.unwrap();
+    producer
+        .publish_with(&order(42), &publish)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     producer.publish_confirmed(&order(43)).await.unwrap(); // empty key: not bound, never arrives
     producer
         .publish_with(&order(44), &Publish::new().routing_key("orders.shipped"))
@@ -136,7 +154,10 @@ async fn headers_and_properties_arrive() {
         .unwrap()
         .as_secs();
     let stamp = d.timestamp().expect("no timestamp");
-    assert!(stamp <= now && now - stamp < 60, "timestamp {stamp} vs now {now}");
+    assert!(
+        stamp <= now && now - stamp < 60,
+        "timestamp {stamp} vs now {now}"
+    );
     assert!(!d.redelivered());
     d.ack().await.unwrap();
 
@@ -156,10 +177,24 @@ async fn content_type_decides_the_decoder() {
     let _cleanup = common::Cleanup::new(&props);
     let receiver = Connection::connect(&props).await.unwrap();
     let mut consumer = receiver.consumer(&Queue::exclusive()).await.unwrap();
-    let json_sender = Connection::connect(&props.clone().with_codec(Json)).await.unwrap();
+    let json_sender = Connection::connect(&props.clone().with_codec(Json))
+        .await
+        .unwrap();
     let bincode_sender = Connection::connect(&props).await.unwrap();
-    json_sender.producer().await.unwrap().publish_confirmed(&order(1)).await.unwrap();
-    bincode_sender.producer().await.unwrap().publish_confirmed(&order(2)).await.unwrap();
+    json_sender
+        .producer()
+        .await
+        .unwrap()
+        .publish_confirmed(&order(1))
+        .await
+        .unwrap();
+    bincode_sender
+        .producer()
+        .await
+        .unwrap()
+        .publish_confirmed(&order(2))
+        .await
+        .unwrap();
 
     let d = next(&mut consumer).await;
     assert_eq!(d.content_type(), Some("application/json"));

@@ -43,7 +43,10 @@ pub fn require_broker(props: &AmqpProps) {
 /// A name no other test (or test run) uses.
 pub fn unique(prefix: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
     format!(
         "tidings-test.{prefix}.{}.{}.{nanos:x}",
         std::process::id(),
@@ -124,7 +127,11 @@ impl PrivateNode {
     /// Starts a fresh node on free ports and waits until it accepts AMQP.
     pub fn start() -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
-        let id = format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
         let name = format!("tidings-{id}@localhost");
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("rmq-{id}"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -178,9 +185,15 @@ impl PrivateNode {
     /// Starts the node again after [`stop`](Self::stop) (same data, same
     /// port) and waits until it accepts AMQP.
     pub fn start_again(&mut self) {
-        assert!(self.server.is_none(), "node {} is already running", self.name);
         assert!(
-            std::path::Path::new(RABBITMQ_BIN).join("rabbitmq-server").exists(),
+            self.server.is_none(),
+            "node {} is already running",
+            self.name
+        );
+        assert!(
+            std::path::Path::new(RABBITMQ_BIN)
+                .join("rabbitmq-server")
+                .exists(),
             "rabbitmq-server is not installed at {RABBITMQ_BIN}; install Debian's rabbitmq-server"
         );
         let log = std::fs::File::create(self.dir.join("stdout.log")).unwrap();
@@ -192,19 +205,22 @@ impl PrivateNode {
             .spawn()
             .expect("cannot start rabbitmq-server");
         self.server = Some(server);
-        let status = self
-            .command("rabbitmqctl")
-            .args(["-n", &self.name, "--timeout", "60", "await_startup"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("cannot run rabbitmqctl");
-        assert!(
-            status.success(),
-            "private node {} did not start; see {}",
-            self.name,
-            self.dir.join("stdout.log").display()
-        );
+        // The node listens for AMQP once it has booted.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            let exited = self
+                .server
+                .as_mut()
+                .and_then(|s| s.try_wait().ok().flatten());
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "private node {} did not start; see {}",
+                self.name,
+                self.dir.join("stdout.log").display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Stops the node and waits for its process to exit.
