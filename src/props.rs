@@ -567,8 +567,9 @@ impl AmqpProps {
     }
 
     fn url_with_password(&self, password: &str) -> String {
-        use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
-        let enc = |s: &str| utf8_percent_encode(s, NON_ALPHANUMERIC).to_string();
+        use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+        const PART: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+        let enc = |s: &str| utf8_percent_encode(s, PART).to_string();
         let scheme = if self.tls { "amqps" } else { "amqp" };
         let mut url = format!(
             "{scheme}://{}:{password}@{}:{}/{}?exchange={}&kind={}",
