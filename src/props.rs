@@ -568,7 +568,11 @@ impl AmqpProps {
 
     fn url_with_password(&self, password: &str) -> String {
         use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-        const PART: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+        const PART: &AsciiSet = &NON_ALPHANUMERIC
+            .remove(b'-')
+            .remove(b'.')
+            .remove(b'_')
+            .remove(b'~');
         let enc = |s: &str| utf8_percent_encode(s, PART).to_string();
         let scheme = if self.tls { "amqps" } else { "amqp" };
         let mut url = format!(
