@@ -6,7 +6,7 @@
 //! between calls. Calling them from inside an async runtime is an error
 //! ([`ErrorKind::Usage`](crate::ErrorKind::Usage)); use the async API there.
 //! For a callback-driven consumer on its own thread, see
-//! [`ConsumerThread`](crate::ConsumerThread).
+//! [`ConsumerThread`](crate::ConsumerThread); for typed events, [`Bus`].
 //!
 //! # Examples
 //!
@@ -35,11 +35,14 @@ use serde::Serialize;
 use tokio_stream::StreamExt;
 
 use crate::Connection;
+use crate::bus::BusBuilder;
 use crate::error::{Error, ErrorKind, Result};
+use crate::event::Event;
 use crate::producer::Publish;
 use crate::props::AmqpProps;
 use crate::queue::Queue;
 use crate::runtime::BlockingRuntime;
+use crate::stats::Stats;
 
 /// How long closing may take when a facade is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -267,5 +270,96 @@ impl fmt::Debug for Delivery {
 fn close_quietly(runtime: &BlockingRuntime, conn: &Connection) {
     if conn.is_connected() {
         let _ = runtime.block_on(async { tokio::time::timeout(CLOSE_TIMEOUT, conn.close()).await });
+    }
+}
+
+/// **A typed event bus for non-async code**: [`crate::Bus`] on a private
+/// runtime. Subscribers run on that runtime's thread.
+///
+/// # Examples
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use tidings::{Event, Subscribers, blocking};
+///
+/// #[derive(Event, Serialize, Deserialize, Debug)]
+/// struct Tick { n: u32 }
+///
+/// let subscribers = Subscribers::new();
+/// let (tx, rx) = std::sync::mpsc::channel();
+/// let _guard = subscribers.subscribe(move |t: &Tick| tx.send(t.n).unwrap());
+/// let bus = blocking::Bus::connect(tidings::Bus::builder("memory://ticks")?.subscribers(subscribers))?;
+/// bus.publish_confirmed(&Tick { n: 1 })?;
+/// assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap(), 1);
+/// bus.close()?;
+/// # Ok::<(), tidings::Error>(())
+/// ```
+pub struct Bus {
+    bus: crate::Bus,
+    runtime: BlockingRuntime,
+}
+
+impl Bus {
+    /// **Connects** the bus a builder describes.
+    ///
+    /// # Errors
+    ///
+    /// As [`BusBuilder::connect`], and [`ErrorKind::Usage`] inside an async
+    /// runtime.
+    pub fn connect(builder: BusBuilder) -> Result<Self> {
+        let runtime = BlockingRuntime::new("tidings-bus")?;
+        let bus = runtime.block_on(builder.connect())??;
+        Ok(Self { bus, runtime })
+    }
+
+    /// Publishes an event; see [`crate::Bus::publish`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Bus::publish`].
+    pub fn publish(&self, event: &dyn Event) -> Result<()> {
+        self.runtime.block_on(self.bus.publish(event))?
+    }
+
+    /// Publishes an event and waits for the broker's confirm; see
+    /// [`crate::Bus::publish_confirmed`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Bus::publish_confirmed`].
+    pub fn publish_confirmed(&self, event: &dyn Event) -> Result<()> {
+        self.runtime.block_on(self.bus.publish_confirmed(event))?
+    }
+
+    /// A snapshot of the bus's counters.
+    #[must_use]
+    pub fn stats(&self) -> Stats {
+        self.bus.stats()
+    }
+
+    /// Closes the bus; see [`crate::Bus::close`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Bus::close`].
+    pub fn close(self) -> Result<()> {
+        self.runtime.block_on(self.bus.close())?
+    }
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        // Already closed: `close` fails at once, which is fine here.
+        let _ = self
+            .runtime
+            .block_on(async { tokio::time::timeout(CLOSE_TIMEOUT, self.bus.close()).await });
+    }
+}
+
+impl fmt::Debug for Bus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("blocking::Bus")
+            .field("bus", &self.bus)
+            .finish_non_exhaustive()
     }
 }

@@ -179,10 +179,18 @@ fn bincode_decode<C: bincode::config::Config>(
 /// arrive as strings.
 fn bincode_cause(e: bincode::error::DecodeError) -> String {
     use bincode::error::DecodeError;
-    let text = match e {
+    let mut text = match e {
         DecodeError::OtherString(text) => text,
         other => other.to_string(),
     };
+    // Each serde layer between bincode and the erased visitor wraps the
+    // message in the Debug form of `OtherString`; unwrap them.
+    while let Some(inner) = text
+        .strip_prefix("OtherString(\"")
+        .and_then(|t| t.strip_suffix("\")"))
+    {
+        text = inner.replace("\\\"", "\"").replace("\\\\", "\\");
+    }
     if text.contains("LimitExceeded") {
         "a length prefix claims more memory than the body can hold (decode limit exceeded)"
             .to_owned()

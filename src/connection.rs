@@ -54,6 +54,11 @@ struct Inner {
     instance_id: String,
     codecs: Codecs,
     exclusive_queues: AtomicU64,
+    /// One channel for declarations and deletions, reopened after the
+    /// broker closes it. Short-lived channels are avoided: lapin may hand a
+    /// closing channel's id to a new channel, whose late close-ok then
+    /// closes the new one.
+    admin: tokio::sync::Mutex<Option<lapin::Channel>>,
 }
 
 impl Connection {
@@ -105,6 +110,7 @@ impl Connection {
                 amqp,
                 instance_id,
                 exclusive_queues: AtomicU64::new(0),
+                admin: tokio::sync::Mutex::new(None),
             }),
         };
         conn.declare_exchange().await?;
@@ -144,6 +150,17 @@ impl Connection {
             .map_err(|e| Error::amqp("opening a channel", e))
     }
 
+    /// The channel for declarations: the open one, or a new one.
+    async fn admin_channel(&self) -> Result<lapin::Channel> {
+        let mut admin = self.inner.admin.lock().await;
+        if let Some(channel) = admin.as_ref().filter(|c| c.status().connected()) {
+            return Ok(channel.clone());
+        }
+        let channel = self.channel().await?;
+        *admin = Some(channel.clone());
+        Ok(channel)
+    }
+
     /// **Declares the exchange of the props** (durable, of the props' kind).
     /// [`connect`](Connection::connect) already did; declaring again is
     /// harmless.
@@ -154,7 +171,7 @@ impl Connection {
     /// another kind or durability.
     pub async fn declare_exchange(&self) -> Result<()> {
         let props = &self.inner.props;
-        let channel = self.channel().await?;
+        let channel = self.admin_channel().await?;
         let kind = match props.exchange_kind() {
             ExchangeKind::Fanout => lapin::ExchangeKind::Fanout,
             ExchangeKind::Direct => lapin::ExchangeKind::Direct,
@@ -195,7 +212,7 @@ impl Connection {
     /// [`ErrorKind::Broker`] when the broker refuses the declaration (for
     /// example, a queue of that name exists with other settings).
     pub async fn declare_queue(&self, queue: &Queue) -> Result<String> {
-        let channel = self.channel().await?;
+        let channel = self.admin_channel().await?;
         self.declare_queue_on(&channel, queue).await
     }
 
@@ -261,7 +278,7 @@ impl Connection {
     /// [`ErrorKind::Broker`] when the broker refuses, for example because
     /// another connection holds the queue exclusively.
     pub async fn delete_queue(&self, name: &str) -> Result<u32> {
-        self.channel()
+        self.admin_channel()
             .await?
             .queue_delete(short(name)?, QueueDeleteOptions::default())
             .await
@@ -274,7 +291,7 @@ impl Connection {
     ///
     /// [`ErrorKind::Broker`] when the broker refuses.
     pub async fn delete_exchange(&self, name: &str) -> Result<()> {
-        self.channel()
+        self.admin_channel()
             .await?
             .exchange_delete(short(name)?, ExchangeDeleteOptions::default())
             .await

@@ -15,9 +15,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::props::AmqpProps;
 use crate::queue::Queue;
 use crate::runtime::BlockingRuntime;
-
-/// The error a [`ConsumerThread`] callback may return.
-pub type CallbackError = Box<dyn std::error::Error + Send + Sync + 'static>;
+use crate::subscribers::HandlerError;
 
 /// **A consumer that runs a callback on its own OS thread** (zamqp's
 /// `AMQPThread(AMQPConsumer(queue, props, callback))`), for code that is not
@@ -69,7 +67,7 @@ impl ConsumerThread {
     /// thread is left running.
     pub fn spawn<F>(props: &AmqpProps, queue: Queue, callback: F) -> Result<Self>
     where
-        F: FnMut(&Delivery) -> Result<(), CallbackError> + Send + 'static,
+        F: FnMut(&Delivery) -> Result<(), HandlerError> + Send + 'static,
     {
         let (stop, stopped) = watch::channel(false);
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -173,7 +171,7 @@ fn run<F>(
     ready: mpsc::Sender<Result<String>>,
 ) -> Result<()>
 where
-    F: FnMut(&Delivery) -> Result<(), CallbackError>,
+    F: FnMut(&Delivery) -> Result<(), HandlerError>,
 {
     let runtime = match BlockingRuntime::new("tidings-consumer-io") {
         Ok(runtime) => runtime,

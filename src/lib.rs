@@ -1,15 +1,41 @@
 //! **Typed events across processes, over RabbitMQ.**
 //!
-//! tidings grows out of the Python `zamqp` package. This is its AMQP core:
-//! [`AmqpProps`] say where the broker is and which exchange carries the
-//! messages; a [`Connection`] opens from them and declares that exchange; a
+//! A service derives [`Event`] on its types, subscribes local handlers to
+//! [`Subscribers`], and connects a [`Bus`]: every event any process
+//! publishes is broadcast through a RabbitMQ exchange and dispatched, typed,
+//! to the subscribers of every receiving process. `memory://` gives the same
+//! semantics inside one process, for tests.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> tidings::Result<()> {
+//! use serde::{Deserialize, Serialize};
+//! use tidings::{Bus, Event, Subscribers};
+//!
+//! #[derive(Event, Serialize, Deserialize, Debug, Clone)]
+//! #[event(name = "orders.placed")]
+//! struct OrderPlaced { id: u64, item: String }
+//!
+//! let subscribers = Subscribers::new();
+//! let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+//! let _guard = subscribers.subscribe(move |order: &OrderPlaced| tx.send(order.id).unwrap());
+//!
+//! // amqp://guest:guest@localhost:5672/%2f?exchange=orders crosses processes;
+//! // memory:// stays in this one, with the same semantics.
+//! let bus = Bus::builder("memory://crate-docs")?.subscribers(subscribers).connect().await?;
+//! bus.publish(&OrderPlaced { id: 7, item: "tea".into() }).await?;
+//! assert_eq!(rx.recv().await, Some(7));
+//! bus.close().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Underneath is the AMQP core, grown out of the Python `zamqp` package and
+//! usable on its own: [`AmqpProps`] say where the broker is and which
+//! exchange carries the messages; a [`Connection`] opens from them; a
 //! [`Producer`] publishes any `Serialize` value; a [`Consumer`] is a stream
 //! of [`Delivery`]s from a [`Queue`]; a [`ConsumerThread`] runs a callback on
 //! an OS thread of its own; the [`blocking`] module serves code that is not
 //! async. Bodies are encoded by a [`Codec`] ([`Bincode`] by default, or
 //! [`Json`]), and receivers decode by each message's `content-type`.
-//!
-//! # Examples
 //!
 //! ```
 //! # async fn example() -> tidings::Result<()> {
@@ -18,18 +44,17 @@
 //! use tokio_stream::StreamExt;
 //!
 //! #[derive(Serialize, Deserialize, Debug, PartialEq)]
-//! struct OrderPlaced { id: u64, item: String }
+//! struct Reading { sensor: String, value: f64 }
 //!
 //! // AMQP_URL, or amqp://guest:guest@localhost:5672/%2f
-//! let props = AmqpProps::from_env()?.with_exchange("doc.orders", ExchangeKind::Fanout);
+//! let props = AmqpProps::from_env()?.with_exchange("doc.readings", ExchangeKind::Fanout);
 //! let conn = Connection::connect(&props).await?;
+//! let mut readings = conn.consumer(&Queue::exclusive()).await?;
+//! let reading = Reading { sensor: "t1".into(), value: 21.5 };
+//! conn.producer().await?.publish_confirmed(&reading).await?;
 //!
-//! let mut orders = conn.consumer(&Queue::exclusive()).await?;
-//! let producer = conn.producer().await?;
-//! producer.publish_confirmed(&OrderPlaced { id: 1, item: "tea".into() }).await?;
-//!
-//! let delivery = orders.next().await.expect("consumer closed")?;
-//! assert_eq!(delivery.decode::<OrderPlaced>()?, OrderPlaced { id: 1, item: "tea".into() });
+//! let delivery = readings.next().await.expect("consumer closed")?;
+//! assert_eq!(delivery.decode::<Reading>()?, reading);
 //! assert_eq!(delivery.content_type(), Some("application/x-bincode"));
 //! delivery.ack().await?;
 //! conn.close().await?;
@@ -39,23 +64,52 @@
 #![doc(test(attr(deny(warnings))))]
 
 pub mod blocking;
+mod bus;
 mod codec;
 mod connection;
 mod consumer;
 mod consumer_thread;
+mod context;
 mod delivery;
 mod error;
+mod event;
 mod producer;
 mod props;
 mod queue;
 mod runtime;
+mod stats;
+mod subscribers;
+mod transport;
 
+pub use bus::{Bus, BusBuilder};
 pub use codec::{BINCODE_CONTENT_TYPE, Bincode, Codec, DecodeVisitor, JSON_CONTENT_TYPE, Json};
 pub use connection::Connection;
 pub use consumer::Consumer;
-pub use consumer_thread::{CallbackError, ConsumerThread};
+pub use consumer_thread::ConsumerThread;
+pub use context::Context;
 pub use delivery::Delivery;
 pub use error::{Error, ErrorKind, Result};
+pub use event::{Event, EventType, Fingerprint, Registration, registered_events};
 pub use producer::{Confirm, ORIGIN_HEADER, Producer, Publish};
 pub use props::{AmqpProps, ExchangeKind};
 pub use queue::Queue;
+pub use stats::{RejectReason, Stats};
+pub use subscribers::{
+    Dispatch, EventStream, HandlerError, HandlerOutput, Lagged, Subscribers, Subscription,
+};
+/// Derives [`Event`] and [`EventType`] for a struct or enum that also
+/// derives serde's `Serialize` and `Deserialize`.
+///
+/// `#[event(name = "orders.placed")]` sets the wire tag (default: the
+/// type's name); `#[event(routing_key = "orders.eu")]` sets the routing key
+/// (default: the tag). Generic types cannot be events.
+pub use tidings_macros::Event;
+pub use transport::{FINGERPRINT_HEADER, TAG_HEADER};
+
+/// Not public API: what `#[derive(Event)]` expands to refers to these.
+#[doc(hidden)]
+pub mod __private {
+    pub use inventory;
+    pub use serde;
+    pub use typetag;
+}

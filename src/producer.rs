@@ -240,47 +240,95 @@ impl Producer {
     ///
     /// As [`publish_with`](Producer::publish_with).
     pub async fn publish_bytes(&self, body: &[u8], publish: &Publish) -> Result<Confirm> {
-        let inner = &*self.inner;
-        let sequence = inner.sequence.fetch_add(1, Ordering::Relaxed);
         let message_id = match &publish.message_id {
             Some(id) => short(id)?,
-            None => ShortString::from(format!("{}-{sequence}", inner.instance_id)),
+            None => self.next_message_id(),
         };
         let mut headers = FieldTable::default();
-        headers.insert(ORIGIN_HEADER.into(), inner.origin.clone());
         for (name, value) in &publish.headers {
             headers.insert(short(name)?, AMQPValue::LongString(value.as_str().into()));
         }
-        let mut properties = BasicProperties::default()
-            .with_content_type(inner.content_type.clone())
-            .with_message_id(message_id)
-            .with_timestamp(unix_now())
-            .with_app_id(inner.app_id.clone())
-            .with_headers(headers);
+        let exchange = if publish.to_queue {
+            ShortString::from("")
+        } else {
+            self.inner.exchange.clone()
+        };
+        let options = BasicPublishOptions {
+            mandatory: publish.mandatory,
+            ..BasicPublishOptions::default()
+        };
+        let mut properties = self.properties(message_id, headers);
         if publish.persistent {
             properties = properties.with_delivery_mode(2);
         }
         if let Some(ttl) = publish.expiration {
             properties = properties.with_expiration(ttl.as_millis().to_string().into());
         }
-        let exchange = if publish.to_queue {
-            ShortString::from("")
-        } else {
-            inner.exchange.clone()
-        };
-        let routing_key = short(&publish.routing_key)?;
-        let options = BasicPublishOptions {
-            mandatory: publish.mandatory,
-            ..BasicPublishOptions::default()
-        };
-        let confirm = inner
+        self.send(
+            exchange,
+            short(&publish.routing_key)?,
+            options,
+            body,
+            properties,
+        )
+        .await
+    }
+
+    /// Publishes an encoded event to the exchange: the bus's path, with its
+    /// headers built once and no per-message options to look at.
+    pub(crate) async fn publish_raw(
+        &self,
+        body: &[u8],
+        routing_key: ShortString,
+        message_id: ShortString,
+        headers: FieldTable,
+    ) -> Result<Confirm> {
+        let properties = self.properties(message_id, headers);
+        let exchange = self.inner.exchange.clone();
+        self.send(
+            exchange,
+            routing_key,
+            BasicPublishOptions::default(),
+            body,
+            properties,
+        )
+        .await
+    }
+
+    /// A message id unique across processes: `<instance-id>-<n>`.
+    pub(crate) fn next_message_id(&self) -> ShortString {
+        let sequence = self.inner.sequence.fetch_add(1, Ordering::Relaxed);
+        ShortString::from(format!("{}-{sequence}", self.inner.instance_id))
+    }
+
+    fn properties(&self, message_id: ShortString, mut headers: FieldTable) -> BasicProperties {
+        let inner = &*self.inner;
+        headers.insert(ORIGIN_HEADER.into(), inner.origin.clone());
+        BasicProperties::default()
+            .with_content_type(inner.content_type.clone())
+            .with_message_id(message_id)
+            .with_timestamp(unix_now())
+            .with_app_id(inner.app_id.clone())
+            .with_headers(headers)
+    }
+
+    async fn send(
+        &self,
+        exchange: ShortString,
+        routing_key: ShortString,
+        options: BasicPublishOptions,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<Confirm> {
+        let confirm = self
+            .inner
             .channel
             .basic_publish(exchange, routing_key, options, body, properties)
             .await
             .map_err(|e| Error::amqp("publishing", e))?;
-        trace!(routing_key = %publish.routing_key, bytes = body.len(), "published");
+        trace!(bytes = body.len(), "published");
         Ok(Confirm {
-            inner: inner.confirms.then_some(confirm),
+            inner: self.inner.confirms.then_some(confirm),
         })
     }
 

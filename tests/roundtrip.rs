@@ -38,8 +38,8 @@ fn order(id: u64) -> Order {
         id,
         customer: "Zoë «quoted»".into(),
         lines: vec![("tea".into(), 2), ("cake".into(), 1)],
-        note: (id % 2 == 0).then(|| "ring twice".into()),
-        priority: if id % 2 == 0 {
+        note: id.is_multiple_of(2).then(|| "ring twice".into()),
+        priority: if id.is_multiple_of(2) {
             Priority::Low
         } else {
             Priority::High {

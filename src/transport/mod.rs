@@ -1,0 +1,137 @@
+//! The driver seam: how a bus moves encoded events. `amqp` goes through
+//! RabbitMQ; `memory` stays inside the process with the same semantics.
+
+pub(crate) mod amqp;
+pub(crate) mod memory;
+
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::event::Fingerprint;
+use crate::producer::Confirm;
+
+/// The header that carries an event's wire tag.
+pub const TAG_HEADER: &str = "x-tidings-tag";
+/// The header that carries an event's schema fingerprint (16 hex digits).
+pub const FINGERPRINT_HEADER: &str = "x-tidings-fingerprint";
+
+/// An encoded event on its way out.
+pub(crate) struct Outgoing {
+    pub(crate) body: Vec<u8>,
+    pub(crate) tag: &'static str,
+    pub(crate) fingerprint: Fingerprint,
+    pub(crate) routing_key: &'static str,
+    pub(crate) message_id: String,
+}
+
+/// A header as received: absent, a string, or of another AMQP type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Header<'a> {
+    Absent,
+    Text(&'a str),
+    WrongType,
+}
+
+/// A received message, not yet decoded.
+// Made once per delivery and moved, never copied; boxing the large variant
+// would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Incoming {
+    Amqp(crate::Delivery),
+    Memory(Arc<memory::Message>),
+}
+
+impl Incoming {
+    pub(crate) fn body(&self) -> &[u8] {
+        match self {
+            Self::Amqp(d) => d.body(),
+            Self::Memory(m) => &m.body,
+        }
+    }
+
+    pub(crate) fn content_type(&self) -> Option<&str> {
+        match self {
+            Self::Amqp(d) => d.content_type(),
+            Self::Memory(m) => Some(m.content_type),
+        }
+    }
+
+    pub(crate) fn header(&self, name: &str) -> Header<'_> {
+        match self {
+            Self::Amqp(d) => match (d.header(name), d.header_str(name)) {
+                (None, _) => Header::Absent,
+                (Some(_), Some(text)) => Header::Text(text),
+                (Some(_), None) => Header::WrongType,
+            },
+            Self::Memory(m) => match name {
+                TAG_HEADER => Header::Text(m.tag),
+                FINGERPRINT_HEADER => Header::Text(&m.fingerprint),
+                _ => Header::Absent,
+            },
+        }
+    }
+
+    pub(crate) fn routing_key(&self) -> &str {
+        match self {
+            Self::Amqp(d) => d.routing_key(),
+            Self::Memory(m) => m.routing_key,
+        }
+    }
+
+    pub(crate) fn message_id(&self) -> Option<&str> {
+        match self {
+            Self::Amqp(d) => d.message_id(),
+            Self::Memory(m) => Some(&m.message_id),
+        }
+    }
+
+    pub(crate) fn origin(&self) -> Option<&str> {
+        match self {
+            Self::Amqp(d) => d.origin(),
+            Self::Memory(m) => Some(&m.origin),
+        }
+    }
+
+    pub(crate) fn timestamp(&self) -> Option<u64> {
+        match self {
+            Self::Amqp(d) => d.timestamp(),
+            Self::Memory(m) => Some(m.timestamp),
+        }
+    }
+
+    pub(crate) fn redelivered(&self) -> bool {
+        match self {
+            Self::Amqp(d) => d.redelivered(),
+            Self::Memory(_) => false,
+        }
+    }
+
+    pub(crate) async fn ack(&self) -> Result<()> {
+        match self {
+            Self::Amqp(d) => d.ack().await,
+            Self::Memory(_) => Ok(()),
+        }
+    }
+
+    pub(crate) async fn reject(&self) -> Result<()> {
+        match self {
+            Self::Amqp(d) => d.reject().await,
+            Self::Memory(_) => Ok(()),
+        }
+    }
+}
+
+/// The broker's answer to one publish, or none needed.
+pub(crate) enum Pending {
+    Amqp(Confirm),
+    Done,
+}
+
+impl Pending {
+    pub(crate) async fn wait(self) -> Result<()> {
+        match self {
+            Self::Amqp(confirm) => confirm.await,
+            Self::Done => Ok(()),
+        }
+    }
+}

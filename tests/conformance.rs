@@ -1,0 +1,422 @@
+//! One behavioural suite, run against every transport (as Watermill runs its
+//! pub/sub conformance tests against each driver), so the in-memory
+//! transport cannot drift from RabbitMQ.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tidings::{AmqpProps, Bus, BusBuilder, Context, Event, ExchangeKind, Lagged, Subscribers};
+use tokio_stream::StreamExt;
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[event(name = "conformance.order_placed")]
+struct OrderPlaced {
+    id: u64,
+    item: String,
+}
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[event(
+    name = "conformance.order_shipped",
+    routing_key = "conformance.shipping"
+)]
+struct OrderShipped {
+    id: u64,
+    carrier: Option<String>,
+}
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[event(name = "conformance.user_event")]
+enum UserEvent {
+    Joined { name: String },
+    Left(String),
+}
+
+/// Where the buses of one test meet: a fresh in-memory hub or a fresh
+/// exchange on the broker.
+#[derive(Clone)]
+enum Meeting {
+    Memory(String),
+    Amqp(Box<tidings::AmqpProps>),
+}
+
+impl Meeting {
+    fn memory() -> Self {
+        Self::Memory(format!("memory://{}", common::unique("hub")))
+    }
+
+    fn amqp() -> Self {
+        Self::Amqp(Box::new(common::props(ExchangeKind::Fanout)))
+    }
+
+    fn builder(&self, subscribers: &Subscribers) -> BusBuilder {
+        let builder = match self {
+            Self::Memory(url) => Bus::builder(url).unwrap(),
+            Self::Amqp(props) => Bus::with_props(AmqpProps::clone(props)),
+        };
+        builder.subscribers(subscribers.clone())
+    }
+
+    async fn bus(&self, subscribers: &Subscribers) -> Bus {
+        self.builder(subscribers).connect().await.unwrap()
+    }
+
+    fn cleanup(&self) -> Option<common::Cleanup> {
+        match self {
+            Self::Memory(_) => None,
+            Self::Amqp(props) => Some(common::Cleanup::new(props)),
+        }
+    }
+}
+
+/// Collects what a handler sees, and waits for a count.
+#[derive(Clone)]
+struct Seen<T>(Arc<Mutex<Vec<T>>>);
+
+impl<T> Default for Seen<T> {
+    fn default() -> Self {
+        Self(Arc::default())
+    }
+}
+
+impl<T: Clone + Send + 'static> Seen<T> {
+    fn push(&self, value: T) {
+        self.0.lock().unwrap().push(value);
+    }
+
+    fn get(&self) -> Vec<T> {
+        self.0.lock().unwrap().clone()
+    }
+
+    async fn wait_for(&self, count: usize) -> Vec<T> {
+        let arrived = common::eventually(Duration::from_secs(20), || {
+            self.0.lock().unwrap().len() >= count
+        })
+        .await;
+        let seen = self.get();
+        assert!(arrived, "expected {count} events, got {}", seen.len());
+        seen
+    }
+}
+
+async fn broadcast_reaches_every_bus_once_in_order(meeting: Meeting) {
+    let _cleanup = meeting.cleanup();
+    let (here, there) = (Subscribers::new(), Subscribers::new());
+    let (seen_here, seen_there) = (Seen::default(), Seen::default());
+    let (a, b) = (seen_here.clone(), seen_there.clone());
+    let _g1 = here.subscribe(move |e: &OrderPlaced| a.push(e.id));
+    let _g2 = there.subscribe(move |e: &OrderPlaced| b.push(e.id));
+    let publisher = meeting.bus(&here).await;
+    let listener = meeting.bus(&there).await;
+    for id in 0..200 {
+        publisher
+            .publish(&OrderPlaced {
+                id,
+                item: "tea".into(),
+            })
+            .await
+            .unwrap();
+    }
+    let expected: Vec<u64> = (0..200).collect();
+    assert_eq!(seen_there.wait_for(200).await, expected);
+    assert_eq!(
+        seen_here.wait_for(200).await,
+        expected,
+        "self-delivery is on by default"
+    );
+    publisher.close().await.unwrap();
+    listener.close().await.unwrap();
+    assert_eq!(seen_there.get().len(), 200, "no duplicates");
+    let stats = publisher.stats();
+    assert_eq!(
+        (stats.published, stats.confirmed, stats.publish_failed),
+        (200, 200, 0)
+    );
+    assert_eq!(listener.stats().dispatched, 200);
+}
+
+async fn self_delivery_off_skips_own_events_only(meeting: Meeting) {
+    let _cleanup = meeting.cleanup();
+    let (here, there) = (Subscribers::new(), Subscribers::new());
+    let (seen_here, seen_there) = (Seen::default(), Seen::default());
+    let (a, b) = (seen_here.clone(), seen_there.clone());
+    let _g1 = here.subscribe(move |e: &OrderPlaced| a.push(e.id));
+    let _g2 = there.subscribe(move |e: &OrderPlaced| b.push(e.id));
+    let quiet = meeting
+        .builder(&here)
+        .self_delivery(false)
+        .connect()
+        .await
+        .unwrap();
+    let other = meeting.bus(&there).await;
+    quiet
+        .publish_confirmed(&OrderPlaced {
+            id: 1,
+            item: "x".into(),
+        })
+        .await
+        .unwrap();
+    other
+        .publish_confirmed(&OrderPlaced {
+            id: 2,
+            item: "y".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        seen_here.wait_for(1).await,
+        [2],
+        "own event skipped, the other's received"
+    );
+    let mut there_ids = seen_there.wait_for(2).await;
+    there_ids.sort_unstable();
+    assert_eq!(there_ids, [1, 2]);
+    quiet.close().await.unwrap();
+    other.close().await.unwrap();
+    assert_eq!(quiet.stats().own_skipped, 1);
+    assert_eq!(seen_here.get(), [2]);
+}
+
+async fn typed_subscribers_get_only_their_type(meeting: Meeting) {
+    let _cleanup = meeting.cleanup();
+    let subscribers = Subscribers::new();
+    let placed = Seen::default();
+    let shipped = Seen::default();
+    let users = Seen::default();
+    let all = Seen::default();
+    let (p, s, u, a) = (placed.clone(), shipped.clone(), users.clone(), all.clone());
+    let _g = (
+        subscribers.subscribe(move |e: &OrderPlaced| p.push(e.clone())),
+        subscribers.subscribe_with(move |e: &OrderShipped, ctx: &Context| {
+            s.push((e.clone(), ctx.routing_key().to_owned()))
+        }),
+        subscribers.subscribe(move |e: &UserEvent| u.push(e.clone())),
+        subscribers.subscribe_all(move |e: &dyn Event, _: &Context| a.push(e.tag())),
+    );
+    let bus = meeting.bus(&subscribers).await;
+    bus.publish(&OrderPlaced {
+        id: 1,
+        item: "tea".into(),
+    })
+    .await
+    .unwrap();
+    bus.publish(&OrderShipped {
+        id: 1,
+        carrier: Some("ups".into()),
+    })
+    .await
+    .unwrap();
+    bus.publish(&UserEvent::Joined { name: "ada".into() })
+        .await
+        .unwrap();
+    bus.publish(&UserEvent::Left("bob".into())).await.unwrap();
+    assert_eq!(
+        all.wait_for(4).await,
+        [
+            "conformance.order_placed",
+            "conformance.order_shipped",
+            "conformance.user_event",
+            "conformance.user_event"
+        ]
+    );
+    assert_eq!(
+        placed.get(),
+        [OrderPlaced {
+            id: 1,
+            item: "tea".into()
+        }]
+    );
+    assert_eq!(
+        shipped.get(),
+        [(
+            OrderShipped {
+                id: 1,
+                carrier: Some("ups".into())
+            },
+            "conformance.shipping".to_owned()
+        )]
+    );
+    assert_eq!(
+        users.get(),
+        [
+            UserEvent::Joined { name: "ada".into() },
+            UserEvent::Left("bob".into())
+        ]
+    );
+    bus.close().await.unwrap();
+}
+
+async fn dropping_the_guard_unsubscribes(meeting: Meeting) {
+    let _cleanup = meeting.cleanup();
+    let subscribers = Subscribers::new();
+    let kept = Seen::default();
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let (k, d) = (kept.clone(), dropped.clone());
+    let _keep = subscribers.subscribe(move |e: &OrderPlaced| k.push(e.id));
+    let guard = subscribers.subscribe(move |_: &OrderPlaced| {
+        d.fetch_add(1, Ordering::SeqCst);
+    });
+    let bus = meeting.bus(&subscribers).await;
+    bus.publish(&OrderPlaced {
+        id: 1,
+        item: String::new(),
+    })
+    .await
+    .unwrap();
+    kept.wait_for(1).await;
+    drop(guard);
+    bus.publish(&OrderPlaced {
+        id: 2,
+        item: String::new(),
+    })
+    .await
+    .unwrap();
+    kept.wait_for(2).await;
+    assert_eq!(dropped.load(Ordering::SeqCst), 1);
+    bus.close().await.unwrap();
+}
+
+async fn a_panicking_handler_does_not_stop_the_others(meeting: Meeting) {
+    let _cleanup = meeting.cleanup();
+    let subscribers = Subscribers::new();
+    let seen = Seen::default();
+    let s = seen.clone();
+    let _g = (
+        subscribers.subscribe(|e: &OrderPlaced| {
+            if e.id == 1 {
+                panic!("handler panics on 1");
+            }
+        }),
+        subscribers.subscribe(|e: &OrderPlaced| {
+            if e.id == 2 {
+                Err("handler fails on 2")
+            } else {
+                Ok(())
+            }
+        }),
+        subscribers.subscribe(move |e: &OrderPlaced| s.push(e.id)),
+    );
+    let bus = meeting.bus(&subscribers).await;
+    for id in 1..=3 {
+        bus.publish(&OrderPlaced {
+            id,
+            item: String::new(),
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(seen.wait_for(3).await, [1, 2, 3]);
+    bus.close().await.unwrap();
+    let stats = bus.stats();
+    assert_eq!(stats.handler_failures, 2);
+    assert_eq!(stats.dispatched, 3);
+}
+
+async fn async_handlers_run_in_order_with_context(meeting: Meeting) {
+    let _cleanup = meeting.cleanup();
+    let subscribers = Subscribers::new();
+    let seen = Seen::default();
+    let s = seen.clone();
+    let _g = subscribers.subscribe_async(move |e: Arc<OrderShipped>, ctx: Context| {
+        let s = s.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            s.push((
+                e.id,
+                ctx.routing_key().to_owned(),
+                ctx.origin().map(str::to_owned),
+                ctx.is_remote(),
+            ));
+        }
+    });
+    let bus = meeting.bus(&subscribers).await;
+    for id in 0..5 {
+        bus.publish(&OrderShipped { id, carrier: None })
+            .await
+            .unwrap();
+    }
+    let seen = seen.wait_for(5).await;
+    let origin = Some(bus.instance_id().to_owned());
+    let expected: Vec<_> = (0..5)
+        .map(|id| (id, "conformance.shipping".to_owned(), origin.clone(), true))
+        .collect();
+    assert_eq!(seen, expected);
+    bus.close().await.unwrap();
+}
+
+async fn a_lagging_stream_is_told_and_stays_bounded(meeting: Meeting) {
+    let _cleanup = meeting.cleanup();
+    let subscribers = Subscribers::new();
+    let mut stream = subscribers.stream::<OrderPlaced>(4);
+    let counted = Seen::default();
+    let c = counted.clone();
+    let _g = subscribers.subscribe(move |e: &OrderPlaced| c.push(e.id));
+    let bus = meeting.bus(&subscribers).await;
+    for id in 0..20 {
+        bus.publish(&OrderPlaced {
+            id,
+            item: String::new(),
+        })
+        .await
+        .unwrap();
+    }
+    counted.wait_for(20).await; // all dispatched while the stream was not read
+    assert_eq!(stream.next().await.unwrap(), Err(Lagged(16)));
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(stream.next().await.unwrap().unwrap().id);
+    }
+    assert_eq!(got, [16, 17, 18, 19], "the newest events are kept");
+    bus.close().await.unwrap();
+}
+
+async fn closed_bus_refuses_to_publish(meeting: Meeting) {
+    let _cleanup = meeting.cleanup();
+    let bus = meeting.bus(&Subscribers::new()).await;
+    let clone = bus.clone();
+    bus.close().await.unwrap();
+    let err = clone
+        .publish(&OrderPlaced {
+            id: 1,
+            item: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert!(err.is_closed(), "{err}");
+}
+
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(super::Meeting::memory()).await;
+                }
+            )*
+        }
+        mod amqp {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(super::Meeting::amqp()).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    broadcast_reaches_every_bus_once_in_order,
+    self_delivery_off_skips_own_events_only,
+    typed_subscribers_get_only_their_type,
+    dropping_the_guard_unsubscribes,
+    a_panicking_handler_does_not_stop_the_others,
+    async_handlers_run_in_order_with_context,
+    a_lagging_stream_is_told_and_stays_bounded,
+    closed_bus_refuses_to_publish,
+);

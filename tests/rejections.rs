@@ -1,0 +1,260 @@
+//! What a bus receives but cannot dispatch is rejected with a reason,
+//! counted, logged, and the bus goes on with the next event.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use lapin::BasicProperties;
+use lapin::options::BasicPublishOptions;
+use lapin::types::{AMQPValue, FieldTable};
+use serde::{Deserialize, Serialize};
+use tidings::{
+    Bincode, Bus, Codec, Connection, Event, EventType, ExchangeKind, Json, RejectReason,
+    Subscribers,
+};
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[event(name = "rejections.reading")]
+struct Reading {
+    sensor: String,
+    value: i64,
+}
+
+/// Same fields, another tag: a body of this type under a `Reading` header.
+#[derive(Event, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[event(name = "rejections.other")]
+struct Other {
+    sensor: String,
+    value: i64,
+}
+
+/// Everything the library logs in this test binary.
+fn logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let sink = buffer.clone();
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || Capture(sink.clone()))
+            .init();
+        buffer
+    })
+    .clone()
+}
+
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn logged(needle: &str) -> bool {
+    String::from_utf8_lossy(&logs().lock().unwrap()).contains(needle)
+}
+
+struct Raw {
+    conn: Connection,
+    exchange: String,
+}
+
+impl Raw {
+    /// Publishes as a foreign client would: any body, any headers.
+    async fn publish(&self, body: &[u8], content_type: &str, headers: &[(&str, AMQPValue)]) {
+        let mut table = FieldTable::default();
+        for (name, value) in headers {
+            table.insert((*name).into(), value.clone());
+        }
+        let properties = BasicProperties::default()
+            .with_content_type(content_type.into())
+            .with_message_id(common::unique("raw").into())
+            .with_headers(table);
+        let channel = self.conn.channel().await.unwrap();
+        channel
+            .basic_publish(
+                self.exchange.as_str().into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+}
+
+fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(s.into())
+}
+
+async fn received(seen: &Arc<Mutex<Vec<Reading>>>, count: usize) -> Vec<Reading> {
+    let arrived = common::eventually(Duration::from_secs(10), || {
+        seen.lock().unwrap().len() >= count
+    })
+    .await;
+    let seen = seen.lock().unwrap().clone();
+    assert!(arrived, "expected {count} readings, got {seen:?}");
+    seen
+}
+
+#[tokio::test]
+async fn bad_events_are_rejected_counted_and_logged_and_the_bus_goes_on() {
+    let _logs = logs();
+    let props = common::props(ExchangeKind::Fanout);
+    let _cleanup = common::Cleanup::new(&props);
+    let subscribers = Subscribers::new();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let _g = subscribers.subscribe(move |r: &Reading| s.lock().unwrap().push(r.clone()));
+    let bus = Bus::with_props(props.clone())
+        .subscribers(subscribers)
+        .connect()
+        .await
+        .unwrap();
+    let raw = Raw {
+        conn: Connection::connect(&props).await.unwrap(),
+        exchange: props.exchange().to_owned(),
+    };
+    let ours = Reading::FINGERPRINT.to_string();
+    let reading = |sensor: &str, value| Reading {
+        sensor: sensor.into(),
+        value,
+    };
+    let bincode: &dyn Codec = &Bincode;
+    let json: &dyn Codec = &Json;
+    let tagged = |codec: &dyn Codec, tag: &str, r: &Reading| {
+        codec
+            .encode(&BTreeMap::from([(tag.to_owned(), r.clone())]))
+            .unwrap()
+    };
+
+    // A type only the publisher knows: same bytes typetag would write.
+    let secret = tagged(bincode, "secret.type", &reading("s", 1));
+    raw.publish(
+        &secret,
+        "application/x-bincode",
+        &[
+            ("x-tidings-tag", text("secret.type")),
+            ("x-tidings-fingerprint", text(&ours)),
+        ],
+    )
+    .await;
+    // Same tag, another shape: bincode would misread it, so it is refused.
+    let good_bytes = tagged(bincode, "rejections.reading", &reading("m", 2));
+    let other = "0123456789abcdef";
+    raw.publish(
+        &good_bytes,
+        "application/x-bincode",
+        &[
+            ("x-tidings-tag", text("rejections.reading")),
+            ("x-tidings-fingerprint", text(other)),
+        ],
+    )
+    .await;
+    // JSON is self-describing: a differing fingerprint is tolerated if it decodes...
+    let json_ok = tagged(json, "rejections.reading", &reading("j", 3));
+    raw.publish(
+        &json_ok,
+        "application/json",
+        &[
+            ("x-tidings-tag", text("rejections.reading")),
+            ("x-tidings-fingerprint", text(other)),
+        ],
+    )
+    .await;
+    // ...and refused if it does not.
+    raw.publish(
+        br#"{"rejections.reading":{"sensor":5}}"#,
+        "application/json",
+        &[
+            ("x-tidings-tag", text("rejections.reading")),
+            ("x-tidings-fingerprint", text(other)),
+        ],
+    )
+    .await;
+    // No tag header; a tag header of the wrong type; a body whose tag differs.
+    raw.publish(&good_bytes, "application/x-bincode", &[]).await;
+    raw.publish(
+        &good_bytes,
+        "application/x-bincode",
+        &[("x-tidings-tag", AMQPValue::LongLongInt(7))],
+    )
+    .await;
+    let other_body = bincode
+        .encode(
+            &(Box::new(Other {
+                sensor: "o".into(),
+                value: 4,
+            }) as Box<dyn Event>),
+        )
+        .unwrap();
+    raw.publish(
+        &other_body,
+        "application/x-bincode",
+        &[
+            ("x-tidings-tag", text("rejections.reading")),
+            ("x-tidings-fingerprint", text(&ours)),
+        ],
+    )
+    .await;
+    // Garbage under a known tag.
+    raw.publish(
+        &[0xFF; 9],
+        "application/x-bincode",
+        &[
+            ("x-tidings-tag", text("rejections.reading")),
+            ("x-tidings-fingerprint", text(&ours)),
+        ],
+    )
+    .await;
+    // Finally a good one, through the bus.
+    bus.publish_confirmed(&reading("last", 5)).await.unwrap();
+
+    assert_eq!(
+        received(&seen, 2).await,
+        [reading("j", 3), reading("last", 5)]
+    );
+    let stats = bus.stats();
+    assert_eq!(stats.rejected(RejectReason::UnknownTag), 1);
+    assert_eq!(stats.rejected(RejectReason::FingerprintMismatch), 2);
+    assert_eq!(stats.rejected(RejectReason::MissingTag), 1);
+    assert_eq!(stats.rejected(RejectReason::BadHeader), 1);
+    assert_eq!(stats.rejected(RejectReason::TagMismatch), 1);
+    assert_eq!(stats.rejected(RejectReason::Decode), 1);
+    assert_eq!(stats.rejected_total(), 7);
+    assert_eq!(stats.fingerprint_mismatches, 3);
+    assert_eq!(stats.dispatched, 2);
+    assert!(logged("unknown event tag \"secret.type\""));
+    assert!(logged(
+        "body holds event \"rejections.other\" but the x-tidings-tag header says \"rejections.reading\""
+    ));
+    assert!(
+        logged("invalid type: integer `5`, expected a string"),
+        "decode errors say what was wrong"
+    );
+    assert!(
+        logged(&format!(
+            "has schema fingerprint {other}, this process has {ours}"
+        )),
+        "both fingerprints logged"
+    );
+    assert!(
+        logged(&format!("theirs={other} ours={ours}")),
+        "the tolerated JSON mismatch is logged too"
+    );
+    bus.close().await.unwrap();
+    raw.conn.close().await.unwrap();
+}

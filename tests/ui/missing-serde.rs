@@ -1,0 +1,6 @@
+#[derive(tidings::Event, Debug)]
+struct OrderPlaced {
+    id: u64,
+}
+
+fn main() {}
