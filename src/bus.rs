@@ -53,7 +53,7 @@ const MEMORY_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 /// use tokio_stream::StreamExt;
 ///
 /// #[derive(Event, Serialize, Deserialize, Debug, Clone, PartialEq)]
-/// #[event(name = "orders.placed")]
+/// #[event(name = "shop.order_placed")]
 /// struct OrderPlaced { id: u64 }
 ///
 /// // Two "processes" on one in-memory exchange.

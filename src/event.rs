@@ -21,7 +21,7 @@ use crate::error::{Error, ErrorKind, Result};
 /// wire tag and computes its schema [`Fingerprint`].
 ///
 /// On the wire an event is externally tagged, so a JSON body reads
-/// `{"orders.placed":{"id":7,"item":"tea"}}`.
+/// `{"invoices.sent":{"id":7,"item":"tea"}}`.
 ///
 /// # Examples
 ///
@@ -30,17 +30,17 @@ use crate::error::{Error, ErrorKind, Result};
 /// use tidings::{Event, EventType};
 ///
 /// #[derive(Event, Serialize, Deserialize, Debug, Clone, PartialEq)]
-/// #[event(name = "orders.placed")]
-/// struct OrderPlaced { id: u64, item: String }
+/// #[event(name = "invoices.sent")]
+/// struct InvoiceSent { id: u64, item: String }
 ///
-/// let event: Box<dyn Event> = Box::new(OrderPlaced { id: 7, item: "tea".into() });
-/// assert_eq!(event.tag(), "orders.placed");
-/// assert_eq!(event.routing_key(), "orders.placed");
-/// assert_eq!(event.fingerprint(), OrderPlaced::FINGERPRINT);
-/// assert_eq!(serde_json::to_string(&event).unwrap(), r#"{"orders.placed":{"id":7,"item":"tea"}}"#);
+/// let event: Box<dyn Event> = Box::new(InvoiceSent { id: 7, item: "tea".into() });
+/// assert_eq!(event.tag(), "invoices.sent");
+/// assert_eq!(event.routing_key(), "invoices.sent");
+/// assert_eq!(event.fingerprint(), InvoiceSent::FINGERPRINT);
+/// assert_eq!(serde_json::to_string(&event).unwrap(), r#"{"invoices.sent":{"id":7,"item":"tea"}}"#);
 ///
-/// let back: Box<dyn Event> = serde_json::from_str(r#"{"orders.placed":{"id":8,"item":"cake"}}"#).unwrap();
-/// let order = back.as_any().downcast_ref::<OrderPlaced>().unwrap();
+/// let back: Box<dyn Event> = serde_json::from_str(r#"{"invoices.sent":{"id":8,"item":"cake"}}"#).unwrap();
+/// let order = back.as_any().downcast_ref::<InvoiceSent>().unwrap();
 /// assert_eq!(order.id, 8);
 /// ```
 #[typetag::serde]

@@ -45,7 +45,7 @@ pub const ORIGIN_HEADER: &str = "x-origin";
 ///
 /// // Pipelined: publish many, then wait for all confirms.
 /// for i in 0..100u32 {
-///     producer.publish_with(&i, &Publish::new().routing_key("numbers.small")).await?;
+///     drop(producer.publish_with(&i, &Publish::new().routing_key("numbers.small")).await?);
 /// }
 /// producer.wait_for_confirms().await?;
 /// # conn.close().await?;
