@@ -4,7 +4,7 @@
 //! Each wraps the async type of the same name and runs it on a private Tokio
 //! runtime with one worker thread, so the connection stays alive (heartbeats)
 //! between calls. Calling them from inside an async runtime is an error
-//! ([`ErrorKind::Usage`](crate::ErrorKind::Usage)); use the async API there.
+//! ([`ErrorKind::Usage`]); use the async API there.
 //! For a callback-driven consumer on its own thread, see
 //! [`ConsumerThread`](crate::ConsumerThread); for typed events, [`Bus`].
 //!
