@@ -4,24 +4,24 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio_stream::StreamExt;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::codec::{BINCODE_CONTENT_TYPE, Bincode, Codec, Codecs};
 use crate::connection::Connection;
-use crate::consumer::Consumer;
-use crate::context::Context;
 use crate::error::{Error, ErrorKind, Result};
-use crate::event::{Event, Fingerprint, registered_events};
+use crate::event::{Event, registered_events};
+use crate::listen::Listen;
+use crate::listener::{Decoder, Link, Listener, Settings, Shared};
 use crate::props::AmqpProps;
-use crate::stats::{Counters, RejectReason, Stats};
+use crate::stats::{Counters, Stats};
 use crate::subscribers::Subscribers;
 use crate::transport::amqp::Amqp;
 use crate::transport::memory::{self, Hub};
-use crate::transport::{FINGERPRINT_HEADER, Header, Incoming, Outgoing, Pending, TAG_HEADER};
+use crate::transport::{Outgoing, Pending};
 
 /// Events accepted by `publish` and not yet handed to the transport.
 const DEFAULT_BUFFER: usize = 8192;
@@ -36,10 +36,20 @@ const MEMORY_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 /// dispatches it to its local [`Subscribers`].
 ///
 /// Connect to `amqp://` / `amqps://` for RabbitMQ, or to `memory://name` for
-/// the same semantics inside one process (unit tests, examples). Each bus
-/// consumes from a queue of its own bound to the exchange, so every bus
-/// receives every event (broadcast); events are handled one at a time, in
-/// the order they were published.
+/// the same semantics inside one process (unit tests, examples). By default
+/// a bus listens with [`Listen::broadcast`]: a queue of its own bound to the
+/// exchange, so every bus receives every event. Groups, routing keys and
+/// point-to-point queues are other [`Listen`]s. Events are handled one at a
+/// time, in the order they arrive, unless
+/// [`concurrency`](BusBuilder::concurrency) allows more.
+///
+/// Settlement: a delivery is acknowledged once all its handlers succeeded.
+/// When one fails or panics, the delivery is parked in a retry queue and
+/// comes back after a delay that doubles each attempt, without blocking the
+/// events behind it; after [`max_attempts`](BusBuilder::max_attempts) it goes
+/// to the dead-letter exchange `<exchange>.dead-letter` with the reason, the
+/// last error, the attempt count and the original routing key in its
+/// headers. Messages that cannot be decoded go there at once.
 ///
 /// A `Bus` is a cheap handle: clones share one connection.
 /// [`close`](Bus::close) flushes what was published and stops receiving.
@@ -75,26 +85,26 @@ pub struct Bus {
 
 struct Inner {
     instance_id: String,
+    exchange: String,
     codec: Arc<dyn Codec>,
     outbox: mpsc::Sender<Job>,
     counters: Arc<Counters>,
     subscribers: Subscribers,
-    stop: watch::Sender<bool>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    publisher_tasks: Mutex<Vec<JoinHandle<()>>>,
+    listeners: Mutex<Vec<Listener>>,
+    shared: Arc<Shared>,
     connection: Option<Connection>,
-    /// Keeps the producer's channel open while confirms are outstanding,
-    /// after the publisher task has ended.
-    _link: Link,
     sequence: AtomicU64,
 }
 
-/// **How to connect a [`Bus`]**: where, which subscribers, and whether the
-/// bus's own events reach its own subscribers.
+/// **How to connect a [`Bus`]**: where, what to listen to, which
+/// subscribers, and how deliveries are settled.
 #[derive(Debug, Clone)]
 pub struct BusBuilder {
     target: Target,
     subscribers: Subscribers,
-    self_delivery: bool,
+    listens: Option<Vec<Listen>>,
+    settings: Settings,
     buffer: usize,
 }
 
@@ -113,11 +123,51 @@ impl BusBuilder {
         self
     }
 
+    /// Listens this way; the first call replaces the default
+    /// [`Listen::broadcast`], later calls add listeners.
+    #[must_use]
+    pub fn listen(mut self, listen: Listen) -> Self {
+        self.listens.get_or_insert_with(Vec::new).push(listen);
+        self
+    }
+
+    /// Listens to nothing: a bus that only publishes.
+    #[must_use]
+    pub fn publish_only(mut self) -> Self {
+        self.listens = Some(Vec::new());
+        self
+    }
+
     /// Whether this bus's own subscribers receive the events it publishes
     /// (default `true`). Either way each of them gets each event once.
     #[must_use]
     pub fn self_delivery(mut self, on: bool) -> Self {
-        self.self_delivery = on;
+        self.settings.self_delivery = on;
+        self
+    }
+
+    /// How many times a delivery is tried before it is dead-lettered
+    /// (default 5; at least 1).
+    #[must_use]
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.settings.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// The delay before the first retry (default 1 s); it doubles with each
+    /// attempt, up to 5 minutes.
+    #[must_use]
+    pub fn retry_delay(mut self, delay: Duration) -> Self {
+        self.settings.retry_delay = delay;
+        self
+    }
+
+    /// How many deliveries of one listener are handled at once (default 1,
+    /// which keeps the order of the queue). With more, the prefetch of the
+    /// props still bounds what is held in memory.
+    #[must_use]
+    pub fn concurrency(mut self, handlers: usize) -> Self {
+        self.settings.concurrency = handlers.max(1);
         self
     }
 
@@ -134,7 +184,7 @@ impl BusBuilder {
     }
 
     /// **Connects**: checks the registered event types, opens the
-    /// transport, starts consuming, and starts the background publisher.
+    /// transport, starts the listeners and the background publisher.
     ///
     /// Must be called inside a Tokio runtime.
     ///
@@ -145,99 +195,83 @@ impl BusBuilder {
     pub async fn connect(self) -> Result<Bus> {
         let events = registered_events()?;
         debug!(types = events.len(), "event types registered");
-        match self.target.clone() {
+        let (instance_id, exchange, codec, link, decoder, connection) = match &self.target {
             Target::Amqp(props) => {
-                let conn = Connection::connect(&props).await?;
+                let conn = Connection::connect(props).await?;
                 let amqp = Arc::new(Amqp::open(conn.clone()).await?);
-                let consumer = amqp.subscribe().await?;
-                let codec = props.codec().clone();
-                let instance_id = conn.instance_id().to_owned();
-                let decoder = Decoder {
-                    codecs: Codecs::new(codec.clone()),
-                    max_message_size: props.max_message_size(),
-                };
-                Ok(self.start(
-                    instance_id,
-                    codec,
+                let decoder =
+                    Decoder::new(Codecs::new(props.codec().clone()), props.max_message_size());
+                let id = conn.instance_id().to_owned();
+                (
+                    id,
+                    props.exchange().to_owned(),
+                    props.codec().clone(),
                     Link::Amqp(amqp),
-                    Receiver::Amqp(Box::new(consumer)),
                     decoder,
                     Some(conn),
-                ))
+                )
             }
             Target::Memory(name) => {
-                let hub = Hub::named(&name);
-                let receiver = Receiver::Memory(hub.subscribe());
                 let codec: Arc<dyn Codec> = Arc::new(Bincode);
-                let decoder = Decoder {
-                    codecs: Codecs::new(codec.clone()),
-                    max_message_size: MEMORY_MAX_MESSAGE_SIZE,
-                };
-                let instance_id = uuid::Uuid::new_v4().to_string();
-                Ok(self.start(
-                    instance_id,
+                let decoder = Decoder::new(Codecs::new(codec.clone()), MEMORY_MAX_MESSAGE_SIZE);
+                let id = uuid::Uuid::new_v4().to_string();
+                (
+                    id,
+                    name.clone(),
                     codec,
-                    Link::Memory(hub),
-                    receiver,
+                    Link::Memory(Hub::named(name)),
                     decoder,
                     None,
-                ))
+                )
             }
-        }
-    }
-
-    fn start(
-        self,
-        instance_id: String,
-        codec: Arc<dyn Codec>,
-        link: Link,
-        receiver: Receiver,
-        decoder: Decoder,
-        connection: Option<Connection>,
-    ) -> Bus {
-        let counters = Arc::new(Counters::default());
-        let (outbox, jobs) = mpsc::channel(self.buffer);
-        let (confirm_tx, confirm_rx) = mpsc::channel(CONFIRMS_IN_FLIGHT);
-        let (stop, stopped) = watch::channel(false);
-        let span = info_span!("bus", instance = %instance_id);
-        let publisher = Publisher {
-            link: link.clone(),
-            instance_id: instance_id.clone(),
-            counters: counters.clone(),
         };
-        let dispatcher = Dispatcher {
+        let counters = Arc::new(Counters::default());
+        let shared = Arc::new(Shared {
             decoder,
             subscribers: self.subscribers.clone(),
             counters: counters.clone(),
             instance_id: instance_id.clone(),
-            self_delivery: self.self_delivery,
+            settings: self.settings,
+            link: link.clone(),
+        });
+        let (outbox, jobs) = mpsc::channel(self.buffer);
+        let (confirm_tx, confirm_rx) = mpsc::channel(CONFIRMS_IN_FLIGHT);
+        let span = info_span!("bus", instance = %instance_id);
+        let publisher = Publisher {
+            link,
+            instance_id: instance_id.clone(),
+            counters: counters.clone(),
         };
-        let tasks = vec![
+        let publisher_tasks = vec![
             tokio::spawn(publisher.run(jobs, confirm_tx).instrument(span.clone())),
-            tokio::spawn(confirm_loop(confirm_rx, counters.clone()).instrument(span.clone())),
-            tokio::spawn(dispatcher.run(receiver, stopped).instrument(span)),
+            tokio::spawn(confirm_loop(confirm_rx, counters.clone()).instrument(span)),
         ];
-        Bus {
+        let bus = Bus {
             inner: Arc::new(Inner {
                 instance_id,
+                exchange,
                 codec,
                 outbox,
                 counters,
                 subscribers: self.subscribers,
-                stop,
-                tasks: Mutex::new(tasks),
+                publisher_tasks: Mutex::new(publisher_tasks),
+                listeners: Mutex::new(Vec::new()),
+                shared,
                 connection,
-                _link: link,
                 sequence: AtomicU64::new(0),
             }),
+        };
+        for listen in self.listens.unwrap_or_else(|| vec![Listen::broadcast()]) {
+            bus.listen(&listen).await?;
         }
+        Ok(bus)
     }
 }
 
 impl Bus {
     /// **Connects to `amqp://..`, `amqps://..` or `memory://name`** with the
-    /// defaults: the [global](Subscribers::global) subscribers,
-    /// self-delivery on.
+    /// defaults: a broadcast listener, the [global](Subscribers::global)
+    /// subscribers, self-delivery on.
     ///
     /// # Errors
     ///
@@ -271,22 +305,43 @@ impl Bus {
         BusBuilder {
             target,
             subscribers: Subscribers::global().clone(),
-            self_delivery: true,
+            listens: None,
+            settings: Settings::default(),
             buffer: DEFAULT_BUFFER,
         }
+    }
+
+    /// **Starts listening** one more way (see [`Listen`]); events arriving
+    /// there are dispatched to this bus's subscribers.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidConfig`] for a bad queue name or binding, the
+    /// broker's refusals, [`ErrorKind::Closed`] on a closed bus.
+    pub async fn listen(&self, listen: &Listen) -> Result<Listener> {
+        let listener =
+            Listener::start(self.inner.shared.clone(), listen, &self.inner.exchange).await?;
+        self.inner
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(listener.clone());
+        Ok(listener)
     }
 
     /// **Publishes an event** (fire and forget): returns once the event is
     /// encoded and accepted into the bus's buffer, waiting while the buffer
     /// is full. The broker's confirm is tracked in the background; a
-    /// failure is logged and counted in [`Stats::publish_failed`].
+    /// failure is logged and counted in [`Stats::publish_failed`]. Bus
+    /// events are persistent, so they survive a broker restart in durable
+    /// (group) queues.
     ///
     /// # Errors
     ///
     /// [`ErrorKind::Encode`] when the event cannot be encoded,
     /// [`ErrorKind::Closed`] when the bus is closed.
     pub async fn publish(&self, event: &dyn Event) -> Result<()> {
-        self.send(event, None).await
+        self.send(event, None, None).await
     }
 
     /// **Publishes an event and waits for the broker's confirm.**
@@ -297,13 +352,28 @@ impl Bus {
     /// [`ErrorKind::Closed`] when the broker did not take the event.
     pub async fn publish_confirmed(&self, event: &dyn Event) -> Result<()> {
         let (done, confirmed) = oneshot::channel();
-        self.send(event, Some(done)).await?;
+        self.send(event, None, Some(done)).await?;
+        confirmed.await.map_err(|_| closed())?
+    }
+
+    /// **Sends an event to one named queue** (point to point), bypassing the
+    /// exchange, and waits for the broker's confirm. A bus listening with
+    /// [`Listen::queue`] of that name receives it.
+    ///
+    /// # Errors
+    ///
+    /// As [`publish_confirmed`](Bus::publish_confirmed); on `memory://`,
+    /// [`ErrorKind::Unroutable`] when no listener declared the queue.
+    pub async fn send_to(&self, queue: &str, event: &dyn Event) -> Result<()> {
+        let (done, confirmed) = oneshot::channel();
+        self.send(event, Some(queue.to_owned()), Some(done)).await?;
         confirmed.await.map_err(|_| closed())?
     }
 
     async fn send(
         &self,
         event: &dyn Event,
+        to_queue: Option<String>,
         done: Option<oneshot::Sender<Result<()>>>,
     ) -> Result<()> {
         let inner = &*self.inner;
@@ -315,6 +385,7 @@ impl Bus {
             fingerprint: event.fingerprint(),
             routing_key: event.routing_key(),
             message_id: format!("{}-{sequence}", inner.instance_id),
+            to_queue,
         };
         inner
             .outbox
@@ -337,6 +408,16 @@ impl Bus {
         &self.inner.instance_id
     }
 
+    /// The queue that collects dead letters, `None` on `memory://` (which
+    /// logs and counts them, and keeps none).
+    #[must_use]
+    pub fn dead_letter_queue(&self) -> Option<&str> {
+        match &self.inner.shared.link {
+            Link::Amqp(amqp) => Some(amqp.dead_letter_queue()),
+            Link::Memory(_) => None,
+        }
+    }
+
     /// **A snapshot of the bus's counters.**
     #[must_use]
     pub fn stats(&self) -> Stats {
@@ -344,9 +425,9 @@ impl Bus {
     }
 
     /// **Closes the bus**: waits until every event published before is
-    /// confirmed or reported failed, lets the handler running now finish,
-    /// stops receiving, and closes the connection. Clones of this bus can
-    /// publish no more.
+    /// confirmed or reported failed, lets the handlers running now finish,
+    /// stops every listener, and closes the connection. Clones of this bus
+    /// can publish no more.
     ///
     /// # Errors
     ///
@@ -359,9 +440,23 @@ impl Bus {
             .await
             .map_err(|_| closed())?;
         let _ = done.await;
-        let _ = self.inner.stop.send(true);
-        let tasks =
-            std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        let listeners = std::mem::take(
+            &mut *self
+                .inner
+                .listeners
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for listener in listeners {
+            listener.stop().await;
+        }
+        let tasks = std::mem::take(
+            &mut *self
+                .inner
+                .publisher_tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
         for task in tasks {
             let _ = task.await;
         }
@@ -374,8 +469,15 @@ impl Bus {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // The publisher ends when the outbox closes; the dispatcher on this.
-        let _ = self.stop.send(true);
+        // The publisher ends when the outbox closes; the listeners on this.
+        for listener in self
+            .listeners
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            listener.request_stop();
+        }
     }
 }
 
@@ -383,12 +485,13 @@ impl fmt::Debug for Bus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Bus")
             .field("instance_id", &self.inner.instance_id)
+            .field("exchange", &self.inner.exchange)
             .field("connection", &self.inner.connection)
             .finish_non_exhaustive()
     }
 }
 
-fn closed() -> Error {
+pub(crate) fn closed() -> Error {
     Error::new(ErrorKind::Closed, "the bus is closed; connect a new one")
 }
 
@@ -400,12 +503,6 @@ enum Job {
 enum Confirming {
     Pending(Pending, Option<oneshot::Sender<Result<()>>>),
     Close(oneshot::Sender<()>),
-}
-
-#[derive(Clone)]
-enum Link {
-    Amqp(Arc<Amqp>),
-    Memory(Arc<Hub>),
 }
 
 struct Publisher {
@@ -472,179 +569,5 @@ async fn confirm_loop(mut confirms: mpsc::Receiver<Confirming>, counters: Arc<Co
                 }
             }
         }
-    }
-}
-
-enum Receiver {
-    Amqp(Box<Consumer>),
-    Memory(mpsc::Receiver<Arc<memory::Message>>),
-}
-
-impl Receiver {
-    async fn next(&mut self) -> Option<Incoming> {
-        match self {
-            Self::Amqp(consumer) => loop {
-                match consumer.next().await? {
-                    Ok(delivery) => return Some(Incoming::Amqp(delivery)),
-                    Err(e) => warn!(error = %e, "receiving an event failed"),
-                }
-            },
-            Self::Memory(queue) => queue.recv().await.map(Incoming::Memory),
-        }
-    }
-}
-
-struct Decoder {
-    codecs: Codecs,
-    max_message_size: usize,
-}
-
-struct Dispatcher {
-    decoder: Decoder,
-    subscribers: Subscribers,
-    counters: Arc<Counters>,
-    instance_id: String,
-    self_delivery: bool,
-}
-
-impl Dispatcher {
-    async fn run(self, mut receiver: Receiver, mut stopped: watch::Receiver<bool>) {
-        loop {
-            let incoming = tokio::select! {
-                biased;
-                _ = stopped.wait_for(|stop| *stop) => break,
-                next = receiver.next() => match next {
-                    Some(incoming) => incoming,
-                    None => break,
-                },
-            };
-            self.handle(incoming).await;
-        }
-        if let Receiver::Amqp(consumer) = receiver {
-            let _ = consumer.cancel().await;
-        }
-    }
-
-    async fn handle(&self, incoming: Incoming) {
-        Counters::add(&self.counters.delivered);
-        let event = match self.decode(&incoming) {
-            Ok(event) => event,
-            Err(reason) => {
-                self.counters.reject(reason);
-                if let Err(e) = incoming.reject().await {
-                    warn!(error = %e, "rejecting a message failed");
-                }
-                return;
-            }
-        };
-        if !self.self_delivery && incoming.origin() == Some(self.instance_id.as_str()) {
-            Counters::add(&self.counters.own_skipped);
-        } else {
-            let context = Context::remote(
-                incoming.routing_key(),
-                incoming.message_id(),
-                incoming.origin(),
-                incoming.timestamp(),
-                incoming.redelivered(),
-            );
-            let dispatch = self.subscribers.dispatch(&event, &context).await;
-            Counters::add(&self.counters.dispatched);
-            for _ in dispatch.failures() {
-                Counters::add(&self.counters.handler_failures);
-            }
-        }
-        if let Err(e) = incoming.ack().await {
-            warn!(error = %e, "acknowledging an event failed");
-        }
-    }
-
-    /// Checks and decodes one message; logs why when it cannot.
-    fn decode(&self, incoming: &Incoming) -> Result<Arc<dyn Event>, RejectReason> {
-        let message_id = incoming.message_id().unwrap_or("");
-        let reject = |reason: RejectReason, detail: &dyn fmt::Display| {
-            warn!(reason = %reason, message_id, "{detail}; message rejected");
-            reason
-        };
-        let body = incoming.body();
-        if body.len() > self.decoder.max_message_size {
-            let detail = format!(
-                "body of {} bytes exceeds the maximum message size of {}",
-                body.len(),
-                self.decoder.max_message_size
-            );
-            return Err(reject(RejectReason::TooLarge, &detail));
-        }
-        let codec = self
-            .decoder
-            .codecs
-            .for_content_type(incoming.content_type())
-            .map_err(|e| reject(RejectReason::ContentType, &e))?;
-        let tag = match incoming.header(TAG_HEADER) {
-            Header::Text(tag) => tag,
-            Header::Absent => {
-                return Err(reject(
-                    RejectReason::MissingTag,
-                    &format_args!("no {TAG_HEADER} header"),
-                ));
-            }
-            Header::WrongType => {
-                return Err(reject(
-                    RejectReason::BadHeader,
-                    &format_args!("{TAG_HEADER} header is not a string"),
-                ));
-            }
-        };
-        let registered = registered_events().ok().and_then(|events| events.get(tag));
-        let Some(registered) = registered else {
-            return Err(reject(
-                RejectReason::UnknownTag,
-                &format_args!("unknown event tag {tag:?}: no such event type in this process"),
-            ));
-        };
-        let theirs = match incoming.header(FINGERPRINT_HEADER) {
-            Header::Text(text) => text.parse::<Fingerprint>().ok(),
-            Header::Absent => None,
-            Header::WrongType => {
-                return Err(reject(
-                    RejectReason::BadHeader,
-                    &format_args!("{FINGERPRINT_HEADER} header is not a string"),
-                ));
-            }
-        };
-        let ours = registered.fingerprint();
-        let mismatch = theirs.is_some_and(|theirs| theirs != ours) || theirs.is_none();
-        if mismatch {
-            Counters::add(&self.counters.fingerprint_mismatches);
-            let theirs = theirs.map_or_else(|| "none".to_owned(), |f| f.to_string());
-            // bincode is not self-describing: a different shape would be
-            // misread silently, so it is refused outright.
-            if codec.content_type() != crate::codec::JSON_CONTENT_TYPE {
-                return Err(reject(
-                    RejectReason::FingerprintMismatch,
-                    &format_args!(
-                        "event {tag:?} has schema fingerprint {theirs}, this process has {ours}; the types differ"
-                    ),
-                ));
-            }
-            warn!(tag, theirs = %theirs, ours = %ours, message_id, "schema fingerprints differ; decoding the JSON anyway");
-        }
-        let event: Box<dyn Event> = codec.decode(body).map_err(|e| {
-            let reason = if mismatch {
-                RejectReason::FingerprintMismatch
-            } else {
-                RejectReason::Decode
-            };
-            reject(reason, &format_args!("event {tag:?}: {e}"))
-        })?;
-        if event.tag() != tag {
-            return Err(reject(
-                RejectReason::TagMismatch,
-                &format_args!(
-                    "body holds event {:?} but the {TAG_HEADER} header says {tag:?}",
-                    event.tag()
-                ),
-            ));
-        }
-        Ok(Arc::from(event))
     }
 }

@@ -9,7 +9,7 @@ use lapin::options::{
     BasicQosOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use tracing::{debug, info};
 
 use crate::codec::Codecs;
@@ -203,6 +203,51 @@ impl Connection {
         Ok(())
     }
 
+    /// **Declares the dead-letter exchange and queue** of the props'
+    /// exchange, both named `<exchange>.dead-letter` (a durable fanout
+    /// exchange and a durable queue bound to it); returns the name.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Broker`] when the broker refuses a declaration.
+    pub async fn declare_dead_letters(&self) -> Result<String> {
+        let name = format!("{}.dead-letter", self.inner.props.exchange());
+        check_name("dead-letter exchange name", &name)?;
+        let channel = self.admin_channel().await?;
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        channel
+            .exchange_declare(
+                short(&name)?,
+                lapin::ExchangeKind::Fanout,
+                durable,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| Error::amqp(&format!("declaring dead-letter exchange {name:?}"), e))?;
+        let queue_options = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .queue_declare(short(&name)?, queue_options, FieldTable::default())
+            .await
+            .map_err(|e| Error::amqp(&format!("declaring dead-letter queue {name:?}"), e))?;
+        channel
+            .queue_bind(
+                short(&name)?,
+                short(&name)?,
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| Error::amqp(&format!("binding dead-letter queue {name:?}"), e))?;
+        Ok(name)
+    }
+
     /// **Declares a queue and binds it** to the exchange of the props;
     /// returns its name (chosen by tidings for an exclusive queue).
     ///
@@ -243,8 +288,19 @@ impl Connection {
             auto_delete: !queue.is_durable(),
             ..QueueDeclareOptions::default()
         };
+        let mut arguments = FieldTable::default();
+        if let Some(target) = queue.dead_letter_to() {
+            arguments.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString("".into()),
+            );
+            arguments.insert(
+                "x-dead-letter-routing-key".into(),
+                AMQPValue::LongString(target.into()),
+            );
+        }
         channel
-            .queue_declare(short(&name)?, options, FieldTable::default())
+            .queue_declare(short(&name)?, options, arguments)
             .await
             .map_err(|e| Error::amqp(&format!("declaring queue {name:?}"), e))?;
         for key in keys {

@@ -44,6 +44,7 @@ impl Context {
         origin: Option<&str>,
         timestamp: Option<u64>,
         redelivered: bool,
+        attempt: u32,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -51,7 +52,7 @@ impl Context {
                 message_id: message_id.map(str::to_owned),
                 origin: origin.map(str::to_owned),
                 timestamp,
-                attempt: 1,
+                attempt,
                 redelivered,
                 remote: true,
             }),

@@ -73,6 +73,8 @@ mod context;
 mod delivery;
 mod error;
 mod event;
+mod listen;
+mod listener;
 mod producer;
 mod props;
 mod queue;
@@ -90,6 +92,8 @@ pub use context::Context;
 pub use delivery::Delivery;
 pub use error::{Error, ErrorKind, Result};
 pub use event::{Event, EventType, Fingerprint, Registration, registered_events};
+pub use listen::Listen;
+pub use listener::Listener;
 pub use producer::{Confirm, ORIGIN_HEADER, Producer, Publish};
 pub use props::{AmqpProps, ExchangeKind};
 pub use queue::Queue;
@@ -104,7 +108,10 @@ pub use subscribers::{
 /// type's name); `#[event(routing_key = "orders.eu")]` sets the routing key
 /// (default: the tag). Generic types cannot be events.
 pub use tidings_macros::Event;
-pub use transport::{FINGERPRINT_HEADER, TAG_HEADER};
+pub use transport::{
+    ATTEMPT_HEADER, ERROR_HEADER, FINGERPRINT_HEADER, QUEUE_HEADER, REASON_HEADER,
+    ROUTING_KEY_HEADER, TAG_HEADER,
+};
 
 /// Not public API: what `#[derive(Event)]` expands to refers to these.
 #[doc(hidden)]

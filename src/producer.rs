@@ -274,17 +274,37 @@ impl Producer {
         .await
     }
 
-    /// Publishes an encoded event to the exchange: the bus's path, with its
-    /// headers built once and no per-message options to look at.
+    /// Publishes an encoded event, persistent, to the props' exchange (or
+    /// to `exchange`): the bus's path, with its headers built once.
     pub(crate) async fn publish_raw(
         &self,
+        exchange: Option<ShortString>,
         body: &[u8],
         routing_key: ShortString,
         message_id: ShortString,
         headers: FieldTable,
     ) -> Result<Confirm> {
-        let properties = self.properties(message_id, headers);
-        let exchange = self.inner.exchange.clone();
+        let properties = self.properties(message_id, headers).with_delivery_mode(2);
+        let exchange = exchange.unwrap_or_else(|| self.inner.exchange.clone());
+        self.send(
+            exchange,
+            routing_key,
+            BasicPublishOptions::default(),
+            body,
+            properties,
+        )
+        .await
+    }
+
+    /// Publishes a received message again, properties and all (a retry or
+    /// a dead letter).
+    pub(crate) async fn republish(
+        &self,
+        exchange: ShortString,
+        routing_key: ShortString,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<Confirm> {
         self.send(
             exchange,
             routing_key,

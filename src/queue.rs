@@ -34,6 +34,8 @@ pub struct Queue {
     name: Option<String>,
     durable: bool,
     binding: Binding,
+    /// For a retry queue: the queue its expired messages go back to.
+    dead_letter_to: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +55,7 @@ impl Queue {
             name: Some(name.into()),
             durable: true,
             binding: Binding::Everything,
+            dead_letter_to: None,
         }
     }
 
@@ -65,6 +68,7 @@ impl Queue {
             name: None,
             durable: false,
             binding: Binding::Everything,
+            dead_letter_to: None,
         }
     }
 
@@ -86,6 +90,22 @@ impl Queue {
     pub fn unbound(mut self) -> Self {
         self.binding = Binding::Unbound;
         self
+    }
+
+    /// The retry queue of the queue `name`: unbound, holding each message
+    /// until its expiration, then dead-lettering it back to `name` through
+    /// the default exchange. Durable like the queue it serves.
+    pub(crate) fn retry_for(name: &str, durable: bool) -> Self {
+        Self {
+            name: Some(format!("{name}.retry")),
+            durable,
+            binding: Binding::Unbound,
+            dead_letter_to: Some(name.to_owned()),
+        }
+    }
+
+    pub(crate) fn dead_letter_to(&self) -> Option<&str> {
+        self.dead_letter_to.as_deref()
     }
 
     /// The name given, `None` for an exclusive queue named at declare time.

@@ -76,6 +76,8 @@ pub(crate) struct Counters {
     pub(crate) handler_failures: AtomicU64,
     pub(crate) own_skipped: AtomicU64,
     pub(crate) fingerprint_mismatches: AtomicU64,
+    pub(crate) retried: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
     rejected: [AtomicU64; RejectReason::ALL.len()],
 }
 
@@ -99,6 +101,8 @@ impl Counters {
             handler_failures: get(&self.handler_failures),
             own_skipped: get(&self.own_skipped),
             fingerprint_mismatches: get(&self.fingerprint_mismatches),
+            retried: get(&self.retried),
+            dead_lettered: get(&self.dead_lettered),
             rejected: RejectReason::ALL.map(|r| get(&self.rejected[r.index()])),
         }
     }
@@ -125,6 +129,11 @@ pub struct Stats {
     /// Events whose schema fingerprint differed from this process's,
     /// whether they could still be decoded (JSON) or not.
     pub fingerprint_mismatches: u64,
+    /// Deliveries whose handlers failed, parked to be retried later.
+    pub retried: u64,
+    /// Messages sent to the dead-letter exchange: rejected ones, and those
+    /// whose handlers failed on every attempt.
+    pub dead_lettered: u64,
     rejected: [u64; RejectReason::ALL.len()],
 }
 

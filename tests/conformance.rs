@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tidings::{AmqpProps, Bus, BusBuilder, Context, Event, ExchangeKind, Lagged, Subscribers};
+use tidings::{
+    AmqpProps, Bus, BusBuilder, Context, Event, ExchangeKind, Lagged, Listen, Subscribers,
+};
 use tokio_stream::StreamExt;
 
 #[derive(Event, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -36,7 +38,7 @@ enum UserEvent {
     Left(String),
 }
 
-/// Where the buses of one test meet: a fresh in-memory hub or a fresh
+/// Where the buses of one test meet: a fresh in-memory hub or a fresh topic
 /// exchange on the broker.
 #[derive(Clone)]
 enum Meeting {
@@ -50,7 +52,7 @@ impl Meeting {
     }
 
     fn amqp() -> Self {
-        Self::Amqp(Box::new(common::props(ExchangeKind::Fanout)))
+        Self::Amqp(Box::new(common::props(ExchangeKind::Topic)))
     }
 
     fn builder(&self, subscribers: &Subscribers) -> BusBuilder {
@@ -70,6 +72,15 @@ impl Meeting {
             Self::Memory(_) => None,
             Self::Amqp(props) => Some(common::Cleanup::new(props)),
         }
+    }
+
+    /// Cleans up a group's durable queue as well.
+    fn cleanup_group(&self, group: &str) -> Option<common::Cleanup> {
+        let cleanup = self.cleanup();
+        if let (Some(cleanup), Self::Amqp(props)) = (&cleanup, self) {
+            cleanup.queue(&format!("{}.{group}", props.exchange()));
+        }
+        cleanup
     }
 }
 
@@ -389,6 +400,271 @@ async fn closed_bus_refuses_to_publish(meeting: Meeting) {
     assert!(err.is_closed(), "{err}");
 }
 
+#[derive(Event, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[event(name = "conformance.user_joined", routing_key = "users.joined")]
+struct UserJoined {
+    id: u64,
+}
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[event(name = "conformance.order_paid", routing_key = "orders.paid")]
+struct OrderPaid {
+    id: u64,
+}
+
+async fn a_group_shares_the_work_each_event_once(meeting: Meeting) {
+    let _cleanup = meeting.cleanup_group("billing");
+    let publisher = meeting
+        .builder(&Subscribers::new())
+        .publish_only()
+        .connect()
+        .await
+        .unwrap();
+    let all = Seen::default();
+    let mut members = Vec::new();
+    let mut shares = Vec::new();
+    for _ in 0..3 {
+        let subscribers = Subscribers::new();
+        let (share, total) = (Seen::default(), all.clone());
+        let s = share.clone();
+        subscribers
+            .subscribe(move |e: &OrderPaid| {
+                s.push(e.id);
+                total.push(e.id);
+            })
+            .forget();
+        let member = meeting
+            .builder(&subscribers)
+            .listen(Listen::group("billing"))
+            .connect()
+            .await
+            .unwrap();
+        members.push(member);
+        shares.push(share);
+    }
+    for id in 0..3000 {
+        publisher.publish(&OrderPaid { id }).await.unwrap();
+    }
+    let mut ids = all.wait_for(3000).await;
+    for member in &members {
+        member.close().await.unwrap();
+    }
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        (0..3000).collect::<Vec<_>>(),
+        "every event handled exactly once across the group"
+    );
+    let counts: Vec<usize> = shares.iter().map(|s| s.get().len()).collect();
+    println!("3,000 events over 3 members: {counts:?}");
+    assert!(
+        counts.iter().all(|&n| n > 0),
+        "every member handled a share: {counts:?}"
+    );
+    publisher.close().await.unwrap();
+}
+
+async fn a_group_gets_what_was_published_while_it_was_down(meeting: Meeting) {
+    let _cleanup = meeting.cleanup_group("late");
+    let publisher = meeting
+        .builder(&Subscribers::new())
+        .publish_only()
+        .connect()
+        .await
+        .unwrap();
+    let first = meeting
+        .builder(&Subscribers::new())
+        .listen(Listen::group("late"))
+        .connect()
+        .await
+        .unwrap();
+    first.close().await.unwrap(); // the group queue now exists, with no member
+    for id in 0..50 {
+        publisher
+            .publish_confirmed(&OrderPaid { id })
+            .await
+            .unwrap();
+    }
+    let subscribers = Subscribers::new();
+    let seen = Seen::default();
+    let s = seen.clone();
+    let _g = subscribers.subscribe(move |e: &OrderPaid| s.push(e.id));
+    let second = meeting
+        .builder(&subscribers)
+        .listen(Listen::group("late"))
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(seen.wait_for(50).await, (0..50).collect::<Vec<_>>());
+    second.close().await.unwrap();
+    publisher.close().await.unwrap();
+}
+
+async fn routing_keys_filter_what_a_listener_receives(meeting: Meeting) {
+    let _cleanup = meeting.cleanup();
+    let subscribers = Subscribers::new();
+    let seen = Seen::default();
+    let s = seen.clone();
+    let _g = subscribers.subscribe_all(move |e: &dyn Event, ctx: &Context| {
+        s.push((e.tag(), ctx.routing_key().to_owned()))
+    });
+    let orders = meeting
+        .builder(&subscribers)
+        .listen(Listen::broadcast().pattern("orders.*"))
+        .connect()
+        .await
+        .unwrap();
+    let publisher = meeting
+        .builder(&Subscribers::new())
+        .publish_only()
+        .connect()
+        .await
+        .unwrap();
+    for id in 0..10 {
+        publisher.publish(&UserJoined { id }).await.unwrap();
+        publisher.publish(&OrderPaid { id }).await.unwrap();
+    }
+    publisher
+        .publish_confirmed(&OrderPaid { id: 10 })
+        .await
+        .unwrap();
+    let seen = seen.wait_for(11).await;
+    assert!(
+        seen.iter()
+            .all(|(tag, key)| *tag == "conformance.order_paid" && key == "orders.paid"),
+        "{seen:?}"
+    );
+    orders.close().await.unwrap();
+    // Counted where messages arrive from the transport: the filtering
+    // happened before this process.
+    assert_eq!(orders.stats().delivered, 11);
+    publisher.close().await.unwrap();
+}
+
+async fn a_failing_handler_is_retried_with_the_attempt_count(meeting: Meeting) {
+    let _cleanup = meeting.cleanup();
+    let subscribers = Subscribers::new();
+    let attempts = Seen::default();
+    let a = attempts.clone();
+    let _g = subscribers.subscribe_with(move |e: &OrderPaid, ctx: &Context| {
+        a.push((e.id, ctx.attempt()));
+        if e.id == 1 && ctx.attempt() < 3 {
+            Err("not yet")
+        } else {
+            Ok(())
+        }
+    });
+    let bus = meeting
+        .builder(&subscribers)
+        .retry_delay(Duration::from_millis(20))
+        .max_attempts(5)
+        .connect()
+        .await
+        .unwrap();
+    bus.publish(&OrderPaid { id: 1 }).await.unwrap();
+    bus.publish(&OrderPaid { id: 2 }).await.unwrap();
+    let seen = attempts.wait_for(4).await;
+    // The second event was not held up behind the first one's retries.
+    assert_eq!(seen[1], (2, 1), "{seen:?}");
+    assert_eq!(
+        seen.iter()
+            .filter(|(id, _)| *id == 1)
+            .map(|(_, n)| *n)
+            .collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    bus.close().await.unwrap();
+    let stats = bus.stats();
+    assert_eq!(
+        (stats.retried, stats.dead_lettered, stats.handler_failures),
+        (2, 0, 2)
+    );
+}
+
+async fn a_cancelled_listener_stops_while_another_goes_on(meeting: Meeting) {
+    let _cleanup = meeting.cleanup();
+    let subscribers = Subscribers::new();
+    let seen = Seen::default();
+    let s = seen.clone();
+    let _g = subscribers.subscribe_all(move |e: &dyn Event, _: &Context| s.push(e.tag()));
+    let bus = meeting
+        .builder(&subscribers)
+        .publish_only()
+        .connect()
+        .await
+        .unwrap();
+    let orders = bus
+        .listen(&Listen::broadcast().event::<OrderPaid>())
+        .await
+        .unwrap();
+    let _users = bus
+        .listen(&Listen::broadcast().event::<UserJoined>())
+        .await
+        .unwrap();
+    bus.publish(&OrderPaid { id: 1 }).await.unwrap();
+    bus.publish(&UserJoined { id: 1 }).await.unwrap();
+    seen.wait_for(2).await;
+    orders.cancel().await.unwrap();
+    bus.publish(&OrderPaid { id: 2 }).await.unwrap();
+    bus.publish(&UserJoined { id: 2 }).await.unwrap();
+    let seen = seen.wait_for(3).await;
+    assert_eq!(seen[2], "conformance.user_joined");
+    bus.close().await.unwrap();
+    assert_eq!(
+        bus.stats().dispatched,
+        3,
+        "nothing more arrived for the cancelled listener"
+    );
+}
+
+async fn send_to_reaches_one_named_queue(meeting: Meeting) {
+    let _cleanup = meeting.cleanup();
+    let inbox = common::unique("inbox");
+    let (mine, others) = (Subscribers::new(), Subscribers::new());
+    let (seen_mine, seen_others) = (Seen::default(), Seen::default());
+    let (a, b) = (seen_mine.clone(), seen_others.clone());
+    let _g1 = mine.subscribe(move |e: &OrderPaid| a.push(e.id));
+    let _g2 = others.subscribe(move |e: &OrderPaid| b.push(e.id));
+    let receiver = meeting
+        .builder(&mine)
+        .listen(Listen::queue(&inbox))
+        .connect()
+        .await
+        .unwrap();
+    let bystander = meeting.bus(&others).await;
+    let sender = meeting
+        .builder(&Subscribers::new())
+        .publish_only()
+        .connect()
+        .await
+        .unwrap();
+    sender.send_to(&inbox, &OrderPaid { id: 7 }).await.unwrap();
+    sender
+        .publish_confirmed(&OrderPaid { id: 8 })
+        .await
+        .unwrap();
+    assert_eq!(seen_mine.wait_for(1).await, [7]);
+    assert_eq!(
+        seen_others.wait_for(1).await,
+        [8],
+        "the bystander only gets the broadcast"
+    );
+    for bus in [receiver, bystander, sender] {
+        bus.close().await.unwrap();
+    }
+    assert_eq!(
+        seen_mine.get(),
+        [7],
+        "the named queue is not bound to the exchange"
+    );
+    if let Meeting::Amqp(props) = &meeting {
+        let conn = tidings::Connection::connect(props).await.unwrap();
+        conn.delete_queue(&format!("{inbox}.retry")).await.unwrap();
+        conn.delete_queue(&inbox).await.unwrap();
+        conn.close().await.unwrap();
+    }
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -419,4 +695,10 @@ conformance!(
     async_handlers_run_in_order_with_context,
     a_lagging_stream_is_told_and_stays_bounded,
     closed_bus_refuses_to_publish,
+    a_group_shares_the_work_each_event_once,
+    a_group_gets_what_was_published_while_it_was_down,
+    routing_keys_filter_what_a_listener_receives,
+    a_failing_handler_is_retried_with_the_attempt_count,
+    a_cancelled_listener_stops_while_another_goes_on,
+    send_to_reaches_one_named_queue,
 );

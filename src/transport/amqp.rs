@@ -1,11 +1,17 @@
-//! The AMQP transport: a producer for publishing and an exclusive,
-//! library-named queue bound to the exchange for receiving.
+//! The AMQP transport: a producer for publishing, queues declared per
+//! listener, and the retry and dead-letter paths of settlement.
+
+use std::time::Duration;
 
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 
-use super::{FINGERPRINT_HEADER, Outgoing, Pending, TAG_HEADER};
-use crate::connection::Connection;
+use super::{
+    ATTEMPT_HEADER, ERROR_HEADER, FINGERPRINT_HEADER, Outgoing, Pending, QUEUE_HEADER,
+    REASON_HEADER, ROUTING_KEY_HEADER, TAG_HEADER,
+};
+use crate::connection::{Connection, short};
 use crate::consumer::Consumer;
+use crate::delivery::Delivery;
 use crate::error::Result;
 use crate::producer::Producer;
 use crate::queue::Queue;
@@ -13,16 +19,26 @@ use crate::queue::Queue;
 pub(crate) struct Amqp {
     pub(crate) conn: Connection,
     producer: Producer,
+    dead_letter_exchange: String,
 }
 
 impl Amqp {
     pub(crate) async fn open(conn: Connection) -> Result<Self> {
         let producer = conn.producer().await?;
-        Ok(Self { conn, producer })
+        let dead_letter_exchange = conn.declare_dead_letters().await?;
+        Ok(Self {
+            conn,
+            producer,
+            dead_letter_exchange,
+        })
     }
 
-    pub(crate) async fn subscribe(&self) -> Result<Consumer> {
-        self.conn.consumer(&Queue::exclusive()).await
+    /// Declares the queue and its retry queue, and consumes the queue.
+    pub(crate) async fn consume(&self, queue: &Queue) -> Result<Consumer> {
+        let consumer = self.conn.consumer(queue).await?;
+        let retry = Queue::retry_for(consumer.queue(), queue.is_durable());
+        self.conn.declare_queue(&retry).await?;
+        Ok(consumer)
     }
 
     pub(crate) async fn publish(&self, out: &Outgoing) -> Result<Pending> {
@@ -32,15 +48,85 @@ impl Amqp {
             FINGERPRINT_HEADER.into(),
             AMQPValue::LongString(out.fingerprint.to_string().into()),
         );
+        let (exchange, routing_key) = match &out.to_queue {
+            Some(queue) => (Some(ShortString::from("")), short(queue)?),
+            None => (None, ShortString::from(out.routing_key)),
+        };
         let confirm = self
             .producer
             .publish_raw(
+                exchange,
                 &out.body,
-                ShortString::from(out.routing_key),
+                routing_key,
                 ShortString::from(out.message_id.as_str()),
                 headers,
             )
             .await?;
         Ok(Pending::Amqp(confirm))
     }
+
+    /// Parks a failed delivery in its queue's retry queue for `delay`, with
+    /// the attempt count raised; the broker then puts it back.
+    pub(crate) async fn retry(
+        &self,
+        delivery: &Delivery,
+        attempt: u32,
+        delay: Duration,
+    ) -> Result<()> {
+        let mut headers = headers_of(delivery);
+        headers.insert(
+            ATTEMPT_HEADER.into(),
+            AMQPValue::LongString(attempt.to_string().into()),
+        );
+        let properties = delivery
+            .properties()
+            .clone()
+            .with_headers(headers)
+            .with_expiration(delay.as_millis().max(1).to_string().into());
+        let retry_queue = format!("{}.retry", delivery.queue());
+        self.producer
+            .republish(
+                "".into(),
+                retry_queue.as_str().into(),
+                delivery.body(),
+                properties,
+            )
+            .await?
+            .await
+    }
+
+    /// Publishes a delivery to the dead-letter exchange with why.
+    pub(crate) async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        reason: &str,
+        error: &str,
+        attempts: u32,
+    ) -> Result<()> {
+        let mut headers = headers_of(delivery);
+        let text = |s: &str| AMQPValue::LongString(s.into());
+        headers.insert(REASON_HEADER.into(), text(reason));
+        headers.insert(ERROR_HEADER.into(), text(error));
+        headers.insert(ATTEMPT_HEADER.into(), text(&attempts.to_string()));
+        headers.insert(ROUTING_KEY_HEADER.into(), text(delivery.routing_key()));
+        headers.insert(QUEUE_HEADER.into(), text(delivery.queue()));
+        let properties = delivery.properties().clone().with_headers(headers);
+        self.producer
+            .republish(
+                self.dead_letter_exchange.as_str().into(),
+                delivery.routing_key().into(),
+                delivery.body(),
+                properties,
+            )
+            .await?
+            .await
+    }
+
+    pub(crate) fn dead_letter_queue(&self) -> &str {
+        &self.dead_letter_exchange
+    }
+}
+
+fn headers_of(delivery: &Delivery) -> FieldTable {
+    delivery.properties().headers().clone().unwrap_or_default()
 }

@@ -22,7 +22,20 @@ pub(crate) struct Outgoing {
     pub(crate) fingerprint: Fingerprint,
     pub(crate) routing_key: &'static str,
     pub(crate) message_id: String,
+    /// Sent to this queue by name instead of through the exchange.
+    pub(crate) to_queue: Option<String>,
 }
+
+/// The header that counts delivery attempts across retries.
+pub const ATTEMPT_HEADER: &str = "x-tidings-attempt";
+/// Dead-letter header: why the message was dead-lettered.
+pub const REASON_HEADER: &str = "x-tidings-reason";
+/// Dead-letter header: the last handler error, or what could not be decoded.
+pub const ERROR_HEADER: &str = "x-tidings-error";
+/// Dead-letter header: the routing key the message was published with.
+pub const ROUTING_KEY_HEADER: &str = "x-tidings-routing-key";
+/// Dead-letter header: the queue the message was consumed from.
+pub const QUEUE_HEADER: &str = "x-tidings-queue";
 
 /// A header as received: absent, a string, or of another AMQP type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +87,18 @@ impl Incoming {
     pub(crate) fn routing_key(&self) -> &str {
         match self {
             Self::Amqp(d) => d.routing_key(),
-            Self::Memory(m) => m.routing_key,
+            Self::Memory(m) => &m.routing_key,
+        }
+    }
+
+    /// Which delivery attempt this is, from 1.
+    pub(crate) fn attempt(&self) -> u32 {
+        match self {
+            Self::Amqp(d) => d
+                .header_str(ATTEMPT_HEADER)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1),
+            Self::Memory(m) => m.attempt,
         }
     }
 
@@ -109,13 +133,6 @@ impl Incoming {
     pub(crate) async fn ack(&self) -> Result<()> {
         match self {
             Self::Amqp(d) => d.ack().await,
-            Self::Memory(_) => Ok(()),
-        }
-    }
-
-    pub(crate) async fn reject(&self) -> Result<()> {
-        match self {
-            Self::Amqp(d) => d.reject().await,
             Self::Memory(_) => Ok(()),
         }
     }

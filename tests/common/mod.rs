@@ -88,8 +88,13 @@ impl Drop for Cleanup {
                     return;
                 };
                 for queue in queues {
+                    let _ = conn.delete_queue(&format!("{queue}.retry")).await;
                     let _ = conn.delete_queue(&queue).await;
                 }
+                // What a bus on this exchange declares: the dead letters.
+                let dead_letters = format!("{}.dead-letter", props.exchange());
+                let _ = conn.delete_queue(&dead_letters).await;
+                let _ = conn.delete_exchange(&dead_letters).await;
                 let _ = conn.delete_exchange(props.exchange()).await;
                 let _ = conn.close().await;
             });

@@ -1,0 +1,115 @@
+//! `Listen`: which queue a bus consumes, and which events it binds.
+
+use crate::event::EventType;
+use crate::queue::Queue;
+
+/// **What a bus listens to**: a delivery model and the routing keys to bind.
+///
+/// - [`Listen::broadcast`]: a queue of this bus alone; every bus gets every
+///   event (nameko `BROADCAST`, the Distributer's empty group).
+/// - [`Listen::group`]: a durable queue named `<exchange>.<group>` shared by
+///   every member; each event is handled by one member (nameko
+///   `SERVICE_POOL`, competing consumers). Events published while no member
+///   runs wait in the queue.
+/// - [`Listen::queue`]: a named queue not bound to the exchange, for events
+///   sent to it by name ([`Bus::send_to`](crate::Bus::send_to)): point to
+///   point.
+///
+/// [`event`](Listen::event) and [`pattern`](Listen::pattern) bind the queue
+/// to only those routing keys, so on a `direct` or `topic` exchange the
+/// broker filters and the process never receives what it would drop. With
+/// no binding given, the queue receives everything the exchange carries.
+///
+/// # Examples
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use tidings::{Event, Listen};
+///
+/// #[derive(Event, Serialize, Deserialize, Debug)]
+/// #[event(name = "orders.placed")]
+/// struct OrderPlaced { id: u64 }
+///
+/// // One of the billing workers handles each placed order.
+/// let billing = Listen::group("billing").event::<OrderPlaced>();
+/// // This process sees every shipping event, whatever its type.
+/// let audit = Listen::broadcast().pattern("shipping.#");
+/// # let _ = (billing, audit);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
+    mode: Mode,
+    keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Broadcast,
+    Group(String),
+    Queue(String),
+}
+
+impl Listen {
+    /// Every bus gets every event, on a queue of its own.
+    #[must_use]
+    pub fn broadcast() -> Self {
+        Self {
+            mode: Mode::Broadcast,
+            keys: Vec::new(),
+        }
+    }
+
+    /// One member of the group handles each event.
+    #[must_use]
+    pub fn group(name: impl Into<String>) -> Self {
+        Self {
+            mode: Mode::Group(name.into()),
+            keys: Vec::new(),
+        }
+    }
+
+    /// Consume the named durable queue, which only receives what is sent to
+    /// it by name.
+    #[must_use]
+    pub fn queue(name: impl Into<String>) -> Self {
+        Self {
+            mode: Mode::Queue(name.into()),
+            keys: Vec::new(),
+        }
+    }
+
+    /// Binds the routing key of events of type `E`.
+    #[must_use]
+    pub fn event<E: EventType>(self) -> Self {
+        self.pattern(E::ROUTING_KEY)
+    }
+
+    /// Binds a routing key or, on a topic exchange, a pattern (`orders.*`,
+    /// `#.eu`).
+    #[must_use]
+    pub fn pattern(mut self, pattern: impl Into<String>) -> Self {
+        self.keys.push(pattern.into());
+        self
+    }
+
+    pub(crate) fn mode(&self) -> &Mode {
+        &self.mode
+    }
+
+    /// The bound keys; empty means everything.
+    pub(crate) fn keys(&self) -> &[String] {
+        &self.keys
+    }
+
+    /// The queue this listens on, on the exchange named `exchange`.
+    pub(crate) fn queue_on(&self, exchange: &str) -> Queue {
+        let queue = match &self.mode {
+            Mode::Broadcast => Queue::exclusive(),
+            Mode::Group(group) => Queue::durable(format!("{exchange}.{group}")),
+            Mode::Queue(name) => return Queue::durable(name.clone()).unbound(),
+        };
+        self.keys
+            .iter()
+            .fold(queue, |queue, key| queue.bind(key.clone()))
+    }
+}

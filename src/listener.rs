@@ -1,0 +1,438 @@
+//! `Listener`: one queue a bus consumes, its dispatch loop, and the
+//! settlement of each delivery (ack, retry, dead letter).
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_stream::StreamExt;
+use tracing::{Instrument, info_span, warn};
+
+use crate::codec::{Codecs, JSON_CONTENT_TYPE};
+use crate::consumer::Consumer;
+use crate::context::Context;
+use crate::error::Result;
+use crate::event::{Event, Fingerprint, registered_events};
+use crate::listen::{Listen, Mode};
+use crate::stats::{Counters, RejectReason};
+use crate::subscribers::Subscribers;
+use crate::transport::amqp::Amqp;
+use crate::transport::memory::{Hub, MemoryQueue};
+use crate::transport::{FINGERPRINT_HEADER, Header, Incoming, TAG_HEADER};
+
+/// The longest a retry waits.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
+
+/// How deliveries are settled and handled; set on the
+/// [`BusBuilder`](crate::BusBuilder).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    pub(crate) self_delivery: bool,
+    pub(crate) max_attempts: u32,
+    pub(crate) retry_delay: Duration,
+    pub(crate) concurrency: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            self_delivery: true,
+            max_attempts: 5,
+            retry_delay: Duration::from_secs(1),
+            concurrency: 1,
+        }
+    }
+}
+
+impl Settings {
+    /// The delay before attempt `attempt + 1`: doubling, capped.
+    fn retry_delay(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
+        self.retry_delay.saturating_mul(factor).min(MAX_RETRY_DELAY)
+    }
+}
+
+/// The transport a bus publishes and settles through.
+#[derive(Clone)]
+pub(crate) enum Link {
+    Amqp(Arc<Amqp>),
+    Memory(Arc<Hub>),
+}
+
+/// What a message must pass to be decoded.
+pub(crate) struct Decoder {
+    codecs: Codecs,
+    max_message_size: usize,
+}
+
+impl Decoder {
+    pub(crate) fn new(codecs: Codecs, max_message_size: usize) -> Self {
+        Self {
+            codecs,
+            max_message_size,
+        }
+    }
+}
+
+/// What every listener of one bus shares.
+pub(crate) struct Shared {
+    pub(crate) decoder: Decoder,
+    pub(crate) subscribers: Subscribers,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) instance_id: String,
+    pub(crate) settings: Settings,
+    pub(crate) link: Link,
+}
+
+/// **One way a [`Bus`](crate::Bus) listens**, returned by
+/// [`Bus::listen`](crate::Bus::listen): a queue consumed until the listener
+/// is [cancelled](Listener::cancel) or the bus closes.
+#[derive(Clone)]
+pub struct Listener {
+    state: Arc<State>,
+}
+
+struct State {
+    queue: String,
+    /// Whether the queue belongs to this listener alone (broadcast), so
+    /// cancelling deletes it and its bindings.
+    owned: bool,
+    link: Link,
+    memory_queue: Option<Arc<MemoryQueue>>,
+    stop: watch::Sender<bool>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+enum Source {
+    Amqp(Box<Consumer>),
+    Memory(Arc<MemoryQueue>),
+}
+
+impl Source {
+    async fn next(&mut self) -> Option<Incoming> {
+        match self {
+            Self::Amqp(consumer) => loop {
+                match consumer.next().await? {
+                    Ok(delivery) => return Some(Incoming::Amqp(delivery)),
+                    Err(e) => warn!(error = %e, "receiving an event failed"),
+                }
+            },
+            Self::Memory(queue) => queue.recv().await.map(Incoming::Memory),
+        }
+    }
+}
+
+impl Listener {
+    pub(crate) async fn start(
+        shared: Arc<Shared>,
+        listen: &Listen,
+        exchange: &str,
+    ) -> Result<Self> {
+        let owned = matches!(listen.mode(), Mode::Broadcast);
+        let (queue, source, memory_queue) = match &shared.link {
+            Link::Amqp(amqp) => {
+                let consumer = amqp.consume(&listen.queue_on(exchange)).await?;
+                let name = consumer.queue().to_owned();
+                (name, Source::Amqp(Box::new(consumer)), None)
+            }
+            Link::Memory(hub) => {
+                let (name, bound) = match listen.mode() {
+                    Mode::Broadcast => (None, true),
+                    Mode::Group(group) => (Some(format!("{exchange}.{group}")), true),
+                    Mode::Queue(name) => (Some(name.clone()), false),
+                };
+                let queue = hub.queue(name.as_deref(), listen.keys(), bound);
+                let label = name.unwrap_or_else(|| format!("{exchange}.{}", shared.instance_id));
+                (label, Source::Memory(queue.clone()), Some(queue))
+            }
+        };
+        let (stop, stopped) = watch::channel(false);
+        let span = info_span!("listener", instance = %shared.instance_id, queue = %queue);
+        let retry_to = memory_queue.clone();
+        let task = tokio::spawn(run(shared.clone(), source, retry_to, stopped).instrument(span));
+        Ok(Self {
+            state: Arc::new(State {
+                queue,
+                owned,
+                link: shared.link.clone(),
+                memory_queue,
+                stop,
+                task: Mutex::new(Some(task)),
+            }),
+        })
+    }
+
+    /// The queue consumed.
+    #[must_use]
+    pub fn queue(&self) -> &str {
+        &self.state.queue
+    }
+
+    /// **Stops listening** while the bus goes on: the handler running now
+    /// finishes, the consumer is cancelled, and a broadcast queue is deleted
+    /// with its bindings. A group or named queue stays, with what it holds,
+    /// for the other members.
+    ///
+    /// # Errors
+    ///
+    /// The broker's refusal to delete the queue.
+    pub async fn cancel(&self) -> Result<()> {
+        self.stop().await;
+        if !self.state.owned {
+            return Ok(());
+        }
+        match &self.state.link {
+            Link::Amqp(amqp) => {
+                amqp.conn
+                    .delete_queue(&format!("{}.retry", self.state.queue))
+                    .await?;
+                amqp.conn.delete_queue(&self.state.queue).await?;
+            }
+            Link::Memory(hub) => {
+                if let Some(queue) = &self.state.memory_queue {
+                    hub.remove(queue);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn request_stop(&self) {
+        let _ = self.state.stop.send(true);
+    }
+
+    pub(crate) async fn stop(&self) {
+        self.request_stop();
+        let task = self
+            .state
+            .task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+impl fmt::Debug for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Listener")
+            .field("queue", &self.state.queue)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Receives until stopped, handling up to `concurrency` deliveries at once.
+async fn run(
+    shared: Arc<Shared>,
+    mut source: Source,
+    retry_to: Option<Arc<MemoryQueue>>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut running = JoinSet::new();
+    loop {
+        while running.len() >= shared.settings.concurrency {
+            running.join_next().await;
+        }
+        let incoming = tokio::select! {
+            biased;
+            _ = stopped.wait_for(|stop| *stop) => break,
+            next = source.next() => match next {
+                Some(incoming) => incoming,
+                None => break,
+            },
+        };
+        if shared.settings.concurrency == 1 {
+            shared.handle(incoming, retry_to.as_ref()).await;
+        } else {
+            let (shared, retry_to) = (shared.clone(), retry_to.clone());
+            running.spawn(async move { shared.handle(incoming, retry_to.as_ref()).await });
+        }
+    }
+    while running.join_next().await.is_some() {}
+    match source {
+        Source::Amqp(consumer) => {
+            let _ = consumer.cancel().await;
+        }
+        Source::Memory(_) => {}
+    }
+}
+
+impl Shared {
+    async fn handle(&self, incoming: Incoming, retry_to: Option<&Arc<MemoryQueue>>) {
+        Counters::add(&self.counters.delivered);
+        let event = match self.decode(&incoming) {
+            Ok(event) => event,
+            Err((reason, detail)) => {
+                warn!(reason = %reason, message_id = incoming.message_id().unwrap_or(""), "{detail}; message rejected");
+                self.counters.reject(reason);
+                self.dead_letter(&incoming, reason.as_str(), &detail).await;
+                return;
+            }
+        };
+        if !self.settings.self_delivery && incoming.origin() == Some(self.instance_id.as_str()) {
+            Counters::add(&self.counters.own_skipped);
+            return self.ack(&incoming).await;
+        }
+        let context = Context::remote(
+            incoming.routing_key(),
+            incoming.message_id(),
+            incoming.origin(),
+            incoming.timestamp(),
+            incoming.redelivered(),
+            incoming.attempt(),
+        );
+        let dispatch = self.subscribers.dispatch(&event, &context).await;
+        Counters::add(&self.counters.dispatched);
+        if dispatch.is_ok() {
+            return self.ack(&incoming).await;
+        }
+        for _ in dispatch.failures() {
+            Counters::add(&self.counters.handler_failures);
+        }
+        let error = dispatch.failures().join("; ");
+        let attempt = incoming.attempt();
+        if attempt >= self.settings.max_attempts {
+            warn!(tag = event.tag(), attempt, error = %error, "handlers failed on the last attempt; dead-lettering");
+            return self.dead_letter(&incoming, "handler_failed", &error).await;
+        }
+        let delay = self.settings.retry_delay(attempt);
+        Counters::add(&self.counters.retried);
+        match (&incoming, &self.link, retry_to) {
+            (Incoming::Amqp(delivery), Link::Amqp(amqp), _) => {
+                match amqp.retry(delivery, attempt + 1, delay).await {
+                    Ok(()) => self.ack(&incoming).await,
+                    Err(e) => {
+                        warn!(error = %e, "parking a failed delivery for retry failed; requeueing it");
+                        if let Err(e) = delivery.nack(true).await {
+                            warn!(error = %e, "requeueing a delivery failed");
+                        }
+                    }
+                }
+            }
+            (Incoming::Memory(message), _, Some(queue)) => {
+                let (queue, next) = (queue.clone(), Arc::new(message.next_attempt()));
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    queue.requeue(next).await;
+                });
+            }
+            _ => {}
+        }
+    }
+
+    async fn ack(&self, incoming: &Incoming) {
+        if let Err(e) = incoming.ack().await {
+            warn!(error = %e, "acknowledging an event failed");
+        }
+    }
+
+    /// Sends a message to the dead-letter exchange, then acks it; if that
+    /// fails, rejects it (the broker drops it) and says so.
+    async fn dead_letter(&self, incoming: &Incoming, reason: &str, error: &str) {
+        Counters::add(&self.counters.dead_lettered);
+        match (incoming, &self.link) {
+            (Incoming::Amqp(delivery), Link::Amqp(amqp)) => {
+                match amqp
+                    .dead_letter(delivery, reason, error, incoming.attempt())
+                    .await
+                {
+                    Ok(()) => self.ack(incoming).await,
+                    Err(e) => {
+                        warn!(error = %e, reason, "dead-lettering failed; the message is dropped");
+                        if let Err(e) = delivery.reject().await {
+                            warn!(error = %e, "rejecting a message failed");
+                        }
+                    }
+                }
+            }
+            _ => warn!(reason, error, "memory transport: dead letter dropped"),
+        }
+    }
+
+    /// Checks and decodes one message; says why when it cannot.
+    fn decode(&self, incoming: &Incoming) -> Result<Arc<dyn Event>, (RejectReason, String)> {
+        let body = incoming.body();
+        if body.len() > self.decoder.max_message_size {
+            return Err((
+                RejectReason::TooLarge,
+                format!(
+                    "body of {} bytes exceeds the maximum message size of {}",
+                    body.len(),
+                    self.decoder.max_message_size
+                ),
+            ));
+        }
+        let codec = self
+            .decoder
+            .codecs
+            .for_content_type(incoming.content_type())
+            .map_err(|e| (RejectReason::ContentType, e.to_string()))?;
+        let tag = match incoming.header(TAG_HEADER) {
+            Header::Text(tag) => tag,
+            Header::Absent => {
+                return Err((RejectReason::MissingTag, format!("no {TAG_HEADER} header")));
+            }
+            Header::WrongType => {
+                return Err((
+                    RejectReason::BadHeader,
+                    format!("{TAG_HEADER} header is not a string"),
+                ));
+            }
+        };
+        let Some(registered) = registered_events().ok().and_then(|events| events.get(tag)) else {
+            return Err((
+                RejectReason::UnknownTag,
+                format!("unknown event tag {tag:?}: no such event type in this process"),
+            ));
+        };
+        let theirs = match incoming.header(FINGERPRINT_HEADER) {
+            Header::Text(text) => text.parse::<Fingerprint>().ok(),
+            Header::Absent => None,
+            Header::WrongType => {
+                return Err((
+                    RejectReason::BadHeader,
+                    format!("{FINGERPRINT_HEADER} header is not a string"),
+                ));
+            }
+        };
+        let ours = registered.fingerprint();
+        let mismatch = theirs != Some(ours);
+        if mismatch {
+            Counters::add(&self.counters.fingerprint_mismatches);
+            let theirs = theirs.map_or_else(|| "none".to_owned(), |f| f.to_string());
+            // bincode is not self-describing: a different shape would be
+            // misread silently, so it is refused outright.
+            if codec.content_type() != JSON_CONTENT_TYPE {
+                return Err((
+                    RejectReason::FingerprintMismatch,
+                    format!(
+                        "event {tag:?} has schema fingerprint {theirs}, this process has {ours}; the types differ"
+                    ),
+                ));
+            }
+            warn!(tag, theirs = %theirs, ours = %ours, message_id = incoming.message_id().unwrap_or(""), "schema fingerprints differ; decoding the JSON anyway");
+        }
+        let event: Box<dyn Event> = codec.decode(body).map_err(|e| {
+            let reason = if mismatch {
+                RejectReason::FingerprintMismatch
+            } else {
+                RejectReason::Decode
+            };
+            (reason, format!("event {tag:?}: {e}"))
+        })?;
+        if event.tag() != tag {
+            return Err((
+                RejectReason::TagMismatch,
+                format!(
+                    "body holds event {:?} but the {TAG_HEADER} header says {tag:?}",
+                    event.tag()
+                ),
+            ));
+        }
+        Ok(Arc::from(event))
+    }
+}
