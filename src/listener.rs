@@ -303,7 +303,10 @@ impl Shared {
         Counters::add(&self.counters.retried);
         match (&incoming, &self.link, retry_to) {
             (Incoming::Amqp(delivery), Link::Amqp(amqp), _) => {
-                match amqp.retry(delivery, attempt + 1, delay).await {
+                match amqp
+                    .retry(delivery, incoming.routing_key(), attempt + 1, delay)
+                    .await
+                {
                     Ok(()) => self.ack(&incoming).await,
                     Err(e) => {
                         warn!(error = %e, "parking a failed delivery for retry failed; requeueing it");
@@ -337,7 +340,13 @@ impl Shared {
         match (incoming, &self.link) {
             (Incoming::Amqp(delivery), Link::Amqp(amqp)) => {
                 match amqp
-                    .dead_letter(delivery, reason, error, incoming.attempt())
+                    .dead_letter(
+                        delivery,
+                        incoming.routing_key(),
+                        reason,
+                        error,
+                        incoming.attempt(),
+                    )
                     .await
                 {
                     Ok(()) => self.ack(incoming).await,

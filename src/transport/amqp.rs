@@ -70,10 +70,15 @@ impl Amqp {
     pub(crate) async fn retry(
         &self,
         delivery: &Delivery,
+        routing_key: &str,
         attempt: u32,
         delay: Duration,
     ) -> Result<()> {
         let mut headers = headers_of(delivery);
+        headers.insert(
+            ROUTING_KEY_HEADER.into(),
+            AMQPValue::LongString(routing_key.into()),
+        );
         headers.insert(
             ATTEMPT_HEADER.into(),
             AMQPValue::LongString(attempt.to_string().into()),
@@ -99,6 +104,7 @@ impl Amqp {
     pub(crate) async fn dead_letter(
         &self,
         delivery: &Delivery,
+        routing_key: &str,
         reason: &str,
         error: &str,
         attempts: u32,
@@ -108,13 +114,13 @@ impl Amqp {
         headers.insert(REASON_HEADER.into(), text(reason));
         headers.insert(ERROR_HEADER.into(), text(error));
         headers.insert(ATTEMPT_HEADER.into(), text(&attempts.to_string()));
-        headers.insert(ROUTING_KEY_HEADER.into(), text(delivery.routing_key()));
+        headers.insert(ROUTING_KEY_HEADER.into(), text(routing_key));
         headers.insert(QUEUE_HEADER.into(), text(delivery.queue()));
         let properties = delivery.properties().clone().with_headers(headers);
         self.producer
             .republish(
                 self.dead_letter_exchange.as_str().into(),
-                delivery.routing_key().into(),
+                short(routing_key)?,
                 delivery.body(),
                 properties,
             )

@@ -84,9 +84,11 @@ impl Incoming {
         }
     }
 
+    /// The routing key the event was published with, also after retries
+    /// (which come back from the retry queue under the queue's name).
     pub(crate) fn routing_key(&self) -> &str {
         match self {
-            Self::Amqp(d) => d.routing_key(),
+            Self::Amqp(d) => d.header_str(ROUTING_KEY_HEADER).unwrap_or(d.routing_key()),
             Self::Memory(m) => &m.routing_key,
         }
     }
