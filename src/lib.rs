@@ -99,7 +99,7 @@ pub use props::{AmqpProps, ExchangeKind};
 pub use queue::Queue;
 pub use stats::{RejectReason, Stats};
 pub use subscribers::{
-    Dispatch, EventStream, HandlerError, HandlerOutput, Lagged, Subscribers, Subscription,
+    Dispatch, EventStream, HandlerError, HandlerOutput, Lagged, Poller, Subscribers, Subscription,
 };
 /// Derives [`Event`] and [`EventType`] for a struct or enum that also
 /// derives serde's `Serialize` and `Deserialize`.

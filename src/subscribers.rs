@@ -223,6 +223,38 @@ impl Subscribers {
         }
     }
 
+    /// **A poller of the events of type `E`** for code that is not async
+    /// (oslo's `Listener.poll(timeout)`): [`recv_timeout`](Poller::recv_timeout)
+    /// blocks for the next one. At most `capacity` events wait; when the
+    /// poller is read too slowly, new events are dropped and the next call
+    /// reports how many with `Err(Lagged)`.
+    ///
+    /// # Panics
+    ///
+    /// If `capacity` is zero.
+    pub fn poller<E: EventType>(&self, capacity: usize) -> Poller<E> {
+        assert!(capacity > 0, "a poller needs a capacity of at least 1");
+        let (sender, receiver) = std::sync::mpsc::sync_channel(capacity);
+        let missed = Arc::new(AtomicU64::new(0));
+        let counter = missed.clone();
+        let subscription = self.add(
+            Some(TypeId::of::<E>()),
+            Arc::new(move |event: &Arc<dyn Event>, _: &Context| {
+                if let Ok(event) = event.clone().into_any_arc().downcast::<E>()
+                    && let Err(std::sync::mpsc::TrySendError::Full(_)) = sender.try_send(event)
+                {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                Call::Done(Ok(()))
+            }),
+        );
+        Poller {
+            receiver,
+            missed,
+            _subscription: subscription,
+        }
+    }
+
     /// **Dispatches an event to the local subscribers**, in subscription
     /// order, awaiting async handlers one after another.
     pub async fn notify<E: Event>(&self, event: E) -> Dispatch {
@@ -439,5 +471,35 @@ impl<E: EventType> Stream for EventStream<E> {
 impl<E> fmt::Debug for EventStream<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EventStream").finish_non_exhaustive()
+    }
+}
+
+/// **A blocking, bounded receiver of the events of one type**, made by
+/// [`Subscribers::poller`]; dropping it unsubscribes.
+pub struct Poller<E> {
+    receiver: std::sync::mpsc::Receiver<Arc<E>>,
+    missed: Arc<AtomicU64>,
+    _subscription: Subscription,
+}
+
+impl<E> Poller<E> {
+    /// **Waits up to `timeout` for the next event**; `Ok(None)` when none
+    /// came in time.
+    ///
+    /// # Errors
+    ///
+    /// [`Lagged`] with the number of events dropped since the last call,
+    /// because the poller was full; the next call goes on receiving.
+    pub fn recv_timeout(&self, timeout: std::time::Duration) -> Result<Option<Arc<E>>, Lagged> {
+        match self.missed.swap(0, Ordering::Relaxed) {
+            0 => Ok(self.receiver.recv_timeout(timeout).ok()),
+            missed => Err(Lagged(missed)),
+        }
+    }
+}
+
+impl<E> fmt::Debug for Poller<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Poller").finish_non_exhaustive()
     }
 }
