@@ -81,7 +81,10 @@ fn a_poller_receives_with_a_timeout_and_reports_lag() {
     let bus = blocking::Bus::connect(Bus::with_props(props).subscribers(subscribers)).unwrap();
     assert_eq!(poller.recv_timeout(Duration::from_millis(50)), Ok(None));
     bus.publish_confirmed(&Tick { n: 1 }).unwrap();
-    let first = poller.recv_timeout(Duration::from_secs(10)).unwrap().expect("nothing arrived");
+    let first = poller
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap()
+        .expect("nothing arrived");
     assert_eq!(*first, Tick { n: 1 });
     for n in 2..12 {
         bus.publish(&Tick { n }).unwrap();
@@ -92,7 +95,19 @@ fn a_poller_receives_with_a_timeout_and_reports_lag() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(poller.recv_timeout(Duration::from_secs(1)), Err(Lagged(7)));
-    let kept: Vec<u32> = (0..4).map(|_| poller.recv_timeout(Duration::from_secs(1)).unwrap().unwrap().n).collect();
-    assert_eq!(kept, [2, 3, 4, 5], "the oldest are kept, the newest dropped");
+    let kept: Vec<u32> = (0..4)
+        .map(|_| {
+            poller
+                .recv_timeout(Duration::from_secs(1))
+                .unwrap()
+                .unwrap()
+                .n
+        })
+        .collect();
+    assert_eq!(
+        kept,
+        [2, 3, 4, 5],
+        "the oldest are kept, the newest dropped"
+    );
     bus.close().unwrap();
 }

@@ -1,0 +1,63 @@
+//! Group: one member of the group handles each event (nameko SERVICE_POOL,
+//! competing consumers). Events published while no member runs wait in the
+//! group's durable queue.
+//!
+//! Run: `cargo run --example group` (reads `AMQP_URL`, default
+//! `amqp://127.0.0.1:5672/%2f`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tidings::{AmqpProps, Bus, Event, ExchangeKind, Listen, Subscribers};
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone)]
+#[event(name = "invoices.due")]
+struct InvoiceDue {
+    number: u32,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let props = AmqpProps::from_env()?.with_exchange("tidings.example.group", ExchangeKind::Fanout);
+    let billing = Bus::with_props(props.clone())
+        .publish_only()
+        .connect()
+        .await?;
+    let handled = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    let mut counts = Vec::new();
+    for _ in 0..3 {
+        let subscribers = Subscribers::new();
+        let mine = Arc::new(AtomicUsize::new(0));
+        let (m, h) = (mine.clone(), handled.clone());
+        subscribers
+            .subscribe(move |_: &InvoiceDue| {
+                m.fetch_add(1, Ordering::Relaxed);
+                h.fetch_add(1, Ordering::Relaxed);
+            })
+            .forget();
+        let worker = Bus::with_props(props.clone())
+            .subscribers(subscribers)
+            .listen(Listen::group("invoicing"))
+            .connect()
+            .await?;
+        workers.push(worker);
+        counts.push(mine);
+    }
+    for number in 0..300 {
+        billing.publish(&InvoiceDue { number }).await?;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while handled.load(Ordering::Relaxed) < 300 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let shares: Vec<usize> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    println!("300 invoices handled once each, shared by 3 workers: {shares:?}");
+    billing.close().await?;
+    for worker in workers {
+        worker.close().await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,61 @@
+//! Topic routing: a process binds only the routing keys it wants, so the
+//! broker filters (the driver package's `direct`/`topic` sectors).
+//!
+//! Run: `cargo run --example topic` (reads `AMQP_URL`, default
+//! `amqp://127.0.0.1:5672/%2f`).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tidings::{AmqpProps, Bus, Context, Event, ExchangeKind, Listen, Subscribers};
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone)]
+#[event(name = "orders.placed", routing_key = "orders.eu.placed")]
+struct OrderPlaced {
+    id: u64,
+}
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone)]
+#[event(name = "users.joined", routing_key = "users.joined")]
+struct UserJoined {
+    name: String,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let props = AmqpProps::from_env()?.with_exchange("tidings.example.topic", ExchangeKind::Topic);
+    let subscribers = Subscribers::new();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    subscribers
+        .subscribe_all(move |event: &dyn Event, ctx: &Context| {
+            let _ = tx.send(format!("{} on {}", event.tag(), ctx.routing_key()));
+        })
+        .forget();
+    // Only orders, from any region: users.* never reaches this process.
+    let orders = Bus::with_props(props.clone())
+        .subscribers(subscribers)
+        .listen(Listen::broadcast().pattern("orders.*.placed"))
+        .connect()
+        .await?;
+    let shop = Bus::with_props(props).publish_only().connect().await?;
+    for id in 0..3 {
+        shop.publish(&OrderPlaced { id }).await?;
+        shop.publish(&UserJoined {
+            name: format!("user{id}"),
+        })
+        .await?;
+    }
+    shop.close().await?;
+    for _ in 0..3 {
+        let line = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await?
+            .ok_or("closed")?;
+        println!("{line}");
+    }
+    orders.close().await?;
+    println!(
+        "received from the broker: {} (3 of the 6 published)",
+        orders.stats().delivered
+    );
+    Ok(())
+}
