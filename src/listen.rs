@@ -27,7 +27,7 @@ use crate::queue::Queue;
 /// use tidings::{Event, Listen};
 ///
 /// #[derive(Event, Serialize, Deserialize, Debug)]
-/// #[event(name = "orders.placed")]
+/// #[event(name = "listen.order_placed")]
 /// struct OrderPlaced { id: u64 }
 ///
 /// // One of the billing workers handles each placed order.

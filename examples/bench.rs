@@ -1,0 +1,232 @@
+//! Throughput of tidings against raw lapin, in the same run, same broker,
+//! same message size and prefetch.
+//!
+//! Run: `cargo run --release --example bench` (reads `AMQP_URL`, default
+//! `amqp://127.0.0.1:5672/%2f`); `-- --events N` changes the count (default
+//! 20,000 per row).
+//!
+//! Rows: raw lapin "naive" (publish without confirms, ack every delivery),
+//! raw lapin "tuned" (confirms awaited per 1,000, acks with `multiple`
+//! every 100), and tidings (typed events through a bus: publish with
+//! confirms tracked in the background, ack after the handler). Each row
+//! counts every delivery and fails if one is missing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, ExchangeKind as LapinKind};
+use serde::{Deserialize, Serialize};
+use tidings::{AmqpProps, Bus, Event, ExchangeKind, Subscribers};
+use tokio_stream::StreamExt;
+
+const PREFETCH: u16 = 1000;
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone)]
+#[event(name = "bench.payload")]
+struct Payload {
+    seq: u64,
+    data: Vec<u8>,
+}
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let args: Vec<String> = std::env::args().collect();
+    let events: u64 = args
+        .iter()
+        .position(|a| a == "--events")
+        .and_then(|i| args.get(i + 1))
+        .map_or(Ok(20_000), |n| n.parse())?;
+    let url = std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://127.0.0.1:5672/%2f".to_owned());
+    println!(
+        "tidings bench: {events} events per row, prefetch {PREFETCH}, broker {}",
+        AmqpProps::from_url(&url)?.redacted_url()
+    );
+    println!(
+        "{:<28} {:>12} {:>10} {:>10}",
+        "scenario", "events/s", "vs naive", "vs tuned"
+    );
+    for size in [100usize, 10_000] {
+        let naive = raw(&url, events, size, false).await?;
+        let tuned = raw(&url, events, size, true).await?;
+        let ours = bus(&url, events, size).await?;
+        for (name, rate) in [
+            ("raw lapin naive", naive),
+            ("raw lapin tuned", tuned),
+            ("tidings bus", ours),
+        ] {
+            println!(
+                "{:<28} {:>12.0} {:>9.2}x {:>9.2}x",
+                format!("{name}, {size} B"),
+                rate,
+                rate / naive,
+                rate / tuned
+            );
+        }
+    }
+    Ok(())
+}
+
+fn exchange_name(kind: &str) -> String {
+    format!("tidings.bench.{kind}.{}", std::process::id())
+}
+
+/// Raw lapin: two connections, one fanout exchange, one exclusive queue.
+async fn raw(url: &str, events: u64, size: usize, tuned: bool) -> Result<f64, Error> {
+    let exchange = exchange_name(if tuned { "tuned" } else { "naive" });
+    let options = lapin::ConnectionProperties::default();
+    let consumer_conn = lapin::Connection::connect(url, options.clone()).await?;
+    let publisher_conn = lapin::Connection::connect(url, options).await?;
+    let channel = consumer_conn.create_channel().await?;
+    let durable = ExchangeDeclareOptions {
+        auto_delete: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            LapinKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+    let queue_options = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..QueueDeclareOptions::default()
+    };
+    let queue = format!("{exchange}.q");
+    channel
+        .queue_declare(queue.as_str().into(), queue_options, FieldTable::default())
+        .await?;
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            exchange.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "bench".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let receiving = tokio::spawn(async move {
+        let mut received = 0u64;
+        while let Some(delivery) = consumer.next().await {
+            let delivery = delivery?;
+            received += 1;
+            if !tuned {
+                delivery.ack(BasicAckOptions::default()).await?;
+            } else if received.is_multiple_of(100) || received == events {
+                delivery.ack(BasicAckOptions { multiple: true }).await?;
+            }
+            if received == events {
+                break;
+            }
+        }
+        Ok::<u64, lapin::Error>(received)
+    });
+    let publisher = publisher_conn.create_channel().await?;
+    if tuned {
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+    }
+    let body = vec![7u8; size];
+    let started = Instant::now();
+    for seq in 0..events {
+        publisher
+            .basic_publish(
+                exchange.as_str().into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default(),
+            )
+            .await?;
+        if tuned && (seq + 1).is_multiple_of(1000) {
+            publisher.wait_for_confirms().await?;
+        }
+    }
+    let received = tokio::time::timeout(Duration::from_secs(120), receiving).await???;
+    let elapsed = started.elapsed();
+    if received != events {
+        return Err(format!("raw lapin lost events: {received} of {events}").into());
+    }
+    consumer_conn.close(200, "bench done".into()).await?;
+    publisher_conn.close(200, "bench done".into()).await?;
+    Ok(events as f64 / elapsed.as_secs_f64())
+}
+
+/// tidings: a publishing bus and a listening bus, each with its connection.
+async fn bus(url: &str, events: u64, size: usize) -> Result<f64, Error> {
+    let props = AmqpProps::from_url(url)?
+        .with_exchange(exchange_name("tidings"), ExchangeKind::Fanout)
+        .with_prefetch(PREFETCH);
+    let received = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(tokio::sync::Notify::new());
+    let subscribers = Subscribers::new();
+    let (r, d) = (received.clone(), done.clone());
+    subscribers
+        .subscribe(move |_: &Payload| {
+            if r.fetch_add(1, Ordering::Relaxed) + 1 == events {
+                d.notify_one();
+            }
+        })
+        .forget();
+    let listener = Bus::with_props(props.clone())
+        .subscribers(subscribers)
+        .connect()
+        .await?;
+    let publisher = Bus::with_props(props.clone())
+        .publish_only()
+        .connect()
+        .await?;
+    let data = vec![7u8; size.saturating_sub(60)];
+    let started = Instant::now();
+    for seq in 0..events {
+        publisher
+            .publish(&Payload {
+                seq,
+                data: data.clone(),
+            })
+            .await?;
+    }
+    tokio::time::timeout(Duration::from_secs(120), done.notified()).await?;
+    let elapsed = started.elapsed();
+    publisher.close().await?;
+    listener.close().await?;
+    let stats = publisher.stats();
+    if received.load(Ordering::Relaxed) != events || stats.confirmed != events {
+        return Err(format!(
+            "tidings lost events: received {}, confirmed {}",
+            received.load(Ordering::Relaxed),
+            stats.confirmed
+        )
+        .into());
+    }
+    let conn = tidings::Connection::connect(&props).await?;
+    conn.delete_queue(&format!("{}.dead-letter", props.exchange()))
+        .await?;
+    conn.delete_exchange(&format!("{}.dead-letter", props.exchange()))
+        .await?;
+    conn.delete_exchange(props.exchange()).await?;
+    conn.close().await?;
+    Ok(events as f64 / elapsed.as_secs_f64())
+}
