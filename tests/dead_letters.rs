@@ -11,22 +11,13 @@ use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use serde::{Deserialize, Serialize};
-use tidings::{Bus, Connection, Context, Delivery, Event, ExchangeKind, Queue, Subscribers};
-use tokio_stream::StreamExt;
+use tidings::{Bus, Connection, Context, Event, ExchangeKind, Queue, Subscribers};
 
 #[derive(Event, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[event(name = "dead_letters.payment", routing_key = "payments.card")]
 struct Payment {
     id: u64,
     poison: bool,
-}
-
-async fn next(consumer: &mut tidings::Consumer) -> Delivery {
-    tokio::time::timeout(Duration::from_secs(10), consumer.next())
-        .await
-        .expect("nothing in the dead-letter queue within 10 s")
-        .expect("consumer closed")
-        .expect("delivery error")
 }
 
 #[tokio::test]
@@ -71,7 +62,7 @@ async fn a_poison_event_is_dead_lettered_after_the_cap_without_blocking_others()
         .consumer(&Queue::durable(&dlq).unbound())
         .await
         .unwrap();
-    let letter = next(&mut dead).await;
+    let letter = common::next_delivery(&mut dead).await;
     assert_eq!(
         letter
             .decode::<Box<dyn Event>>()
@@ -166,7 +157,7 @@ async fn an_undecodable_message_goes_straight_to_the_dead_letters() {
         .consumer(&Queue::durable(bus.dead_letter_queue().unwrap()).unbound())
         .await
         .unwrap();
-    let letter = next(&mut dead).await;
+    let letter = common::next_delivery(&mut dead).await;
     assert_eq!(letter.header_str("x-tidings-reason"), Some("unknown_tag"));
     assert_eq!(letter.header_str("x-tidings-attempt"), Some("1"));
     assert_eq!(letter.header_str("x-tidings-routing-key"), Some("some.key"));

@@ -4,11 +4,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tidings::{AmqpProps, Connection, Delivery, ExchangeKind, Json, Publish, Queue};
-use tokio_stream::StreamExt;
+use tidings::{AmqpProps, Connection, ExchangeKind, Json, Publish, Queue};
 
 #[derive(Serialize, Deserialize, Debug, PartialEq, Clone)]
 enum Priority {
@@ -54,14 +52,6 @@ fn order(id: u64) -> Order {
     }
 }
 
-async fn next(consumer: &mut tidings::Consumer) -> Delivery {
-    tokio::time::timeout(Duration::from_secs(10), consumer.next())
-        .await
-        .expect("no delivery within 10 s")
-        .expect("consumer closed")
-        .expect("delivery error")
-}
-
 async fn round_trip(props: AmqpProps, content_type: &str) {
     let _cleanup = common::Cleanup::new(&props);
     let conn = Connection::connect(&props).await.unwrap();
@@ -78,21 +68,21 @@ async fn round_trip(props: AmqpProps, content_type: &str) {
     producer.publish_confirmed(&Priority::Low).await.unwrap();
 
     for id in [1, 2] {
-        let d = next(&mut consumer).await;
+        let d = common::next_delivery(&mut consumer).await;
         assert_eq!(d.content_type(), Some(content_type));
         assert_eq!(d.decode::<Order>().unwrap(), order(id));
         d.ack().await.unwrap();
     }
-    let d = next(&mut consumer).await;
+    let d = common::next_delivery(&mut consumer).await;
     assert_eq!(
         d.decode::<Vec<Option<f64>>>().unwrap(),
         vec![Some(1.5), None]
     );
     d.ack().await.unwrap();
-    let d = next(&mut consumer).await;
+    let d = common::next_delivery(&mut consumer).await;
     assert_eq!(d.decode::<String>().unwrap(), "plain text");
     d.ack().await.unwrap();
-    let d = next(&mut consumer).await;
+    let d = common::next_delivery(&mut consumer).await;
     assert_eq!(d.decode::<Priority>().unwrap(), Priority::Low);
     d.ack().await.unwrap();
     conn.close().await.unwrap();
@@ -141,7 +131,7 @@ async fn headers_and_properties_arrive() {
         .await
         .unwrap();
 
-    let d = next(&mut consumer).await;
+    let d = common::next_delivery(&mut consumer).await;
     assert_eq!(d.routing_key(), "orders.placed");
     assert_eq!(d.exchange(), props.exchange());
     assert_eq!(d.header_str("tenant"), Some("acme"));
@@ -161,7 +151,7 @@ async fn headers_and_properties_arrive() {
     assert!(!d.redelivered());
     d.ack().await.unwrap();
 
-    let d = next(&mut consumer).await;
+    let d = common::next_delivery(&mut consumer).await;
     assert_eq!(d.routing_key(), "orders.shipped");
     assert_eq!(d.decode::<Order>().unwrap().id, 44);
     let generated = d.message_id().expect("no generated message id");
@@ -196,12 +186,12 @@ async fn content_type_decides_the_decoder() {
         .await
         .unwrap();
 
-    let d = next(&mut consumer).await;
+    let d = common::next_delivery(&mut consumer).await;
     assert_eq!(d.content_type(), Some("application/json"));
     assert!(d.body().starts_with(b"{\"id\":1"));
     assert_eq!(d.decode::<Order>().unwrap(), order(1));
     d.ack().await.unwrap();
-    let d = next(&mut consumer).await;
+    let d = common::next_delivery(&mut consumer).await;
     assert_eq!(d.content_type(), Some("application/x-bincode"));
     assert_eq!(d.decode::<Order>().unwrap(), order(2));
     d.ack().await.unwrap();

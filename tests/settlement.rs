@@ -4,16 +4,8 @@ mod common;
 
 use std::time::Duration;
 
-use tidings::{Connection, Delivery, ExchangeKind, Queue};
+use tidings::{Connection, ExchangeKind, Queue};
 use tokio_stream::StreamExt;
-
-async fn next(consumer: &mut tidings::Consumer) -> Delivery {
-    tokio::time::timeout(Duration::from_secs(10), consumer.next())
-        .await
-        .expect("no delivery within 10 s")
-        .expect("consumer closed")
-        .expect("delivery error")
-}
 
 #[tokio::test]
 async fn nack_with_requeue_comes_back_redelivered_and_reject_does_not() {
@@ -24,12 +16,12 @@ async fn nack_with_requeue_comes_back_redelivered_and_reject_does_not() {
     let producer = conn.producer().await.unwrap();
 
     producer.publish_confirmed(&"requeue me").await.unwrap();
-    let first = next(&mut consumer).await;
+    let first = common::next_delivery(&mut consumer).await;
     assert!(!first.redelivered());
     let id = first.message_id().unwrap().to_owned();
     first.nack(true).await.unwrap();
 
-    let again = next(&mut consumer).await;
+    let again = common::next_delivery(&mut consumer).await;
     assert_eq!(again.message_id(), Some(id.as_str()));
     assert!(again.redelivered());
     assert_eq!(again.decode::<String>().unwrap(), "requeue me");
@@ -37,7 +29,7 @@ async fn nack_with_requeue_comes_back_redelivered_and_reject_does_not() {
 
     // The rejected message is gone: the next delivery is the marker.
     producer.publish_confirmed(&"marker").await.unwrap();
-    let marker = next(&mut consumer).await;
+    let marker = common::next_delivery(&mut consumer).await;
     assert_eq!(marker.decode::<String>().unwrap(), "marker");
     assert!(!marker.redelivered());
     marker.ack().await.unwrap();
@@ -60,17 +52,17 @@ async fn nack_without_requeue_drops_and_unsettled_come_back_after_cancel() {
     for i in 0..3u8 {
         producer.publish_confirmed(&i).await.unwrap();
     }
-    let zero = next(&mut consumer).await;
+    let zero = common::next_delivery(&mut consumer).await;
     zero.nack(false).await.unwrap();
-    let one = next(&mut consumer).await;
-    let two = next(&mut consumer).await;
+    let one = common::next_delivery(&mut consumer).await;
+    let two = common::next_delivery(&mut consumer).await;
     one.ack().await.unwrap();
     assert_eq!(two.decode::<u8>().unwrap(), 2);
     drop(two); // unsettled
     consumer.cancel().await.unwrap();
 
     let mut again = conn.consumer(&queue).await.unwrap();
-    let back = next(&mut again).await;
+    let back = common::next_delivery(&mut again).await;
     assert_eq!(back.decode::<u8>().unwrap(), 2);
     assert!(back.redelivered());
     back.ack().await.unwrap();

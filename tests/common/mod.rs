@@ -103,6 +103,16 @@ impl Drop for Cleanup {
     }
 }
 
+/// The next delivery of a consumer; fails the test after 10 s.
+pub async fn next_delivery(consumer: &mut tidings::Consumer) -> tidings::Delivery {
+    use tokio_stream::StreamExt;
+    tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .expect("no delivery within 10 s")
+        .expect("consumer closed")
+        .expect("delivery error")
+}
+
 /// Waits until `condition` holds, polling, for at most `limit`.
 pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
