@@ -146,6 +146,15 @@ impl BusBuilder {
         self
     }
 
+    /// How many recently handled message ids the bus remembers (default
+    /// 10,000; 0 turns it off): a redelivered or re-published event whose
+    /// id is among them is acknowledged without reaching the handlers again.
+    #[must_use]
+    pub fn dedup_window(mut self, ids: usize) -> Self {
+        self.settings.dedup_window = ids;
+        self
+    }
+
     /// How many times a delivery is tried before it is dead-lettered
     /// (default 5; at least 1).
     #[must_use]
@@ -227,6 +236,7 @@ impl BusBuilder {
         };
         let counters = Arc::new(Counters::default());
         let shared = Arc::new(Shared {
+            recent: Mutex::default(),
             decoder,
             subscribers: self.subscribers.clone(),
             counters: counters.clone(),

@@ -1,6 +1,7 @@
 //! `Listener`: one queue a bus consumes, its dispatch loop, and the
 //! settlement of each delivery (ack, retry, dead letter).
 
+use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,6 +31,7 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Settings {
     pub(crate) self_delivery: bool,
+    pub(crate) dedup_window: usize,
     pub(crate) max_attempts: u32,
     pub(crate) retry_delay: Duration,
     pub(crate) concurrency: usize,
@@ -39,6 +41,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             self_delivery: true,
+            dedup_window: 10_000,
             max_attempts: 5,
             retry_delay: Duration::from_secs(1),
             concurrency: 1,
@@ -76,8 +79,34 @@ impl Decoder {
     }
 }
 
+/// The message ids handled lately, oldest first out.
+#[derive(Default)]
+pub(crate) struct Recent {
+    ids: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl Recent {
+    fn contains(&self, id: &str) -> bool {
+        self.ids.contains(id)
+    }
+
+    fn remember(&mut self, id: &str, window: usize) {
+        if window == 0 || !self.ids.insert(id.to_owned()) {
+            return;
+        }
+        self.order.push_back(id.to_owned());
+        while self.order.len() > window {
+            if let Some(oldest) = self.order.pop_front() {
+                self.ids.remove(&oldest);
+            }
+        }
+    }
+}
+
 /// What every listener of one bus shares.
 pub(crate) struct Shared {
+    pub(crate) recent: Mutex<Recent>,
     pub(crate) decoder: Decoder,
     pub(crate) subscribers: Subscribers,
     pub(crate) counters: Arc<Counters>,
@@ -277,6 +306,17 @@ impl Shared {
             Counters::add(&self.counters.own_skipped);
             return self.ack(&incoming).await;
         }
+        let message_id = incoming.message_id().map(str::to_owned);
+        if let Some(id) = &message_id
+            && self
+                .recent
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(id)
+        {
+            Counters::add(&self.counters.deduplicated);
+            return self.ack(&incoming).await;
+        }
         let context = Context::remote(
             incoming.routing_key(),
             incoming.message_id(),
@@ -288,6 +328,11 @@ impl Shared {
         let dispatch = self.subscribers.dispatch(&event, &context).await;
         Counters::add(&self.counters.dispatched);
         if dispatch.is_ok() {
+            // Remembered once handled: a failed attempt must come back.
+            if let Some(id) = &message_id {
+                let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+                recent.remember(id, self.settings.dedup_window);
+            }
             return self.ack(&incoming).await;
         }
         for _ in dispatch.failures() {
@@ -443,5 +488,34 @@ impl Shared {
             ));
         }
         Ok(Arc::from(event))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_ids_are_bounded_by_the_window() {
+        let mut recent = Recent::default();
+        for id in ["a", "b", "c", "b"] {
+            recent.remember(id, 2);
+        }
+        assert!(!recent.contains("a"), "the oldest id left the window");
+        assert!(recent.contains("b") && recent.contains("c"));
+        assert_eq!(recent.order.len(), 2);
+        recent.remember("d", 0);
+        assert!(!recent.contains("d"), "a zero window remembers nothing");
+    }
+
+    #[test]
+    fn retry_delays_double_up_to_the_cap() {
+        let settings = Settings {
+            retry_delay: Duration::from_secs(1),
+            ..Settings::default()
+        };
+        let delays: Vec<u64> = (1..=4).map(|a| settings.retry_delay(a).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8]);
+        assert_eq!(settings.retry_delay(40), MAX_RETRY_DELAY);
     }
 }

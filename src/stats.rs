@@ -78,6 +78,7 @@ pub(crate) struct Counters {
     pub(crate) fingerprint_mismatches: AtomicU64,
     pub(crate) retried: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
+    pub(crate) deduplicated: AtomicU64,
     rejected: [AtomicU64; RejectReason::ALL.len()],
 }
 
@@ -103,6 +104,7 @@ impl Counters {
             fingerprint_mismatches: get(&self.fingerprint_mismatches),
             retried: get(&self.retried),
             dead_lettered: get(&self.dead_lettered),
+            deduplicated: get(&self.deduplicated),
             rejected: RejectReason::ALL.map(|r| get(&self.rejected[r.index()])),
         }
     }
@@ -134,6 +136,9 @@ pub struct Stats {
     /// Messages sent to the dead-letter exchange: rejected ones, and those
     /// whose handlers failed on every attempt.
     pub dead_lettered: u64,
+    /// Deliveries of a message id handled lately, acknowledged without
+    /// reaching the handlers again.
+    pub deduplicated: u64,
     rejected: [u64; RejectReason::ALL.len()],
 }
 
