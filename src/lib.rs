@@ -63,6 +63,11 @@
 //! ```
 #![doc(test(attr(deny(warnings))))]
 
+// Lets `#[derive(Event)]`, which writes `::tidings::..` paths, work in this
+// crate's own unit tests.
+#[cfg(test)]
+extern crate self as tidings;
+
 pub mod blocking;
 mod bus;
 mod codec;
