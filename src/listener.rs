@@ -209,21 +209,11 @@ impl Listener {
     /// The broker's refusal to delete the queue.
     pub async fn cancel(&self) -> Result<()> {
         self.stop().await;
-        if !self.state.owned {
-            return Ok(());
-        }
-        match &self.state.link {
-            Link::Amqp(amqp) => {
-                amqp.conn
-                    .delete_queue(&format!("{}.retry", self.state.queue))
-                    .await?;
-                amqp.conn.delete_queue(&self.state.queue).await?;
-            }
-            Link::Memory(hub) => {
-                if let Some(queue) = &self.state.memory_queue {
-                    hub.remove(queue);
-                }
-            }
+        if let (true, Link::Amqp(amqp)) = (self.state.owned, &self.state.link) {
+            amqp.conn
+                .delete_queue(&format!("{}.retry", self.state.queue))
+                .await?;
+            amqp.conn.delete_queue(&self.state.queue).await?;
         }
         Ok(())
     }
@@ -232,6 +222,9 @@ impl Listener {
         let _ = self.state.stop.send(true);
     }
 
+    /// Stops the dispatch loop and waits for it. A broadcast queue of the
+    /// memory transport goes with it (on RabbitMQ the exclusive queue goes
+    /// with the connection, or with `cancel`).
     pub(crate) async fn stop(&self) {
         self.request_stop();
         let task = self
@@ -242,6 +235,11 @@ impl Listener {
             .take();
         if let Some(task) = task {
             let _ = task.await;
+        }
+        if let (true, Link::Memory(hub), Some(queue)) =
+            (self.state.owned, &self.state.link, &self.state.memory_queue)
+        {
+            hub.remove(queue);
         }
     }
 }
@@ -603,6 +601,31 @@ mod fuzz {
             _ => bytes.extend((0..=rng.below(8)).map(|_| rng.next() as u8)),
         }
         bytes
+    }
+
+    #[tokio::test]
+    async fn a_stopped_broadcast_listener_leaves_no_memory_queue_behind() {
+        let shared = Arc::new(Shared {
+            link: Link::Memory(Hub::named("fuzz-stop")),
+            ..shared()
+        });
+        let Link::Memory(hub) = &shared.link else {
+            unreachable!()
+        };
+        let group = Listener::start(shared.clone(), &Listen::group("kept"), "ex")
+            .await
+            .unwrap();
+        let broadcast = Listener::start(shared.clone(), &Listen::broadcast(), "ex")
+            .await
+            .unwrap();
+        assert_eq!(hub.queue_count(), 2);
+        broadcast.stop().await;
+        group.stop().await;
+        assert_eq!(
+            hub.queue_count(),
+            1,
+            "the group queue stays for other members, the broadcast one goes"
+        );
     }
 
     #[test]

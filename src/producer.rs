@@ -316,7 +316,7 @@ impl Producer {
     }
 
     /// A message id unique across processes: `<instance-id>-<n>`.
-    pub(crate) fn next_message_id(&self) -> ShortString {
+    fn next_message_id(&self) -> ShortString {
         let sequence = self.inner.sequence.fetch_add(1, Ordering::Relaxed);
         ShortString::from(format!("{}-{sequence}", self.inner.instance_id))
     }

@@ -11,8 +11,9 @@ use tokio::sync::mpsc;
 use super::Outgoing;
 use crate::error::{Error, ErrorKind, Result};
 
-/// How many events wait in one memory queue before publishers wait too.
-const QUEUE_CAPACITY: usize = 1024;
+/// How many events wait in one memory queue before publishers wait too
+/// (a group queue with no member fills up while events are published).
+const QUEUE_CAPACITY: usize = 65_536;
 
 /// One event in the hub, shared by every queue it is routed to.
 #[derive(Debug)]
@@ -136,6 +137,11 @@ impl Hub {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|q| q.id != queue.id);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn queue_count(&self) -> usize {
+        self.queues.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Routes an event to every queue bound to its routing key, or to the
