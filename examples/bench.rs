@@ -22,7 +22,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, ExchangeKind as LapinKind};
 use serde::{Deserialize, Serialize};
-use tidings::{AmqpProps, Bus, Event, ExchangeKind, Subscribers};
+use tidings::{AmqpProps, Bus, Event, ExchangeKind, Listen, Subscribers};
 use tokio_stream::StreamExt;
 
 const PREFETCH: u16 = 1000;
@@ -52,21 +52,27 @@ async fn main() -> Result<(), Error> {
         AmqpProps::from_url(&url)?.redacted_url()
     );
     println!(
-        "{:<28} {:>12} {:>10} {:>10}",
-        "scenario", "events/s", "vs naive", "vs tuned"
+        "{:<40} {:>12} {:>10} {:>10}",
+        "scenario", "deliveries/s", "vs naive", "vs tuned"
     );
-    for size in [100usize, 10_000] {
-        let naive = raw(&url, events, size, false).await?;
-        let tuned = raw(&url, events, size, true).await?;
-        let ours = bus(&url, events, size).await?;
+    let rows = [
+        (100usize, Shape::Fanout(1)),
+        (10_000, Shape::Fanout(1)),
+        (100, Shape::Fanout(4)),
+        (100, Shape::Group(2)),
+    ];
+    for (size, shape) in rows {
+        let naive = raw(&url, events, size, false, shape).await?;
+        let tuned = raw(&url, events, size, true, shape).await?;
+        let ours = bus(&url, events, size, shape).await?;
         for (name, rate) in [
             ("raw lapin naive", naive),
             ("raw lapin tuned", tuned),
             ("tidings bus", ours),
         ] {
             println!(
-                "{:<28} {:>12.0} {:>9.2}x {:>9.2}x",
-                format!("{name}, {size} B"),
+                "{:<40} {:>12.0} {:>9.2}x {:>9.2}x",
+                format!("{name}, {size} B{}", shape.label()),
                 rate,
                 rate / naive,
                 rate / tuned
@@ -262,70 +268,115 @@ fn exchange_name(kind: &str) -> String {
 }
 
 /// Raw lapin: two connections, one fanout exchange, one exclusive queue.
-async fn raw(url: &str, events: u64, size: usize, tuned: bool) -> Result<f64, Error> {
+/// How the consumers of a row share the events.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// Every consumer gets every event (a queue each).
+    Fanout(usize),
+    /// The consumers share one queue; each event is handled once.
+    Group(usize),
+}
+
+impl Shape {
+    fn consumers(self) -> usize {
+        match self {
+            Self::Fanout(n) | Self::Group(n) => n,
+        }
+    }
+
+    /// Deliveries in all for `events` published.
+    fn deliveries(self, events: u64) -> u64 {
+        match self {
+            Self::Fanout(n) => events * n as u64,
+            Self::Group(_) => events,
+        }
+    }
+
+    fn label(self) -> String {
+        match self {
+            Self::Fanout(1) => String::new(),
+            Self::Fanout(n) => format!(", fanout to {n}"),
+            Self::Group(n) => format!(", group of {n}"),
+        }
+    }
+}
+
+/// Raw lapin: a publisher connection and a connection per consumer on one
+/// fanout exchange. Returns deliveries per second.
+async fn raw(url: &str, events: u64, size: usize, tuned: bool, shape: Shape) -> Result<f64, Error> {
     let exchange = exchange_name(if tuned { "tuned" } else { "naive" });
     let options = lapin::ConnectionProperties::default();
-    let consumer_conn = lapin::Connection::connect(url, options.clone()).await?;
-    let publisher_conn = lapin::Connection::connect(url, options).await?;
-    let channel = consumer_conn.create_channel().await?;
-    let durable = ExchangeDeclareOptions {
+    let publisher_conn = lapin::Connection::connect(url, options.clone()).await?;
+    let publisher = publisher_conn.create_channel().await?;
+    let declare = ExchangeDeclareOptions {
         auto_delete: true,
         ..ExchangeDeclareOptions::default()
     };
-    channel
+    publisher
         .exchange_declare(
             exchange.as_str().into(),
             LapinKind::Fanout,
-            durable,
+            declare,
             FieldTable::default(),
         )
         .await?;
-    let queue_options = QueueDeclareOptions {
-        exclusive: true,
-        auto_delete: true,
-        ..QueueDeclareOptions::default()
-    };
-    let queue = format!("{exchange}.q");
-    channel
-        .queue_declare(queue.as_str().into(), queue_options, FieldTable::default())
-        .await?;
-    channel
-        .queue_bind(
-            queue.as_str().into(),
-            exchange.as_str().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .basic_qos(PREFETCH, BasicQosOptions::default())
-        .await?;
-    let mut consumer = channel
-        .basic_consume(
-            queue.as_str().into(),
-            "bench".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let receiving = tokio::spawn(async move {
-        let mut received = 0u64;
-        while let Some(delivery) = consumer.next().await {
-            let delivery = delivery?;
-            received += 1;
-            if !tuned {
-                delivery.ack(BasicAckOptions::default()).await?;
-            } else if received.is_multiple_of(100) || received == events {
-                delivery.ack(BasicAckOptions { multiple: true }).await?;
+    let total = shape.deliveries(events);
+    let received = Arc::new(AtomicU64::new(0));
+    let mut consumers = Vec::new();
+    for i in 0..shape.consumers() {
+        let conn = lapin::Connection::connect(url, options.clone()).await?;
+        let channel = conn.create_channel().await?;
+        let queue = match shape {
+            Shape::Fanout(_) => format!("{exchange}.q{i}"),
+            Shape::Group(_) => format!("{exchange}.group"),
+        };
+        let queue_options = QueueDeclareOptions {
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .queue_declare(queue.as_str().into(), queue_options, FieldTable::default())
+            .await?;
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                exchange.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .basic_qos(PREFETCH, BasicQosOptions::default())
+            .await?;
+        let mut consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                format!("bench{i}").as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let received = received.clone();
+        consumers.push(conn);
+        tokio::spawn(async move {
+            let mut mine = 0u64;
+            while let Some(Ok(delivery)) = consumer.next().await {
+                mine += 1;
+                let all = received.fetch_add(1, Ordering::Relaxed) + 1;
+                let result = if !tuned {
+                    delivery.ack(BasicAckOptions::default()).await
+                } else if mine.is_multiple_of(100) || all >= total {
+                    delivery.ack(BasicAckOptions { multiple: true }).await
+                } else {
+                    Ok(true)
+                };
+                if result.is_err() {
+                    break;
+                }
             }
-            if received == events {
-                break;
-            }
-        }
-        Ok::<u64, lapin::Error>(received)
-    });
-    let publisher = publisher_conn.create_channel().await?;
+        });
+    }
     if tuned {
         publisher
             .confirm_select(ConfirmSelectOptions::default())
@@ -347,36 +398,54 @@ async fn raw(url: &str, events: u64, size: usize, tuned: bool) -> Result<f64, Er
             publisher.wait_for_confirms().await?;
         }
     }
-    let received = tokio::time::timeout(Duration::from_secs(120), receiving).await???;
-    let elapsed = started.elapsed();
-    if received != events {
-        return Err(format!("raw lapin lost events: {received} of {events}").into());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while received.load(Ordering::Relaxed) < total && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    consumer_conn.close(200, "bench done".into()).await?;
+    let elapsed = started.elapsed();
+    let got = received.load(Ordering::Relaxed);
+    if got != total {
+        return Err(format!("raw lapin lost deliveries: {got} of {total}").into());
+    }
+    for conn in consumers {
+        conn.close(200, "bench done".into()).await?;
+    }
     publisher_conn.close(200, "bench done".into()).await?;
-    Ok(events as f64 / elapsed.as_secs_f64())
+    Ok(total as f64 / elapsed.as_secs_f64())
 }
 
-/// tidings: a publishing bus and a listening bus, each with its connection.
-async fn bus(url: &str, events: u64, size: usize) -> Result<f64, Error> {
+/// tidings: a publishing bus and a bus per consumer, each with its
+/// connection. Returns deliveries per second.
+async fn bus(url: &str, events: u64, size: usize, shape: Shape) -> Result<f64, Error> {
     let props = AmqpProps::from_url(url)?
         .with_exchange(exchange_name("tidings"), ExchangeKind::Fanout)
         .with_prefetch(PREFETCH);
+    let total = shape.deliveries(events);
     let received = Arc::new(AtomicU64::new(0));
     let done = Arc::new(tokio::sync::Notify::new());
-    let subscribers = Subscribers::new();
-    let (r, d) = (received.clone(), done.clone());
-    subscribers
-        .subscribe(move |_: &Payload| {
-            if r.fetch_add(1, Ordering::Relaxed) + 1 == events {
-                d.notify_one();
-            }
-        })
-        .forget();
-    let listener = Bus::with_props(props.clone())
-        .subscribers(subscribers)
-        .connect()
-        .await?;
+    let mut listeners = Vec::new();
+    for _ in 0..shape.consumers() {
+        let subscribers = Subscribers::new();
+        let (r, d) = (received.clone(), done.clone());
+        subscribers
+            .subscribe(move |_: &Payload| {
+                if r.fetch_add(1, Ordering::Relaxed) + 1 == total {
+                    d.notify_one();
+                }
+            })
+            .forget();
+        let listen = match shape {
+            Shape::Fanout(_) => Listen::broadcast(),
+            Shape::Group(_) => Listen::group("bench"),
+        };
+        listeners.push(
+            Bus::with_props(props.clone())
+                .subscribers(subscribers)
+                .listen(listen)
+                .connect()
+                .await?,
+        );
+    }
     let publisher = Bus::with_props(props.clone())
         .publish_only()
         .connect()
@@ -394,22 +463,30 @@ async fn bus(url: &str, events: u64, size: usize) -> Result<f64, Error> {
     tokio::time::timeout(Duration::from_secs(120), done.notified()).await?;
     let elapsed = started.elapsed();
     publisher.close().await?;
-    listener.close().await?;
+    for listener in listeners {
+        listener.close().await?;
+    }
     let stats = publisher.stats();
-    if received.load(Ordering::Relaxed) != events || stats.confirmed != events {
+    if received.load(Ordering::Relaxed) != total || stats.confirmed != events {
         return Err(format!(
-            "tidings lost events: received {}, confirmed {}",
+            "tidings lost events: received {} of {total}, confirmed {} of {events}",
             received.load(Ordering::Relaxed),
             stats.confirmed
         )
         .into());
     }
     let conn = tidings::Connection::connect(&props).await?;
+    if let Shape::Group(_) = shape {
+        conn.delete_queue(&format!("{}.bench.retry", props.exchange()))
+            .await?;
+        conn.delete_queue(&format!("{}.bench", props.exchange()))
+            .await?;
+    }
     conn.delete_queue(&format!("{}.dead-letter", props.exchange()))
         .await?;
     conn.delete_exchange(&format!("{}.dead-letter", props.exchange()))
         .await?;
     conn.delete_exchange(props.exchange()).await?;
     conn.close().await?;
-    Ok(events as f64 / elapsed.as_secs_f64())
+    Ok(total as f64 / elapsed.as_secs_f64())
 }
