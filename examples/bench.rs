@@ -128,37 +128,42 @@ where
     Ok(())
 }
 
-async fn raw_latency(url: &str, events: u64) -> Result<Vec<u64>, Error> {
-    let exchange = exchange_name("latency");
-    let options = lapin::ConnectionProperties::default();
-    let consumer_conn = lapin::Connection::connect(url, options.clone()).await?;
-    let publisher_conn = lapin::Connection::connect(url, options).await?;
-    let channel = consumer_conn.create_channel().await?;
+/// Declares the fanout exchange (auto-delete) on `channel`.
+async fn raw_exchange(channel: &lapin::Channel, exchange: &str) -> Result<(), Error> {
     let declare = ExchangeDeclareOptions {
         auto_delete: true,
         ..ExchangeDeclareOptions::default()
     };
     channel
         .exchange_declare(
-            exchange.as_str().into(),
+            exchange.into(),
             LapinKind::Fanout,
             declare,
             FieldTable::default(),
         )
         .await?;
-    let queue = format!("{exchange}.q");
+    Ok(())
+}
+
+/// Declares `queue` (auto-delete), binds it to `exchange`, sets the
+/// prefetch and consumes it.
+async fn raw_consumer(
+    channel: &lapin::Channel,
+    exchange: &str,
+    queue: &str,
+    tag: &str,
+) -> Result<lapin::Consumer, Error> {
     let queue_options = QueueDeclareOptions {
-        exclusive: true,
         auto_delete: true,
         ..QueueDeclareOptions::default()
     };
     channel
-        .queue_declare(queue.as_str().into(), queue_options, FieldTable::default())
+        .queue_declare(queue.into(), queue_options, FieldTable::default())
         .await?;
     channel
         .queue_bind(
-            queue.as_str().into(),
-            exchange.as_str().into(),
+            queue.into(),
+            exchange.into(),
             "".into(),
             QueueBindOptions::default(),
             FieldTable::default(),
@@ -167,14 +172,26 @@ async fn raw_latency(url: &str, events: u64) -> Result<Vec<u64>, Error> {
     channel
         .basic_qos(PREFETCH, BasicQosOptions::default())
         .await?;
-    let mut consumer = channel
+    let consumer = channel
         .basic_consume(
-            queue.as_str().into(),
-            "latency".into(),
+            queue.into(),
+            tag.into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
         .await?;
+    Ok(consumer)
+}
+
+async fn raw_latency(url: &str, events: u64) -> Result<Vec<u64>, Error> {
+    let exchange = exchange_name("latency");
+    let options = lapin::ConnectionProperties::default();
+    let consumer_conn = lapin::Connection::connect(url, options.clone()).await?;
+    let publisher_conn = lapin::Connection::connect(url, options).await?;
+    let channel = consumer_conn.create_channel().await?;
+    raw_exchange(&channel, &exchange).await?;
+    let mut consumer =
+        raw_consumer(&channel, &exchange, &format!("{exchange}.q"), "latency").await?;
     let receiving = tokio::spawn(async move {
         let mut samples = Vec::with_capacity(usize::try_from(events).unwrap_or(0));
         while let Some(delivery) = consumer.next().await {
@@ -308,18 +325,7 @@ async fn raw(url: &str, events: u64, size: usize, tuned: bool, shape: Shape) -> 
     let options = lapin::ConnectionProperties::default();
     let publisher_conn = lapin::Connection::connect(url, options.clone()).await?;
     let publisher = publisher_conn.create_channel().await?;
-    let declare = ExchangeDeclareOptions {
-        auto_delete: true,
-        ..ExchangeDeclareOptions::default()
-    };
-    publisher
-        .exchange_declare(
-            exchange.as_str().into(),
-            LapinKind::Fanout,
-            declare,
-            FieldTable::default(),
-        )
-        .await?;
+    raw_exchange(&publisher, &exchange).await?;
     let total = shape.deliveries(events);
     let received = Arc::new(AtomicU64::new(0));
     let mut consumers = Vec::new();
@@ -330,33 +336,7 @@ async fn raw(url: &str, events: u64, size: usize, tuned: bool, shape: Shape) -> 
             Shape::Fanout(_) => format!("{exchange}.q{i}"),
             Shape::Group(_) => format!("{exchange}.group"),
         };
-        let queue_options = QueueDeclareOptions {
-            auto_delete: true,
-            ..QueueDeclareOptions::default()
-        };
-        channel
-            .queue_declare(queue.as_str().into(), queue_options, FieldTable::default())
-            .await?;
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                exchange.as_str().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .basic_qos(PREFETCH, BasicQosOptions::default())
-            .await?;
-        let mut consumer = channel
-            .basic_consume(
-                queue.as_str().into(),
-                format!("bench{i}").as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let mut consumer = raw_consumer(&channel, &exchange, &queue, &format!("bench{i}")).await?;
         let received = received.clone();
         consumers.push(conn);
         tokio::spawn(async move {

@@ -6,26 +6,11 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Lines};
-use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Stdio};
 
 use tidings::ExchangeKind;
 
 const EVENTS: u64 = 1000;
-
-fn notify_example() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let path = dir
-        .join("examples")
-        .join(format!("notify{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.exists(),
-        "{} is missing; run this test through `cargo test`, which builds the examples",
-        path.display()
-    );
-    path
-}
 
 /// Kills the child if the test fails before it exits.
 struct Process(Child);
@@ -38,7 +23,7 @@ impl Drop for Process {
 }
 
 fn spawn(args: &[&str]) -> (Process, Lines<BufReader<ChildStdout>>) {
-    let mut child = Command::new(notify_example())
+    let mut child = Command::new(common::example("notify"))
         .args(args)
         .env("AMQP_URL", common::broker_url())
         .stdout(Stdio::piped())

@@ -103,6 +103,21 @@ impl Drop for Cleanup {
     }
 }
 
+/// The binary of an example, which `cargo test` builds next to the tests.
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let path = dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "{} is missing; run this test through `cargo test`, which builds the examples",
+        path.display()
+    );
+    path
+}
+
 /// The next delivery of a consumer; fails the test after 10 s.
 pub async fn next_delivery(consumer: &mut tidings::Consumer) -> tidings::Delivery {
     use tokio_stream::StreamExt;
