@@ -23,7 +23,7 @@ fn every_benchmark_row_receives_every_event() {
         bench.display()
     );
     let output = Command::new(bench)
-        .args(["--events", "300"])
+        .args(["--events", "300", "--no-python"])
         .env("AMQP_URL", common::broker_url())
         .output()
         .unwrap();
