@@ -162,6 +162,26 @@ fn pika(url: &str, events: u64) -> Result<f64, String> {
         .ok_or_else(|| format!("pika_bench.py printed no rate: {stdout}"))
 }
 
+/// Deletes what a bus run declared on the broker: the exchange, its
+/// dead-letter exchange and queue, and the named group queues (with their
+/// retry queues).
+async fn remove_topology(props: &AmqpProps, groups: &[&str]) -> Result<(), Error> {
+    let conn = tidings::Connection::connect(props).await?;
+    let exchange = props.exchange();
+    for group in groups {
+        conn.delete_queue(&format!("{exchange}.{group}.retry"))
+            .await?;
+        conn.delete_queue(&format!("{exchange}.{group}")).await?;
+    }
+    conn.delete_queue(&format!("{exchange}.dead-letter"))
+        .await?;
+    conn.delete_exchange(&format!("{exchange}.dead-letter"))
+        .await?;
+    conn.delete_exchange(exchange).await?;
+    conn.close().await?;
+    Ok(())
+}
+
 /// The offered rate of the latency rows.
 const RATE: u64 = 2_000;
 
@@ -327,13 +347,7 @@ async fn bus_latency(url: &str, events: u64) -> Result<Vec<u64>, Error> {
     tokio::time::timeout(Duration::from_secs(60), done.notified()).await?;
     publisher.close().await?;
     listener.close().await?;
-    let conn = tidings::Connection::connect(&props).await?;
-    conn.delete_queue(&format!("{}.dead-letter", props.exchange()))
-        .await?;
-    conn.delete_exchange(&format!("{}.dead-letter", props.exchange()))
-        .await?;
-    conn.delete_exchange(props.exchange()).await?;
-    conn.close().await?;
+    remove_topology(&props, &[]).await?;
     let samples = std::mem::take(&mut *samples.lock().unwrap_or_else(|e| e.into_inner()));
     Ok(samples)
 }
@@ -513,18 +527,10 @@ async fn bus(url: &str, events: u64, size: usize, shape: Shape) -> Result<f64, E
         )
         .into());
     }
-    let conn = tidings::Connection::connect(&props).await?;
-    if let Shape::Group(_) = shape {
-        conn.delete_queue(&format!("{}.bench.retry", props.exchange()))
-            .await?;
-        conn.delete_queue(&format!("{}.bench", props.exchange()))
-            .await?;
-    }
-    conn.delete_queue(&format!("{}.dead-letter", props.exchange()))
-        .await?;
-    conn.delete_exchange(&format!("{}.dead-letter", props.exchange()))
-        .await?;
-    conn.delete_exchange(props.exchange()).await?;
-    conn.close().await?;
+    let queues: &[&str] = match shape {
+        Shape::Group(_) => &["bench"],
+        Shape::Fanout(_) => &[],
+    };
+    remove_topology(&props, queues).await?;
     Ok(total as f64 / elapsed.as_secs_f64())
 }

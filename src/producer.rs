@@ -286,14 +286,8 @@ impl Producer {
     ) -> Result<Confirm> {
         let properties = self.properties(message_id, headers).with_delivery_mode(2);
         let exchange = exchange.unwrap_or_else(|| self.inner.exchange.clone());
-        self.send(
-            exchange,
-            routing_key,
-            BasicPublishOptions::default(),
-            body,
-            properties,
-        )
-        .await
+        self.republish(exchange, routing_key, body, properties)
+            .await
     }
 
     /// Publishes a received message again, properties and all (a retry or

@@ -94,6 +94,11 @@ fn a_poller_receives_with_a_timeout_and_reports_lag() {
     while bus.stats().dispatched < 12 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
+    assert_eq!(
+        bus.stats().dispatched,
+        12,
+        "not every tick was dispatched within 10 s"
+    );
     assert_eq!(poller.recv_timeout(Duration::from_secs(1)), Err(Lagged(7)));
     let kept: Vec<u32> = (0..4)
         .map(|_| {
