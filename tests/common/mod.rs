@@ -2,6 +2,8 @@
 //! cleanup of what a test declares, and private broker nodes for fault tests.
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different subset
 
+pub mod proxy;
+
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
