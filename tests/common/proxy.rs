@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -195,9 +195,14 @@ async fn accept_loop(listener: StdListener, state: Arc<State>, mut stopped: ones
             accepted = listener.accept() => accepted,
         };
         let Ok((client, _)) = accepted else {
-            // Transient accept errors (e.g. the peer reset before accept):
-            // go on with the next one.
-            continue;
+            // Accept errors are transient (a peer that reset before the
+            // accept, no file descriptors left): pause briefly rather than
+            // spin, and go on.
+            tokio::select! {
+                biased;
+                _ = &mut stopped => break,
+                () = tokio::time::sleep(Duration::from_millis(10)) => continue,
+            }
         };
         state.accepted.fetch_add(1, Ordering::SeqCst);
         if state.refusing.load(Ordering::SeqCst) {
@@ -280,17 +285,4 @@ impl Drop for Registered {
         conns.live.remove(&self.id);
         self.state.closed.notify_all();
     }
-}
-
-/// Waits until `condition` holds, polling, for at most `limit`; for sync
-/// tests that watch a [`Proxy`].
-pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    condition()
 }
