@@ -2,16 +2,16 @@
 //! receiving process decodes it and dispatches it to its local subscribers.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
-use tracing::{Instrument, debug, info_span, warn};
+use tokio::sync::{broadcast, oneshot};
+use tracing::{debug, warn};
 
 use crate::codec::{BINCODE_CONTENT_TYPE, Bincode, Codec, Codecs};
 use crate::connection::Connection;
+use crate::connection_event::{ConnectionEvent, ConnectionEvents};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Event, registered_events};
 use crate::listen::Listen;
@@ -19,14 +19,12 @@ use crate::listener::{Decoder, Link, Listener, Settings, Shared};
 use crate::props::AmqpProps;
 use crate::stats::{Counters, Stats};
 use crate::subscribers::Subscribers;
+use crate::transport::Outgoing;
 use crate::transport::amqp::Amqp;
 use crate::transport::memory::{self, Hub};
-use crate::transport::{Outgoing, Pending};
 
-/// Events accepted by `publish` and not yet handed to the transport.
-const DEFAULT_BUFFER: usize = 8192;
-/// Publishes awaiting their confirm; beyond this the publisher task waits.
-const CONFIRMS_IN_FLIGHT: usize = 4096;
+/// How long `close` waits for the broker to confirm what was published.
+const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest body a memory bus decodes.
 const MEMORY_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 
@@ -50,6 +48,13 @@ const MEMORY_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 /// to the dead-letter exchange `<exchange>.dead-letter` with the reason, the
 /// last error, the attempt count and the original routing key in its
 /// headers. Messages that cannot be decoded go there at once.
+///
+/// Recovery: when the connection to the broker is lost, the bus reconnects
+/// by itself (see [`Connection`]); its queues, bindings and listeners come
+/// back, events published meanwhile wait in the publish buffer, and events
+/// the broker had not confirmed are sent again. Receivers drop the
+/// duplicates this can make (the dedup window). Watch it with
+/// [`connection_events`](Bus::connection_events).
 ///
 /// A `Bus` is a cheap handle: clones share one connection.
 /// [`close`](Bus::close) flushes what was published and stops receiving.
@@ -87,14 +92,16 @@ struct Inner {
     instance_id: String,
     exchange: String,
     codec: Arc<dyn Codec>,
-    outbox: mpsc::Sender<Job>,
     counters: Arc<Counters>,
     subscribers: Subscribers,
-    publisher_tasks: Mutex<Vec<JoinHandle<()>>>,
     listeners: Mutex<Vec<Listener>>,
     shared: Arc<Shared>,
     connection: Option<Connection>,
     sequence: AtomicU64,
+    closed: AtomicBool,
+    close_timeout: Duration,
+    /// The connection events of a memory bus: connected, then closed.
+    memory_events: broadcast::Sender<ConnectionEvent>,
 }
 
 /// **How to connect a [`Bus`]**: where, what to listen to, which
@@ -105,7 +112,7 @@ pub struct BusBuilder {
     subscribers: Subscribers,
     listens: Option<Vec<Listen>>,
     settings: Settings,
-    buffer: usize,
+    close_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -180,15 +187,24 @@ impl BusBuilder {
         self
     }
 
-    /// How many published events may wait to be sent (default 8192);
-    /// `publish` waits while the buffer is full.
-    ///
-    /// # Panics
-    ///
-    /// At [`connect`](BusBuilder::connect) if `events` is zero.
+    /// Fails a dispatch whose handlers take longer than this (default: no
+    /// limit): it is retried, then dead-lettered, like a failing one. An
+    /// async handler is cancelled at the limit; a sync handler cannot be
+    /// interrupted, so one that overran is counted failed when it returns.
     #[must_use]
-    pub fn buffer(mut self, events: usize) -> Self {
-        self.buffer = events;
+    pub fn handler_timeout(mut self, limit: Duration) -> Self {
+        self.settings.handler_timeout = Some(limit);
+        self
+    }
+
+    /// How long [`close`](Bus::close) waits for the broker to confirm what
+    /// was published (default 30 s); what is still unconfirmed then is
+    /// reported failed. The size of the publish buffer and what happens
+    /// when it is full are props:
+    /// [`AmqpProps::with_publish_buffer`], [`AmqpProps::with_when_full`].
+    #[must_use]
+    pub fn close_timeout(mut self, limit: Duration) -> Self {
+        self.close_timeout = limit;
         self
     }
 
@@ -204,10 +220,11 @@ impl BusBuilder {
     pub async fn connect(self) -> Result<Bus> {
         let events = registered_events()?;
         debug!(types = events.len(), "event types registered");
+        let counters = Arc::new(Counters::default());
         let (instance_id, exchange, codec, link, decoder, connection) = match &self.target {
             Target::Amqp(props) => {
                 let conn = Connection::connect(props).await?;
-                let amqp = Arc::new(Amqp::open(conn.clone()).await?);
+                let amqp = Arc::new(Amqp::open(conn.clone(), counters.clone()).await?);
                 let decoder =
                     Decoder::new(Codecs::new(props.codec().clone()), props.max_message_size());
                 let id = conn.instance_id().to_owned();
@@ -234,7 +251,6 @@ impl BusBuilder {
                 )
             }
         };
-        let counters = Arc::new(Counters::default());
         let shared = Arc::new(Shared {
             recent: Mutex::default(),
             decoder,
@@ -242,37 +258,29 @@ impl BusBuilder {
             counters: counters.clone(),
             instance_id: instance_id.clone(),
             settings: self.settings,
-            link: link.clone(),
-        });
-        let (outbox, jobs) = mpsc::channel(self.buffer);
-        let (confirm_tx, confirm_rx) = mpsc::channel(CONFIRMS_IN_FLIGHT);
-        let span = info_span!("bus", instance = %instance_id);
-        let publisher = Publisher {
             link,
-            instance_id: instance_id.clone(),
-            counters: counters.clone(),
-        };
-        let publisher_tasks = vec![
-            tokio::spawn(publisher.run(jobs, confirm_tx).instrument(span.clone())),
-            tokio::spawn(confirm_loop(confirm_rx, counters.clone()).instrument(span)),
-        ];
+        });
         let bus = Bus {
             inner: Arc::new(Inner {
                 instance_id,
                 exchange,
                 codec,
-                outbox,
                 counters,
                 subscribers: self.subscribers,
-                publisher_tasks: Mutex::new(publisher_tasks),
                 listeners: Mutex::new(Vec::new()),
                 shared,
                 connection,
                 sequence: AtomicU64::new(0),
+                closed: AtomicBool::new(false),
+                close_timeout: self.close_timeout,
+                memory_events: broadcast::channel(4).0,
             }),
         };
         for listen in self.listens.unwrap_or_else(|| vec![Listen::broadcast()]) {
-            bus.listen(&listen).await?;
+            if let Err(e) = bus.listen(&listen).await {
+                let _ = bus.close().await;
+                return Err(e);
+            }
         }
         Ok(bus)
     }
@@ -317,7 +325,7 @@ impl Bus {
             subscribers: Subscribers::global().clone(),
             listens: None,
             settings: Settings::default(),
-            buffer: DEFAULT_BUFFER,
+            close_timeout: DEFAULT_CLOSE_TIMEOUT,
         }
     }
 
@@ -340,16 +348,20 @@ impl Bus {
     }
 
     /// **Publishes an event** (fire and forget): returns once the event is
-    /// encoded and accepted into the bus's buffer, waiting while the buffer
-    /// is full. The broker's confirm is tracked in the background; a
-    /// failure is logged and counted in [`Stats::publish_failed`]. Bus
-    /// events are persistent, so they survive a broker restart in durable
-    /// (group) queues.
+    /// encoded and accepted into the bus's publish buffer, which holds it
+    /// through an outage until the broker confirms it. When the buffer is
+    /// full, `publish` waits or fails, by the props' [`WhenFull`](crate::WhenFull).
+    /// The broker's confirm is tracked in the background; a refusal is
+    /// logged and counted in [`Stats::publish_failed`]. Bus events are
+    /// persistent, so they survive a broker restart in durable (group)
+    /// queues.
     ///
     /// # Errors
     ///
     /// [`ErrorKind::Encode`] when the event cannot be encoded,
-    /// [`ErrorKind::Closed`] when the bus is closed.
+    /// [`ErrorKind::Closed`] when the bus is closed,
+    /// [`ErrorKind::BufferFull`] or [`ErrorKind::Blocked`] under
+    /// [`WhenFull::Fail`](crate::WhenFull::Fail).
     pub async fn publish(&self, event: &dyn Event) -> Result<()> {
         self.send(event, None, None).await
     }
@@ -387,6 +399,9 @@ impl Bus {
         done: Option<oneshot::Sender<Result<()>>>,
     ) -> Result<()> {
         let inner = &*self.inner;
+        if inner.closed.load(Ordering::Relaxed) {
+            return Err(closed());
+        }
         let body = inner.codec.encode::<dyn Event>(event)?;
         let sequence = inner.sequence.fetch_add(1, Ordering::Relaxed);
         let out = Outgoing {
@@ -397,13 +412,48 @@ impl Bus {
             message_id: format!("{}-{sequence}", inner.instance_id),
             to_queue,
         };
-        inner
-            .outbox
-            .send(Job::Publish(out, done))
-            .await
-            .map_err(|_| closed())?;
+        match &inner.shared.link {
+            Link::Amqp(amqp) => amqp.publish(out, done).await?,
+            Link::Memory(hub) => {
+                let sent = hub
+                    .publish(&out, BINCODE_CONTENT_TYPE, &inner.instance_id)
+                    .await;
+                match (&sent, done) {
+                    (Ok(()), done) => {
+                        Counters::add(&inner.counters.confirmed);
+                        if let Some(done) = done {
+                            let _ = done.send(sent);
+                        }
+                    }
+                    (Err(_), Some(done)) => {
+                        Counters::add(&inner.counters.returned);
+                        let _ = done.send(sent);
+                    }
+                    (Err(e), None) => {
+                        Counters::add(&inner.counters.returned);
+                        warn!(error = %e, "publishing an event failed");
+                    }
+                }
+            }
+        }
         Counters::add(&inner.counters.published);
         Ok(())
+    }
+
+    /// **What happens to the connection to the broker**: disconnected,
+    /// reconnect attempts, recovered, blocked, closed (see
+    /// [`Connection::events`]). A memory bus is connected until closed.
+    #[must_use]
+    pub fn connection_events(&self) -> ConnectionEvents {
+        match &self.inner.connection {
+            Some(conn) => conn.events(),
+            None => {
+                let receiver = self.inner.memory_events.subscribe();
+                let first = (!self.inner.closed.load(Ordering::Relaxed))
+                    .then_some(ConnectionEvent::Connected);
+                ConnectionEvents::new(first, receiver)
+            }
+        }
     }
 
     /// The subscribers this bus dispatches to.
@@ -428,58 +478,71 @@ impl Bus {
         }
     }
 
-    /// **A snapshot of the bus's counters.**
+    /// **A snapshot of the bus's counters**: cheap (relaxed atomic loads),
+    /// fine to call often.
     #[must_use]
     pub fn stats(&self) -> Stats {
-        self.inner.counters.snapshot()
+        let mut stats = self.inner.counters.snapshot();
+        stats.reconnects = self
+            .inner
+            .connection
+            .as_ref()
+            .map_or(0, Connection::reconnects);
+        stats
     }
 
     /// **Closes the bus**: waits until every event published before is
-    /// confirmed or reported failed, lets the handlers running now finish,
-    /// stops every listener, and closes the connection. Clones of this bus
-    /// can publish no more.
+    /// confirmed by the broker (through an outage, at most the
+    /// [close timeout](BusBuilder::close_timeout); what is unconfirmed then
+    /// is reported failed), lets the handlers running now finish, stops
+    /// every listener, and closes the connection. Clones of this bus can
+    /// publish no more.
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Closed`] when the bus was closed already.
+    /// [`ErrorKind::Closed`] when the bus was closed already;
+    /// [`ErrorKind::Timeout`] when events were still unconfirmed at the
+    /// close timeout (the bus is closed all the same).
     pub async fn close(&self) -> Result<()> {
-        let (flushed, done) = oneshot::channel();
-        self.inner
-            .outbox
-            .send(Job::Close(flushed))
-            .await
-            .map_err(|_| closed())?;
-        let _ = done.await;
-        let listeners = std::mem::take(
-            &mut *self
-                .inner
-                .listeners
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
+        let inner = &*self.inner;
+        if inner.closed.swap(true, Ordering::Relaxed) {
+            return Err(closed());
+        }
+        let mut result = Ok(());
+        if let Link::Amqp(amqp) = &inner.shared.link {
+            match tokio::time::timeout(inner.close_timeout, amqp.flush()).await {
+                Ok(_) => {}
+                Err(_) => {
+                    let unconfirmed = inner.counters.buffered.load(Ordering::Relaxed);
+                    amqp.abort("the bus was closed before the broker confirmed it");
+                    let _ = amqp.flush().await;
+                    result = Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "{unconfirmed} events were not confirmed by the broker within the close timeout of {:?}; they are counted as failed",
+                            inner.close_timeout
+                        ),
+                    ));
+                }
+            }
+        }
+        let listeners =
+            std::mem::take(&mut *inner.listeners.lock().unwrap_or_else(|p| p.into_inner()));
         for listener in listeners {
             listener.stop().await;
         }
-        let tasks = std::mem::take(
-            &mut *self
-                .inner
-                .publisher_tasks
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
-        for task in tasks {
-            let _ = task.await;
-        }
-        if let Some(conn) = &self.inner.connection {
+        let _ = inner.memory_events.send(ConnectionEvent::Closed);
+        if let Some(conn) = &inner.connection {
             conn.close().await?;
         }
-        Ok(())
+        result
     }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // The publisher ends when the outbox closes; the listeners on this.
+        // The producer ends once what it holds is settled; the listeners on
+        // this.
         for listener in self
             .listeners
             .get_mut()
@@ -503,81 +566,4 @@ impl fmt::Debug for Bus {
 
 pub(crate) fn closed() -> Error {
     Error::new(ErrorKind::Closed, "the bus is closed; connect a new one")
-}
-
-enum Job {
-    Publish(Outgoing, Option<oneshot::Sender<Result<()>>>),
-    Close(oneshot::Sender<()>),
-}
-
-enum Confirming {
-    Pending(Pending, Option<oneshot::Sender<Result<()>>>),
-    Close(oneshot::Sender<()>),
-}
-
-struct Publisher {
-    link: Link,
-    instance_id: String,
-    counters: Arc<Counters>,
-}
-
-impl Publisher {
-    /// Sends jobs in order; confirms are awaited by `confirm_loop`.
-    async fn run(self, mut jobs: mpsc::Receiver<Job>, confirms: mpsc::Sender<Confirming>) {
-        while let Some(job) = jobs.recv().await {
-            let next = match job {
-                Job::Close(flushed) => {
-                    jobs.close();
-                    Confirming::Close(flushed)
-                }
-                Job::Publish(out, done) => {
-                    let sent = match &self.link {
-                        Link::Amqp(amqp) => amqp.publish(&out).await,
-                        Link::Memory(hub) => hub
-                            .publish(&out, BINCODE_CONTENT_TYPE, &self.instance_id)
-                            .await
-                            .map(|()| Pending::Done),
-                    };
-                    match sent {
-                        Ok(pending) => Confirming::Pending(pending, done),
-                        Err(e) => {
-                            warn!(error = %e, message_id = %out.message_id, "publishing an event failed");
-                            Counters::add(&self.counters.publish_failed);
-                            if let Some(done) = done {
-                                let _ = done.send(Err(e));
-                            }
-                            continue;
-                        }
-                    }
-                }
-            };
-            if confirms.send(next).await.is_err() {
-                break;
-            }
-        }
-    }
-}
-
-async fn confirm_loop(mut confirms: mpsc::Receiver<Confirming>, counters: Arc<Counters>) {
-    while let Some(next) = confirms.recv().await {
-        match next {
-            Confirming::Close(flushed) => {
-                let _ = flushed.send(());
-                break;
-            }
-            Confirming::Pending(pending, done) => {
-                let result = pending.wait().await;
-                match &result {
-                    Ok(()) => Counters::add(&counters.confirmed),
-                    Err(e) => {
-                        warn!(error = %e, "the broker did not confirm an event");
-                        Counters::add(&counters.publish_failed);
-                    }
-                }
-                if let Some(done) = done {
-                    let _ = done.send(result);
-                }
-            }
-        }
-    }
 }

@@ -1,27 +1,41 @@
-//! `Connection`: one AMQP connection opened from props, handing out channels,
-//! producers and consumers.
+//! `Connection`: one supervised AMQP connection opened from props. It hands
+//! out channels, producers and consumers, records what it declares, and
+//! recovers by itself when the connection is lost.
 
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use lapin::options::{
-    BasicQosOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicQosOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use tracing::{debug, info};
+use tokio::sync::{broadcast, watch};
+use tracing::{Instrument, debug, info, info_span};
 
 use crate::codec::Codecs;
+use crate::connection_event::{ConnectionEvent, ConnectionEvents};
 use crate::consumer::Consumer;
 use crate::error::{Error, ErrorKind, Result};
 use crate::producer::Producer;
 use crate::props::{AmqpProps, ExchangeKind, check_name};
 use crate::queue::Queue;
+use crate::recovery::{self, Backoff};
+use crate::topology::{self, QueueDecl, Topology};
 
-/// **An open connection to the broker**, made from [`AmqpProps`]: it declares
-/// the exchange, hands out channels, and makes [`Producer`]s and
+/// **A supervised connection to the broker**, made from [`AmqpProps`]: it
+/// declares the exchange, hands out channels, and makes [`Producer`]s and
 /// [`Consumer`]s.
+///
+/// When the connection is lost (a broker restart, a cut TCP connection, a
+/// missed heartbeat), it reconnects by itself with capped exponential
+/// backoff and jitter ([`AmqpProps::with_reconnect_delay`]), for as long as
+/// the application runs: it declares again every exchange, queue and
+/// binding declared through it, its [`Consumer`]s resume, and its
+/// [`Producer`]s send again what the broker had not confirmed. Watch it
+/// happen with [`events`](Connection::events). Channels taken with
+/// [`channel`](Connection::channel) belong to one underlying connection and
+/// are not recovered.
 ///
 /// A `Connection` is a cheap handle: clones share one TCP connection. Each
 /// connection has an instance id (a random UUID) that names its exclusive
@@ -48,12 +62,20 @@ pub struct Connection {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     props: AmqpProps,
-    amqp: lapin::Connection,
     instance_id: String,
+    connection_name: String,
     codecs: Codecs,
     exclusive_queues: AtomicU64,
+    /// The current underlying connection.
+    pub(crate) link: watch::Sender<Link>,
+    topology: Mutex<Topology>,
+    events: broadcast::Sender<ConnectionEvent>,
+    pub(crate) reconnects: AtomicU64,
+    pub(crate) blocked: AtomicBool,
+    pub(crate) backoff: Backoff,
+    closing: watch::Sender<bool>,
     /// One channel for declarations and deletions, reopened after the
     /// broker closes it. Short-lived channels are avoided: lapin may hand a
     /// closing channel's id to a new channel, whose late close-ok then
@@ -61,8 +83,21 @@ struct Inner {
     admin: tokio::sync::Mutex<Option<lapin::Channel>>,
 }
 
+/// The state of the underlying connection.
+#[derive(Clone)]
+pub(crate) enum Link {
+    Up(Arc<lapin::Connection>),
+    /// Lost; the supervisor is reconnecting.
+    Down,
+    /// Closed by the application.
+    Closed,
+}
+
 impl Connection {
     /// **Connects to the broker** and declares the exchange of the props.
+    ///
+    /// The first connection is not retried, so wrong settings show at once;
+    /// once connected, a lost connection is recovered by itself.
     ///
     /// Must be called inside a Tokio runtime (multi-threaded, or a
     /// current-thread runtime that keeps running); the connection's
@@ -78,42 +113,39 @@ impl Connection {
     /// - [`ErrorKind::Broker`] when the exchange exists with another kind.
     pub async fn connect(props: &AmqpProps) -> Result<Self> {
         props.validate()?;
-        let tls = tls_config(props)?;
         let instance_id = uuid::Uuid::new_v4().to_string();
-        let name = props
+        let connection_name = props
             .connection_name()
             .map_or_else(|| format!("tidings {instance_id}"), str::to_owned);
-        let options = lapin::ConnectionProperties::default().with_connection_name(name.into());
-        let runtime = lapin::runtime::default_runtime()
-            .map_err(|e| Error::amqp("starting the AMQP runtime", e))?;
-        let connecting =
-            lapin::Connection::connect_uri_with_config(props.lapin_uri(), options, tls, runtime);
-        let url = props.redacted_url();
-        let amqp = match tokio::time::timeout(props.connect_timeout(), connecting).await {
-            Ok(Ok(amqp)) => amqp,
-            Ok(Err(e)) => return Err(Error::connect(&url, e)),
-            Err(_) => {
-                return Err(Error::new(
-                    ErrorKind::Connect,
-                    format!(
-                        "connecting to {url} timed out after {:?}; check that the broker is running and reachable",
-                        props.connect_timeout()
-                    ),
-                ));
-            }
-        };
-        info!(url = %url, instance = %instance_id, "connected");
+        let amqp = Arc::new(open(props, &connection_name).await?);
+        info!(url = %props.redacted_url(), instance = %instance_id, "connected");
+        let (min, max) = props.reconnect_delay();
+        let (closing, closing_rx) = watch::channel(false);
         let conn = Self {
             inner: Arc::new(Inner {
                 codecs: Codecs::new(props.codec().clone()),
                 props: props.clone(),
-                amqp,
                 instance_id,
+                connection_name,
                 exclusive_queues: AtomicU64::new(0),
+                link: watch::channel(Link::Up(amqp.clone())).0,
+                topology: Mutex::default(),
+                events: broadcast::channel(64).0,
+                reconnects: AtomicU64::new(0),
+                blocked: AtomicBool::new(false),
+                backoff: Backoff { min, max },
+                closing,
                 admin: tokio::sync::Mutex::new(None),
             }),
         };
-        conn.declare_exchange().await?;
+        if let Err(e) = conn.declare_exchange().await {
+            let _ = amqp
+                .close(200, "declaring the exchange failed".into())
+                .await;
+            return Err(e);
+        }
+        let span = info_span!("connection", instance = %conn.inner.instance_id);
+        tokio::spawn(recovery::supervise(Arc::downgrade(&conn.inner), closing_rx).instrument(span));
         Ok(conn)
     }
 
@@ -130,21 +162,109 @@ impl Connection {
         &self.inner.instance_id
     }
 
-    /// Whether the connection is open.
+    /// Whether the connection is up now (`false` while it recovers and
+    /// after [`close`](Connection::close)).
     #[must_use]
     pub fn is_connected(&self) -> bool {
-        self.inner.amqp.status().connected()
+        matches!(&*self.inner.link.borrow(), Link::Up(amqp) if amqp.status().connected())
     }
 
-    /// **Opens a new channel** for direct use of the AMQP API.
+    /// Whether the broker has blocked this connection (a resource alarm).
+    #[must_use]
+    pub fn is_blocked(&self) -> bool {
+        self.inner.blocked.load(Ordering::Relaxed)
+    }
+
+    /// How many times the connection was recovered after being lost.
+    #[must_use]
+    pub fn reconnects(&self) -> u64 {
+        self.inner.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// **What happens to the connection**, as a stream: disconnected (with
+    /// the reason), failed reconnect attempts, recovered, blocked and
+    /// unblocked by the broker, closed. It starts with
+    /// [`ConnectionEvent::Connected`] when the connection is up.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn example() -> tidings::Result<()> {
+    /// use tidings::{AmqpProps, Connection, ConnectionEvent};
+    /// use tokio_stream::StreamExt;
+    ///
+    /// let conn = Connection::connect(&AmqpProps::from_env()?.with_exchange("doc.events", tidings::ExchangeKind::Fanout)).await?;
+    /// let mut events = conn.events();
+    /// assert_eq!(events.next().await, Some(ConnectionEvent::Connected));
+    /// tokio::spawn(async move {
+    ///     while let Some(event) = events.next().await {
+    ///         eprintln!("broker connection: {event}");
+    ///     }
+    /// });
+    /// conn.close().await?;
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(example()).unwrap();
+    /// ```
+    #[must_use]
+    pub fn events(&self) -> ConnectionEvents {
+        let receiver = self.inner.events.subscribe();
+        let first = self.is_connected().then_some(ConnectionEvent::Connected);
+        ConnectionEvents::new(first, receiver)
+    }
+
+    /// The current underlying connection, waiting while it is being
+    /// recovered; `None` once closed.
+    pub(crate) async fn up(&self) -> Option<Arc<lapin::Connection>> {
+        let mut link = self.inner.link.subscribe();
+        let found = link
+            .wait_for(|l| !matches!(l, Link::Down))
+            .await
+            .ok()
+            .map(|l| l.clone());
+        match found {
+            Some(Link::Up(amqp)) => Some(amqp),
+            _ => None,
+        }
+    }
+
+    /// The current underlying connection, waiting at most the connect
+    /// timeout while it is being recovered.
+    async fn up_within_timeout(&self) -> Result<Arc<lapin::Connection>> {
+        let timeout = self.inner.props.connect_timeout();
+        match tokio::time::timeout(timeout, self.up()).await {
+            Ok(Some(amqp)) => Ok(amqp),
+            Ok(None) => Err(Error::new(ErrorKind::Closed, "the connection is closed")),
+            Err(_) => Err(Error::new(
+                ErrorKind::Connect,
+                format!(
+                    "the connection to the broker is down and was not recovered within {timeout:?}; it keeps trying"
+                ),
+            )),
+        }
+    }
+
+    /// Watches which underlying connection is in use.
+    pub(crate) fn link(&self) -> watch::Receiver<Link> {
+        self.inner.link.subscribe()
+    }
+
+    /// Whether the application closed the connection.
+    pub(crate) fn is_closed(&self) -> bool {
+        matches!(&*self.inner.link.borrow(), Link::Closed)
+    }
+
+    /// **Opens a new channel** for direct use of the AMQP API. The channel
+    /// belongs to the current underlying connection: it is not recovered.
     ///
     /// # Errors
     ///
     /// [`ErrorKind::Closed`] when the connection is closed,
-    /// [`ErrorKind::Broker`] when the broker refuses another channel.
+    /// [`ErrorKind::Connect`] when it is down for longer than the connect
+    /// timeout, [`ErrorKind::Broker`] when the broker refuses another
+    /// channel.
     pub async fn channel(&self) -> Result<lapin::Channel> {
-        self.inner
-            .amqp
+        self.up_within_timeout()
+            .await?
             .create_channel()
             .await
             .map_err(|e| Error::amqp("opening a channel", e))
@@ -171,34 +291,15 @@ impl Connection {
     /// another kind or durability.
     pub async fn declare_exchange(&self) -> Result<()> {
         let props = &self.inner.props;
-        let channel = self.admin_channel().await?;
         let kind = match props.exchange_kind() {
             ExchangeKind::Fanout => lapin::ExchangeKind::Fanout,
             ExchangeKind::Direct => lapin::ExchangeKind::Direct,
             ExchangeKind::Topic => lapin::ExchangeKind::Topic,
         };
-        let options = ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
-        };
-        channel
-            .exchange_declare(
-                short(props.exchange())?,
-                kind,
-                options,
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| {
-                Error::amqp(
-                    &format!(
-                        "declaring {} exchange {:?}",
-                        props.exchange_kind(),
-                        props.exchange()
-                    ),
-                    e,
-                )
-            })?;
+        let name = short(props.exchange())?;
+        let channel = self.admin_channel().await?;
+        topology::declare_exchange(&channel, name.clone(), kind.clone()).await?;
+        self.topology().exchange(name, kind);
         debug!(exchange = %props.exchange(), kind = %props.exchange_kind(), "exchange declared");
         Ok(())
     }
@@ -214,37 +315,20 @@ impl Connection {
         let name = format!("{}.dead-letter", self.inner.props.exchange());
         check_name("dead-letter exchange name", &name)?;
         let channel = self.admin_channel().await?;
-        let durable = ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
+        let kind = lapin::ExchangeKind::Fanout;
+        topology::declare_exchange(&channel, short(&name)?, kind.clone()).await?;
+        self.topology().exchange(short(&name)?, kind);
+        let queue = QueueDecl {
+            name: short(&name)?,
+            options: QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            arguments: FieldTable::default(),
+            bindings: vec![(short(&name)?, ShortString::from(""))],
         };
-        channel
-            .exchange_declare(
-                short(&name)?,
-                lapin::ExchangeKind::Fanout,
-                durable,
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| Error::amqp(&format!("declaring dead-letter exchange {name:?}"), e))?;
-        let queue_options = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
-        channel
-            .queue_declare(short(&name)?, queue_options, FieldTable::default())
-            .await
-            .map_err(|e| Error::amqp(&format!("declaring dead-letter queue {name:?}"), e))?;
-        channel
-            .queue_bind(
-                short(&name)?,
-                short(&name)?,
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| Error::amqp(&format!("binding dead-letter queue {name:?}"), e))?;
+        topology::declare_queue(&channel, &queue).await?;
+        self.topology().queue(queue);
         Ok(name)
     }
 
@@ -257,15 +341,17 @@ impl Connection {
     /// [`ErrorKind::Broker`] when the broker refuses the declaration (for
     /// example, a queue of that name exists with other settings).
     pub async fn declare_queue(&self, queue: &Queue) -> Result<String> {
+        let declared = self.queue_decl(queue)?;
         let channel = self.admin_channel().await?;
-        self.declare_queue_on(&channel, queue).await
+        topology::declare_queue(&channel, &declared).await?;
+        let name = declared.name.to_string();
+        debug!(queue = %name, durable = queue.is_durable(), "queue declared");
+        self.topology().queue(declared);
+        Ok(name)
     }
 
-    pub(crate) async fn declare_queue_on(
-        &self,
-        channel: &lapin::Channel,
-        queue: &Queue,
-    ) -> Result<String> {
+    /// What declaring `queue` means on this connection.
+    fn queue_decl(&self, queue: &Queue) -> Result<QueueDecl> {
         queue.check()?;
         let props = &self.inner.props;
         let keys = queue.binding_keys(props.exchange_kind())?;
@@ -282,6 +368,8 @@ impl Connection {
                 format!("{e}; exclusive queues are named <exchange>.<instance-id>.<n>, so shorten the exchange name"),
             )
         })?;
+        // An exclusive queue goes with its connection or its last consumer;
+        // it is declared again by name after a reconnect.
         let options = QueueDeclareOptions {
             durable: queue.is_durable(),
             exclusive: !queue.is_durable(),
@@ -299,32 +387,34 @@ impl Connection {
                 AMQPValue::LongString(target.into()),
             );
         }
-        channel
-            .queue_declare(short(&name)?, options, arguments)
-            .await
-            .map_err(|e| Error::amqp(&format!("declaring queue {name:?}"), e))?;
-        for key in keys {
-            channel
-                .queue_bind(
-                    short(&name)?,
-                    short(props.exchange())?,
-                    short(&key)?,
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|e| {
-                    Error::amqp(
-                        &format!(
-                            "binding queue {name:?} to {:?} with key {key:?}",
-                            props.exchange()
-                        ),
-                        e,
-                    )
-                })?;
+        let exchange = short(props.exchange())?;
+        let bindings = keys
+            .iter()
+            .map(|key| Ok((exchange.clone(), short(key)?)))
+            .collect::<Result<_>>()?;
+        Ok(QueueDecl {
+            name: short(&name)?,
+            options,
+            arguments,
+            bindings,
+        })
+    }
+
+    /// Declares a recorded queue again on `channel` (a consumer resuming
+    /// after its queue was deleted under it).
+    pub(crate) async fn redeclare_queue(&self, channel: &lapin::Channel, name: &str) -> Result<()> {
+        let declared = self.topology().find_queue(name).cloned();
+        match declared {
+            Some(queue) => topology::declare_queue(channel, &queue).await,
+            None => Ok(()),
         }
-        debug!(queue = %name, durable = queue.is_durable(), "queue declared");
-        Ok(name)
+    }
+
+    fn topology(&self) -> std::sync::MutexGuard<'_, Topology> {
+        self.inner
+            .topology
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// **Deletes a queue** by name; returns how many messages it held.
@@ -334,6 +424,7 @@ impl Connection {
     /// [`ErrorKind::Broker`] when the broker refuses, for example because
     /// another connection holds the queue exclusively.
     pub async fn delete_queue(&self, name: &str) -> Result<u32> {
+        self.topology().remove_queue(name);
         self.admin_channel()
             .await?
             .queue_delete(short(name)?, QueueDeleteOptions::default())
@@ -347,6 +438,7 @@ impl Connection {
     ///
     /// [`ErrorKind::Broker`] when the broker refuses.
     pub async fn delete_exchange(&self, name: &str) -> Result<()> {
+        self.topology().remove_exchange(name);
         self.admin_channel()
             .await?
             .exchange_delete(short(name)?, ExchangeDeleteOptions::default())
@@ -354,14 +446,15 @@ impl Connection {
             .map_err(|e| Error::amqp(&format!("deleting exchange {name:?}"), e))
     }
 
-    /// **A producer** on its own channel, with publisher confirms on: every
-    /// publish returns a [`Confirm`](crate::Confirm) to await or drop.
+    /// **A producer** with publisher confirms on: every publish returns a
+    /// [`Confirm`](crate::Confirm) to await or drop. What the broker has not
+    /// confirmed when the connection is lost is sent again after recovery.
     ///
     /// # Errors
     ///
     /// [`ErrorKind::Closed`] when the connection is closed.
     pub async fn producer(&self) -> Result<Producer> {
-        Producer::open(self, true).await
+        Producer::open(self, true)
     }
 
     /// **A producer without publisher confirms**: nothing waits for the
@@ -371,11 +464,13 @@ impl Connection {
     ///
     /// [`ErrorKind::Closed`] when the connection is closed.
     pub async fn producer_without_confirms(&self) -> Result<Producer> {
-        Producer::open(self, false).await
+        Producer::open(self, false)
     }
 
     /// **Declares `queue`, binds it, and consumes from it** on a channel of
-    /// its own, with the prefetch of the props.
+    /// its own, with the prefetch of the props. The consumer resumes by
+    /// itself after the connection is recovered, or when the broker cancels
+    /// it (its queue was deleted: it is declared again).
     ///
     /// # Errors
     ///
@@ -383,41 +478,165 @@ impl Connection {
     /// [`ErrorKind::Broker`] when another connection consumes the queue
     /// exclusively.
     pub async fn consumer(&self, queue: &Queue) -> Result<Consumer> {
-        let channel = self.channel().await?;
-        let name = self.declare_queue_on(&channel, queue).await?;
+        let name = self.declare_queue(queue).await?;
+        Consumer::start(self.clone(), name).await
+    }
+
+    /// Opens a channel with the props' prefetch on `amqp`.
+    pub(crate) async fn consumer_channel(
+        &self,
+        amqp: &lapin::Connection,
+    ) -> Result<lapin::Channel> {
+        let channel = amqp
+            .create_channel()
+            .await
+            .map_err(|e| Error::amqp("opening a channel", e))?;
         channel
             .basic_qos(self.inner.props.prefetch(), BasicQosOptions::default())
             .await
             .map_err(|e| Error::amqp("setting the prefetch", e))?;
-        Consumer::start(channel, name, self).await
+        Ok(channel)
     }
 
-    /// **Closes the connection** and every channel on it. Unacknowledged
-    /// deliveries go back to their queues.
+    /// **Closes the connection** and every channel on it, and stops
+    /// recovering it. Unacknowledged deliveries go back to their queues;
+    /// messages its producers still held unconfirmed are reported failed.
     ///
     /// # Errors
     ///
     /// [`ErrorKind::Closed`] if it was already closed.
     pub async fn close(&self) -> Result<()> {
-        match self
-            .inner
-            .amqp
-            .close(200, "closed by the application".into())
-            .await
-        {
-            Ok(()) => Ok(()),
-            // lapin tears the connection down with this error when a channel
-            // dropped just before was still closing: the connection is gone.
-            Err(e) if matches!(e.kind(), lapin::ErrorKind::InvalidChannelState(..)) => {
-                debug!(error = %e, "connection closed while a channel was closing");
-                Ok(())
+        let _ = self.inner.closing.send(true);
+        let previous = self.inner.link.send_replace(Link::Closed);
+        self.inner.emit(ConnectionEvent::Closed);
+        match previous {
+            // A connection that died just now may never answer.
+            Link::Up(amqp) => {
+                let timeout = self.inner.props.connect_timeout();
+                tokio::time::timeout(timeout, close_amqp(&amqp))
+                    .await
+                    .unwrap_or_else(|_| {
+                        debug!(
+                            "the broker did not answer the close in time; the connection is dropped"
+                        );
+                        Ok(())
+                    })
             }
-            Err(e) => Err(Error::amqp("closing the connection", e)),
+            Link::Down => Ok(()),
+            Link::Closed => Err(Error::new(
+                ErrorKind::Closed,
+                "the connection is already closed",
+            )),
         }
     }
 
     pub(crate) fn codecs(&self) -> &Codecs {
         &self.inner.codecs
+    }
+}
+
+impl Inner {
+    pub(crate) fn set_link(&self, link: Link) {
+        self.link.send_if_modified(|current| {
+            if matches!(current, Link::Closed) {
+                return false;
+            }
+            *current = link;
+            true
+        });
+    }
+
+    pub(crate) fn emit(&self, event: ConnectionEvent) {
+        let _ = self.events.send(event);
+    }
+
+    /// A new underlying connection with the topology declared again.
+    pub(crate) async fn reopen(&self) -> Result<Arc<lapin::Connection>> {
+        let amqp = Arc::new(open(&self.props, &self.connection_name).await?);
+        let replayed = async {
+            let channel = amqp
+                .create_channel()
+                .await
+                .map_err(|e| Error::amqp("opening a channel", e))?;
+            let topology = self
+                .topology
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            topology.replay(&channel).await?;
+            Ok::<_, Error>(channel)
+        };
+        match replayed.await {
+            Ok(channel) => {
+                *self.admin.lock().await = Some(channel);
+                Ok(amqp)
+            }
+            Err(e) => {
+                let _ = amqp
+                    .close(200, "declaring the topology again failed".into())
+                    .await;
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The supervisor holds no strong reference; it ends on this. The
+        // underlying connection closes when its last handle drops.
+        let _ = self.closing.send(true);
+    }
+}
+
+/// Resolves once `amqp` is no longer the connection in use: lost, replaced
+/// or closed. lapin does not always answer what was sent on a connection
+/// that died (an ack queued after its I/O loop stopped is never resolved),
+/// so whatever waits on one races this.
+pub(crate) async fn gone(mut link: watch::Receiver<Link>, amqp: &Arc<lapin::Connection>) {
+    let _ = link
+        .wait_for(|l| !matches!(l, Link::Up(current) if Arc::ptr_eq(current, amqp)))
+        .await;
+}
+
+/// Opens an underlying connection, the whole handshake under the connect
+/// timeout.
+async fn open(props: &AmqpProps, name: &str) -> Result<lapin::Connection> {
+    let tls = tls_config(props)?;
+    let options = lapin::ConnectionProperties::default().with_connection_name(name.into());
+    let runtime = lapin::runtime::default_runtime()
+        .map_err(|e| Error::amqp("starting the AMQP runtime", e))?;
+    let connecting =
+        lapin::Connection::connect_uri_with_config(props.lapin_uri(), options, tls, runtime);
+    let url = props.redacted_url();
+    match tokio::time::timeout(props.connect_timeout(), connecting).await {
+        Ok(Ok(amqp)) => Ok(amqp),
+        Ok(Err(e)) => Err(Error::connect(&url, e)),
+        Err(_) => Err(Error::new(
+            ErrorKind::Connect,
+            format!(
+                "connecting to {url} timed out after {:?}; check that the broker is running and reachable",
+                props.connect_timeout()
+            ),
+        )),
+    }
+}
+
+async fn close_amqp(amqp: &lapin::Connection) -> Result<()> {
+    match amqp.close(200, "closed by the application".into()).await {
+        Ok(()) => Ok(()),
+        // lapin tears the connection down with this error when a channel
+        // dropped just before was still closing: the connection is gone.
+        Err(e) if matches!(e.kind(), lapin::ErrorKind::InvalidChannelState(..)) => {
+            debug!(error = %e, "connection closed while a channel was closing");
+            Ok(())
+        }
+        // Lost just before: nothing left to close.
+        Err(e) if !amqp.status().connected() => {
+            debug!(error = %e, "connection was already lost when closed");
+            Ok(())
+        }
+        Err(e) => Err(Error::amqp("closing the connection", e)),
     }
 }
 

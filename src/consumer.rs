@@ -1,17 +1,20 @@
 //! `Consumer`: a stream of deliveries from one queue.
 
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions};
 use lapin::types::{FieldTable, ShortString};
+use tokio::sync::watch;
 use tokio_stream::Stream;
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::codec::Codecs;
-use crate::connection::{Connection, short};
+use crate::connection::{Connection, Link, gone, short};
 use crate::delivery::Delivery;
 use crate::error::{Error, Result};
 
@@ -21,10 +24,11 @@ use crate::error::{Error, Result};
 ///
 /// Made by [`Connection::consumer`]. The consumer has a channel of its own
 /// whose prefetch (from the props) bounds how many unsettled deliveries it
-/// holds. The stream ends when the consumer is cancelled or its channel
-/// closes; a delivery that cannot be read yields an `Err` item and the stream
-/// goes on. Dropping the consumer closes its channel: the broker puts
-/// unsettled deliveries back in the queue.
+/// holds. When the connection is lost the stream waits and resumes on the
+/// recovered connection; deliveries received before can then no longer be
+/// settled (the broker delivers them again, marked redelivered). The stream
+/// ends when the connection is closed. Dropping the consumer closes its
+/// channel: the broker puts unsettled deliveries back in the queue.
 ///
 /// # Examples
 ///
@@ -46,10 +50,54 @@ use crate::error::{Error, Result};
 /// # tokio::runtime::Runtime::new().unwrap().block_on(example()).unwrap();
 /// ```
 pub struct Consumer {
+    conn: Connection,
+    shared: Arc<Shared>,
+    state: State,
+}
+
+enum State {
+    Live(Box<Subscription>),
+    /// Only ever polled through `&mut`; the mutex makes the consumer `Sync`
+    /// without being locked.
+    Resuming(Mutex<Pin<Box<dyn Future<Output = Option<Subscription>> + Send>>>),
+    Ended,
+}
+
+struct Subscription {
     stream: lapin::Consumer,
     channel: lapin::Channel,
-    shared: Arc<Shared>,
+    origin: Arc<Origin>,
 }
+
+/// The underlying connection deliveries came on, to tell when settling
+/// them can no longer work.
+pub(crate) struct Origin {
+    pub(crate) amqp: Arc<lapin::Connection>,
+    pub(crate) link: watch::Receiver<Link>,
+}
+
+impl Origin {
+    /// Runs `settling` unless the connection goes first.
+    pub(crate) async fn settle<T>(
+        &self,
+        what: &str,
+        settling: impl Future<Output = lapin::Result<T>>,
+    ) -> Result<T> {
+        tokio::select! {
+            biased;
+            done = settling => done.map_err(|e| Error::amqp(what, e)),
+            () = gone(self.link.clone(), &self.amqp) => Err(Error::new(
+                crate::ErrorKind::Closed,
+                format!("{what} failed: the connection was lost; the broker delivers unsettled messages again"),
+            )),
+        }
+    }
+}
+
+/// How long a consumer waits before trying again to resume on a connection
+/// that is up but refuses (its queue is held by a connection the broker has
+/// not yet seen die).
+const RESUME_RETRY: Duration = Duration::from_millis(500);
 
 /// What every delivery of one consumer needs to decode itself.
 #[derive(Debug)]
@@ -60,31 +108,21 @@ pub(crate) struct Shared {
 }
 
 impl Consumer {
-    pub(crate) async fn start(
-        channel: lapin::Channel,
-        queue: String,
-        conn: &Connection,
-    ) -> Result<Self> {
-        let tag = format!("{}.{queue}", conn.instance_id());
-        let tag = ShortString::from(tag.get(..255).unwrap_or(&tag));
-        let stream = channel
-            .basic_consume(
-                short(&queue)?,
-                tag,
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
+    pub(crate) async fn start(conn: Connection, queue: String) -> Result<Self> {
+        let amqp = conn
+            .up()
             .await
-            .map_err(|e| Error::amqp(&format!("consuming from queue {queue:?}"), e))?;
+            .ok_or_else(|| Error::new(crate::ErrorKind::Closed, "the connection is closed"))?;
+        let subscription = subscribe(&conn, &amqp, &queue).await?;
         debug!(queue = %queue, "consuming");
         Ok(Self {
-            stream,
-            channel,
             shared: Arc::new(Shared {
                 queue,
                 codecs: conn.codecs().clone(),
                 max_message_size: conn.props().max_message_size(),
             }),
+            conn,
+            state: State::Live(Box::new(subscription)),
         })
     }
 
@@ -102,36 +140,123 @@ impl Consumer {
     /// [`ErrorKind::Closed`](crate::ErrorKind::Closed) when the channel was
     /// already closed.
     pub async fn cancel(self) -> Result<()> {
-        self.channel
-            .basic_cancel(self.stream.tag(), BasicCancelOptions::default())
+        let State::Live(subscription) = self.state else {
+            return Ok(());
+        };
+        let (channel, origin) = (subscription.channel, subscription.origin);
+        let what = format!("cancelling the consumer of {:?}", self.shared.queue);
+        origin
+            .settle(
+                &what,
+                channel.basic_cancel(subscription.stream.tag(), BasicCancelOptions::default()),
+            )
+            .await?;
+        origin
+            .settle(
+                "closing the consumer channel",
+                channel.close(200, "consumer cancelled".into()),
+            )
             .await
-            .map_err(|e| {
-                Error::amqp(
-                    &format!("cancelling the consumer of {:?}", self.shared.queue),
-                    e,
-                )
-            })?;
-        self.channel
-            .close(200, "consumer cancelled".into())
-            .await
-            .map_err(|e| Error::amqp("closing the consumer channel", e))
     }
+
+    fn resume(&self) -> State {
+        let (conn, queue) = (self.conn.clone(), self.shared.queue.clone());
+        State::Resuming(Mutex::new(Box::pin(async move {
+            loop {
+                let amqp = conn.up().await?;
+                match subscribe(&conn, &amqp, &queue).await {
+                    Ok(subscription) => {
+                        info!(queue = %queue, "consuming again");
+                        return Some(subscription);
+                    }
+                    Err(e) => {
+                        debug!(queue = %queue, error = %e, "resuming the consumer failed; trying again");
+                        tokio::time::sleep(RESUME_RETRY).await;
+                    }
+                }
+            }
+        })))
+    }
+}
+
+/// Declares `queue` again (the broker may have lost it) and consumes it on
+/// a new channel of `amqp`.
+async fn subscribe(
+    conn: &Connection,
+    amqp: &Arc<lapin::Connection>,
+    queue: &str,
+) -> Result<Subscription> {
+    let channel = conn.consumer_channel(amqp).await?;
+    conn.redeclare_queue(&channel, queue).await?;
+    let tag = format!("{}.{queue}", conn.instance_id());
+    let tag = ShortString::from(tag.get(..255).unwrap_or(&tag));
+    let stream = channel
+        .basic_consume(
+            short(queue)?,
+            tag,
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| Error::amqp(&format!("consuming from queue {queue:?}"), e))?;
+    let origin = Arc::new(Origin {
+        amqp: amqp.clone(),
+        link: conn.link(),
+    });
+    Ok(Subscription {
+        stream,
+        channel,
+        origin,
+    })
 }
 
 impl Stream for Consumer {
     type Item = Result<Delivery>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        match Pin::new(&mut self.stream).poll_next(cx) {
-            Poll::Ready(Some(Ok(delivery))) => {
-                Poll::Ready(Some(Ok(Delivery::new(delivery, self.shared.clone()))))
+        loop {
+            match &mut self.state {
+                State::Live(subscription) => match Pin::new(&mut subscription.stream).poll_next(cx)
+                {
+                    Poll::Ready(Some(Ok(delivery))) => {
+                        let origin = subscription.origin.clone();
+                        return Poll::Ready(Some(Ok(Delivery::new(
+                            delivery,
+                            self.shared.clone(),
+                            origin,
+                        ))));
+                    }
+                    // The channel or the connection failed, or the broker
+                    // cancelled the consumer (its queue was deleted):
+                    // resume, unless the application closed the connection.
+                    Poll::Ready(Some(Err(e))) => {
+                        debug!(queue = %self.shared.queue, error = %e, "consumer interrupted");
+                        self.state = self.resume();
+                    }
+                    Poll::Ready(None) => {
+                        if self.conn.is_closed() {
+                            self.state = State::Ended;
+                        } else {
+                            info!(queue = %self.shared.queue, "consumer cancelled by the broker; resuming");
+                            self.state = self.resume();
+                        }
+                    }
+                    Poll::Pending => return Poll::Pending,
+                },
+                State::Resuming(resuming) => match resuming
+                    .get_mut()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_mut()
+                    .poll(cx)
+                {
+                    Poll::Ready(Some(subscription)) => {
+                        self.state = State::Live(Box::new(subscription));
+                    }
+                    Poll::Ready(None) => self.state = State::Ended,
+                    Poll::Pending => return Poll::Pending,
+                },
+                State::Ended => return Poll::Ready(None),
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Error::amqp(
-                &format!("receiving from queue {:?}", self.shared.queue),
-                e,
-            )))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
         }
     }
 }

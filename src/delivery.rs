@@ -7,7 +7,7 @@ use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::types::AMQPValue;
 use serde::de::DeserializeOwned;
 
-use crate::consumer::Shared;
+use crate::consumer::{Origin, Shared};
 use crate::error::{Error, ErrorKind, Result};
 use crate::producer::ORIGIN_HEADER;
 
@@ -24,11 +24,20 @@ use crate::producer::ORIGIN_HEADER;
 pub struct Delivery {
     inner: lapin::message::Delivery,
     shared: Arc<Shared>,
+    origin: Arc<Origin>,
 }
 
 impl Delivery {
-    pub(crate) fn new(inner: lapin::message::Delivery, shared: Arc<Shared>) -> Self {
-        Self { inner, shared }
+    pub(crate) fn new(
+        inner: lapin::message::Delivery,
+        shared: Arc<Shared>,
+        origin: Arc<Origin>,
+    ) -> Self {
+        Self {
+            inner,
+            shared,
+            origin,
+        }
     }
 
     /// **Decodes the body** with the codec its `content-type` names.
@@ -154,15 +163,14 @@ impl Delivery {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Closed`] when the channel closed first (the broker then
-    /// delivers the message again).
+    /// [`ErrorKind::Closed`] when the channel or the connection it came on
+    /// was lost first (the broker then delivers the message again).
     pub async fn ack(&self) -> Result<()> {
-        self.inner
-            .acker
-            .ack(BasicAckOptions::default())
+        let acking = self.inner.acker.ack(BasicAckOptions::default());
+        self.origin
+            .settle("acknowledging a delivery", acking)
             .await
             .map(drop)
-            .map_err(|e| Error::amqp("acknowledging a delivery", e))
     }
 
     /// **Negatively acknowledges**: with `requeue` the broker delivers the
@@ -173,15 +181,14 @@ impl Delivery {
     ///
     /// [`ErrorKind::Closed`] when the channel closed first.
     pub async fn nack(&self, requeue: bool) -> Result<()> {
-        self.inner
-            .acker
-            .nack(BasicNackOptions {
-                requeue,
-                ..BasicNackOptions::default()
-            })
+        let nacking = self.inner.acker.nack(BasicNackOptions {
+            requeue,
+            ..BasicNackOptions::default()
+        });
+        self.origin
+            .settle("nacking a delivery", nacking)
             .await
             .map(drop)
-            .map_err(|e| Error::amqp("nacking a delivery", e))
     }
 
     /// **Rejects**: the message is not delivered again; the broker drops it,
@@ -191,12 +198,14 @@ impl Delivery {
     ///
     /// [`ErrorKind::Closed`] when the channel closed first.
     pub async fn reject(&self) -> Result<()> {
-        self.inner
+        let rejecting = self
+            .inner
             .acker
-            .reject(BasicRejectOptions { requeue: false })
+            .reject(BasicRejectOptions { requeue: false });
+        self.origin
+            .settle("rejecting a delivery", rejecting)
             .await
             .map(drop)
-            .map_err(|e| Error::amqp("rejecting a delivery", e))
     }
 }
 

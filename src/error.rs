@@ -73,6 +73,13 @@ pub enum ErrorKind {
     Usage,
     /// A callback or handler failed or panicked.
     Handler,
+    /// The publish buffer is full (the broker is slow or unreachable) and
+    /// the props say to fail rather than wait
+    /// ([`WhenFull::Fail`](crate::WhenFull::Fail)).
+    BufferFull,
+    /// The broker has blocked the connection (a memory or disk alarm) and
+    /// the props say to fail rather than wait.
+    Blocked,
 }
 
 impl Error {

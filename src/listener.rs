@@ -4,12 +4,12 @@
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_stream::StreamExt;
-use tracing::{Instrument, info_span, warn};
+use tracing::{Instrument, debug, info_span, warn};
 
 use crate::codec::{Codecs, JSON_CONTENT_TYPE};
 use crate::consumer::Consumer;
@@ -35,6 +35,7 @@ pub(crate) struct Settings {
     pub(crate) max_attempts: u32,
     pub(crate) retry_delay: Duration,
     pub(crate) concurrency: usize,
+    pub(crate) handler_timeout: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -45,6 +46,7 @@ impl Default for Settings {
             max_attempts: 5,
             retry_delay: Duration::from_secs(1),
             concurrency: 1,
+            handler_timeout: None,
         }
     }
 }
@@ -327,9 +329,31 @@ impl Shared {
             incoming.redelivered(),
             incoming.attempt(),
         );
-        let dispatch = self.subscribers.dispatch(&event, &context).await;
+        let started = Instant::now();
+        let dispatching = self.subscribers.dispatch(&event, &context);
+        let dispatch = match self.settings.handler_timeout {
+            None => Ok(dispatching.await),
+            Some(limit) => match tokio::time::timeout(limit, dispatching).await {
+                // A sync handler cannot be interrupted: one that overran is
+                // failed when it returns.
+                Ok(dispatch) if started.elapsed() <= limit => Ok(dispatch),
+                _ => Err(format!("handlers did not finish within {limit:?}")),
+            },
+        };
         Counters::add(&self.counters.dispatched);
+        let dispatch = match dispatch {
+            Ok(dispatch) => dispatch,
+            Err(timeout) => {
+                Counters::add(&self.counters.handler_timeouts);
+                Counters::add(&self.counters.handler_failures);
+                warn!(tag = event.tag(), error = %timeout, "event handlers timed out");
+                return self
+                    .settle_failure(&incoming, &event, timeout, retry_to)
+                    .await;
+            }
+        };
         if dispatch.is_ok() {
+            Counters::add(&self.counters.handled);
             // Remembered once handled: a failed attempt must come back.
             if let Some(id) = message_id {
                 let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
@@ -341,20 +365,33 @@ impl Shared {
             Counters::add(&self.counters.handler_failures);
         }
         let error = dispatch.failures().join("; ");
+        self.settle_failure(&incoming, &event, error, retry_to)
+            .await;
+    }
+
+    /// Retries a delivery whose handlers failed, or dead-letters it after
+    /// the last attempt.
+    async fn settle_failure(
+        &self,
+        incoming: &Incoming,
+        event: &Arc<dyn Event>,
+        error: String,
+        retry_to: Option<&Arc<MemoryQueue>>,
+    ) {
         let attempt = incoming.attempt();
         if attempt >= self.settings.max_attempts {
             warn!(tag = event.tag(), attempt, error = %error, "handlers failed on the last attempt; dead-lettering");
-            return self.dead_letter(&incoming, "handler_failed", &error).await;
+            return self.dead_letter(incoming, "handler_failed", &error).await;
         }
         let delay = self.settings.retry_delay(attempt);
         Counters::add(&self.counters.retried);
-        match (&incoming, &self.link, retry_to) {
+        match (incoming, &self.link, retry_to) {
             (Incoming::Amqp(delivery), Link::Amqp(amqp), _) => {
                 match amqp
                     .retry(delivery, incoming.routing_key(), attempt + 1, delay)
                     .await
                 {
-                    Ok(()) => self.ack(&incoming).await,
+                    Ok(()) => self.ack(incoming).await,
                     Err(e) => {
                         warn!(error = %e, "parking a failed delivery for retry failed; requeueing it");
                         if let Err(e) = delivery.nack(true).await {
@@ -375,8 +412,14 @@ impl Shared {
     }
 
     async fn ack(&self, incoming: &Incoming) {
-        if let Err(e) = incoming.ack().await {
-            warn!(error = %e, "acknowledging an event failed");
+        match incoming.ack().await {
+            Ok(()) => {}
+            // The channel went with a lost connection: the broker delivers
+            // the event again, and the dedup window recognises it.
+            Err(e) if e.is_closed() || e.is_connect() => {
+                debug!(error = %e, "acknowledging after the channel was lost; the broker will redeliver");
+            }
+            Err(e) => warn!(error = %e, "acknowledging an event failed"),
         }
     }
 

@@ -7,15 +7,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Confirmation, PublisherConfirm};
 use serde::Serialize;
-use tracing::trace;
+use tokio::sync::oneshot;
 
 use crate::codec::Codec;
 use crate::connection::{Connection, short};
 use crate::error::{Error, ErrorKind, Result};
+use crate::outbox::{Message, Outbox};
+use crate::props::WhenFull;
+use crate::stats::Counters;
 
 /// The header that carries the instance id of the publishing connection.
 pub const ORIGIN_HEADER: &str = "x-origin";
@@ -24,11 +26,19 @@ pub const ORIGIN_HEADER: &str = "x-origin";
 /// codec, with `content-type`, `message-id`, `timestamp`, `app-id` and an
 /// [`x-origin`](ORIGIN_HEADER) header.
 ///
-/// A `Producer` is a cheap handle: clones share one channel. With publisher
-/// confirms on (the default of [`Connection::producer`]) each publish returns
-/// a [`Confirm`]: await it to know the broker has the message, or keep
-/// publishing and await later (pipelining), or call
+/// A `Producer` is a cheap handle: clones share one channel and one publish
+/// buffer. A publish returns once the message is in the buffer (or fails
+/// at once, by the props' [`WhenFull`]); a task of the producer sends the
+/// buffer in order, many messages in flight. With publisher confirms on
+/// (the default of [`Connection::producer`]) each publish returns a
+/// [`Confirm`]: await it to know the broker has the message, or keep
+/// publishing and await later, or call
 /// [`wait_for_confirms`](Producer::wait_for_confirms).
+///
+/// When the connection is lost, messages wait in the buffer, and those the
+/// broker had not confirmed are sent again once it is recovered (at least
+/// once: the broker may get one twice). Closing the connection reports what
+/// is still unconfirmed as failed.
 ///
 /// # Examples
 ///
@@ -58,7 +68,7 @@ pub struct Producer {
 }
 
 struct Inner {
-    channel: lapin::Channel,
+    outbox: Outbox,
     exchange: ShortString,
     codec: Arc<dyn Codec>,
     content_type: ShortString,
@@ -67,6 +77,7 @@ struct Inner {
     instance_id: String,
     sequence: AtomicU64,
     confirms: bool,
+    when_full: WhenFull,
 }
 
 /// **How to publish one message**: routing key, extra headers, persistence,
@@ -170,19 +181,24 @@ impl Publish {
 }
 
 impl Producer {
-    pub(crate) async fn open(conn: &Connection, confirms: bool) -> Result<Self> {
-        let channel = conn.channel().await?;
-        if confirms {
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await
-                .map_err(|e| Error::amqp("turning on publisher confirms", e))?;
+    pub(crate) fn open(conn: &Connection, confirms: bool) -> Result<Self> {
+        Self::with_counters(conn, confirms, Arc::default())
+    }
+
+    /// A producer whose application messages are counted in `counters`.
+    pub(crate) fn with_counters(
+        conn: &Connection,
+        confirms: bool,
+        counters: Arc<Counters>,
+    ) -> Result<Self> {
+        if conn.is_closed() {
+            return Err(Error::new(ErrorKind::Closed, "the connection is closed"));
         }
         let props = conn.props();
         let codec = props.codec().clone();
         Ok(Self {
             inner: Arc::new(Inner {
-                channel,
+                outbox: Outbox::start(conn, confirms, counters),
                 exchange: short(props.exchange())?,
                 content_type: short(codec.content_type())?,
                 codec,
@@ -191,19 +207,22 @@ impl Producer {
                 instance_id: conn.instance_id().to_owned(),
                 sequence: AtomicU64::new(0),
                 confirms,
+                when_full: props.when_full(),
             }),
         })
     }
 
     /// **Publishes a value** with the default [`Publish`] settings.
     ///
-    /// Returns once the message is handed to the connection; the returned
+    /// Returns once the message is in the producer's buffer; the returned
     /// [`Confirm`] resolves when the broker has it.
     ///
     /// # Errors
     ///
     /// [`ErrorKind::Encode`] when the value cannot be encoded,
-    /// [`ErrorKind::Closed`] when the channel or connection is closed.
+    /// [`ErrorKind::Closed`] when the connection is closed,
+    /// [`ErrorKind::BufferFull`] or [`ErrorKind::Blocked`] under
+    /// [`WhenFull::Fail`].
     pub async fn publish<T: Serialize + ?Sized>(&self, value: &T) -> Result<Confirm> {
         self.publish_with(value, &Publish::default()).await
     }
@@ -230,7 +249,7 @@ impl Producer {
         publish: &Publish,
     ) -> Result<Confirm> {
         let body = (*self.inner.codec).encode(value)?;
-        self.publish_bytes(&body, publish).await
+        self.publish_encoded(body, publish).await
     }
 
     /// **Publishes an already-encoded body**, labelled with the codec's
@@ -240,6 +259,10 @@ impl Producer {
     ///
     /// As [`publish_with`](Producer::publish_with).
     pub async fn publish_bytes(&self, body: &[u8], publish: &Publish) -> Result<Confirm> {
+        self.publish_encoded(body.to_vec(), publish).await
+    }
+
+    async fn publish_encoded(&self, body: Vec<u8>, publish: &Publish) -> Result<Confirm> {
         let message_id = match &publish.message_id {
             Some(id) => short(id)?,
             None => self.next_message_id(),
@@ -253,10 +276,6 @@ impl Producer {
         } else {
             self.inner.exchange.clone()
         };
-        let options = BasicPublishOptions {
-            mandatory: publish.mandatory,
-            ..BasicPublishOptions::default()
-        };
         let mut properties = self.properties(message_id, headers);
         if publish.persistent {
             properties = properties.with_delivery_mode(2);
@@ -264,48 +283,79 @@ impl Producer {
         if let Some(ttl) = publish.expiration {
             properties = properties.with_expiration(ttl.as_millis().to_string().into());
         }
-        self.send(
+        let (done, confirmed) = oneshot::channel();
+        let message = Message {
             exchange,
-            short(&publish.routing_key)?,
-            options,
-            body,
+            routing_key: short(&publish.routing_key)?,
+            mandatory: publish.mandatory,
+            body: Arc::new(body),
             properties,
-        )
-        .await
+            done: Some(done),
+            counted: true,
+        };
+        self.inner
+            .outbox
+            .submit(message, self.inner.when_full)
+            .await?;
+        Ok(Confirm {
+            inner: Some(confirmed),
+        })
     }
 
-    /// Publishes an encoded event, persistent, to the props' exchange (or
-    /// to `exchange`): the bus's path, with its headers built once.
-    pub(crate) async fn publish_raw(
+    /// Queues an encoded event, persistent, for the props' exchange (or
+    /// `exchange`): the bus's path, with its headers built once. `done`
+    /// hears the outcome; without it a failure is counted and logged.
+    #[allow(clippy::too_many_arguments)] // one call site, all parts of one message
+    pub(crate) async fn send_event(
         &self,
         exchange: Option<ShortString>,
-        body: &[u8],
+        body: Vec<u8>,
         routing_key: ShortString,
         message_id: ShortString,
         headers: FieldTable,
-    ) -> Result<Confirm> {
+        mandatory: bool,
+        done: Option<oneshot::Sender<Result<()>>>,
+    ) -> Result<()> {
         let properties = self.properties(message_id, headers).with_delivery_mode(2);
-        let exchange = exchange.unwrap_or_else(|| self.inner.exchange.clone());
-        self.republish(exchange, routing_key, body, properties)
+        let message = Message {
+            exchange: exchange.unwrap_or_else(|| self.inner.exchange.clone()),
+            routing_key,
+            mandatory,
+            body: Arc::new(body),
+            properties,
+            done,
+            counted: true,
+        };
+        self.inner
+            .outbox
+            .submit(message, self.inner.when_full)
             .await
     }
 
     /// Publishes a received message again, properties and all (a retry or
-    /// a dead letter).
+    /// a dead letter), and waits for the broker's confirm. Not counted as
+    /// an application publish; never fails for a full buffer.
     pub(crate) async fn republish(
         &self,
         exchange: ShortString,
         routing_key: ShortString,
         body: &[u8],
         properties: BasicProperties,
-    ) -> Result<Confirm> {
-        self.send(
+    ) -> Result<()> {
+        let (done, confirmed) = oneshot::channel();
+        let message = Message {
             exchange,
             routing_key,
-            BasicPublishOptions::default(),
-            body,
+            mandatory: false,
+            body: Arc::new(body.to_vec()),
             properties,
-        )
+            done: Some(done),
+            counted: false,
+        };
+        self.inner.outbox.submit(message, WhenFull::Wait).await?;
+        Confirm {
+            inner: Some(confirmed),
+        }
         .await
     }
 
@@ -326,55 +376,38 @@ impl Producer {
             .with_headers(headers)
     }
 
-    async fn send(
-        &self,
-        exchange: ShortString,
-        routing_key: ShortString,
-        options: BasicPublishOptions,
-        body: &[u8],
-        properties: BasicProperties,
-    ) -> Result<Confirm> {
-        let confirm = self
-            .inner
-            .channel
-            .basic_publish(exchange, routing_key, options, body, properties)
-            .await
-            .map_err(|e| Error::amqp("publishing", e))?;
-        trace!(bytes = body.len(), "published");
-        Ok(Confirm {
-            inner: self.inner.confirms.then_some(confirm),
-        })
-    }
-
-    /// **Waits until the broker has confirmed every message published so
-    /// far** on this producer.
+    /// **Waits until the broker has settled every message published so
+    /// far** on this producer, through outages.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future leaves the messages as they are.
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Nacked`] if the broker refused any of them,
-    /// [`ErrorKind::Unroutable`] if a mandatory one was returned,
-    /// [`ErrorKind::Closed`] when the channel closed first.
+    /// [`ErrorKind::Nacked`] if the broker refused any of them or returned
+    /// a mandatory one (each [`Confirm`] says which),
+    /// [`ErrorKind::Closed`] when the connection was closed first.
     pub async fn wait_for_confirms(&self) -> Result<()> {
-        if !self.inner.confirms {
-            return Ok(());
-        }
-        let returned = self
-            .inner
-            .channel
-            .wait_for_confirms()
-            .await
-            .map_err(|e| Error::amqp("waiting for publisher confirms", e))?;
-        match returned.len() {
+        match self.inner.outbox.flush().await? {
             0 => Ok(()),
             n => Err(Error::new(
-                ErrorKind::Unroutable,
+                ErrorKind::Nacked,
                 format!(
-                    "{n} mandatory messages were returned by the broker, the first with routing key {:?}: {}",
-                    returned[0].delivery.routing_key.as_str(),
-                    returned[0].reply_text.as_str()
+                    "{n} messages were not confirmed by the broker (refused, returned or lost); their Confirms say why"
                 ),
             )),
         }
+    }
+
+    /// Waits until everything published so far is settled; how many failed.
+    pub(crate) async fn flush(&self) -> Result<u64> {
+        self.inner.outbox.flush().await
+    }
+
+    /// Reports everything not yet confirmed as failed and stops sending.
+    pub(crate) fn abort(&self, reason: &str) {
+        self.inner.outbox.abort(reason);
     }
 
     /// Whether this producer asks the broker for confirms.
@@ -390,6 +423,7 @@ impl fmt::Debug for Producer {
             .field("exchange", &self.inner.exchange.as_str())
             .field("content_type", &self.inner.content_type.as_str())
             .field("confirms", &self.inner.confirms)
+            .field("outbox", &self.inner.outbox)
             .finish_non_exhaustive()
     }
 }
@@ -397,11 +431,12 @@ impl fmt::Debug for Producer {
 /// **The broker's answer to one publish**, to await or drop.
 ///
 /// Awaiting gives `Ok(())` once the broker has taken responsibility for the
-/// message (or at once, when confirms are off). Dropping it does not cancel
-/// the publish; [`Producer::wait_for_confirms`] still accounts for it.
+/// message (or once it is written, when confirms are off). Dropping it does
+/// not cancel the publish; [`Producer::wait_for_confirms`] still accounts
+/// for it.
 #[must_use = "await the Confirm to know the broker has the message, or drop it explicitly"]
 pub struct Confirm {
-    inner: Option<PublisherConfirm>,
+    inner: Option<oneshot::Receiver<Result<()>>>,
 }
 
 impl fmt::Debug for Confirm {
@@ -421,24 +456,12 @@ impl IntoFuture for Confirm {
             let Some(pending) = self.inner else {
                 return Ok(());
             };
-            let confirmation = pending
-                .await
-                .map_err(|e| Error::amqp("waiting for a publisher confirm", e))?;
-            match confirmation {
-                Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-                Confirmation::Ack(Some(returned)) => Err(Error::new(
-                    ErrorKind::Unroutable,
-                    format!(
-                        "broker returned the message: no queue is bound to routing key {:?} ({})",
-                        returned.delivery.routing_key.as_str(),
-                        returned.reply_text.as_str()
-                    ),
-                )),
-                Confirmation::Nack(_) => Err(Error::new(
-                    ErrorKind::Nacked,
-                    "broker refused the message (nack); it may be out of resources or the queue may be full",
-                )),
-            }
+            pending.await.unwrap_or_else(|_| {
+                Err(Error::new(
+                    ErrorKind::Closed,
+                    "the producer stopped before the broker confirmed the message",
+                ))
+            })
         })
     }
 }

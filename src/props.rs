@@ -72,6 +72,40 @@ pub struct AmqpProps {
     connect_timeout: Duration,
     max_message_size: usize,
     codec: Arc<dyn Codec>,
+    buffer_events: usize,
+    buffer_bytes: usize,
+    when_full: WhenFull,
+    reconnect_min: Duration,
+    reconnect_max: Duration,
+}
+
+/// **What a publish does when the broker cannot take more**: the publish
+/// buffer is full (the broker is slow or unreachable), or the broker has
+/// blocked the connection (a memory or disk alarm).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum WhenFull {
+    /// Wait for room in the buffer (the default). While the connection is
+    /// blocked, publishes fill the buffer, then wait.
+    #[default]
+    Wait,
+    /// Fail at once with [`ErrorKind::BufferFull`], or
+    /// [`ErrorKind::Blocked`] while the broker blocks the connection.
+    Fail,
+}
+
+impl FromStr for WhenFull {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "wait" => Ok(Self::Wait),
+            "fail" => Ok(Self::Fail),
+            other => Err(config_error(format!(
+                "unknown when_full value {other:?}; use wait or fail"
+            ))),
+        }
+    }
 }
 
 /// **How an exchange routes**: to every bound queue, by exact routing key, or
@@ -142,6 +176,11 @@ impl Default for AmqpProps {
             connect_timeout: Duration::from_secs(10),
             max_message_size: 4 * 1024 * 1024,
             codec: Arc::new(codec::Bincode),
+            buffer_events: 8192,
+            buffer_bytes: 64 * 1024 * 1024,
+            when_full: WhenFull::Wait,
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(10),
         }
     }
 }
@@ -164,6 +203,11 @@ impl AmqpProps {
     /// | `max_message_size` | largest body accepted, in bytes | `1048576` |
     /// | `codec` | `bincode` or `json` | `json` |
     /// | `cacertfile` | PEM file of the CA that signed the broker's certificate | `/etc/ssl/ca.pem` |
+    /// | `buffer_events` | events a producer holds until the broker confirms them | `8192` |
+    /// | `buffer_bytes` | bytes a producer holds until the broker confirms them | `67108864` |
+    /// | `when_full` | `wait` or `fail` when the buffer is full or the broker blocks | `fail` |
+    /// | `reconnect_min` | milliseconds before the first reconnect attempt | `100` |
+    /// | `reconnect_max` | the longest wait between reconnect attempts, ms | `10000` |
     ///
     /// # Errors
     ///
@@ -182,7 +226,7 @@ impl AmqpProps {
     /// assert_eq!(props.vhost(), "prod");
     ///
     /// let err = AmqpProps::from_url("amqp://localhost?colour=blue").unwrap_err();
-    /// assert_eq!(err.to_string(), "unknown query key \"colour\" in AMQP URL; known keys: exchange, kind, heartbeat, prefetch, connection_name, connection_timeout, max_message_size, codec, cacertfile");
+    /// assert_eq!(err.to_string(), "unknown query key \"colour\" in AMQP URL; known keys: exchange, kind, heartbeat, prefetch, connection_name, connection_timeout, max_message_size, codec, cacertfile, buffer_events, buffer_bytes, when_full, reconnect_min, reconnect_max");
     /// # Ok::<(), tidings::Error>(())
     /// ```
     pub fn from_url(url: &str) -> Result<Self> {
@@ -277,9 +321,18 @@ impl AmqpProps {
                 self.ca_file = Some(PathBuf::from(value));
                 self.tls = true;
             }
+            "buffer_events" => self.buffer_events = parse_number(key, value)?,
+            "buffer_bytes" => self.buffer_bytes = parse_number(key, value)?,
+            "when_full" => self.when_full = value.parse()?,
+            "reconnect_min" => {
+                self.reconnect_min = Duration::from_millis(parse_number(key, value)?)
+            }
+            "reconnect_max" => {
+                self.reconnect_max = Duration::from_millis(parse_number(key, value)?)
+            }
             other => {
                 return Err(config_error(format!(
-                    "unknown query key {other:?} in AMQP URL; known keys: exchange, kind, heartbeat, prefetch, connection_name, connection_timeout, max_message_size, codec, cacertfile"
+                    "unknown query key {other:?} in AMQP URL; known keys: exchange, kind, heartbeat, prefetch, connection_name, connection_timeout, max_message_size, codec, cacertfile, buffer_events, buffer_bytes, when_full, reconnect_min, reconnect_max"
                 )));
             }
         }
@@ -313,6 +366,24 @@ impl AmqpProps {
             return Err(config_error(
                 "max message size is zero; use a positive size",
             ));
+        }
+        if self.buffer_events == 0 || self.buffer_bytes == 0 {
+            return Err(config_error(
+                "publish buffer is zero; allow at least one event and one byte",
+            ));
+        }
+        if self.buffer_bytes > u32::MAX as usize {
+            return Err(config_error(format!(
+                "publish buffer of {} bytes is over the limit of {} bytes",
+                self.buffer_bytes,
+                u32::MAX
+            )));
+        }
+        if self.reconnect_min.is_zero() || self.reconnect_min > self.reconnect_max {
+            return Err(config_error(format!(
+                "reconnect delays {:?}..{:?} are invalid; the first must be positive and at most the second",
+                self.reconnect_min, self.reconnect_max
+            )));
         }
         if self.ca_file.is_some() && !self.tls {
             return Err(config_error(
@@ -427,6 +498,55 @@ impl AmqpProps {
     pub fn with_codec(mut self, codec: impl Codec) -> Self {
         self.codec = Arc::new(codec);
         self
+    }
+
+    /// **Bounds what each producer holds until the broker confirms it**:
+    /// at most `events` messages and `bytes` bytes (defaults 8192 and
+    /// 64 MiB), counting those waiting to be sent during an outage and those
+    /// sent but not yet confirmed. What happens when it is full is
+    /// [`with_when_full`](AmqpProps::with_when_full).
+    #[must_use]
+    pub fn with_publish_buffer(mut self, events: usize, bytes: usize) -> Self {
+        self.buffer_events = events;
+        self.buffer_bytes = bytes;
+        self
+    }
+
+    /// What a publish does when the buffer is full or the broker blocks the
+    /// connection (default [`WhenFull::Wait`]).
+    #[must_use]
+    pub fn with_when_full(mut self, when_full: WhenFull) -> Self {
+        self.when_full = when_full;
+        self
+    }
+
+    /// **How a lost connection is retried**: the first attempt after about
+    /// `min` (default 100 ms), each next one after twice as long, at most
+    /// `max` (default 10 s), each delay with random jitter (between half
+    /// and all of it), for as long as the application runs.
+    #[must_use]
+    pub fn with_reconnect_delay(mut self, min: Duration, max: Duration) -> Self {
+        self.reconnect_min = min;
+        self.reconnect_max = max;
+        self
+    }
+
+    /// The publish buffer's bounds: `(events, bytes)`.
+    #[must_use]
+    pub fn publish_buffer(&self) -> (usize, usize) {
+        (self.buffer_events, self.buffer_bytes)
+    }
+
+    /// What a publish does when the buffer is full or the broker blocks.
+    #[must_use]
+    pub fn when_full(&self) -> WhenFull {
+        self.when_full
+    }
+
+    /// The reconnect delays: `(min, max)`.
+    #[must_use]
+    pub fn reconnect_delay(&self) -> (Duration, Duration) {
+        (self.reconnect_min, self.reconnect_max)
     }
 
     /// The broker's host.
@@ -609,6 +729,11 @@ impl fmt::Debug for AmqpProps {
             .field("connect_timeout", &self.connect_timeout)
             .field("max_message_size", &self.max_message_size)
             .field("codec", &self.codec.content_type())
+            .field("buffer_events", &self.buffer_events)
+            .field("buffer_bytes", &self.buffer_bytes)
+            .field("when_full", &self.when_full)
+            .field("reconnect_min", &self.reconnect_min)
+            .field("reconnect_max", &self.reconnect_max)
             .finish()
     }
 }

@@ -70,10 +70,15 @@ impl fmt::Display for RejectReason {
 pub(crate) struct Counters {
     pub(crate) published: AtomicU64,
     pub(crate) confirmed: AtomicU64,
+    pub(crate) returned: AtomicU64,
     pub(crate) publish_failed: AtomicU64,
+    pub(crate) buffered: AtomicU64,
+    pub(crate) republished: AtomicU64,
     pub(crate) delivered: AtomicU64,
     pub(crate) dispatched: AtomicU64,
+    pub(crate) handled: AtomicU64,
     pub(crate) handler_failures: AtomicU64,
+    pub(crate) handler_timeouts: AtomicU64,
     pub(crate) own_skipped: AtomicU64,
     pub(crate) fingerprint_mismatches: AtomicU64,
     pub(crate) retried: AtomicU64,
@@ -96,10 +101,16 @@ impl Counters {
         Stats {
             published: get(&self.published),
             confirmed: get(&self.confirmed),
+            returned: get(&self.returned),
             publish_failed: get(&self.publish_failed),
+            buffered: get(&self.buffered),
+            republished: get(&self.republished),
+            reconnects: 0,
             delivered: get(&self.delivered),
             dispatched: get(&self.dispatched),
+            handled: get(&self.handled),
             handler_failures: get(&self.handler_failures),
+            handler_timeouts: get(&self.handler_timeouts),
             own_skipped: get(&self.own_skipped),
             fingerprint_mismatches: get(&self.fingerprint_mismatches),
             retried: get(&self.retried),
@@ -117,15 +128,34 @@ pub struct Stats {
     pub published: u64,
     /// Events the broker confirmed.
     pub confirmed: u64,
-    /// Events the broker refused or that could not be sent; each was
-    /// logged and, for `publish_confirmed`, returned as an error.
+    /// Events the broker returned because no queue was bound to their
+    /// routing key ([`send_to`](crate::Bus::send_to) a queue that does not
+    /// exist).
+    pub returned: u64,
+    /// Events the broker refused, or that were still unconfirmed when the
+    /// bus was closed or gave up; each was logged and, for
+    /// `publish_confirmed`, returned as an error.
     pub publish_failed: u64,
+    /// Events accepted and not yet settled now: waiting to be sent (during
+    /// an outage) or sent and waiting for the broker's confirm. Bounded by
+    /// the props' publish buffer.
+    pub buffered: u64,
+    /// Sends of events again after a lost connection or channel, because
+    /// the broker had not confirmed them.
+    pub republished: u64,
+    /// Times the connection was lost and recovered.
+    pub reconnects: u64,
     /// Messages received from the transport.
     pub delivered: u64,
     /// Events decoded and dispatched to the local subscribers.
     pub dispatched: u64,
+    /// Events whose handlers all succeeded (then acknowledged).
+    pub handled: u64,
     /// Handler calls that failed or panicked.
     pub handler_failures: u64,
+    /// Dispatches that did not finish within the handler timeout (each
+    /// also counted as a failure).
+    pub handler_timeouts: u64,
     /// This process's own events skipped because self-delivery is off.
     pub own_skipped: u64,
     /// Events whose schema fingerprint differed from this process's,

@@ -1,13 +1,15 @@
 //! The AMQP transport: a producer for publishing, queues declared per
 //! listener, and the retry and dead-letter paths of settlement.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::types::{AMQPValue, FieldTable, ShortString};
+use tokio::sync::oneshot;
 
 use super::{
-    ATTEMPT_HEADER, ERROR_HEADER, FINGERPRINT_HEADER, Outgoing, Pending, QUEUE_HEADER,
-    REASON_HEADER, ROUTING_KEY_HEADER, TAG_HEADER,
+    ATTEMPT_HEADER, ERROR_HEADER, FINGERPRINT_HEADER, Outgoing, QUEUE_HEADER, REASON_HEADER,
+    ROUTING_KEY_HEADER, TAG_HEADER,
 };
 use crate::connection::{Connection, short};
 use crate::consumer::Consumer;
@@ -15,6 +17,7 @@ use crate::delivery::Delivery;
 use crate::error::Result;
 use crate::producer::Producer;
 use crate::queue::Queue;
+use crate::stats::Counters;
 
 pub(crate) struct Amqp {
     pub(crate) conn: Connection,
@@ -23,8 +26,8 @@ pub(crate) struct Amqp {
 }
 
 impl Amqp {
-    pub(crate) async fn open(conn: Connection) -> Result<Self> {
-        let producer = conn.producer().await?;
+    pub(crate) async fn open(conn: Connection, counters: Arc<Counters>) -> Result<Self> {
+        let producer = Producer::with_counters(&conn, true, counters)?;
         let dead_letter_exchange = conn.declare_dead_letters().await?;
         Ok(Self {
             conn,
@@ -41,28 +44,45 @@ impl Amqp {
         Ok(consumer)
     }
 
-    pub(crate) async fn publish(&self, out: &Outgoing) -> Result<Pending> {
+    /// Queues an event for the broker; `done` hears the broker's answer.
+    /// Sent to a queue by name it is mandatory, so a missing queue is
+    /// reported instead of dropped.
+    pub(crate) async fn publish(
+        &self,
+        out: Outgoing,
+        done: Option<oneshot::Sender<Result<()>>>,
+    ) -> Result<()> {
         let mut headers = FieldTable::default();
         headers.insert(TAG_HEADER.into(), AMQPValue::LongString(out.tag.into()));
         headers.insert(
             FINGERPRINT_HEADER.into(),
             AMQPValue::LongString(out.fingerprint.to_string().into()),
         );
-        let (exchange, routing_key) = match &out.to_queue {
-            Some(queue) => (Some(ShortString::from("")), short(queue)?),
-            None => (None, ShortString::from(out.routing_key)),
+        let (exchange, routing_key, mandatory) = match &out.to_queue {
+            Some(queue) => (Some(ShortString::from("")), short(queue)?, true),
+            None => (None, ShortString::from(out.routing_key), false),
         };
-        let confirm = self
-            .producer
-            .publish_raw(
+        self.producer
+            .send_event(
                 exchange,
-                &out.body,
+                out.body,
                 routing_key,
-                ShortString::from(out.message_id.as_str()),
+                ShortString::from(out.message_id),
                 headers,
+                mandatory,
+                done,
             )
-            .await?;
-        Ok(Pending::Amqp(confirm))
+            .await
+    }
+
+    /// Waits until every event queued so far is settled; how many failed.
+    pub(crate) async fn flush(&self) -> Result<u64> {
+        self.producer.flush().await
+    }
+
+    /// Reports every event not yet confirmed as failed.
+    pub(crate) fn abort(&self, reason: &str) {
+        self.producer.abort(reason);
     }
 
     /// Parks a failed delivery in its queue's retry queue for `delay`, with
@@ -96,7 +116,6 @@ impl Amqp {
                 delivery.body(),
                 properties,
             )
-            .await?
             .await
     }
 
@@ -124,7 +143,6 @@ impl Amqp {
                 delivery.body(),
                 properties,
             )
-            .await?
             .await
     }
 

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::event::Fingerprint;
-use crate::producer::Confirm;
 
 /// The header that carries an event's wire tag.
 pub const TAG_HEADER: &str = "x-tidings-tag";
@@ -136,21 +135,6 @@ impl Incoming {
         match self {
             Self::Amqp(d) => d.ack().await,
             Self::Memory(_) => Ok(()),
-        }
-    }
-}
-
-/// The broker's answer to one publish, or none needed.
-pub(crate) enum Pending {
-    Amqp(Confirm),
-    Done,
-}
-
-impl Pending {
-    pub(crate) async fn wait(self) -> Result<()> {
-        match self {
-            Self::Amqp(confirm) => confirm.await,
-            Self::Done => Ok(()),
         }
     }
 }

@@ -278,6 +278,21 @@ impl PrivateNode {
         let _ = server.wait();
     }
 
+    /// Runs `rabbitmqctl` against this node; panics if it fails.
+    pub fn ctl(&self, args: &[&str]) {
+        let output = self
+            .command("rabbitmqctl")
+            .args(["-n", &self.name])
+            .args(args)
+            .output()
+            .expect("cannot run rabbitmqctl");
+        assert!(
+            output.status.success(),
+            "rabbitmqctl {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
     /// Stops and starts the node.
     pub fn restart(&mut self) {
         self.stop();

@@ -1,0 +1,527 @@
+//! `Outbox`: the publishing engine behind every producer. Messages wait in a
+//! bounded buffer (events and bytes), are sent in order with a window of
+//! publishes in flight, and are settled in order as the broker confirms
+//! them. When the channel or the connection is lost, what was not confirmed
+//! goes back to the front of the buffer and is sent again once the
+//! connection is recovered: nothing accepted is dropped without being
+//! reported.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::ShortString;
+use lapin::{BasicProperties, Confirmation};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::connection::{Connection, Link, gone};
+use crate::error::{Error, ErrorKind, Result};
+use crate::props::WhenFull;
+use crate::stats::Counters;
+
+/// Publishes sent and not yet confirmed, per producer. Enough to keep the
+/// broker busy; it also bounds lapin's own frame queue.
+const IN_FLIGHT: usize = 512;
+/// The wait before opening a channel again on a connection that is up but
+/// refused the last one.
+const CHANNEL_RETRY: Duration = Duration::from_millis(500);
+
+/// One message to publish, with whoever waits for its outcome.
+pub(crate) struct Message {
+    pub(crate) exchange: ShortString,
+    pub(crate) routing_key: ShortString,
+    pub(crate) mandatory: bool,
+    pub(crate) body: Arc<Vec<u8>>,
+    pub(crate) properties: BasicProperties,
+    pub(crate) done: Option<oneshot::Sender<Result<()>>>,
+    /// Counted in the stats (events of the application, not the bus's own
+    /// retries and dead letters).
+    pub(crate) counted: bool,
+}
+
+// One per message, moved and never copied; boxing the large variant would
+// cost an allocation per publish.
+#[allow(clippy::large_enum_variant)]
+enum Command {
+    Publish(Message),
+    /// Answered with how many messages failed since the last flush, once
+    /// every message accepted before it is settled.
+    Flush(oneshot::Sender<u64>),
+}
+
+/// The handle callers publish through; the engine runs in a task of its own
+/// and ends when every handle is dropped and everything is settled, or when
+/// the connection is closed.
+#[derive(Clone)]
+pub(crate) struct Outbox {
+    commands: mpsc::UnboundedSender<Command>,
+    events: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+    max_bytes: usize,
+    abort: Arc<watch::Sender<Option<String>>>,
+    conn: Connection,
+    counters: Arc<Counters>,
+}
+
+impl Outbox {
+    /// Starts the engine of a producer on `conn`.
+    pub(crate) fn start(conn: &Connection, confirms: bool, counters: Arc<Counters>) -> Self {
+        let (max_events, max_bytes) = conn.props().publish_buffer();
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let events = Arc::new(Semaphore::new(max_events));
+        let bytes = Arc::new(Semaphore::new(max_bytes));
+        let (abort, aborted) = watch::channel(None);
+        let engine = Engine {
+            conn: conn.clone(),
+            confirms,
+            events: events.clone(),
+            bytes: bytes.clone(),
+            counters: counters.clone(),
+            pending: VecDeque::new(),
+            in_flight: VecDeque::new(),
+            accepted: 0,
+            settled: 0,
+            failures: 0,
+            flushes: VecDeque::new(),
+            aborted,
+        };
+        let span = info_span!("producer", instance = %conn.instance_id());
+        tokio::spawn(engine.run(receiver).instrument(span));
+        Self {
+            commands,
+            events,
+            bytes,
+            max_bytes,
+            abort: Arc::new(abort),
+            conn: conn.clone(),
+            counters,
+        }
+    }
+
+    /// **Accepts a message into the buffer**: waits for room, or fails at
+    /// once by `when_full` (which also decides what a blocked connection
+    /// means).
+    pub(crate) async fn submit(&self, message: Message, when_full: WhenFull) -> Result<()> {
+        let size = message.body.len();
+        if size > self.max_bytes {
+            return Err(Error::new(
+                ErrorKind::MessageTooLarge,
+                format!(
+                    "message of {size} bytes is larger than the whole publish buffer ({} bytes); raise it with with_publish_buffer",
+                    self.max_bytes
+                ),
+            ));
+        }
+        // The buffer's byte budget is at most u32::MAX (see props).
+        let bytes = u32::try_from(size).unwrap_or(u32::MAX);
+        match when_full {
+            WhenFull::Fail => {
+                if self.conn.is_blocked() {
+                    return Err(Error::new(
+                        ErrorKind::Blocked,
+                        "the broker has blocked publishing (a memory or disk alarm); try again later",
+                    ));
+                }
+                let (Ok(event), Ok(room)) = (
+                    self.events.try_acquire(),
+                    self.bytes.try_acquire_many(bytes),
+                ) else {
+                    return Err(self.full());
+                };
+                event.forget();
+                room.forget();
+            }
+            WhenFull::Wait => {
+                let event = self.events.acquire().await.map_err(|_| self.closed())?;
+                let room = self
+                    .bytes
+                    .acquire_many(bytes)
+                    .await
+                    .map_err(|_| self.closed())?;
+                event.forget();
+                room.forget();
+            }
+        }
+        if message.counted {
+            self.counters.buffered.fetch_add(1, Ordering::Relaxed);
+        }
+        let counted = message.counted;
+        self.commands.send(Command::Publish(message)).map_err(|_| {
+            self.events.add_permits(1);
+            self.bytes.add_permits(bytes as usize);
+            if counted {
+                self.counters.buffered.fetch_sub(1, Ordering::Relaxed);
+            }
+            self.closed()
+        })
+    }
+
+    /// **Waits until everything accepted so far is settled**; returns how
+    /// many of those messages failed since the last flush.
+    ///
+    /// Cancel safe: dropping the future leaves the messages as they are.
+    pub(crate) async fn flush(&self) -> Result<u64> {
+        let (done, failed) = oneshot::channel();
+        self.commands
+            .send(Command::Flush(done))
+            .map_err(|_| self.closed())?;
+        failed.await.map_err(|_| self.closed())
+    }
+
+    /// Gives up on everything not yet confirmed: each is reported failed
+    /// with `reason`, and the engine stops.
+    pub(crate) fn abort(&self, reason: &str) {
+        self.abort.send_replace(Some(reason.to_owned()));
+    }
+
+    fn full(&self) -> Error {
+        Error::new(
+            ErrorKind::BufferFull,
+            format!(
+                "the publish buffer is full ({} events, {} bytes waiting for the broker); the broker is slow or unreachable",
+                self.events.available_permits(),
+                self.bytes.available_permits()
+            ),
+        )
+    }
+
+    fn closed(&self) -> Error {
+        Error::new(
+            ErrorKind::Closed,
+            "the producer is closed: its connection was closed",
+        )
+    }
+}
+
+impl fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outbox")
+            .field("events_free", &self.events.available_permits())
+            .field("bytes_free", &self.bytes.available_permits())
+            .finish_non_exhaustive()
+    }
+}
+
+type Publish = Pin<Box<dyn Future<Output = lapin::Result<Confirmation>> + Send>>;
+
+/// A publishing channel and the underlying connection it is on.
+struct Opened {
+    channel: Arc<lapin::Channel>,
+    amqp: Arc<lapin::Connection>,
+    link: watch::Receiver<Link>,
+}
+
+/// One publish in flight: its future, or its outcome if the first poll
+/// already gave it.
+struct InFlight {
+    message: Message,
+    future: Option<Publish>,
+    outcome: Option<lapin::Result<Confirmation>>,
+}
+
+impl InFlight {
+    /// Starts publishing `message` on `channel`. lapin's `basic_publish`
+    /// takes its delivery tag and queues its frames on the first poll, so
+    /// the future is polled once here: the broker gets the messages in the
+    /// order they were started, however many are in flight.
+    fn start(channel: &Arc<lapin::Channel>, message: Message) -> Self {
+        let channel = channel.clone();
+        let body = message.body.clone();
+        let (exchange, routing_key) = (message.exchange.clone(), message.routing_key.clone());
+        let properties = message.properties.clone();
+        let options = BasicPublishOptions {
+            mandatory: message.mandatory,
+            ..BasicPublishOptions::default()
+        };
+        let mut future: Publish = Box::pin(async move {
+            channel
+                .basic_publish(exchange, routing_key, options, &body, properties)
+                .await?
+                .await
+        });
+        let outcome = match future
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+        {
+            Poll::Ready(outcome) => Some(outcome),
+            Poll::Pending => None,
+        };
+        Self {
+            message,
+            future: outcome.is_none().then_some(future),
+            outcome,
+        }
+    }
+
+    fn poll_outcome(&mut self, cx: &mut Context<'_>) -> Poll<lapin::Result<Confirmation>> {
+        if let Some(outcome) = self.outcome.take() {
+            return Poll::Ready(outcome);
+        }
+        let Some(future) = self.future.as_mut() else {
+            return Poll::Pending;
+        };
+        let outcome = std::task::ready!(future.as_mut().poll(cx));
+        self.future = None;
+        Poll::Ready(outcome)
+    }
+}
+
+struct Engine {
+    conn: Connection,
+    confirms: bool,
+    events: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+    counters: Arc<Counters>,
+    /// Accepted, not sent on the current channel; re-sends first.
+    pending: VecDeque<(Message, bool)>,
+    in_flight: VecDeque<InFlight>,
+    accepted: u64,
+    settled: u64,
+    failures: u64,
+    flushes: VecDeque<(u64, oneshot::Sender<u64>)>,
+    aborted: watch::Receiver<Option<String>>,
+}
+
+enum Stop {
+    /// Nothing more can come and everything is settled.
+    Finished,
+    /// The channel failed; what was in flight is pending again.
+    ChannelLost,
+    /// The connection was closed or the application gave up.
+    GaveUp(String),
+}
+
+impl Engine {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut open = true;
+        let mut aborted = self.aborted.clone();
+        let reason = loop {
+            let opened = tokio::select! {
+                biased;
+                reason = wait_abort(&mut aborted) => break reason,
+                channel = open_channel(&self.conn, self.confirms) => match channel {
+                    Some(channel) => channel,
+                    None => break "the connection was closed before the broker confirmed".to_owned(),
+                },
+            };
+            match self.pump(&opened, &mut commands, &mut open).await {
+                Stop::Finished => return,
+                Stop::ChannelLost => {}
+                Stop::GaveUp(reason) => break reason,
+            }
+        };
+        commands.close();
+        while let Ok(command) = commands.try_recv() {
+            self.accept(command);
+        }
+        let pending: Vec<(Message, bool)> = self
+            .in_flight
+            .drain(..)
+            .map(|f| (f.message, true))
+            .chain(self.pending.drain(..))
+            .collect();
+        if !pending.is_empty() {
+            warn!(messages = pending.len(), reason = %reason, "messages not confirmed by the broker are reported failed");
+        }
+        for (message, _) in pending {
+            let error = Error::new(
+                ErrorKind::Closed,
+                format!("message not confirmed: {reason}"),
+            );
+            self.settle(message, Err(error));
+        }
+        for (_, flush) in self.flushes.drain(..) {
+            let _ = flush.send(self.failures);
+        }
+    }
+
+    async fn pump(
+        &mut self,
+        opened: &Opened,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+        open: &mut bool,
+    ) -> Stop {
+        let channel = &opened.channel;
+        loop {
+            while self.in_flight.len() < IN_FLIGHT {
+                let Some((message, again)) = self.pending.pop_front() else {
+                    break;
+                };
+                if again && message.counted {
+                    self.counters.republished.fetch_add(1, Ordering::Relaxed);
+                }
+                self.in_flight.push_back(InFlight::start(channel, message));
+            }
+            if !*open && self.pending.is_empty() && self.in_flight.is_empty() {
+                return Stop::Finished;
+            }
+            let waiting = !self.in_flight.is_empty();
+            tokio::select! {
+                biased;
+                reason = wait_abort(&mut self.aborted) => return Stop::GaveUp(reason),
+                // lapin may leave what was sent on a dead connection
+                // unanswered: a new or lost connection ends this channel.
+                () = gone(opened.link.clone(), &opened.amqp), if waiting => {
+                    return self.channel_lost("the connection was lost");
+                }
+                outcome = poll_fn(|cx| match self.in_flight.front_mut() {
+                    Some(front) => front.poll_outcome(cx),
+                    None => Poll::Pending,
+                }), if waiting => match outcome {
+                    Ok(confirmation) => {
+                        if let Some(front) = self.in_flight.pop_front() {
+                            self.settle(front.message, outcome_of(confirmation));
+                        }
+                    }
+                    Err(e) => return self.channel_lost(&e.to_string()),
+                },
+                command = commands.recv(), if *open => match command {
+                    Some(command) => {
+                        self.accept(command);
+                        // Take what else is there in one go.
+                        while self.pending.len() < IN_FLIGHT
+                            && let Ok(command) = commands.try_recv()
+                        {
+                            self.accept(command);
+                        }
+                    }
+                    None => *open = false,
+                },
+            }
+        }
+    }
+
+    /// Puts what was in flight back in front of the buffer, to be sent
+    /// again on the next channel.
+    fn channel_lost(&mut self, why: &str) -> Stop {
+        if self.conn.is_closed() {
+            return Stop::GaveUp(
+                "the connection was closed before the broker confirmed".to_owned(),
+            );
+        }
+        debug!(error = %why, in_flight = self.in_flight.len(), "publishing channel lost; unconfirmed messages will be sent again");
+        for lost in self.in_flight.drain(..).rev() {
+            self.pending.push_front((lost.message, true));
+        }
+        Stop::ChannelLost
+    }
+
+    fn accept(&mut self, command: Command) {
+        match command {
+            Command::Publish(message) => {
+                self.accepted += 1;
+                self.pending.push_back((message, false));
+            }
+            Command::Flush(done) => {
+                if self.settled >= self.accepted {
+                    let _ = done.send(std::mem::take(&mut self.failures));
+                } else {
+                    self.flushes.push_back((self.accepted, done));
+                }
+            }
+        }
+    }
+
+    fn settle(&mut self, message: Message, outcome: Result<()>) {
+        self.events.add_permits(1);
+        self.bytes.add_permits(message.body.len());
+        let counters = &self.counters;
+        if message.counted {
+            counters.buffered.fetch_sub(1, Ordering::Relaxed);
+            match &outcome {
+                Ok(()) => Counters::add(&counters.confirmed),
+                Err(e) if e.kind() == ErrorKind::Unroutable => Counters::add(&counters.returned),
+                Err(_) => Counters::add(&counters.publish_failed),
+            }
+        }
+        if outcome.is_err() {
+            self.failures += 1;
+        }
+        match (message.done, outcome) {
+            (Some(done), outcome) => {
+                let _ = done.send(outcome);
+            }
+            (None, Err(e)) => {
+                warn!(error = %e, routing_key = %message.routing_key, "the broker did not take a message");
+            }
+            (None, Ok(())) => {}
+        }
+        self.settled += 1;
+        while let Some((upto, _)) = self.flushes.front()
+            && *upto <= self.settled
+        {
+            if let Some((_, done)) = self.flushes.pop_front() {
+                let _ = done.send(std::mem::take(&mut self.failures));
+            }
+        }
+    }
+}
+
+async fn wait_abort(aborted: &mut watch::Receiver<Option<String>>) -> String {
+    let reason = aborted
+        .wait_for(Option::is_some)
+        .await
+        .ok()
+        .map(|reason| reason.clone().unwrap_or_default());
+    match reason {
+        Some(reason) => reason,
+        // Every handle is gone: nobody can abort any more.
+        None => std::future::pending().await,
+    }
+}
+
+/// A publishing channel on the current connection, waiting while it
+/// recovers; `None` once the connection is closed.
+async fn open_channel(conn: &Connection, confirms: bool) -> Option<Opened> {
+    loop {
+        let link = conn.link();
+        let amqp = conn.up().await?;
+        let opened = async {
+            let channel = amqp.create_channel().await?;
+            if confirms {
+                channel
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await?;
+            }
+            Ok::<_, lapin::Error>(channel)
+        };
+        match opened.await {
+            Ok(channel) => {
+                return Some(Opened {
+                    channel: Arc::new(channel),
+                    amqp,
+                    link,
+                });
+            }
+            Err(e) => {
+                debug!(error = %e, "opening a publishing channel failed; trying again");
+                tokio::time::sleep(CHANNEL_RETRY).await;
+            }
+        }
+    }
+}
+
+fn outcome_of(confirmation: Confirmation) -> Result<()> {
+    match confirmation {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(Some(returned)) => Err(Error::new(
+            ErrorKind::Unroutable,
+            format!(
+                "broker returned the message: no queue is bound to routing key {:?} ({})",
+                returned.delivery.routing_key.as_str(),
+                returned.reply_text.as_str()
+            ),
+        )),
+        Confirmation::Nack(_) => Err(Error::new(
+            ErrorKind::Nacked,
+            "broker refused the message (nack); it may be out of resources or the queue may be full",
+        )),
+    }
+}

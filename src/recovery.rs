@@ -1,0 +1,161 @@
+//! Recovery: the task that watches a connection, and when it is lost,
+//! reconnects with capped exponential backoff and jitter, declares the
+//! topology again, and tells everyone waiting for the new connection.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_stream::StreamExt;
+use tracing::{info, warn};
+
+use crate::connection::{Inner, Link};
+use crate::connection_event::ConnectionEvent;
+
+/// How often the supervisor checks the connection's status, in case it
+/// died without an error event.
+const STATUS_CHECK: Duration = Duration::from_secs(1);
+
+/// **Capped exponential backoff with jitter**: attempt `n` waits a random
+/// delay between half and all of `min * 2^(n-1)`, capped at `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Backoff {
+    pub(crate) min: Duration,
+    pub(crate) max: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn delay(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
+        let ceiling = self.min.saturating_mul(factor).min(self.max);
+        // Jitter from a random UUID: no extra dependency, and reconnects
+        // are rare enough for its cost not to matter.
+        let random = (uuid::Uuid::new_v4().as_u128() % 1024) as u32;
+        ceiling / 2 + ceiling / 2 * random / 1024
+    }
+}
+
+/// Watches the connection in `link` until the application closes it or
+/// drops every handle; recovers it each time it is lost.
+pub(crate) async fn supervise(inner: Weak<Inner>, mut closing: watch::Receiver<bool>) {
+    loop {
+        let Some(amqp) = current(&inner) else { return };
+        let reason = tokio::select! {
+            biased;
+            _ = closing.wait_for(|c| *c) => return,
+            reason = lost(&inner, &amqp) => reason,
+        };
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        strong.set_link(Link::Down);
+        strong.blocked.store(false, Ordering::Relaxed);
+        warn!(reason = %reason, "connection to the broker lost; reconnecting");
+        strong.emit(ConnectionEvent::Disconnected { reason });
+        let backoff = strong.backoff;
+        drop(strong);
+        let down_since = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let Some(strong) = inner.upgrade() else {
+                return;
+            };
+            let reopened = tokio::select! {
+                biased;
+                _ = closing.wait_for(|c| *c) => return,
+                reopened = strong.reopen() => reopened,
+            };
+            match reopened {
+                Ok(amqp) => {
+                    let downtime = down_since.elapsed();
+                    strong.reconnects.fetch_add(1, Ordering::Relaxed);
+                    strong.set_link(Link::Up(amqp));
+                    info!(?downtime, attempts = attempt, "connection recovered");
+                    strong.emit(ConnectionEvent::Recovered {
+                        downtime,
+                        attempts: attempt,
+                    });
+                    break;
+                }
+                Err(error) => {
+                    let retry_in = backoff.delay(attempt);
+                    warn!(attempt, error = %error, ?retry_in, "reconnecting failed");
+                    strong.emit(ConnectionEvent::ReconnectFailed {
+                        attempt,
+                        error: error.to_string(),
+                        retry_in,
+                    });
+                    drop(strong);
+                    tokio::select! {
+                        biased;
+                        _ = closing.wait_for(|c| *c) => return,
+                        () = tokio::time::sleep(retry_in) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn current(inner: &Weak<Inner>) -> Option<Arc<lapin::Connection>> {
+    match &*inner.upgrade()?.link.borrow() {
+        Link::Up(amqp) => Some(amqp.clone()),
+        Link::Down | Link::Closed => None,
+    }
+}
+
+/// Waits until `amqp` is lost and says why; reports blocked and unblocked
+/// on the way.
+async fn lost(inner: &Weak<Inner>, amqp: &lapin::Connection) -> String {
+    let mut events = amqp.events_listener();
+    let mut check = tokio::time::interval(STATUS_CHECK);
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(lapin::Event::Error(e)) => return e.to_string(),
+                Some(lapin::Event::ConnectionBlocked(reason)) => {
+                    let Some(strong) = inner.upgrade() else { return "dropped".to_owned() };
+                    warn!(reason = %reason, "the broker blocked the connection");
+                    strong.blocked.store(true, Ordering::Relaxed);
+                    strong.emit(ConnectionEvent::Blocked { reason });
+                }
+                Some(lapin::Event::ConnectionUnblocked) => {
+                    let Some(strong) = inner.upgrade() else { return "dropped".to_owned() };
+                    info!("the broker unblocked the connection");
+                    strong.blocked.store(false, Ordering::Relaxed);
+                    strong.emit(ConnectionEvent::Unblocked);
+                }
+                Some(_) => {}
+                None => return "the connection's event stream ended".to_owned(),
+            },
+            _ = check.tick() => {
+                if !amqp.status().connected() {
+                    return "the connection is no longer open".to_owned();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_double_with_jitter_up_to_the_cap() {
+        let backoff = Backoff {
+            min: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+        };
+        for _ in 0..100 {
+            let first = backoff.delay(1);
+            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+            let third = backoff.delay(3);
+            assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
+            let late = backoff.delay(40);
+            assert!(late >= Duration::from_secs(1) && late <= Duration::from_secs(2));
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! `Topology`: what a connection declared (exchanges, queues, bindings), so
+//! that a new connection can declare it again after a recovery.
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{FieldTable, ShortString};
+
+use crate::error::{Error, Result};
+
+/// Everything declared through one [`Connection`](crate::Connection), in
+/// declaration order. Replaying it is idempotent: the broker accepts a
+/// declaration that matches what exists.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Topology {
+    exchanges: Vec<ExchangeDecl>,
+    queues: Vec<QueueDecl>,
+}
+
+#[derive(Debug, Clone)]
+struct ExchangeDecl {
+    name: ShortString,
+    kind: lapin::ExchangeKind,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct QueueDecl {
+    pub(crate) name: ShortString,
+    pub(crate) options: QueueDeclareOptions,
+    pub(crate) arguments: FieldTable,
+    /// `(exchange, routing key)` pairs.
+    pub(crate) bindings: Vec<(ShortString, ShortString)>,
+}
+
+impl Topology {
+    /// Records a durable exchange (declared or found already there).
+    pub(crate) fn exchange(&mut self, name: ShortString, kind: lapin::ExchangeKind) {
+        self.exchanges.retain(|e| e.name != name);
+        self.exchanges.push(ExchangeDecl { name, kind });
+    }
+
+    /// Records a queue with its bindings, replacing an earlier record.
+    pub(crate) fn queue(&mut self, queue: QueueDecl) {
+        self.queues.retain(|q| q.name != queue.name);
+        self.queues.push(queue);
+    }
+
+    pub(crate) fn find_queue(&self, name: &str) -> Option<&QueueDecl> {
+        self.queues.iter().find(|q| q.name.as_str() == name)
+    }
+
+    /// Forgets a deleted queue.
+    pub(crate) fn remove_queue(&mut self, name: &str) {
+        self.queues.retain(|q| q.name.as_str() != name);
+    }
+
+    /// Forgets a deleted exchange and the bindings to it.
+    pub(crate) fn remove_exchange(&mut self, name: &str) {
+        self.exchanges.retain(|e| e.name.as_str() != name);
+        for queue in &mut self.queues {
+            queue
+                .bindings
+                .retain(|(exchange, _)| exchange.as_str() != name);
+        }
+    }
+
+    /// Declares everything again on `channel`: exchanges, then queues with
+    /// their bindings.
+    pub(crate) async fn replay(&self, channel: &lapin::Channel) -> Result<()> {
+        for exchange in &self.exchanges {
+            declare_exchange(channel, exchange.name.clone(), exchange.kind.clone()).await?;
+        }
+        for queue in &self.queues {
+            declare_queue(channel, queue).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Declares a durable exchange.
+pub(crate) async fn declare_exchange(
+    channel: &lapin::Channel,
+    name: ShortString,
+    kind: lapin::ExchangeKind,
+) -> Result<()> {
+    let options = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    let what = format!("declaring {kind:?} exchange {:?}", name.as_str());
+    channel
+        .exchange_declare(name, kind, options, FieldTable::default())
+        .await
+        .map_err(|e| Error::amqp(&what, e))
+}
+
+/// Declares a queue and binds it.
+pub(crate) async fn declare_queue(channel: &lapin::Channel, queue: &QueueDecl) -> Result<()> {
+    let name = queue.name.as_str();
+    channel
+        .queue_declare(queue.name.clone(), queue.options, queue.arguments.clone())
+        .await
+        .map_err(|e| Error::amqp(&format!("declaring queue {name:?}"), e))?;
+    for (exchange, key) in &queue.bindings {
+        channel
+            .queue_bind(
+                queue.name.clone(),
+                exchange.clone(),
+                key.clone(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| {
+                Error::amqp(
+                    &format!(
+                        "binding queue {name:?} to {:?} with key {:?}",
+                        exchange.as_str(),
+                        key.as_str()
+                    ),
+                    e,
+                )
+            })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(name: &str, exchange: &str) -> QueueDecl {
+        QueueDecl {
+            name: name.into(),
+            options: QueueDeclareOptions::default(),
+            arguments: FieldTable::default(),
+            bindings: vec![(exchange.into(), "".into())],
+        }
+    }
+
+    #[test]
+    fn records_replace_and_removals_forget() {
+        let mut topology = Topology::default();
+        topology.exchange("ex".into(), lapin::ExchangeKind::Fanout);
+        topology.exchange("ex".into(), lapin::ExchangeKind::Fanout);
+        topology.queue(queue("q", "ex"));
+        topology.queue(queue("q", "ex"));
+        topology.queue(queue("r", "other"));
+        assert_eq!(topology.exchanges.len(), 1);
+        assert_eq!(topology.queues.len(), 2);
+        topology.remove_exchange("ex");
+        assert!(topology.exchanges.is_empty());
+        assert!(topology.find_queue("q").unwrap().bindings.is_empty());
+        assert_eq!(topology.find_queue("r").unwrap().bindings.len(), 1);
+        topology.remove_queue("q");
+        assert!(topology.find_queue("q").is_none());
+    }
+}

@@ -1,0 +1,347 @@
+//! Recovery: buses ride out broker restarts, cut TCP connections and a
+//! deleted queue, losing nothing and handling nothing twice.
+//!
+//! The fault test runs a private broker node (never the shared one) behind
+//! an in-test TCP proxy, so it can both restart the broker and cut the
+//! TCP path.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::PrivateNode;
+use common::proxy::Proxy;
+use serde::{Deserialize, Serialize};
+use tidings::{
+    AmqpProps, Bus, Connection, ConnectionEvent, Event, ExchangeKind, Listen, Stats, Subscribers,
+};
+use tokio_stream::StreamExt;
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[event(name = "recovery.tick")]
+struct Tick {
+    seq: u32,
+}
+
+const EVENTS: u32 = 20_000;
+/// Offered publish rate, events per second.
+const RATE: u64 = 500;
+
+/// What the handlers of one bus saw: how often each sequence number came,
+/// and the highest one.
+#[derive(Default)]
+struct Seen {
+    counts: Mutex<Vec<u8>>,
+    highest: AtomicU64,
+    handled: AtomicU64,
+}
+
+impl Seen {
+    fn subscribers(self: &Arc<Self>) -> Subscribers {
+        let subscribers = Subscribers::new();
+        let seen = self.clone();
+        subscribers
+            .subscribe(move |tick: &Tick| {
+                let mut counts = seen.counts.lock().unwrap();
+                if counts.len() <= tick.seq as usize {
+                    counts.resize(tick.seq as usize + 1, 0);
+                }
+                counts[tick.seq as usize] += 1;
+                seen.highest
+                    .fetch_max(u64::from(tick.seq), Ordering::Relaxed);
+                seen.handled.fetch_add(1, Ordering::Relaxed);
+            })
+            .forget();
+        subscribers
+    }
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until every bus has recovered `reconnects` times in all.
+async fn recovered(buses: &[&Bus], reconnects: u64, limit: Duration) -> bool {
+    common::eventually(limit, || {
+        buses.iter().all(|b| b.stats().reconnects >= reconnects)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_thousand_events_survive_three_restarts_and_three_cuts() {
+    if std::env::var_os("TIDINGS_TEST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .init();
+    }
+    let node = tokio::task::spawn_blocking(PrivateNode::start)
+        .await
+        .unwrap();
+    let proxy = Proxy::start(([127, 0, 0, 1], node.port()).into());
+    let props = AmqpProps::default()
+        .with_host("127.0.0.1")
+        .with_port(proxy.port())
+        .with_exchange(common::unique("ex"), ExchangeKind::Fanout)
+        .with_reconnect_delay(Duration::from_millis(50), Duration::from_secs(1));
+    let rss_before = rss_kib();
+
+    let worked = Arc::new(Seen::default());
+    let watched = Arc::new(Seen::default());
+    let worker = Bus::with_props(props.clone())
+        .subscribers(worked.subscribers())
+        .listen(Listen::group("workers"))
+        .connect()
+        .await
+        .unwrap();
+    let watcher = Bus::with_props(props.clone())
+        .subscribers(watched.subscribers())
+        .connect()
+        .await
+        .unwrap();
+    let publisher = Bus::with_props(props.clone())
+        .publish_only()
+        .connect()
+        .await
+        .unwrap();
+
+    // The publisher's view of each outage.
+    let downtimes = Arc::new(Mutex::new(Vec::new()));
+    let mut events = publisher.connection_events();
+    let log = downtimes.clone();
+    tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            if let ConnectionEvent::Recovered { downtime, .. } = event {
+                log.lock().unwrap().push(downtime);
+            }
+        }
+    });
+
+    // Publish at a steady rate, whatever the broker is doing.
+    let published = Arc::new(AtomicU64::new(0));
+    let max_buffered = Arc::new(AtomicU64::new(0));
+    let publishing = {
+        let (publisher, published, max_buffered) =
+            (publisher.clone(), published.clone(), max_buffered.clone());
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_nanos(1_000_000_000 / RATE));
+            for seq in 0..EVENTS {
+                ticker.tick().await;
+                publisher.publish(&Tick { seq }).await.unwrap();
+                published.store(u64::from(seq) + 1, Ordering::Relaxed);
+                max_buffered.fetch_max(publisher.stats().buffered, Ordering::Relaxed);
+            }
+        })
+    };
+
+    // Six faults, one after another: restart the node, cut the TCP path.
+    let mut node = node;
+    let mut recoveries = Vec::new();
+    let buses = [&worker, &watcher, &publisher];
+    for fault in 1..=6u64 {
+        tokio::time::sleep(Duration::from_millis(1500)).await; // let events flow between faults
+        let started = Instant::now();
+        eprintln!(
+            "fault {fault}: injecting at {} events published",
+            published.load(Ordering::Relaxed)
+        );
+        let kind = if fault % 2 == 1 {
+            node = tokio::task::spawn_blocking(move || {
+                node.restart();
+                node
+            })
+            .await
+            .unwrap();
+            "node restart"
+        } else {
+            proxy.cut();
+            "tcp cut"
+        };
+        assert!(
+            recovered(&buses, fault, Duration::from_secs(60)).await,
+            "fault {fault} ({kind}): not every bus recovered within 60 s: {:?}",
+            buses.map(|b| b.stats().reconnects)
+        );
+        let recovery = started.elapsed();
+        eprintln!("fault {fault} ({kind}): recovered in {recovery:.2?}");
+        // The broadcast listener receives again: an event published after
+        // its recovery arrives.
+        let mark = published.load(Ordering::Relaxed);
+        assert!(
+            common::eventually(Duration::from_secs(30), || {
+                watched.highest.load(Ordering::Relaxed) > mark
+                    || published.load(Ordering::Relaxed) >= u64::from(EVENTS)
+            })
+            .await,
+            "fault {fault} ({kind}): the broadcast listener received nothing published after its recovery"
+        );
+        recoveries.push((kind, recovery));
+    }
+    publishing.await.unwrap();
+    eprintln!(
+        "all published; closing the publisher: {:?}",
+        publisher.stats()
+    );
+    publisher.close().await.unwrap();
+
+    assert!(
+        common::eventually(Duration::from_secs(60), || {
+            worked
+                .counts
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|c| **c > 0)
+                .count()
+                == EVENTS as usize
+        })
+        .await,
+        "the group did not handle every event: {} of {EVENTS}",
+        worked
+            .counts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| **c > 0)
+            .count()
+    );
+    let counts = worked.counts.lock().unwrap().clone();
+    let twice: Vec<usize> = (0..counts.len()).filter(|&s| counts[s] > 1).collect();
+    assert!(twice.is_empty(), "handled more than once: {twice:?}");
+
+    let sent = publisher.stats();
+    let work = worker.stats();
+    let watch = watcher.stats();
+    worker.close().await.unwrap();
+    watcher.close().await.unwrap();
+    let rss_after = rss_kib();
+
+    println!("fault test: {EVENTS} events at {RATE}/s, 3 node restarts and 3 TCP cuts");
+    for (i, (kind, recovery)) in recoveries.iter().enumerate() {
+        println!(
+            "  fault {}: {kind:<12} all three buses recovered in {recovery:.2?}",
+            i + 1
+        );
+    }
+    println!(
+        "  publisher downtimes seen: {:.2?}",
+        downtimes.lock().unwrap()
+    );
+    println!("  publisher: {}", describe(&sent));
+    println!("  group worker: {}", describe(&work));
+    println!(
+        "  broadcast watcher: {} (events missed while its queue did not exist: {})",
+        describe(&watch),
+        u64::from(EVENTS) - watched.handled.load(Ordering::Relaxed)
+    );
+    println!(
+        "  buffered at most {} events; RSS {} MiB before, {} MiB after",
+        max_buffered.load(Ordering::Relaxed),
+        rss_before / 1024,
+        rss_after / 1024
+    );
+
+    // The counters add up.
+    let events = u64::from(EVENTS);
+    assert_eq!(
+        (
+            sent.published,
+            sent.confirmed,
+            sent.publish_failed,
+            sent.buffered
+        ),
+        (events, events, 0, 0),
+        "publisher: {sent:?}"
+    );
+    assert_eq!(sent.reconnects, 6, "publisher: {sent:?}");
+    assert_eq!(work.handled, events, "worker: {work:?}");
+    assert_eq!(
+        work.delivered,
+        work.handled + work.deduplicated,
+        "every delivery is handled once or dropped as a duplicate: {work:?}"
+    );
+    assert_eq!(
+        (work.handler_failures, work.dead_lettered),
+        (0, 0),
+        "worker: {work:?}"
+    );
+    assert_eq!(work.reconnects, 6, "worker: {work:?}");
+    assert!(
+        max_buffered.load(Ordering::Relaxed) <= props.publish_buffer().0 as u64,
+        "the publish buffer stays within its bound"
+    );
+    let _ = (proxy, tokio::task::spawn_blocking(move || drop(node)).await);
+}
+
+fn describe(stats: &Stats) -> String {
+    format!(
+        "published {}, confirmed {}, re-published {}, failed {}, delivered {}, handled {}, deduplicated {}, reconnects {}",
+        stats.published,
+        stats.confirmed,
+        stats.republished,
+        stats.publish_failed,
+        stats.delivered,
+        stats.handled,
+        stats.deduplicated,
+        stats.reconnects
+    )
+}
+
+/// A queue deleted under a running listener (the broker cancels its
+/// consumer) is declared again and consumed again.
+#[tokio::test]
+async fn a_consumer_cancelled_by_the_broker_resumes() {
+    let props = common::props(ExchangeKind::Fanout);
+    let cleanup = common::Cleanup::new(&props);
+    let seen = Arc::new(Seen::default());
+    let bus = Bus::with_props(props.clone())
+        .subscribers(seen.subscribers())
+        .listen(Listen::group("resumers"))
+        .connect()
+        .await
+        .unwrap();
+    let queue = format!("{}.resumers", props.exchange());
+    cleanup.queue(&queue);
+    bus.publish_confirmed(&Tick { seq: 1 }).await.unwrap();
+    assert!(
+        common::eventually(Duration::from_secs(10), || seen
+            .highest
+            .load(Ordering::Relaxed)
+            == 1)
+        .await
+    );
+
+    let admin = Connection::connect(&props).await.unwrap();
+    admin.delete_queue(&queue).await.unwrap();
+    admin.close().await.unwrap();
+
+    // Published until one arrives: the queue is back once the consumer
+    // resumed, and events published before that had nowhere to go.
+    let mut seq = 2;
+    let arrived = loop {
+        bus.publish_confirmed(&Tick { seq }).await.unwrap();
+        if common::eventually(Duration::from_millis(200), || {
+            seen.highest.load(Ordering::Relaxed) >= 2
+        })
+        .await
+        {
+            break true;
+        }
+        seq += 1;
+        if seq > 100 {
+            break false;
+        }
+    };
+    assert!(
+        arrived,
+        "the listener did not resume after its queue was deleted"
+    );
+    bus.close().await.unwrap();
+}
