@@ -1,17 +1,16 @@
 //! The benchmark counts what it measures: every row checks that each
-//! published event was received (and, for tidings, confirmed), and fails
-//! otherwise. Run small here; `cargo run --release --example bench` for
-//! figures.
+//! published event was received exactly once (and, for tidings, confirmed),
+//! and fails otherwise; so does the soak. Run small here; `cargo run
+//! --release --example bench` for figures.
 
 mod common;
 
+use std::path::PathBuf;
 use std::process::Command;
 
 use tidings::ExchangeKind;
 
-#[test]
-fn every_benchmark_row_receives_every_event() {
-    let _broker = common::props(ExchangeKind::Fanout);
+fn bench_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
     let bench = dir
@@ -22,21 +21,65 @@ fn every_benchmark_row_receives_every_event() {
         "{} is missing; run through `cargo test`",
         bench.display()
     );
-    let output = Command::new(bench)
-        .args(["--events", "300", "--no-python"])
+    bench
+}
+
+/// Runs the bench with `args`; its stdout, or a failure with its output.
+fn bench(args: &[&str]) -> String {
+    let _broker = common::props(ExchangeKind::Fanout);
+    let output = Command::new(bench_binary())
+        .args(args)
         .env("AMQP_URL", common::broker_url())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
         "bench failed: {stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let rows: Vec<&str> = stdout.lines().filter(|l| l.contains(" B ")).collect();
-    assert_eq!(rows.len(), 6, "{stdout}");
+    stdout
+}
+
+#[test]
+fn every_benchmark_row_receives_every_event() {
+    let stdout = bench(&["--events", "300", "--no-python"]);
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains(", fanout ") || l.contains(", group of "))
+        .collect();
+    // 7 scenarios, each with raw lapin naive, raw lapin tuned and tidings.
+    assert_eq!(rows.len(), 21, "{stdout}");
     assert!(
         rows.iter().all(|row| row.trim_end().ends_with('x')),
+        "{stdout}"
+    );
+    assert_eq!(
+        rows.iter().filter(|row| row.contains(" tidings ")).count(),
+        7,
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("pika row skipped: --no-python given"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.lines().any(|l| l.starts_with("tidings ")),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn the_soak_handles_every_event_and_samples_memory() {
+    let stdout = bench(&["--soak", "500"]);
+    let samples = stdout
+        .lines()
+        .filter(|l| l.contains(" events handled   RSS "))
+        .count();
+    // A baseline and one sample per tenth of the run.
+    assert_eq!(samples, 11, "{stdout}");
+    assert!(
+        stdout.contains("done: 500 events handled and confirmed"),
         "{stdout}"
     );
 }

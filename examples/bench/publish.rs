@@ -1,0 +1,157 @@
+//! The publishing side of a throughput row, in the bench's own process.
+//! Each returns the Unix-nanosecond time when the last publish returned.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Confirmation};
+use tidings::Bus;
+
+use crate::{Error, Payload, WINDOW, now_nanos};
+
+type InFlight<'a> = Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>>;
+
+/// Keeps up to `WINDOW` futures in flight and awaits them in order. Each
+/// future is polled once as soon as it is made (with a no-op waker), so
+/// that it takes its place in line then: lapin's `basic_publish` assigns
+/// the delivery tag and queues the frames on its first poll, and a tidings
+/// publish encodes the event and enters the bus's buffer on its first poll.
+struct Window<'a> {
+    in_flight: VecDeque<InFlight<'a>>,
+}
+
+impl<'a> Window<'a> {
+    fn new() -> Self {
+        Self {
+            in_flight: VecDeque::with_capacity(WINDOW),
+        }
+    }
+
+    async fn push(&mut self, mut future: InFlight<'a>) -> Result<(), Error> {
+        if self.in_flight.len() == WINDOW
+            && let Some(oldest) = self.in_flight.pop_front()
+        {
+            oldest.await?;
+        }
+        match future
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+        {
+            Poll::Ready(result) => result,
+            Poll::Pending => {
+                self.in_flight.push_back(future);
+                Ok(())
+            }
+        }
+    }
+
+    async fn drain(&mut self) -> Result<(), Error> {
+        while let Some(oldest) = self.in_flight.pop_front() {
+            oldest.await?;
+        }
+        Ok(())
+    }
+}
+
+/// A raw body: `size` bytes, the sequence number in the first 8.
+fn raw_body(seq: u64, size: usize) -> Vec<u8> {
+    let mut body = vec![7u8; size.max(8)];
+    body[..8].copy_from_slice(&seq.to_le_bytes());
+    body
+}
+
+fn acked(confirmation: Confirmation) -> Result<(), Error> {
+    if confirmation.is_ack() {
+        Ok(())
+    } else {
+        Err(format!("the broker did not ack a publish: {confirmation:?}").into())
+    }
+}
+
+/// Raw lapin. Naive: one publish at a time (and, when `confirmed`, its
+/// confirm awaited before the next). Tuned: `WINDOW` publishes in flight,
+/// their confirms (when `confirmed`) awaited in order.
+pub(crate) async fn raw(
+    channel: &lapin::Channel,
+    exchange: &str,
+    events: u64,
+    size: usize,
+    confirmed: bool,
+    tuned: bool,
+) -> Result<u64, Error> {
+    if confirmed {
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+    }
+    let publish = move |seq: u64| async move {
+        let body = raw_body(seq, size);
+        let confirm = channel
+            .basic_publish(
+                exchange.into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                &body,
+                // Persistent, as tidings publishes: a durable (group) queue
+                // writes it to disk before the broker confirms it.
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await?;
+        if confirmed {
+            acked(confirm.await?)?;
+        }
+        Ok::<_, Error>(())
+    };
+    if tuned {
+        let mut window = Window::new();
+        for seq in 0..events {
+            window.push(Box::pin(publish(seq))).await?;
+        }
+        window.drain().await?;
+    } else {
+        for seq in 0..events {
+            publish(seq).await?;
+        }
+    }
+    Ok(now_nanos())
+}
+
+/// tidings. Fire and forget: `publish` one after the other (the bus tracks
+/// confirms in the background). Confirmed: `publish_confirmed` with
+/// `WINDOW` in flight, awaited in order.
+pub(crate) async fn bus(
+    publisher: &Bus,
+    events: u64,
+    size: usize,
+    confirmed: bool,
+) -> Result<u64, Error> {
+    let data = crate::payload_data(size);
+    if confirmed {
+        let mut window = Window::new();
+        for seq in 0..events {
+            let event = Payload {
+                seq,
+                data: data.clone(),
+            };
+            window
+                .push(Box::pin(async move {
+                    Ok(publisher.publish_confirmed(&event).await?)
+                }))
+                .await?;
+        }
+        window.drain().await?;
+    } else {
+        for seq in 0..events {
+            publisher
+                .publish(&Payload {
+                    seq,
+                    data: data.clone(),
+                })
+                .await?;
+        }
+    }
+    Ok(now_nanos())
+}
