@@ -173,6 +173,16 @@ impl Delivery {
             .map(drop)
     }
 
+    /// Acknowledges this delivery and every unsettled one before it on its
+    /// channel.
+    pub(crate) async fn ack_multiple(&self) -> Result<()> {
+        let acking = self.inner.acker.ack(BasicAckOptions { multiple: true });
+        self.origin
+            .settle("acknowledging deliveries", acking)
+            .await
+            .map(drop)
+    }
+
     /// **Negatively acknowledges**: with `requeue` the broker delivers the
     /// message again, marked redelivered; without, it is dropped or
     /// dead-lettered.

@@ -3,6 +3,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -254,6 +255,36 @@ impl fmt::Debug for Listener {
     }
 }
 
+/// Deliveries acknowledged together, at most: one `multiple` ack for this
+/// many handled deliveries, or fewer when no more are waiting.
+const ACK_BATCH: usize = 64;
+
+/// Handled deliveries not yet acknowledged, acknowledged together with
+/// `multiple` (deliveries of one listener are settled in order when it
+/// handles one at a time, so every one before the last is settled).
+#[derive(Default)]
+struct AckBatch {
+    last: Option<Incoming>,
+    count: usize,
+}
+
+impl AckBatch {
+    async fn add(&mut self, shared: &Shared, incoming: Incoming) {
+        self.last = Some(incoming);
+        self.count += 1;
+        if self.count >= ACK_BATCH {
+            self.flush(shared).await;
+        }
+    }
+
+    async fn flush(&mut self, shared: &Shared) {
+        self.count = 0;
+        if let Some(last) = self.last.take() {
+            shared.settled(last.ack_through().await);
+        }
+    }
+}
+
 /// Receives until stopped, handling up to `concurrency` deliveries at once.
 async fn run(
     shared: Arc<Shared>,
@@ -262,25 +293,42 @@ async fn run(
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut running = JoinSet::new();
+    let mut batch = AckBatch::default();
     loop {
         while running.len() >= shared.settings.concurrency {
             running.join_next().await;
         }
-        let incoming = tokio::select! {
-            biased;
-            _ = stopped.wait_for(|stop| *stop) => break,
-            next = source.next() => match next {
-                Some(incoming) => incoming,
-                None => break,
-            },
+        // Acks wait only while more deliveries are ready at once.
+        let ready = match batch.last {
+            Some(_) => now_or_never(source.next()),
+            None => None,
         };
+        let next = match ready {
+            Some(next) => next,
+            None => {
+                batch.flush(&shared).await;
+                tokio::select! {
+                    biased;
+                    _ = stopped.wait_for(|stop| *stop) => break,
+                    next = source.next() => next,
+                }
+            }
+        };
+        let Some(incoming) = next else { break };
         if shared.settings.concurrency == 1 {
-            shared.handle(incoming, retry_to.as_ref()).await;
+            if let Outcome::Ack = shared.handle(&incoming, retry_to.as_ref()).await {
+                batch.add(&shared, incoming).await;
+            }
         } else {
             let (shared, retry_to) = (shared.clone(), retry_to.clone());
-            running.spawn(async move { shared.handle(incoming, retry_to.as_ref()).await });
+            running.spawn(async move {
+                if let Outcome::Ack = shared.handle(&incoming, retry_to.as_ref()).await {
+                    shared.settled(incoming.ack().await);
+                }
+            });
         }
     }
+    batch.flush(&shared).await;
     while running.join_next().await.is_some() {}
     match source {
         Source::Amqp(consumer) => {
@@ -290,21 +338,41 @@ async fn run(
     }
 }
 
+/// The output of `future` if it is ready at its first poll.
+fn now_or_never<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
+    }
+}
+
+/// What is left to do with a delivery once handled.
+enum Outcome {
+    /// Acknowledge it (perhaps with others).
+    Ack,
+    /// It was settled already (retried, dead-lettered or requeued).
+    Settled,
+}
+
 impl Shared {
-    async fn handle(&self, incoming: Incoming, retry_to: Option<&Arc<MemoryQueue>>) {
+    async fn handle(&self, incoming: &Incoming, retry_to: Option<&Arc<MemoryQueue>>) -> Outcome {
         Counters::add(&self.counters.delivered);
-        let event = match self.decode(&incoming) {
+        let event = match self.decode(incoming) {
             Ok(event) => event,
             Err((reason, detail)) => {
                 warn!(reason = %reason, message_id = incoming.message_id().unwrap_or(""), "{detail}; message rejected");
                 self.counters.reject(reason);
-                self.dead_letter(&incoming, reason.as_str(), &detail).await;
-                return;
+                self.dead_letter(incoming, reason.as_str(), &detail).await;
+                return Outcome::Settled;
             }
         };
         if !self.settings.self_delivery && incoming.origin() == Some(self.instance_id.as_str()) {
             Counters::add(&self.counters.own_skipped);
-            return self.ack(&incoming).await;
+            return Outcome::Ack;
         }
         // Borrowed from the delivery: no copy per event, and no lock at all
         // when dedup is off.
@@ -319,7 +387,7 @@ impl Shared {
                 .contains(id)
         {
             Counters::add(&self.counters.deduplicated);
-            return self.ack(&incoming).await;
+            return Outcome::Ack;
         }
         let context = Context::remote(
             incoming.routing_key(),
@@ -347,9 +415,9 @@ impl Shared {
                 Counters::add(&self.counters.handler_timeouts);
                 Counters::add(&self.counters.handler_failures);
                 warn!(tag = event.tag(), error = %timeout, "event handlers timed out");
-                return self
-                    .settle_failure(&incoming, &event, timeout, retry_to)
+                self.settle_failure(incoming, &event, timeout, retry_to)
                     .await;
+                return Outcome::Settled;
             }
         };
         if dispatch.is_ok() {
@@ -359,14 +427,14 @@ impl Shared {
                 let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
                 recent.remember(id, self.settings.dedup_window);
             }
-            return self.ack(&incoming).await;
+            return Outcome::Ack;
         }
         for _ in dispatch.failures() {
             Counters::add(&self.counters.handler_failures);
         }
         let error = dispatch.failures().join("; ");
-        self.settle_failure(&incoming, &event, error, retry_to)
-            .await;
+        self.settle_failure(incoming, &event, error, retry_to).await;
+        Outcome::Settled
     }
 
     /// Retries a delivery whose handlers failed, or dead-letters it after
@@ -412,7 +480,12 @@ impl Shared {
     }
 
     async fn ack(&self, incoming: &Incoming) {
-        match incoming.ack().await {
+        self.settled(incoming.ack().await);
+    }
+
+    /// Logs a failed acknowledgement.
+    fn settled(&self, acked: Result<()>) {
+        match acked {
             Ok(()) => {}
             // The channel went with a lost connection: the broker delivers
             // the event again, and the dedup window recognises it.

@@ -345,3 +345,73 @@ async fn a_consumer_cancelled_by_the_broker_resumes() {
     );
     bus.close().await.unwrap();
 }
+
+/// During an outage events wait in the publish buffer up to its bound;
+/// under `WhenFull::Fail` the next publish fails at once, and what was
+/// accepted is confirmed after recovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_buffer_fails_publishes_by_setting_and_keeps_what_it_holds() {
+    let shared = common::props(ExchangeKind::Fanout);
+    let cleanup = common::Cleanup::new(&shared);
+    let upstream = std::net::ToSocketAddrs::to_socket_addrs(&(shared.host(), shared.port()))
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = Proxy::start(upstream);
+    let props = shared
+        .clone()
+        .with_host("127.0.0.1")
+        .with_port(proxy.port())
+        .with_publish_buffer(5, 1024 * 1024)
+        .with_when_full(tidings::WhenFull::Fail)
+        .with_reconnect_delay(Duration::from_millis(20), Duration::from_millis(100));
+    let seen = Arc::new(Seen::default());
+    let bus = Bus::with_props(props)
+        .subscribers(seen.subscribers())
+        .listen(Listen::group("buffered"))
+        .connect()
+        .await
+        .unwrap();
+    cleanup.queue(&format!("{}.buffered", shared.exchange()));
+    let mut events = bus.connection_events();
+    assert_eq!(events.next().await, Some(ConnectionEvent::Connected));
+
+    proxy.set_refusing(true);
+    proxy.cut();
+    let disconnected = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .unwrap();
+    assert!(
+        matches!(disconnected, Some(ConnectionEvent::Disconnected { .. })),
+        "{disconnected:?}"
+    );
+    for seq in 0..5 {
+        bus.publish(&Tick { seq }).await.unwrap();
+    }
+    let full = bus.publish(&Tick { seq: 5 }).await.unwrap_err();
+    assert_eq!(full.kind(), tidings::ErrorKind::BufferFull, "{full}");
+    assert_eq!(bus.stats().buffered, 5);
+
+    proxy.set_refusing(false);
+    assert!(
+        common::eventually(Duration::from_secs(20), || seen
+            .handled
+            .load(Ordering::Relaxed)
+            == 5)
+        .await,
+        "the buffered events were not delivered after recovery: {:?}",
+        bus.stats()
+    );
+    bus.close().await.unwrap();
+    let stats = bus.stats();
+    assert_eq!(
+        (
+            stats.published,
+            stats.confirmed,
+            stats.buffered,
+            stats.reconnects
+        ),
+        (5, 5, 0, 1),
+        "{stats:?}"
+    );
+}

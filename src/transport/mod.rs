@@ -137,4 +137,12 @@ impl Incoming {
             Self::Memory(_) => Ok(()),
         }
     }
+
+    /// Acknowledges this delivery and every one before it on its channel.
+    pub(crate) async fn ack_through(&self) -> Result<()> {
+        match self {
+            Self::Amqp(d) => d.ack_multiple().await,
+            Self::Memory(_) => Ok(()),
+        }
+    }
 }
