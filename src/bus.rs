@@ -221,6 +221,10 @@ impl BusBuilder {
         let events = registered_events()?;
         debug!(types = events.len(), "event types registered");
         let counters = Arc::new(Counters::default());
+        let prefetch = match &self.target {
+            Target::Amqp(props) => props.prefetch(),
+            Target::Memory(_) => u16::MAX,
+        };
         let (instance_id, exchange, codec, link, decoder, connection) = match &self.target {
             Target::Amqp(props) => {
                 let conn = Connection::connect(props).await?;
@@ -259,6 +263,7 @@ impl BusBuilder {
             instance_id: instance_id.clone(),
             settings: self.settings,
             link,
+            prefetch,
         });
         let bus = Bus {
             inner: Arc::new(Inner {

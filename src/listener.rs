@@ -116,6 +116,8 @@ pub(crate) struct Shared {
     pub(crate) instance_id: String,
     pub(crate) settings: Settings,
     pub(crate) link: Link,
+    /// The props' prefetch (unacknowledged deliveries per consumer).
+    pub(crate) prefetch: u16,
 }
 
 /// **One way a [`Bus`](crate::Bus) listens**, returned by
@@ -256,23 +258,36 @@ impl fmt::Debug for Listener {
 }
 
 /// Deliveries acknowledged together, at most: one `multiple` ack for this
-/// many handled deliveries, or fewer when no more are waiting.
+/// many handled deliveries (or half the prefetch, if less).
 const ACK_BATCH: usize = 64;
+/// How long handled deliveries wait for others to be acknowledged with,
+/// once none is waiting. Acks do not delay handlers; they only hold
+/// prefetch room and, on a crash, make the broker redeliver (the dedup
+/// window drops those).
+const ACK_DELAY: Duration = Duration::from_millis(2);
 
 /// Handled deliveries not yet acknowledged, acknowledged together with
 /// `multiple` (deliveries of one listener are settled in order when it
 /// handles one at a time, so every one before the last is settled).
-#[derive(Default)]
 struct AckBatch {
     last: Option<Incoming>,
     count: usize,
+    limit: usize,
 }
 
 impl AckBatch {
+    fn new(prefetch: u16) -> Self {
+        Self {
+            last: None,
+            count: 0,
+            limit: ACK_BATCH.min(usize::from(prefetch / 2)).max(1),
+        }
+    }
+
     async fn add(&mut self, shared: &Shared, incoming: Incoming) {
         self.last = Some(incoming);
         self.count += 1;
-        if self.count >= ACK_BATCH {
+        if self.count >= self.limit {
             self.flush(shared).await;
         }
     }
@@ -293,26 +308,35 @@ async fn run(
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut running = JoinSet::new();
-    let mut batch = AckBatch::default();
+    let mut batch = AckBatch::new(shared.prefetch);
     loop {
         while running.len() >= shared.settings.concurrency {
             running.join_next().await;
         }
-        // Acks wait only while more deliveries are ready at once.
-        let ready = match batch.last {
-            Some(_) => now_or_never(source.next()),
-            None => None,
-        };
-        let next = match ready {
+        let next = match now_or_never(source.next()) {
             Some(next) => next,
-            None => {
-                batch.flush(&shared).await;
-                tokio::select! {
+            None if batch.last.is_some() => {
+                // Nothing waiting: acks go after a short while, or with the
+                // next deliveries if they come first.
+                let waited = tokio::select! {
                     biased;
                     _ = stopped.wait_for(|stop| *stop) => break,
-                    next = source.next() => next,
+                    next = source.next() => Some(next),
+                    () = tokio::time::sleep(ACK_DELAY) => None,
+                };
+                match waited {
+                    Some(next) => next,
+                    None => {
+                        batch.flush(&shared).await;
+                        continue;
+                    }
                 }
             }
+            None => tokio::select! {
+                biased;
+                _ = stopped.wait_for(|stop| *stop) => break,
+                next = source.next() => next,
+            },
         };
         let Some(incoming) = next else { break };
         if shared.settings.concurrency == 1 {
@@ -695,6 +719,7 @@ mod fuzz {
             instance_id: "fuzz".to_owned(),
             settings: Settings::default(),
             link: Link::Memory(Hub::named("fuzz")),
+            prefetch: 256,
         }
     }
 
