@@ -773,6 +773,137 @@ mod fuzz {
         );
     }
 
+    fn incoming(
+        body: Vec<u8>,
+        content_type: &'static str,
+        tag: &'static str,
+        fingerprint: String,
+    ) -> Incoming {
+        Incoming::Memory(Arc::new(Message {
+            body,
+            content_type,
+            tag,
+            fingerprint,
+            routing_key: "fuzz".into(),
+            message_id: "fuzz-1".into(),
+            origin: "elsewhere".into(),
+            timestamp: 0,
+            attempt: 1,
+        }))
+    }
+
+    fn order() -> Order {
+        Order {
+            id: 42,
+            customer: "Zoë".into(),
+            lines: vec![("tea".into(), 2), ("cake".into(), 1)],
+            note: Some("ring".into()),
+            state: State::Closed {
+                reason: "paid".into(),
+            },
+        }
+    }
+
+    /// How a valid encoding is damaged: bit flips, a cut, inserted bytes.
+    #[derive(Debug, Clone)]
+    enum Damage {
+        Flip(usize, u8),
+        Truncate(usize),
+        Insert(usize, Vec<u8>),
+    }
+
+    fn damage() -> impl proptest::strategy::Strategy<Value = Damage> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (any::<usize>(), 1u8..=255).prop_map(|(at, bits)| Damage::Flip(at, bits)),
+            any::<usize>().prop_map(Damage::Truncate),
+            (
+                any::<usize>(),
+                proptest::collection::vec(any::<u8>(), 1..12)
+            )
+                .prop_map(|(at, bytes)| Damage::Insert(at, bytes)),
+        ]
+    }
+
+    fn apply(mut bytes: Vec<u8>, damages: &[Damage]) -> Vec<u8> {
+        for damage in damages {
+            let len = bytes.len();
+            match damage {
+                Damage::Flip(at, bits) if len > 0 => bytes[at % len] ^= bits,
+                Damage::Flip(..) => {}
+                Damage::Truncate(at) => bytes.truncate(at % (len + 1)),
+                Damage::Insert(at, more) => {
+                    let at = at % (len + 1);
+                    bytes.splice(at..at, more.iter().copied());
+                }
+            }
+        }
+        bytes
+    }
+
+    const CONTENT_TYPES: [&str; 4] = [
+        "application/x-bincode",
+        "application/json",
+        "text/plain",
+        "",
+    ];
+    const TAGS: [&str; 4] = ["fuzz.order", "fuzz.order", "unknown.tag", ""];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+
+        /// Any bytes under any content type and headers: an event of the
+        /// header's type, or a reason; never a panic.
+        #[test]
+        fn arbitrary_bytes_are_an_event_or_a_reason(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            content_type in 0..CONTENT_TYPES.len(),
+            tag in 0..TAGS.len(),
+            fingerprint in "[0-9a-f]{16}|.{0,20}",
+        ) {
+            let shared = shared();
+            let message = incoming(body, CONTENT_TYPES[content_type], TAGS[tag], fingerprint);
+            match shared.decode(&message) {
+                Ok(event) => proptest::prop_assert_eq!(event.tag(), TAGS[tag]),
+                Err((_, detail)) => proptest::prop_assert!(!detail.is_empty()),
+            }
+        }
+
+        /// A valid event damaged in a few places, under both codecs: still
+        /// an event of the right type, or a reason; never a panic and never
+        /// an allocation beyond the decode limit.
+        #[test]
+        fn damaged_events_are_an_event_or_a_reason(
+            json in proptest::prelude::any::<bool>(),
+            damages in proptest::collection::vec(damage(), 0..4),
+            right_fingerprint in proptest::prelude::any::<bool>(),
+        ) {
+            let shared = shared();
+            let event: Box<dyn Event> = Box::new(order());
+            let (codec, content_type): (&dyn Codec, &'static str) = if json {
+                (&Json, "application/json")
+            } else {
+                (&Bincode, "application/x-bincode")
+            };
+            let valid = codec.encode(&event).unwrap();
+            let undamaged = damages.is_empty();
+            let body = apply(valid, &damages);
+            let fingerprint = if right_fingerprint {
+                Order::FINGERPRINT.to_string()
+            } else {
+                "0123456789abcdef".to_owned()
+            };
+            match shared.decode(&incoming(body, content_type, "fuzz.order", fingerprint)) {
+                Ok(event) => proptest::prop_assert_eq!(event.tag(), "fuzz.order"),
+                Err((reason, detail)) => {
+                    proptest::prop_assert!(!detail.is_empty());
+                    // An intact event with the right headers always decodes.
+                    proptest::prop_assert!(!(undamaged && right_fingerprint), "{reason}: {detail}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn malformed_input_never_panics() {
         let shared = shared();
