@@ -6,6 +6,12 @@
 //! to the subscribers of every receiving process. `memory://` gives the same
 //! semantics inside one process, for tests.
 //!
+//! A bus outlives its broker's outages: a lost connection is recovered by
+//! itself with backoff, queues and listeners come back, events published
+//! meanwhile wait in a bounded buffer, and what the broker had not confirmed
+//! is sent again; receivers drop the duplicates this makes
+//! ([`Bus::connection_events`] shows it happen, [`Bus::stats`] counts it).
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> tidings::Result<()> {
 //! use serde::{Deserialize, Serialize};

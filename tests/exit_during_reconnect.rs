@@ -18,12 +18,7 @@ use tidings::AmqpProps;
 /// its exit status, stdout and stderr.
 fn exit_mid_outage(mode: &str) -> (std::process::ExitStatus, String, String) {
     let props = AmqpProps::from_url(&common::broker_url()).unwrap();
-    common::require_broker(&props);
-    let upstream = std::net::ToSocketAddrs::to_socket_addrs(&(props.host(), props.port()))
-        .unwrap()
-        .next()
-        .unwrap();
-    let proxy = Proxy::start(upstream);
+    let proxy = Proxy::start(common::broker_addr(&props));
     let exchange = common::unique("outage");
     let url = format!(
         "amqp://{}:{}@127.0.0.1:{}/%2f?exchange={exchange}&reconnect_min=50&reconnect_max=200&connection_timeout=1000",

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use common::proxy::Proxy;
@@ -22,13 +21,7 @@ use tokio_stream::StreamExt;
 fn proxied() -> (Proxy, String) {
     let url = common::broker_url();
     let props = AmqpProps::from_url(&url).expect("AMQP_URL is not a valid AMQP URL");
-    common::require_broker(&props);
-    let upstream: SocketAddr = (props.host(), props.port())
-        .to_socket_addrs()
-        .expect("the broker's host does not resolve")
-        .next()
-        .expect("the broker's host has no address");
-    let proxy = Proxy::start(upstream);
+    let proxy = Proxy::start(common::broker_addr(&props));
     let mut through = url::Url::parse(&url).unwrap();
     through.set_host(Some("127.0.0.1")).unwrap();
     through.set_port(Some(proxy.port())).unwrap();

@@ -353,11 +353,7 @@ async fn a_consumer_cancelled_by_the_broker_resumes() {
 async fn a_full_buffer_fails_publishes_by_setting_and_keeps_what_it_holds() {
     let shared = common::props(ExchangeKind::Fanout);
     let cleanup = common::Cleanup::new(&shared);
-    let upstream = std::net::ToSocketAddrs::to_socket_addrs(&(shared.host(), shared.port()))
-        .unwrap()
-        .next()
-        .unwrap();
-    let proxy = Proxy::start(upstream);
+    let proxy = Proxy::start(common::broker_addr(&shared));
     let props = shared
         .clone()
         .with_host("127.0.0.1")
@@ -414,4 +410,64 @@ async fn a_full_buffer_fails_publishes_by_setting_and_keeps_what_it_holds() {
         (5, 5, 0, 1),
         "{stats:?}"
     );
+}
+
+/// A network path that dies silently (nothing passes, nothing closes) is
+/// noticed by the missed heartbeats, and the bus recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_dead_connection_is_noticed_by_heartbeats_and_recovered() {
+    let shared = common::props(ExchangeKind::Fanout);
+    let cleanup = common::Cleanup::new(&shared);
+    let proxy = Proxy::start(common::broker_addr(&shared));
+    let props = shared
+        .clone()
+        .with_host("127.0.0.1")
+        .with_port(proxy.port())
+        .with_heartbeat(Some(Duration::from_secs(1)))
+        .with_reconnect_delay(Duration::from_millis(20), Duration::from_millis(200));
+    let seen = Arc::new(Seen::default());
+    let bus = Bus::with_props(props)
+        .subscribers(seen.subscribers())
+        .listen(Listen::group("heartbeats"))
+        .connect()
+        .await
+        .unwrap();
+    cleanup.queue(&format!("{}.heartbeats", shared.exchange()));
+    let mut events = bus.connection_events();
+    assert_eq!(events.next().await, Some(ConnectionEvent::Connected));
+    bus.publish_confirmed(&Tick { seq: 1 }).await.unwrap();
+
+    let stalled = Instant::now();
+    proxy.stall();
+    let lost = tokio::time::timeout(Duration::from_secs(15), events.next())
+        .await
+        .expect("the dead path was not noticed within 15 s");
+    let Some(ConnectionEvent::Disconnected { reason }) = lost else {
+        panic!("expected disconnected, got {lost:?}");
+    };
+    println!("noticed after {:.2?}: {reason}", stalled.elapsed());
+    assert!(reason.to_lowercase().contains("heartbeat"), "{reason}");
+    let recovered = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match events.next().await {
+                Some(ConnectionEvent::Recovered { .. }) => return true,
+                Some(_) => {}
+                None => return false,
+            }
+        }
+    })
+    .await;
+    assert_eq!(recovered, Ok(true), "the bus did not recover");
+    bus.publish_confirmed(&Tick { seq: 2 }).await.unwrap();
+    assert!(
+        common::eventually(Duration::from_secs(10), || seen
+            .highest
+            .load(Ordering::Relaxed)
+            == 2)
+        .await,
+        "the event after recovery was not handled: {:?}",
+        bus.stats()
+    );
+    bus.close().await.unwrap();
+    proxy.cut();
 }

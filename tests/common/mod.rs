@@ -27,6 +27,17 @@ pub fn props(kind: ExchangeKind) -> AmqpProps {
     props.with_exchange(unique("ex"), kind)
 }
 
+/// The socket address of the broker of `props`, after checking it answers
+/// (for a test proxy in front of it).
+pub fn broker_addr(props: &AmqpProps) -> std::net::SocketAddr {
+    require_broker(props);
+    (props.host(), props.port())
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .expect("the broker's address does not resolve")
+}
+
 /// Panics with a message saying how to start a broker when none answers.
 pub fn require_broker(props: &AmqpProps) {
     let addr = format!("{}:{}", props.host(), props.port());

@@ -44,11 +44,13 @@ struct State {
     closed: Condvar,
 }
 
-/// The connections open now, each with the switch that aborts it.
+/// The connections open now, each with the switch that aborts it and the
+/// one that stalls it.
 #[derive(Default)]
 struct Conns {
     next_id: u64,
     live: HashMap<u64, Option<oneshot::Sender<()>>>,
+    stall: HashMap<u64, oneshot::Sender<()>>,
 }
 
 impl Proxy {
@@ -147,6 +149,17 @@ impl Proxy {
         self.state.conns.lock().unwrap().live.len()
     }
 
+    /// **Stops passing bytes on every connection proxied now**, keeping
+    /// both sides open, as a network path that silently dies: only
+    /// heartbeats can tell. New connections are proxied as usual;
+    /// [`cut`](Proxy::cut) or dropping the proxy closes the stalled ones.
+    pub fn stall(&self) {
+        let mut conns = self.state.conns.lock().unwrap();
+        for (_, stall) in conns.stall.drain() {
+            let _ = stall.send(());
+        }
+    }
+
     /// How many connections were accepted in all, refused ones included.
     pub fn accepted(&self) -> u64 {
         self.state.accepted.load(Ordering::SeqCst)
@@ -210,18 +223,20 @@ async fn accept_loop(listener: StdListener, state: Arc<State>, mut stopped: ones
             continue;
         }
         let (kill, killed) = oneshot::channel();
+        let (stall, stalled) = oneshot::channel();
         let id = {
             let mut conns = state.conns.lock().unwrap();
             let id = conns.next_id;
             conns.next_id += 1;
             conns.live.insert(id, Some(kill));
+            conns.stall.insert(id, stall);
             id
         };
         let guard = Registered {
             state: state.clone(),
             id,
         };
-        tokio::spawn(forward(client, state.upstream, killed, guard));
+        tokio::spawn(forward(client, state.upstream, killed, stalled, guard));
     }
     // Close every connection still open before the runtime goes.
     let mut conns = state.conns.lock().unwrap();
@@ -237,6 +252,7 @@ async fn forward(
     mut client: TcpStream,
     upstream: SocketAddr,
     mut killed: oneshot::Receiver<()>,
+    stalled: oneshot::Receiver<()>,
     guard: Registered,
 ) {
     let connect = tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(upstream));
@@ -255,7 +271,14 @@ async fn forward(
         biased;
         // Killed: `killed` resolves with Ok, or with Err if the switch was
         // dropped; either way both sides are aborted.
-        _ = killed => {
+        _ = &mut killed => {
+            abort(client);
+            abort(upstream);
+        }
+        // Stalled: nothing passes any more, both sockets stay open (a dead
+        // network path), until killed.
+        Ok(()) = stalled => {
+            let _ = killed.await;
             abort(client);
             abort(upstream);
         }
@@ -283,6 +306,7 @@ impl Drop for Registered {
     fn drop(&mut self) {
         let mut conns = self.state.conns.lock().unwrap_or_else(|p| p.into_inner());
         conns.live.remove(&self.id);
+        conns.stall.remove(&self.id);
         self.state.closed.notify_all();
     }
 }
