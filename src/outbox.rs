@@ -379,6 +379,9 @@ impl Engine {
                         if let Some(front) = self.in_flight.pop_front() {
                             self.settle(front.message, outcome_of(confirmation));
                         }
+                        if let Err(e) = self.settle_ready() {
+                            return self.channel_lost(&e.to_string());
+                        }
                     }
                     Err(e) => return self.channel_lost(&e.to_string()),
                 },
@@ -396,6 +399,25 @@ impl Engine {
                 },
             }
         }
+    }
+
+    /// Settles, in order, every publish whose outcome is there already:
+    /// the broker confirms in batches (`multiple`), so one wake-up settles
+    /// many.
+    fn settle_ready(&mut self) -> lapin::Result<()> {
+        let mut cx = Context::from_waker(Waker::noop());
+        while let Some(front) = self.in_flight.front_mut() {
+            match front.poll_outcome(&mut cx) {
+                Poll::Ready(Ok(confirmation)) => {
+                    if let Some(front) = self.in_flight.pop_front() {
+                        self.settle(front.message, outcome_of(confirmation));
+                    }
+                }
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => break,
+            }
+        }
+        Ok(())
     }
 
     /// Puts what was in flight back in front of the buffer, to be sent
