@@ -2,6 +2,7 @@
 //! settlement of each delivery (ack, retry, dead letter).
 
 use std::collections::{HashSet, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -83,27 +84,61 @@ impl Decoder {
 }
 
 /// The message ids handled lately, oldest first out.
+///
+/// Each id is kept as a 128-bit key made of two independently, randomly
+/// keyed SipHashes of it: no allocation per id, and a wrong match (which
+/// would drop an event as a duplicate) needs a 128-bit collision that the
+/// sender cannot aim for without the random keys.
 #[derive(Default)]
 pub(crate) struct Recent {
-    ids: HashSet<String>,
-    order: VecDeque<String>,
+    hashers: (RandomState, RandomState),
+    ids: HashSet<u128, BuildHasherDefault<KeyHasher>>,
+    order: VecDeque<u128>,
 }
 
 impl Recent {
+    fn key(&self, id: &str) -> u128 {
+        (u128::from(self.hashers.0.hash_one(id)) << 64) | u128::from(self.hashers.1.hash_one(id))
+    }
+
     fn contains(&self, id: &str) -> bool {
-        self.ids.contains(id)
+        self.ids.contains(&self.key(id))
     }
 
     fn remember(&mut self, id: &str, window: usize) {
-        if window == 0 || !self.ids.insert(id.to_owned()) {
+        let key = self.key(id);
+        if window == 0 || !self.ids.insert(key) {
             return;
         }
-        self.order.push_back(id.to_owned());
+        self.order.push_back(key);
         while self.order.len() > window {
             if let Some(oldest) = self.order.pop_front() {
                 self.ids.remove(&oldest);
             }
         }
+    }
+}
+
+/// Hashes a key that is a keyed hash already: its low 64 bits.
+#[derive(Default)]
+pub(crate) struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u128(&mut self, key: u128) {
+        // Truncation intended: the low half of a keyed hash.
+        #[allow(clippy::cast_possible_truncation)]
+        let low = key as u64;
+        self.0 = low;
     }
 }
 
