@@ -2,9 +2,9 @@
 //! settlement of each delivery (ack, retry, dead letter).
 
 use std::collections::{HashSet, VecDeque};
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::fmt;
 use std::future::Future;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 

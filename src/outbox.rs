@@ -31,7 +31,7 @@ use crate::stats::Counters;
 const IN_FLIGHT: usize = 512;
 /// The wait before opening a channel again on a connection that is up but
 /// refused the last one.
-const CHANNEL_RETRY: Duration = Duration::from_millis(500);
+const CHANNEL_RETRY: Duration = Duration::from_millis(200);
 
 /// One message to publish, with whoever waits for its outcome.
 pub(crate) struct Message {
@@ -313,6 +313,15 @@ impl Engine {
             };
             match self.pump(&opened, &mut commands, &mut open).await {
                 Stop::Finished => return,
+                // The broker closed the channel but not the connection (a
+                // refused publish): pause rather than spin on it.
+                Stop::ChannelLost if self.conn.is_connected() => {
+                    tokio::select! {
+                        biased;
+                        reason = wait_abort(&mut aborted) => break reason,
+                        () = tokio::time::sleep(CHANNEL_RETRY) => {}
+                    }
+                }
                 Stop::ChannelLost => {}
                 Stop::GaveUp(reason) => break reason,
             }
