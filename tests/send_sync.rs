@@ -2,9 +2,9 @@
 //! handles `Sync`), so they work in spawned tasks. Checked at compile time.
 
 use tidings::{
-    AmqpProps, Bus, BusBuilder, Confirm, Connection, Consumer, ConsumerThread, Context, Delivery,
-    Dispatch, Error, EventStream, Producer, Publish, Queue, Stats, Subscribers, Subscription,
-    blocking,
+    AmqpProps, Bus, BusBuilder, Confirm, Connection, ConnectionEvent, ConnectionEvents, Consumer,
+    ConsumerThread, Context, Delivery, Dispatch, Error, EventStream, Producer, Publish, Queue,
+    Stats, Subscribers, Subscription, WhenFull, blocking,
 };
 
 fn send_sync<T: Send + Sync>() {}
@@ -20,6 +20,9 @@ fn public_types_are_send_and_sync() {
     send_sync::<Bus>();
     send_sync::<BusBuilder>();
     send_sync::<Connection>();
+    send_sync::<ConnectionEvent>();
+    send_sync::<ConnectionEvents>();
+    send_sync::<WhenFull>();
     send_sync::<Consumer>();
     send_sync::<ConsumerThread>();
     send_sync::<Context>();
@@ -49,6 +52,8 @@ async fn futures_are_send(
     send(&Connection::connect(&AmqpProps::default()));
     send(&conn.consumer(&Queue::exclusive()));
     send(&producer.publish(&1u8));
+    send(&producer.wait_for_confirms());
+    send(&bus.send_to("inbox", &Ping));
     send(&bus.publish(&Ping));
     send(&bus.publish_confirmed(&Ping));
     send(&bus.close());
