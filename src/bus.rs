@@ -417,8 +417,16 @@ impl Bus {
             message_id: format!("{}-{sequence}", inner.instance_id),
             to_queue,
         };
+        // Counted before the transport may confirm it, so that confirmed
+        // never runs ahead of published; taken back if it is not accepted.
+        Counters::add(&inner.counters.published);
         match &inner.shared.link {
-            Link::Amqp(amqp) => amqp.publish(out, done).await?,
+            Link::Amqp(amqp) => {
+                if let Err(e) = amqp.publish(out, done).await {
+                    inner.counters.published.fetch_sub(1, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
             Link::Memory(hub) => {
                 let sent = hub
                     .publish(&out, BINCODE_CONTENT_TYPE, &inner.instance_id)
@@ -441,7 +449,6 @@ impl Bus {
                 }
             }
         }
-        Counters::add(&inner.counters.published);
         Ok(())
     }
 
