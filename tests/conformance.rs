@@ -639,6 +639,16 @@ async fn send_to_reaches_one_named_queue(meeting: Meeting) {
         .await
         .unwrap();
     sender.send_to(&inbox, &OrderPaid { id: 7 }).await.unwrap();
+    let missing = sender
+        .send_to(&common::unique("nobody"), &OrderPaid { id: 9 })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        missing.kind(),
+        tidings::ErrorKind::Unroutable,
+        "a queue nobody declared: {missing}"
+    );
+    assert_eq!(sender.stats().returned, 1, "{:?}", sender.stats());
     sender
         .publish_confirmed(&OrderPaid { id: 8 })
         .await
