@@ -431,21 +431,17 @@ impl Bus {
                 let sent = hub
                     .publish(&out, BINCODE_CONTENT_TYPE, &inner.instance_id)
                     .await;
-                match (&sent, done) {
-                    (Ok(()), done) => {
-                        Counters::add(&inner.counters.confirmed);
-                        if let Some(done) = done {
-                            let _ = done.send(sent);
-                        }
-                    }
-                    (Err(_), Some(done)) => {
-                        Counters::add(&inner.counters.returned);
+                let counter = match &sent {
+                    Ok(()) => &inner.counters.confirmed,
+                    Err(_) => &inner.counters.returned,
+                };
+                Counters::add(counter);
+                match (done, sent) {
+                    (Some(done), sent) => {
                         let _ = done.send(sent);
                     }
-                    (Err(e), None) => {
-                        Counters::add(&inner.counters.returned);
-                        warn!(error = %e, "publishing an event failed");
-                    }
+                    (None, Err(e)) => warn!(error = %e, "publishing an event failed"),
+                    (None, Ok(())) => {}
                 }
             }
         }

@@ -75,7 +75,6 @@ pub(crate) struct Inner {
     pub(crate) reconnects: AtomicU64,
     pub(crate) blocked: AtomicBool,
     pub(crate) backoff: Backoff,
-    closing: watch::Sender<bool>,
     /// One channel for declarations and deletions, reopened after the
     /// broker closes it. Short-lived channels are avoided: lapin may hand a
     /// closing channel's id to a new channel, whose late close-ok then
@@ -120,7 +119,6 @@ impl Connection {
         let amqp = Arc::new(open(props, &connection_name).await?);
         info!(url = %props.redacted_url(), instance = %instance_id, "connected");
         let (min, max) = props.reconnect_delay();
-        let (closing, closing_rx) = watch::channel(false);
         let conn = Self {
             inner: Arc::new(Inner {
                 codecs: Codecs::new(props.codec().clone()),
@@ -134,7 +132,6 @@ impl Connection {
                 reconnects: AtomicU64::new(0),
                 blocked: AtomicBool::new(false),
                 backoff: Backoff { min, max },
-                closing,
                 admin: tokio::sync::Mutex::new(None),
             }),
         };
@@ -145,7 +142,9 @@ impl Connection {
             return Err(e);
         }
         let span = info_span!("connection", instance = %conn.inner.instance_id);
-        tokio::spawn(recovery::supervise(Arc::downgrade(&conn.inner), closing_rx).instrument(span));
+        tokio::spawn(
+            recovery::supervise(Arc::downgrade(&conn.inner), conn.link()).instrument(span),
+        );
         Ok(conn)
     }
 
@@ -506,9 +505,10 @@ impl Connection {
     ///
     /// [`ErrorKind::Closed`] if it was already closed.
     pub async fn close(&self) -> Result<()> {
-        let _ = self.inner.closing.send(true);
         let previous = self.inner.link.send_replace(Link::Closed);
-        self.inner.emit(ConnectionEvent::Closed);
+        if !matches!(previous, Link::Closed) {
+            self.inner.emit(ConnectionEvent::Closed);
+        }
         match previous {
             // A connection that died just now may never answer.
             Link::Up(amqp) => {
@@ -578,14 +578,6 @@ impl Inner {
                 Err(e)
             }
         }
-    }
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        // The supervisor holds no strong reference; it ends on this. The
-        // underlying connection closes when its last handle drops.
-        let _ = self.closing.send(true);
     }
 }
 

@@ -19,6 +19,7 @@ use crate::context::Context;
 use crate::error::Result;
 use crate::event::{Event, Fingerprint, registered_events};
 use crate::listen::{Listen, Mode};
+use crate::recovery::Backoff;
 use crate::stats::{Counters, RejectReason};
 use crate::subscribers::Subscribers;
 use crate::transport::amqp::Amqp;
@@ -56,8 +57,11 @@ impl Default for Settings {
 impl Settings {
     /// The delay before attempt `attempt + 1`: doubling, capped.
     fn retry_delay(&self, attempt: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
-        self.retry_delay.saturating_mul(factor).min(MAX_RETRY_DELAY)
+        let backoff = Backoff {
+            min: self.retry_delay,
+            max: MAX_RETRY_DELAY,
+        };
+        backoff.ceiling(attempt)
     }
 }
 
@@ -459,25 +463,23 @@ impl Shared {
         let started = Instant::now();
         let dispatching = self.subscribers.dispatch(&event, &context);
         let dispatch = match self.settings.handler_timeout {
-            None => Ok(dispatching.await),
-            Some(limit) => match tokio::time::timeout(limit, dispatching).await {
-                // A sync handler cannot be interrupted: one that overran is
-                // failed when it returns.
-                Ok(dispatch) if started.elapsed() <= limit => Ok(dispatch),
-                _ => Err(format!("handlers did not finish within {limit:?}")),
-            },
+            None => Some(dispatching.await),
+            // A sync handler cannot be interrupted: one that overran is
+            // failed when it returns.
+            Some(limit) => tokio::time::timeout(limit, dispatching)
+                .await
+                .ok()
+                .filter(|_| started.elapsed() <= limit),
         };
         Counters::add(&self.counters.dispatched);
-        let dispatch = match dispatch {
-            Ok(dispatch) => dispatch,
-            Err(timeout) => {
-                Counters::add(&self.counters.handler_timeouts);
-                Counters::add(&self.counters.handler_failures);
-                warn!(tag = event.tag(), error = %timeout, "event handlers timed out");
-                self.settle_failure(incoming, &event, timeout, retry_to)
-                    .await;
-                return Outcome::Settled;
-            }
+        let Some(dispatch) = dispatch else {
+            let limit = self.settings.handler_timeout.unwrap_or_default();
+            let error = format!("handlers did not finish within {limit:?}");
+            Counters::add(&self.counters.handler_timeouts);
+            Counters::add(&self.counters.handler_failures);
+            warn!(tag = event.tag(), error = %error, "event handlers timed out");
+            self.settle_failure(incoming, &event, error, retry_to).await;
+            return Outcome::Settled;
         };
         if dispatch.is_ok() {
             Counters::add(&self.counters.handled);

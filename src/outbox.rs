@@ -64,6 +64,7 @@ pub(crate) struct Outbox {
     commands: mpsc::UnboundedSender<Command>,
     events: Arc<Semaphore>,
     bytes: Arc<Semaphore>,
+    max_events: usize,
     max_bytes: usize,
     abort: Arc<watch::Sender<Option<String>>>,
     conn: Connection,
@@ -98,6 +99,7 @@ impl Outbox {
             commands,
             events,
             bytes,
+            max_events,
             max_bytes,
             abort: Arc::new(abort),
             conn: conn.clone(),
@@ -185,9 +187,8 @@ impl Outbox {
         Error::new(
             ErrorKind::BufferFull,
             format!(
-                "the publish buffer is full ({} events, {} bytes waiting for the broker); the broker is slow or unreachable",
-                self.events.available_permits(),
-                self.bytes.available_permits()
+                "the publish buffer is full (it holds at most {} events and {} bytes until the broker confirms them); the broker is slow or unreachable",
+                self.max_events, self.max_bytes
             ),
         )
     }
@@ -218,12 +219,10 @@ struct Opened {
     link: watch::Receiver<Link>,
 }
 
-/// One publish in flight: its future, or its outcome if the first poll
-/// already gave it.
+/// One publish in flight, and the future that gives its outcome.
 struct InFlight {
     message: Message,
-    future: Option<Publish>,
-    outcome: Option<lapin::Result<Confirmation>>,
+    outcome: Publish,
 }
 
 impl InFlight {
@@ -240,36 +239,25 @@ impl InFlight {
             mandatory: message.mandatory,
             ..BasicPublishOptions::default()
         };
-        let mut future: Publish = Box::pin(async move {
+        let mut outcome: Publish = Box::pin(async move {
             channel
                 .basic_publish(exchange, routing_key, options, &body, properties)
                 .await?
                 .await
         });
-        let outcome = match future
+        // A finished future must not be polled again: keep what it gave.
+        if let Poll::Ready(done) = outcome
             .as_mut()
             .poll(&mut Context::from_waker(Waker::noop()))
         {
-            Poll::Ready(outcome) => Some(outcome),
-            Poll::Pending => None,
-        };
-        Self {
-            message,
-            future: outcome.is_none().then_some(future),
-            outcome,
+            outcome = Box::pin(std::future::ready(done));
         }
+        Self { message, outcome }
     }
 
+    /// Polled until ready, and then not again: the engine pops it.
     fn poll_outcome(&mut self, cx: &mut Context<'_>) -> Poll<lapin::Result<Confirmation>> {
-        if let Some(outcome) = self.outcome.take() {
-            return Poll::Ready(outcome);
-        }
-        let Some(future) = self.future.as_mut() else {
-            return Poll::Pending;
-        };
-        let outcome = std::task::ready!(future.as_mut().poll(cx));
-        self.future = None;
-        Poll::Ready(outcome)
+        self.outcome.as_mut().poll(cx)
     }
 }
 

@@ -17,8 +17,9 @@ use crate::connection_event::ConnectionEvent;
 /// died without an error event.
 const STATUS_CHECK: Duration = Duration::from_secs(1);
 
-/// **Capped exponential backoff with jitter**: attempt `n` waits a random
-/// delay between half and all of `min * 2^(n-1)`, capped at `max`.
+/// **Capped exponential backoff**: attempt `n` waits `min * 2^(n-1)`, at
+/// most `max` ([`ceiling`](Backoff::ceiling)); with jitter, a random delay
+/// between half and all of that ([`delay`](Backoff::delay)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Backoff {
     pub(crate) min: Duration,
@@ -26,9 +27,15 @@ pub(crate) struct Backoff {
 }
 
 impl Backoff {
-    pub(crate) fn delay(&self, attempt: u32) -> Duration {
+    /// The delay before attempt `attempt + 1`, without jitter.
+    pub(crate) fn ceiling(&self, attempt: u32) -> Duration {
         let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
-        let ceiling = self.min.saturating_mul(factor).min(self.max);
+        self.min.saturating_mul(factor).min(self.max)
+    }
+
+    /// The delay before attempt `attempt + 1`, with jitter.
+    pub(crate) fn delay(&self, attempt: u32) -> Duration {
+        let ceiling = self.ceiling(attempt);
         // Jitter from a random UUID: no extra dependency, and reconnects
         // are rare enough for its cost not to matter.
         let random = (uuid::Uuid::new_v4().as_u128() % 1024) as u32;
@@ -38,12 +45,12 @@ impl Backoff {
 
 /// Watches the connection in `link` until the application closes it or
 /// drops every handle; recovers it each time it is lost.
-pub(crate) async fn supervise(inner: Weak<Inner>, mut closing: watch::Receiver<bool>) {
+pub(crate) async fn supervise(inner: Weak<Inner>, mut link: watch::Receiver<Link>) {
     loop {
         let Some(amqp) = current(&inner) else { return };
         let reason = tokio::select! {
             biased;
-            _ = closing.wait_for(|c| *c) => return,
+            () = closed(&mut link) => return,
             reason = lost(&inner, &amqp) => reason,
         };
         let Some(strong) = inner.upgrade() else {
@@ -64,7 +71,7 @@ pub(crate) async fn supervise(inner: Weak<Inner>, mut closing: watch::Receiver<b
             };
             let reopened = tokio::select! {
                 biased;
-                _ = closing.wait_for(|c| *c) => return,
+                () = closed(&mut link) => return,
                 reopened = strong.reopen() => reopened,
             };
             match reopened {
@@ -90,13 +97,19 @@ pub(crate) async fn supervise(inner: Weak<Inner>, mut closing: watch::Receiver<b
                     drop(strong);
                     tokio::select! {
                         biased;
-                        _ = closing.wait_for(|c| *c) => return,
+                        () = closed(&mut link) => return,
                         () = tokio::time::sleep(retry_in) => {}
                     }
                 }
             }
         }
     }
+}
+
+/// Resolves once the application closed the connection or dropped every
+/// handle of it.
+async fn closed(link: &mut watch::Receiver<Link>) {
+    let _ = link.wait_for(|l| matches!(l, Link::Closed)).await;
 }
 
 fn current(inner: &Weak<Inner>) -> Option<Arc<lapin::Connection>> {
