@@ -146,7 +146,16 @@ async fn twenty_thousand_events_survive_three_restarts_and_three_cuts() {
     let mut recoveries = Vec::new();
     let buses = [&worker, &watcher, &publisher];
     for fault in 1..=6u64 {
-        tokio::time::sleep(Duration::from_millis(1500)).await; // let events flow between faults
+        // Events flow between faults: the worker handles 500 more first.
+        let mark = worked.handled.load(Ordering::Relaxed);
+        assert!(
+            common::eventually(Duration::from_secs(60), || {
+                worked.handled.load(Ordering::Relaxed) >= mark + 500
+                    || published.load(Ordering::Relaxed) >= u64::from(EVENTS)
+            })
+            .await,
+            "fault {fault}: the worker handled nothing new since the last fault"
+        );
         let started = Instant::now();
         eprintln!(
             "fault {fault}: injecting at {} events published",
@@ -346,39 +355,72 @@ async fn a_consumer_cancelled_by_the_broker_resumes() {
     bus.close().await.unwrap();
 }
 
+/// A group bus on the shared broker reached through a proxy, what its
+/// handlers saw, and its connection events (past `Connected`).
+struct Proxied {
+    proxy: Proxy,
+    bus: Bus,
+    seen: Arc<Seen>,
+    events: tidings::ConnectionEvents,
+    _cleanup: common::Cleanup,
+}
+
+async fn proxied_group_bus(group: &str, settings: impl FnOnce(AmqpProps) -> AmqpProps) -> Proxied {
+    let shared = common::props(ExchangeKind::Fanout);
+    let cleanup = common::Cleanup::new(&shared);
+    cleanup.queue(&format!("{}.{group}", shared.exchange()));
+    let proxy = Proxy::start(common::broker_addr(&shared));
+    let props = settings(shared.with_host("127.0.0.1").with_port(proxy.port()));
+    let seen = Arc::new(Seen::default());
+    let bus = Bus::with_props(props)
+        .subscribers(seen.subscribers())
+        .listen(Listen::group(group))
+        .connect()
+        .await
+        .unwrap();
+    let mut events = bus.connection_events();
+    assert_eq!(events.next().await, Some(ConnectionEvent::Connected));
+    Proxied {
+        proxy,
+        bus,
+        seen,
+        events,
+        _cleanup: cleanup,
+    }
+}
+
+/// The next connection event; fails the test after `limit`.
+async fn next_event(events: &mut tidings::ConnectionEvents, limit: Duration) -> ConnectionEvent {
+    tokio::time::timeout(limit, events.next())
+        .await
+        .unwrap_or_else(|_| panic!("no connection event within {limit:?}"))
+        .expect("connection events ended")
+}
+
 /// During an outage events wait in the publish buffer up to its bound;
 /// under `WhenFull::Fail` the next publish fails at once, and what was
 /// accepted is confirmed after recovery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_buffer_fails_publishes_by_setting_and_keeps_what_it_holds() {
-    let shared = common::props(ExchangeKind::Fanout);
-    let cleanup = common::Cleanup::new(&shared);
-    let proxy = Proxy::start(common::broker_addr(&shared));
-    let props = shared
-        .clone()
-        .with_host("127.0.0.1")
-        .with_port(proxy.port())
-        .with_publish_buffer(5, 1024 * 1024)
-        .with_when_full(tidings::WhenFull::Fail)
-        .with_reconnect_delay(Duration::from_millis(20), Duration::from_millis(100));
-    let seen = Arc::new(Seen::default());
-    let bus = Bus::with_props(props)
-        .subscribers(seen.subscribers())
-        .listen(Listen::group("buffered"))
-        .connect()
-        .await
-        .unwrap();
-    cleanup.queue(&format!("{}.buffered", shared.exchange()));
-    let mut events = bus.connection_events();
-    assert_eq!(events.next().await, Some(ConnectionEvent::Connected));
+    let Proxied {
+        proxy,
+        bus,
+        seen,
+        mut events,
+        _cleanup,
+    } = proxied_group_bus("buffered", |props| {
+        props
+            .with_publish_buffer(5, 1024 * 1024)
+            .with_when_full(tidings::WhenFull::Fail)
+            .with_reconnect_delay(Duration::from_millis(20), Duration::from_millis(100))
+    })
+    .await;
 
     proxy.set_refusing(true);
     proxy.cut();
-    let disconnected = tokio::time::timeout(Duration::from_secs(10), events.next())
-        .await
-        .unwrap();
+    let disconnected = next_event(&mut events, Duration::from_secs(10)).await;
     assert!(
-        matches!(disconnected, Some(ConnectionEvent::Disconnected { .. })),
+        matches!(disconnected, ConnectionEvent::Disconnected { .. }),
         "{disconnected:?}"
     );
     for seq in 0..5 {
@@ -416,33 +458,24 @@ async fn a_full_buffer_fails_publishes_by_setting_and_keeps_what_it_holds() {
 /// noticed by the missed heartbeats, and the bus recovers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silently_dead_connection_is_noticed_by_heartbeats_and_recovered() {
-    let shared = common::props(ExchangeKind::Fanout);
-    let cleanup = common::Cleanup::new(&shared);
-    let proxy = Proxy::start(common::broker_addr(&shared));
-    let props = shared
-        .clone()
-        .with_host("127.0.0.1")
-        .with_port(proxy.port())
-        .with_heartbeat(Some(Duration::from_secs(1)))
-        .with_reconnect_delay(Duration::from_millis(20), Duration::from_millis(200));
-    let seen = Arc::new(Seen::default());
-    let bus = Bus::with_props(props)
-        .subscribers(seen.subscribers())
-        .listen(Listen::group("heartbeats"))
-        .connect()
-        .await
-        .unwrap();
-    cleanup.queue(&format!("{}.heartbeats", shared.exchange()));
-    let mut events = bus.connection_events();
-    assert_eq!(events.next().await, Some(ConnectionEvent::Connected));
+    let Proxied {
+        proxy,
+        bus,
+        seen,
+        mut events,
+        _cleanup,
+    } = proxied_group_bus("heartbeats", |props| {
+        props
+            .with_heartbeat(Some(Duration::from_secs(1)))
+            .with_reconnect_delay(Duration::from_millis(20), Duration::from_millis(200))
+    })
+    .await;
     bus.publish_confirmed(&Tick { seq: 1 }).await.unwrap();
 
     let stalled = Instant::now();
     proxy.stall();
-    let lost = tokio::time::timeout(Duration::from_secs(15), events.next())
-        .await
-        .expect("the dead path was not noticed within 15 s");
-    let Some(ConnectionEvent::Disconnected { reason }) = lost else {
+    let lost = next_event(&mut events, Duration::from_secs(15)).await;
+    let ConnectionEvent::Disconnected { reason } = lost else {
         panic!("expected disconnected, got {lost:?}");
     };
     println!("noticed after {:.2?}: {reason}", stalled.elapsed());
