@@ -15,7 +15,7 @@ use crate::connection_event::{ConnectionEvent, ConnectionEvents};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Event, registered_events};
 use crate::listen::Listen;
-use crate::listener::{Decoder, Link, Listener, Settings, Shared};
+use crate::listener::{Decoder, Link, Listener, Recent, Settings, Shared};
 use crate::props::AmqpProps;
 use crate::stats::{Counters, Stats};
 use crate::subscribers::Subscribers;
@@ -256,7 +256,7 @@ impl BusBuilder {
             }
         };
         let shared = Arc::new(Shared {
-            recent: Mutex::default(),
+            recent: Recent::default(),
             decoder,
             subscribers: self.subscribers.clone(),
             counters: counters.clone(),

@@ -90,13 +90,19 @@ impl Decoder {
 /// The message ids handled lately, oldest first out.
 ///
 /// Each id is kept as a 128-bit key made of two independently, randomly
-/// keyed SipHashes of it: no allocation per id, and a wrong match (which
-/// would drop an event as a duplicate) needs a 128-bit collision that the
-/// sender cannot aim for without the random keys.
+/// keyed SipHashes of it, computed once per event outside the lock: no
+/// allocation per id, and a wrong match (which would drop an event as a
+/// duplicate) needs a 128-bit collision that the sender cannot aim for
+/// without the random keys.
 #[derive(Default)]
 pub(crate) struct Recent {
     hashers: (RandomState, RandomState),
-    ids: HashSet<u128, BuildHasherDefault<KeyHasher>>,
+    window: Mutex<Window>,
+}
+
+#[derive(Default)]
+struct Window {
+    keys: HashSet<u128, BuildHasherDefault<KeyHasher>>,
     order: VecDeque<u128>,
 }
 
@@ -105,19 +111,23 @@ impl Recent {
         (u128::from(self.hashers.0.hash_one(id)) << 64) | u128::from(self.hashers.1.hash_one(id))
     }
 
-    fn contains(&self, id: &str) -> bool {
-        self.ids.contains(&self.key(id))
+    fn window(&self) -> std::sync::MutexGuard<'_, Window> {
+        self.window.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn remember(&mut self, id: &str, window: usize) {
-        let key = self.key(id);
-        if window == 0 || !self.ids.insert(key) {
+    fn contains(&self, key: u128) -> bool {
+        self.window().keys.contains(&key)
+    }
+
+    fn remember(&self, key: u128, size: usize) {
+        let mut window = self.window();
+        if size == 0 || !window.keys.insert(key) {
             return;
         }
-        self.order.push_back(key);
-        while self.order.len() > window {
-            if let Some(oldest) = self.order.pop_front() {
-                self.ids.remove(&oldest);
+        window.order.push_back(key);
+        while window.order.len() > size {
+            if let Some(oldest) = window.order.pop_front() {
+                window.keys.remove(&oldest);
             }
         }
     }
@@ -148,7 +158,7 @@ impl Hasher for KeyHasher {
 
 /// What every listener of one bus shares.
 pub(crate) struct Shared {
-    pub(crate) recent: Mutex<Recent>,
+    pub(crate) recent: Recent,
     pub(crate) decoder: Decoder,
     pub(crate) subscribers: Subscribers,
     pub(crate) counters: Arc<Counters>,
@@ -437,17 +447,14 @@ impl Shared {
             Counters::add(&self.counters.own_skipped);
             return Outcome::Ack;
         }
-        // Borrowed from the delivery: no copy per event, and no lock at all
+        // No copy of the id, one hash of it per event, and no lock at all
         // when dedup is off.
-        let message_id = incoming
+        let dedup_key = incoming
             .message_id()
-            .filter(|_| self.settings.dedup_window > 0);
-        if let Some(id) = message_id
-            && self
-                .recent
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(id)
+            .filter(|_| self.settings.dedup_window > 0)
+            .map(|id| self.recent.key(id));
+        if let Some(key) = dedup_key
+            && self.recent.contains(key)
         {
             Counters::add(&self.counters.deduplicated);
             return Outcome::Ack;
@@ -484,9 +491,8 @@ impl Shared {
         if dispatch.is_ok() {
             Counters::add(&self.counters.handled);
             // Remembered once handled: a failed attempt must come back.
-            if let Some(id) = message_id {
-                let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-                recent.remember(id, self.settings.dedup_window);
+            if let Some(key) = dedup_key {
+                self.recent.remember(key, self.settings.dedup_window);
             }
             return Outcome::Ack;
         }
@@ -676,15 +682,19 @@ mod tests {
 
     #[test]
     fn recent_ids_are_bounded_by_the_window() {
-        let mut recent = Recent::default();
+        let recent = Recent::default();
+        let key = |id| recent.key(id);
         for id in ["a", "b", "c", "b"] {
-            recent.remember(id, 2);
+            recent.remember(key(id), 2);
         }
-        assert!(!recent.contains("a"), "the oldest id left the window");
-        assert!(recent.contains("b") && recent.contains("c"));
-        assert_eq!(recent.order.len(), 2);
-        recent.remember("d", 0);
-        assert!(!recent.contains("d"), "a zero window remembers nothing");
+        assert!(!recent.contains(key("a")), "the oldest id left the window");
+        assert!(recent.contains(key("b")) && recent.contains(key("c")));
+        assert_eq!(recent.window().order.len(), 2);
+        recent.remember(key("d"), 0);
+        assert!(
+            !recent.contains(key("d")),
+            "a zero window remembers nothing"
+        );
     }
 
     #[test]
@@ -749,7 +759,7 @@ mod fuzz {
 
     fn shared() -> Shared {
         Shared {
-            recent: Mutex::default(),
+            recent: Recent::default(),
             decoder: Decoder::new(Codecs::new(Arc::new(Bincode)), 64 * 1024),
             subscribers: Subscribers::new(),
             counters: Arc::default(),
