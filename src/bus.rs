@@ -15,7 +15,7 @@ use crate::connection_event::{ConnectionEvent, ConnectionEvents};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Event, registered_events};
 use crate::listen::Listen;
-use crate::listener::{Decoder, Link, Listener, Recent, Settings, Shared};
+use crate::listener::{Decoder, Link, Listener, Recent, Settings, Shared, UnknownEvents};
 use crate::props::AmqpProps;
 use crate::stats::{Counters, Stats};
 use crate::subscribers::Subscribers;
@@ -138,7 +138,8 @@ impl BusBuilder {
         self
     }
 
-    /// Listens to nothing: a bus that only publishes.
+    /// Listens to nothing: a bus that only publishes. It declares no
+    /// dead-letter queue.
     #[must_use]
     pub fn publish_only(mut self) -> Self {
         self.listens = Some(Vec::new());
@@ -197,6 +198,37 @@ impl BusBuilder {
         self
     }
 
+    /// What to do with an event of a type this process does not know
+    /// (default [`UnknownEvents::Acknowledge`]: acknowledge and count).
+    #[must_use]
+    pub fn unknown_events(mut self, policy: UnknownEvents) -> Self {
+        self.settings.unknown_events = policy;
+        self
+    }
+
+    /// Makes every [`publish`](Bus::publish) mandatory (default off): an
+    /// event no queue is bound to is returned by the broker and fails with
+    /// [`ErrorKind::Unroutable`] (counted in [`Stats::returned`]) instead
+    /// of vanishing.
+    #[must_use]
+    pub fn mandatory(mut self, on: bool) -> Self {
+        self.settings.mandatory = on;
+        self
+    }
+
+    /// The most messages and bytes the dead-letter queue holds (default
+    /// [`DEAD_LETTER_MAX_MESSAGES`](crate::DEAD_LETTER_MAX_MESSAGES) and
+    /// [`DEAD_LETTER_MAX_BYTES`](crate::DEAD_LETTER_MAX_BYTES)). Beyond
+    /// them the broker refuses dead letters: each is dropped, logged at
+    /// ERROR and counted in [`Stats::dead_letters_dropped`]. The limits are
+    /// part of the queue's declaration, so every bus on one exchange must
+    /// use the same.
+    #[must_use]
+    pub fn dead_letter_limits(mut self, messages: u64, bytes: u64) -> Self {
+        self.settings.dead_letter_limits = (messages, bytes);
+        self
+    }
+
     /// How long [`close`](Bus::close) waits for the broker to confirm what
     /// was published (default 30 s); what is still unconfirmed then is
     /// reported failed. The size of the publish buffer and what happens
@@ -228,7 +260,22 @@ impl BusBuilder {
         let (instance_id, exchange, codec, link, decoder, connection) = match &self.target {
             Target::Amqp(props) => {
                 let conn = Connection::connect(props).await?;
-                let amqp = Arc::new(Amqp::open(conn.clone(), counters.clone()).await?);
+                let listens = self.listens.as_ref().is_none_or(|l| !l.is_empty());
+                let dead_letters = listens.then_some(self.settings.dead_letter_limits);
+                let opened = Amqp::open(
+                    conn.clone(),
+                    counters.clone(),
+                    dead_letters,
+                    self.settings.mandatory,
+                )
+                .await;
+                let amqp = match opened {
+                    Ok(amqp) => Arc::new(amqp),
+                    Err(e) => {
+                        let _ = conn.close().await;
+                        return Err(e);
+                    }
+                };
                 let decoder =
                     Decoder::new(Codecs::new(props.codec().clone()), props.max_message_size());
                 let id = conn.instance_id().to_owned();
@@ -476,14 +523,23 @@ impl Bus {
         &self.inner.instance_id
     }
 
-    /// The queue that collects dead letters, `None` on `memory://` (which
-    /// logs and counts them, and keeps none).
+    /// The queue that collects dead letters, `None` on a bus that only
+    /// publishes and on `memory://` (which logs and counts them, and keeps
+    /// none).
     #[must_use]
     pub fn dead_letter_queue(&self) -> Option<&str> {
         match &self.inner.shared.link {
-            Link::Amqp(amqp) => Some(amqp.dead_letter_queue()),
+            Link::Amqp(amqp) => amqp.dead_letter_queue(),
             Link::Memory(_) => None,
         }
+    }
+
+    /// **Events of types this process does not know, by tag** (see
+    /// [`UnknownEvents`]): at most 256 tags, the rest counted under
+    /// [`OTHER_TAGS`](crate::OTHER_TAGS).
+    #[must_use]
+    pub fn unknown_events(&self) -> std::collections::BTreeMap<String, u64> {
+        self.inner.counters.unknown_tags()
     }
 
     /// **A snapshot of the bus's counters**: cheap (relaxed atomic loads),
@@ -516,6 +572,12 @@ impl Bus {
         if inner.closed.swap(true, Ordering::Relaxed) {
             return Err(closed());
         }
+        // No handler starts from now on; the running ones finish meanwhile.
+        let listeners =
+            std::mem::take(&mut *inner.listeners.lock().unwrap_or_else(|p| p.into_inner()));
+        for listener in &listeners {
+            listener.request_stop();
+        }
         let mut result = Ok(());
         if let Link::Amqp(amqp) = &inner.shared.link {
             match tokio::time::timeout(inner.close_timeout, amqp.flush()).await {
@@ -534,8 +596,6 @@ impl Bus {
                 }
             }
         }
-        let listeners =
-            std::mem::take(&mut *inner.listeners.lock().unwrap_or_else(|p| p.into_inner()));
         for listener in listeners {
             listener.stop().await;
         }

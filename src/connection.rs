@@ -82,6 +82,11 @@ pub(crate) struct Inner {
     admin: tokio::sync::Mutex<Option<lapin::Channel>>,
 }
 
+/// How many messages a dead-letter queue holds by default.
+pub const DEAD_LETTER_MAX_MESSAGES: u64 = 100_000;
+/// How many bytes a dead-letter queue holds by default (1 GiB).
+pub const DEAD_LETTER_MAX_BYTES: u64 = 1 << 30;
+
 /// The state of the underlying connection.
 #[derive(Clone)]
 pub(crate) enum Link {
@@ -242,6 +247,15 @@ impl Connection {
         }
     }
 
+    /// The largest frame the broker accepts on the current connection (the
+    /// negotiated `frame_max`; RabbitMQ's default while none is up).
+    pub(crate) fn frame_max(&self) -> usize {
+        match &*self.inner.link.borrow() {
+            Link::Up(amqp) => usize::try_from(amqp.configuration().frame_max()).unwrap_or(usize::MAX),
+            _ => 131_072,
+        }
+    }
+
     /// Watches which underlying connection is in use.
     pub(crate) fn link(&self) -> watch::Receiver<Link> {
         self.inner.link.subscribe()
@@ -305,25 +319,50 @@ impl Connection {
 
     /// **Declares the dead-letter exchange and queue** of the props'
     /// exchange, both named `<exchange>.dead-letter` (a durable fanout
-    /// exchange and a durable queue bound to it); returns the name.
+    /// exchange and a durable queue bound to it); returns the name. The
+    /// queue holds at most [`DEAD_LETTER_MAX_MESSAGES`] messages and
+    /// [`DEAD_LETTER_MAX_BYTES`] bytes and refuses more (the publisher of a
+    /// dead letter hears it and says so), so poison cannot fill the
+    /// broker's disk.
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Broker`] when the broker refuses a declaration.
+    /// [`ErrorKind::Broker`] when the broker refuses a declaration, for
+    /// example because the queue exists with other limits (delete it, or
+    /// declare with the same limits).
     pub async fn declare_dead_letters(&self) -> Result<String> {
+        self.declare_dead_letters_bounded(DEAD_LETTER_MAX_MESSAGES, DEAD_LETTER_MAX_BYTES)
+            .await
+    }
+
+    /// As [`declare_dead_letters`](Self::declare_dead_letters), with these
+    /// limits.
+    pub(crate) async fn declare_dead_letters_bounded(
+        &self,
+        max_messages: u64,
+        max_bytes: u64,
+    ) -> Result<String> {
         let name = format!("{}.dead-letter", self.inner.props.exchange());
         check_name("dead-letter exchange name", &name)?;
         let channel = self.admin_channel().await?;
         let kind = lapin::ExchangeKind::Fanout;
         topology::declare_exchange(&channel, short(&name)?, kind.clone()).await?;
         self.topology().exchange(short(&name)?, kind);
+        let limit = |n: u64| AMQPValue::LongLongInt(i64::try_from(n).unwrap_or(i64::MAX));
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-max-length".into(), limit(max_messages));
+        arguments.insert("x-max-length-bytes".into(), limit(max_bytes));
+        arguments.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
         let queue = QueueDecl {
             name: short(&name)?,
             options: QueueDeclareOptions {
                 durable: true,
                 ..QueueDeclareOptions::default()
             },
-            arguments: FieldTable::default(),
+            arguments,
             bindings: vec![(short(&name)?, ShortString::from(""))],
         };
         topology::declare_queue(&channel, &queue).await?;
@@ -385,6 +424,12 @@ impl Connection {
                 "x-dead-letter-routing-key".into(),
                 AMQPValue::LongString(target.into()),
             );
+        }
+        if let Some(ttl) = queue.message_ttl() {
+            arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl.into()));
+        }
+        if let Some(expires) = queue.expires() {
+            arguments.insert("x-expires".into(), AMQPValue::LongLongInt(expires.into()));
         }
         let exchange = short(props.exchange())?;
         let bindings = keys

@@ -63,6 +63,11 @@ pub enum ErrorKind {
     MessageTooLarge,
     /// The broker negatively acknowledged (nacked) a confirmed publish.
     Nacked,
+    /// The broker refused one message by closing the channel it was
+    /// published on (for example, a body over the broker's
+    /// `max_message_size`); that message alone failed and was not sent
+    /// again.
+    Refused,
     /// The broker returned a mandatory publish because no queue was bound to
     /// its routing key.
     Unroutable,

@@ -85,6 +85,7 @@ mod context;
 mod delivery;
 mod error;
 mod event;
+mod header_frame;
 mod listen;
 mod listener;
 mod outbox;
@@ -100,7 +101,7 @@ mod transport;
 
 pub use bus::{Bus, BusBuilder};
 pub use codec::{BINCODE_CONTENT_TYPE, Bincode, Codec, DecodeVisitor, JSON_CONTENT_TYPE, Json};
-pub use connection::Connection;
+pub use connection::{Connection, DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_MESSAGES};
 pub use connection_event::{ConnectionEvent, ConnectionEvents};
 pub use consumer::Consumer;
 pub use consumer_thread::ConsumerThread;
@@ -109,11 +110,11 @@ pub use delivery::Delivery;
 pub use error::{Error, ErrorKind, Result};
 pub use event::{Event, EventType, Fingerprint, Registration, registered_events};
 pub use listen::Listen;
-pub use listener::Listener;
+pub use listener::{Listener, UnknownEvents};
 pub use producer::{Confirm, ORIGIN_HEADER, Producer, Publish};
 pub use props::{AmqpProps, ExchangeKind, WhenFull};
 pub use queue::Queue;
-pub use stats::{RejectReason, Stats};
+pub use stats::{OTHER_TAGS, RejectReason, Stats};
 pub use subscribers::{
     Dispatch, EventStream, HandlerError, HandlerOutput, Lagged, Poller, Subscribers, Subscription,
 };
@@ -125,8 +126,8 @@ pub use subscribers::{
 /// (default: the tag). Generic types cannot be events.
 pub use tidings_macros::Event;
 pub use transport::{
-    ATTEMPT_HEADER, ERROR_HEADER, FINGERPRINT_HEADER, QUEUE_HEADER, REASON_HEADER,
-    ROUTING_KEY_HEADER, TAG_HEADER,
+    ATTEMPT_HEADER, BODY_DROPPED_HEADER, ERROR_HEADER, FINGERPRINT_HEADER, QUEUE_HEADER,
+    REASON_HEADER, ROUTING_KEY_HEADER, TAG_HEADER, TRIMMED_HEADER,
 };
 
 /// Not public API: what `#[derive(Event)]` expands to refers to these.

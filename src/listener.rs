@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_stream::StreamExt;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::codec::{Codecs, JSON_CONTENT_TYPE};
 use crate::consumer::Consumer;
@@ -39,6 +39,32 @@ pub(crate) struct Settings {
     pub(crate) retry_delay: Duration,
     pub(crate) concurrency: usize,
     pub(crate) handler_timeout: Option<Duration>,
+    pub(crate) unknown_events: UnknownEvents,
+    /// Every publish mandatory: unroutable ones fail instead of vanishing.
+    pub(crate) mandatory: bool,
+    /// The dead-letter queue's limits: messages, bytes.
+    pub(crate) dead_letter_limits: (u64, u64),
+}
+
+/// **What a bus does with an event of a type this process does not know**
+/// (no type registered under its tag), set with
+/// [`BusBuilder::unknown_events`](crate::BusBuilder::unknown_events).
+///
+/// On a fanout exchange every listener receives every type, so during a
+/// rolling deploy old instances see the new types of new ones: that is not
+/// an error, and by default such an event is acknowledged and counted
+/// ([`Stats::unknown_events`](crate::Stats::unknown_events), by tag in
+/// [`Bus::unknown_events`](crate::Bus::unknown_events)), and its tag is
+/// logged once, at INFO. What cannot be decoded at all is dead-lettered
+/// either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UnknownEvents {
+    /// Acknowledge and count it (the default).
+    #[default]
+    Acknowledge,
+    /// Dead-letter it with the reason `unknown_tag`, as poison.
+    DeadLetter,
 }
 
 impl Default for Settings {
@@ -50,6 +76,12 @@ impl Default for Settings {
             retry_delay: Duration::from_secs(1),
             concurrency: 1,
             handler_timeout: None,
+            unknown_events: UnknownEvents::Acknowledge,
+            mandatory: false,
+            dead_letter_limits: (
+                crate::connection::DEAD_LETTER_MAX_MESSAGES,
+                crate::connection::DEAD_LETTER_MAX_BYTES,
+            ),
         }
     }
 }
@@ -107,8 +139,11 @@ struct Window {
 }
 
 impl Recent {
-    fn key(&self, id: &str) -> u128 {
-        (u128::from(self.hashers.0.hash_one(id)) << 64) | u128::from(self.hashers.1.hash_one(id))
+    /// The key of a message: its publisher and its id, so that a foreign
+    /// publisher reusing an id cannot suppress another's events.
+    fn key(&self, origin: &str, id: &str) -> u128 {
+        let key = (origin, id);
+        (u128::from(self.hashers.0.hash_one(key)) << 64) | u128::from(self.hashers.1.hash_one(key))
     }
 
     fn window(&self) -> std::sync::MutexGuard<'_, Window> {
@@ -253,9 +288,10 @@ impl Listener {
         &self.state.queue
     }
 
-    /// **Stops listening** while the bus goes on: the handler running now
-    /// finishes, the consumer is cancelled, and a broadcast queue is deleted
-    /// with its bindings. A group or named queue stays, with what it holds,
+    /// **Stops listening** while the bus goes on: the handlers running now
+    /// finish, no new one starts, the consumer is cancelled (deliveries
+    /// received and not handled go back to the queue, for other members),
+    /// and a broadcast queue is deleted with its bindings and retry queues. A group or named queue stays, with what it holds,
     /// for the other members.
     ///
     /// # Errors
@@ -264,9 +300,7 @@ impl Listener {
     pub async fn cancel(&self) -> Result<()> {
         self.stop().await;
         if let (true, Link::Amqp(amqp)) = (self.state.owned, &self.state.link) {
-            amqp.conn
-                .delete_queue(&format!("{}.retry", self.state.queue))
-                .await?;
+            amqp.delete_retry_queues(&self.state.queue).await?;
             amqp.conn.delete_queue(&self.state.queue).await?;
         }
         Ok(())
@@ -362,6 +396,11 @@ async fn run(
         while running.len() >= shared.settings.concurrency {
             running.join_next().await;
         }
+        // Stop means stop: deliveries already here are not started; they
+        // go back to the queue when the consumer is cancelled.
+        if *stopped.borrow() {
+            break;
+        }
         let next = match now_or_never(source.next()) {
             Some(next) => next,
             None if batch.last.is_some() => {
@@ -423,6 +462,42 @@ fn now_or_never<F: Future>(future: F) -> Option<F::Output> {
     }
 }
 
+/// The tag of a JSON event body, `{"<tag>": ...}`; `None` for any other
+/// body.
+fn json_tag(body: &[u8]) -> Option<&str> {
+    #[derive(serde::Deserialize)]
+    struct Wrapper<'a>(#[serde(borrow)] std::collections::BTreeMap<&'a str, serde::de::IgnoredAny>);
+    let Wrapper(map) = serde_json::from_slice::<Wrapper<'_>>(body).ok()?;
+    match map.len() {
+        1 => map.into_keys().next(),
+        _ => None,
+    }
+}
+
+/// Whether a dead letter keeps the body of the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Body {
+    Keep,
+    /// Dropped: too large to be worth a second copy.
+    Drop,
+}
+
+/// The longest text from the wire that goes into a log line or a header.
+const TEXT_MAX: usize = 1024;
+
+/// `text` cut to at most [`TEXT_MAX`] bytes (at a character boundary),
+/// marked when cut: text from the wire can be as large as a frame.
+pub(crate) fn bounded(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= TEXT_MAX {
+        return text.into();
+    }
+    let mut end = TEXT_MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len()).into()
+}
+
 /// What is left to do with a delivery once handled.
 enum Outcome {
     /// Acknowledge it (perhaps with others).
@@ -436,10 +511,28 @@ impl Shared {
         Counters::add(&self.counters.delivered);
         let event = match self.decode(incoming) {
             Ok(event) => event,
+            Err((RejectReason::UnknownTag, _))
+                if self.settings.unknown_events == UnknownEvents::Acknowledge =>
+            {
+                let tag = match incoming.header(TAG_HEADER) {
+                    Header::Text(tag) => tag,
+                    _ => "",
+                };
+                if self.counters.unknown(tag) {
+                    info!(tag = %bounded(tag), "events of a type this process does not know arrive; acknowledging and counting them (logged once per tag)");
+                }
+                return Outcome::Ack;
+            }
             Err((reason, detail)) => {
-                warn!(reason = %reason, message_id = incoming.message_id().unwrap_or(""), "{detail}; message rejected");
+                let detail = bounded(&detail);
+                warn!(reason = %reason, message_id = %bounded(incoming.message_id().unwrap_or("")), "{detail}; message rejected");
                 self.counters.reject(reason);
-                self.dead_letter(incoming, reason.as_str(), &detail).await;
+                let body = if reason == RejectReason::TooLarge {
+                    Body::Drop
+                } else {
+                    Body::Keep
+                };
+                self.dead_letter(incoming, reason.as_str(), &detail, body).await;
                 return Outcome::Settled;
             }
         };
@@ -452,7 +545,7 @@ impl Shared {
         let dedup_key = incoming
             .message_id()
             .filter(|_| self.settings.dedup_window > 0)
-            .map(|id| self.recent.key(id));
+            .map(|id| self.recent.key(incoming.origin().unwrap_or(""), id));
         if let Some(key) = dedup_key
             && self.recent.contains(key)
         {
@@ -484,7 +577,7 @@ impl Shared {
             let error = format!("handlers did not finish within {limit:?}");
             Counters::add(&self.counters.handler_timeouts);
             Counters::add(&self.counters.handler_failures);
-            warn!(tag = event.tag(), error = %error, "event handlers timed out");
+            warn!(tag = event.tag(), message_id = %bounded(incoming.message_id().unwrap_or("")), attempt = incoming.attempt(), error = %error, "event handlers timed out");
             self.settle_failure(incoming, &event, error, retry_to).await;
             return Outcome::Settled;
         };
@@ -499,7 +592,8 @@ impl Shared {
         for _ in dispatch.failures() {
             Counters::add(&self.counters.handler_failures);
         }
-        let error = dispatch.failures().join("; ");
+        // Each failure was logged with the tag, message id and attempt.
+        let error = bounded(&dispatch.failures().join("; ")).into_owned();
         self.settle_failure(incoming, &event, error, retry_to).await;
         Outcome::Settled
     }
@@ -514,11 +608,15 @@ impl Shared {
         retry_to: Option<&Arc<MemoryQueue>>,
     ) {
         let attempt = incoming.attempt();
+        let message_id = bounded(incoming.message_id().unwrap_or(""));
         if attempt >= self.settings.max_attempts {
-            warn!(tag = event.tag(), attempt, error = %error, "handlers failed on the last attempt; dead-lettering");
-            return self.dead_letter(incoming, "handler_failed", &error).await;
+            warn!(tag = event.tag(), message_id = %message_id, attempt, error = %error, "handlers failed on the last attempt; dead-lettering");
+            return self
+                .dead_letter(incoming, "handler_failed", &error, Body::Keep)
+                .await;
         }
         let delay = self.settings.retry_delay(attempt);
+        debug!(tag = event.tag(), message_id = %message_id, attempt, delay = ?delay, "retrying after a delay");
         Counters::add(&self.counters.retried);
         match (incoming, &self.link, retry_to) {
             (Incoming::Amqp(delivery), Link::Amqp(amqp), _) => {
@@ -528,7 +626,7 @@ impl Shared {
                 {
                     Ok(()) => self.ack(incoming).await,
                     Err(e) => {
-                        warn!(error = %e, "parking a failed delivery for retry failed; requeueing it");
+                        warn!(error = %e, tag = event.tag(), message_id = %message_id, "parking a failed delivery for retry failed; requeueing it");
                         if let Err(e) = delivery.nack(true).await {
                             warn!(error = %e, "requeueing a delivery failed");
                         }
@@ -564,8 +662,8 @@ impl Shared {
     }
 
     /// Sends a message to the dead-letter exchange, then acks it; if that
-    /// fails, rejects it (the broker drops it) and says so.
-    async fn dead_letter(&self, incoming: &Incoming, reason: &str, error: &str) {
+    /// fails, rejects it (the broker drops it), counts it and says so.
+    async fn dead_letter(&self, incoming: &Incoming, reason: &str, error: &str, body: Body) {
         Counters::add(&self.counters.dead_lettered);
         match (incoming, &self.link) {
             (Incoming::Amqp(delivery), Link::Amqp(amqp)) => {
@@ -576,12 +674,14 @@ impl Shared {
                         reason,
                         error,
                         incoming.attempt(),
+                        body == Body::Keep,
                     )
                     .await
                 {
                     Ok(()) => self.ack(incoming).await,
                     Err(e) => {
-                        warn!(error = %e, reason, "dead-lettering failed; the message is dropped");
+                        Counters::add(&self.counters.dead_letters_dropped);
+                        error!(error = %e, reason, message_id = %bounded(incoming.message_id().unwrap_or("")), "dead-lettering failed (is the dead-letter queue full?); the message is dropped");
                         if let Err(e) = delivery.reject().await {
                             warn!(error = %e, "rejecting a message failed");
                         }
@@ -622,6 +722,15 @@ impl Shared {
                 ));
             }
         };
+        if tag.len() > 255 {
+            return Err((
+                RejectReason::BadHeader,
+                format!(
+                    "{TAG_HEADER} header of {} bytes is longer than any event tag (255 bytes at most)",
+                    tag.len()
+                ),
+            ));
+        }
         let Some(registered) = registered_events().ok().and_then(|events| events.get(tag)) else {
             return Err((
                 RejectReason::UnknownTag,
@@ -656,7 +765,8 @@ impl Shared {
             warn!(tag, theirs = %theirs, ours = %ours, message_id = incoming.message_id().unwrap_or(""), "schema fingerprints differ; decoding the JSON anyway");
         }
         let event: Box<dyn Event> = codec.decode(body).map_err(|e| {
-            let reason = if mismatch {
+            // Only a body that is an event of this tag can differ by schema.
+            let reason = if mismatch && json_tag(body) == Some(tag) {
                 RejectReason::FingerprintMismatch
             } else {
                 RejectReason::Decode
@@ -683,7 +793,7 @@ mod tests {
     #[test]
     fn recent_ids_are_bounded_by_the_window() {
         let recent = Recent::default();
-        let key = |id| recent.key(id);
+        let key = |id| recent.key("origin", id);
         for id in ["a", "b", "c", "b"] {
             recent.remember(key(id), 2);
         }

@@ -23,6 +23,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::connection::{Connection, Link, gone};
 use crate::error::{Error, ErrorKind, Result};
+use crate::header_frame;
 use crate::props::WhenFull;
 use crate::stats::Counters;
 
@@ -32,6 +33,9 @@ const IN_FLIGHT: usize = 512;
 /// The wait before opening a channel again on a connection that is up but
 /// refused the last one.
 const CHANNEL_RETRY: Duration = Duration::from_millis(200);
+/// How many channels a message may lose while it is the only one in flight
+/// before it is failed as refused by the broker instead of sent again.
+const MAX_STRIKES: u8 = 2;
 
 /// One message to publish, with whoever waits for its outcome.
 pub(crate) struct Message {
@@ -44,6 +48,8 @@ pub(crate) struct Message {
     /// Counted in the stats (events of the application, not the bus's own
     /// retries and dead letters).
     pub(crate) counted: bool,
+    /// Channels lost while this message was the only one in flight.
+    pub(crate) strikes: u8,
 }
 
 // One per message, moved and never copied; boxing the large variant would
@@ -87,6 +93,7 @@ impl Outbox {
             counters: counters.clone(),
             pending: VecDeque::new(),
             in_flight: VecDeque::new(),
+            suspects: 0,
             accepted: 0,
             settled: 0,
             failures: 0,
@@ -112,6 +119,25 @@ impl Outbox {
     /// means).
     pub(crate) async fn submit(&self, message: Message, when_full: WhenFull) -> Result<()> {
         let size = message.body.len();
+        let max_message_size = self.conn.props().max_message_size();
+        if size > max_message_size {
+            return Err(Error::new(
+                ErrorKind::MessageTooLarge,
+                format!(
+                    "message of {size} bytes is larger than the maximum message size of {max_message_size} bytes, which receivers refuse too; raise it on both sides with with_max_message_size (and the broker's max_message_size) or send less"
+                ),
+            ));
+        }
+        let frame_max = self.conn.frame_max();
+        let header = header_frame::size(&message.properties);
+        if header > frame_max {
+            return Err(Error::new(
+                ErrorKind::MessageTooLarge,
+                format!(
+                    "the message's properties and headers take {header} bytes, more than the broker's frame limit of {frame_max} bytes, and the broker would close the connection for it; send smaller headers"
+                ),
+            ));
+        }
         if size > self.max_bytes {
             return Err(Error::new(
                 ErrorKind::MessageTooLarge,
@@ -270,6 +296,10 @@ struct Engine {
     /// Accepted, not sent on the current channel; re-sends first.
     pending: VecDeque<(Message, bool)>,
     in_flight: VecDeque<InFlight>,
+    /// How many messages at the front of `pending` were in flight when a
+    /// channel was lost: they are sent one at a time, so that a message the
+    /// broker refuses by closing the channel is found and failed alone.
+    suspects: usize,
     accepted: u64,
     settled: u64,
     failures: u64,
@@ -347,7 +377,8 @@ impl Engine {
     ) -> Stop {
         let channel = &opened.channel;
         loop {
-            while self.in_flight.len() < IN_FLIGHT {
+            let window = if self.suspects > 0 { 1 } else { IN_FLIGHT };
+            while self.in_flight.len() < window {
                 let Some((message, again)) = self.pending.pop_front() else {
                     break;
                 };
@@ -419,16 +450,41 @@ impl Engine {
 
     /// Puts what was in flight back in front of the buffer, to be sent
     /// again on the next channel.
+    ///
+    /// Those messages are suspects: the broker may have closed the channel
+    /// because of one of them. They are sent again one at a time, and one
+    /// that loses the channel again while alone in flight is failed as
+    /// refused rather than sent forever.
     fn channel_lost(&mut self, why: &str) -> Stop {
         if self.conn.is_closed() {
             return Stop::GaveUp(
                 "the connection was closed before the broker confirmed".to_owned(),
             );
         }
-        debug!(error = %why, in_flight = self.in_flight.len(), "publishing channel lost; unconfirmed messages will be sent again");
+        debug!(error = %why, in_flight = self.in_flight.len(), "publishing channel lost; unconfirmed messages will be sent again, one at a time");
+        if self.suspects > 0
+            && self.in_flight.len() == 1
+            && let Some(alone) = self.in_flight.pop_front()
+        {
+            let mut message = alone.message;
+            message.strikes += 1;
+            if message.strikes >= MAX_STRIKES {
+                warn!(error = %why, bytes = message.body.len(), routing_key = %message.routing_key, "the broker refused a message; failing it and going on with the rest");
+                let error = Error::new(
+                    ErrorKind::Refused,
+                    format!("the broker refused the message and closed the channel: {why}"),
+                );
+                self.settle(message, Err(error));
+            } else {
+                self.pending.push_front((message, true));
+            }
+            return Stop::ChannelLost;
+        }
+        let lost = self.in_flight.len();
         for lost in self.in_flight.drain(..).rev() {
             self.pending.push_front((lost.message, true));
         }
+        self.suspects = self.suspects.max(lost);
         Stop::ChannelLost
     }
 
@@ -450,6 +506,8 @@ impl Engine {
 
     fn settle(&mut self, message: Message, outcome: Result<()>) {
         self.events.add_permits(1);
+        // Suspects are sent alone, so the first settled ones are they.
+        self.suspects = self.suspects.saturating_sub(1);
         self.bytes.add_permits(message.body.len());
         let counters = &self.counters;
         if message.counted {

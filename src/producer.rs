@@ -292,6 +292,7 @@ impl Producer {
             properties,
             done: Some(done),
             counted: true,
+            strikes: 0,
         };
         self.inner
             .outbox
@@ -325,6 +326,7 @@ impl Producer {
             properties,
             done,
             counted: true,
+            strikes: 0,
         };
         self.inner
             .outbox
@@ -341,16 +343,18 @@ impl Producer {
         routing_key: ShortString,
         body: &[u8],
         properties: BasicProperties,
+        mandatory: bool,
     ) -> Result<()> {
         let (done, confirmed) = oneshot::channel();
         let message = Message {
             exchange,
             routing_key,
-            mandatory: false,
+            mandatory,
             body: Arc::new(body.to_vec()),
             properties,
             done: Some(done),
             counted: false,
+            strikes: 0,
         };
         self.inner.outbox.submit(message, WhenFull::Wait).await?;
         Confirm {

@@ -200,7 +200,7 @@ impl AmqpProps {
     /// | `prefetch` | unacknowledged deliveries per consumer | `500` |
     /// | `connection_name` | shown in the broker's management UI | `billing` |
     /// | `connection_timeout` | milliseconds to connect | `5000` |
-    /// | `max_message_size` | largest body accepted, in bytes | `1048576` |
+    /// | `max_message_size` | largest body sent or accepted, in bytes | `4194304` |
     /// | `codec` | `bincode` or `json` | `json` |
     /// | `cacertfile` | PEM file of the CA that signed the broker's certificate | `/etc/ssl/ca.pem` |
     /// | `buffer_events` | events a producer holds until the broker confirms them | `8192` |
@@ -483,8 +483,12 @@ impl AmqpProps {
         self
     }
 
-    /// Sets the largest message body a consumer decodes (default 4 MiB);
-    /// larger deliveries fail with [`ErrorKind::MessageTooLarge`].
+    /// Sets the largest message body sent or decoded (default 4 MiB): a
+    /// larger publish fails at once with [`ErrorKind::MessageTooLarge`],
+    /// and a larger delivery is dead-lettered (without its body). Keep it
+    /// at or under the broker's own `max_message_size` (RabbitMQ 4's
+    /// default is 16 MiB), or the broker refuses such a publish
+    /// ([`ErrorKind::Refused`]).
     #[must_use]
     pub fn with_max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = bytes;

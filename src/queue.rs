@@ -36,6 +36,11 @@ pub struct Queue {
     binding: Binding,
     /// For a retry queue: the queue its expired messages go back to.
     dead_letter_to: Option<String>,
+    /// For a retry queue: how long each message waits, in milliseconds.
+    message_ttl: Option<u32>,
+    /// For a retry queue: how long it may stay unused before the broker
+    /// deletes it, in milliseconds.
+    expires: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +61,8 @@ impl Queue {
             durable: true,
             binding: Binding::Everything,
             dead_letter_to: None,
+            message_ttl: None,
+            expires: None,
         }
     }
 
@@ -69,6 +76,8 @@ impl Queue {
             durable: false,
             binding: Binding::Everything,
             dead_letter_to: None,
+            message_ttl: None,
+            expires: None,
         }
     }
 
@@ -92,20 +101,34 @@ impl Queue {
         self
     }
 
-    /// The retry queue of the queue `name`: unbound, holding each message
-    /// until its expiration, then dead-lettering it back to `name` through
-    /// the default exchange. Durable like the queue it serves.
-    pub(crate) fn retry_for(name: &str, durable: bool) -> Self {
+    /// The retry queue of the queue `name` for one delay,
+    /// `<name>.retry.<ms>`: unbound, holding each message for `delay_ms`,
+    /// then dead-lettering it back to `name` through the default exchange.
+    /// One queue per delay, because the broker expires messages only at a
+    /// queue's head: a short retry must not wait behind a long one. Durable
+    /// like the queue it serves, and deleted by the broker once unused for
+    /// ten minutes longer than its delay.
+    pub(crate) fn retry_for(name: &str, delay_ms: u32, durable: bool) -> Self {
         Self {
-            name: Some(format!("{name}.retry")),
+            name: Some(format!("{name}.retry.{delay_ms}")),
             durable,
             binding: Binding::Unbound,
             dead_letter_to: Some(name.to_owned()),
+            message_ttl: Some(delay_ms),
+            expires: Some(delay_ms.saturating_add(600_000)),
         }
     }
 
     pub(crate) fn dead_letter_to(&self) -> Option<&str> {
         self.dead_letter_to.as_deref()
+    }
+
+    pub(crate) fn message_ttl(&self) -> Option<u32> {
+        self.message_ttl
+    }
+
+    pub(crate) fn expires(&self) -> Option<u32> {
+        self.expires
     }
 
     /// The name given, `None` for an exclusive queue named at declare time.

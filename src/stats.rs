@@ -1,6 +1,8 @@
 //! Counters of a bus: cheap atomics, read as a `Stats` snapshot.
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// **Why a received message was rejected** instead of dispatched.
@@ -84,8 +86,18 @@ pub(crate) struct Counters {
     pub(crate) retried: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
     pub(crate) deduplicated: AtomicU64,
+    pub(crate) dead_letters_dropped: AtomicU64,
+    pub(crate) unknown_events: AtomicU64,
+    /// Unknown events by tag, for at most [`UNKNOWN_TAGS`] tags.
+    unknown_tags: Mutex<BTreeMap<String, u64>>,
     rejected: [AtomicU64; RejectReason::ALL.len()],
 }
+
+/// How many distinct unknown tags are counted one by one; the rest are
+/// counted under [`OTHER_TAGS`].
+const UNKNOWN_TAGS: usize = 256;
+/// The key under which unknown tags beyond the first 256 are counted.
+pub const OTHER_TAGS: &str = "(other tags)";
 
 impl Counters {
     pub(crate) fn add(counter: &AtomicU64) {
@@ -94,6 +106,38 @@ impl Counters {
 
     pub(crate) fn reject(&self, reason: RejectReason) {
         self.rejected[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an event of a type this process does not know; true the
+    /// first time this tag is seen (to log it once).
+    pub(crate) fn unknown(&self, tag: &str) -> bool {
+        Self::add(&self.unknown_events);
+        let mut tags = self.unknown_tags.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = tags.get_mut(tag) {
+            *count += 1;
+            return false;
+        }
+        let key = if tags.len() < UNKNOWN_TAGS {
+            // Tags come from the wire: keep at most 255 bytes of one.
+            let mut end = tag.len().min(255);
+            while !tag.is_char_boundary(end) {
+                end -= 1;
+            }
+            tag[..end].to_owned()
+        } else {
+            OTHER_TAGS.to_owned()
+        };
+        let count = tags.entry(key).or_insert(0);
+        *count += 1;
+        *count == 1
+    }
+
+    /// Unknown events counted by tag.
+    pub(crate) fn unknown_tags(&self) -> BTreeMap<String, u64> {
+        self.unknown_tags
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub(crate) fn snapshot(&self) -> Stats {
@@ -116,13 +160,16 @@ impl Counters {
             retried: get(&self.retried),
             dead_lettered: get(&self.dead_lettered),
             deduplicated: get(&self.deduplicated),
+            dead_letters_dropped: get(&self.dead_letters_dropped),
+            unknown_events: get(&self.unknown_events),
             rejected: RejectReason::ALL.map(|r| get(&self.rejected[r.index()])),
         }
     }
 }
 
 /// **A snapshot of a bus's counters.**
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Stats {
     /// Events accepted by `publish` (not yet necessarily confirmed).
     pub published: u64,
@@ -169,7 +216,49 @@ pub struct Stats {
     /// Deliveries of a message id handled lately, acknowledged without
     /// reaching the handlers again.
     pub deduplicated: u64,
+    /// Dead letters the dead-letter queue refused (it was full) or the
+    /// broker did not take: each was logged at ERROR and dropped.
+    pub dead_letters_dropped: u64,
+    /// Events of a type this process has no type for, acknowledged and
+    /// counted under [`UnknownEvents::Acknowledge`](crate::UnknownEvents)
+    /// (by tag: [`Bus::unknown_events`](crate::Bus::unknown_events)).
+    pub unknown_events: u64,
     rejected: [u64; RejectReason::ALL.len()],
+}
+
+impl fmt::Debug for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        struct Rejected<'a>(&'a Stats);
+        impl fmt::Debug for Rejected<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_map()
+                    .entries(RejectReason::ALL.iter().map(|r| (r.as_str(), self.0.rejected(*r))))
+                    .finish()
+            }
+        }
+        f.debug_struct("Stats")
+            .field("published", &self.published)
+            .field("confirmed", &self.confirmed)
+            .field("returned", &self.returned)
+            .field("publish_failed", &self.publish_failed)
+            .field("buffered", &self.buffered)
+            .field("republished", &self.republished)
+            .field("reconnects", &self.reconnects)
+            .field("delivered", &self.delivered)
+            .field("dispatched", &self.dispatched)
+            .field("handled", &self.handled)
+            .field("handler_failures", &self.handler_failures)
+            .field("handler_timeouts", &self.handler_timeouts)
+            .field("own_skipped", &self.own_skipped)
+            .field("fingerprint_mismatches", &self.fingerprint_mismatches)
+            .field("retried", &self.retried)
+            .field("dead_lettered", &self.dead_lettered)
+            .field("deduplicated", &self.deduplicated)
+            .field("dead_letters_dropped", &self.dead_letters_dropped)
+            .field("unknown_events", &self.unknown_events)
+            .field("rejected", &Rejected(self))
+            .finish()
+    }
 }
 
 impl Stats {
@@ -183,5 +272,34 @@ impl Stats {
     #[must_use]
     pub fn rejected_total(&self) -> u64 {
         self.rejected.iter().sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_labels_each_rejection_count() {
+        let counters = Counters::default();
+        counters.reject(RejectReason::Decode);
+        let text = format!("{:?}", counters.snapshot());
+        assert!(text.contains("\"decode\": 1"), "{text}");
+        assert!(text.contains("\"too_large\": 0"), "{text}");
+    }
+
+    #[test]
+    fn unknown_tags_are_counted_by_tag_and_bounded() {
+        let counters = Counters::default();
+        assert!(counters.unknown("a"), "first of a tag");
+        assert!(!counters.unknown("a"));
+        for n in 0..1000 {
+            counters.unknown(&format!("t{n}"));
+        }
+        let tags = counters.unknown_tags();
+        assert_eq!(tags.len(), UNKNOWN_TAGS + 1);
+        assert_eq!(tags["a"], 2);
+        assert_eq!(tags[OTHER_TAGS], 1000 - (UNKNOWN_TAGS as u64 - 1));
+        assert_eq!(counters.snapshot().unknown_events, 1002);
     }
 }

@@ -35,6 +35,12 @@ pub const ERROR_HEADER: &str = "x-tidings-error";
 pub const ROUTING_KEY_HEADER: &str = "x-tidings-routing-key";
 /// Dead-letter header: the queue the message was consumed from.
 pub const QUEUE_HEADER: &str = "x-tidings-queue";
+/// Dead-letter header: the size of the body, dropped because it was over
+/// the maximum message size (the dead letter has an empty body).
+pub const BODY_DROPPED_HEADER: &str = "x-tidings-body-dropped";
+/// Dead-letter and retry header: the foreign headers dropped so that the
+/// message fits the broker's frame limit, comma-separated.
+pub const TRIMMED_HEADER: &str = crate::header_frame::TRIMMED_HEADER;
 
 /// A header as received: absent, a string, or of another AMQP type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
