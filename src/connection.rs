@@ -251,7 +251,9 @@ impl Connection {
     /// negotiated `frame_max`; RabbitMQ's default while none is up).
     pub(crate) fn frame_max(&self) -> usize {
         match &*self.inner.link.borrow() {
-            Link::Up(amqp) => usize::try_from(amqp.configuration().frame_max()).unwrap_or(usize::MAX),
+            Link::Up(amqp) => {
+                usize::try_from(amqp.configuration().frame_max()).unwrap_or(usize::MAX)
+            }
             _ => 131_072,
         }
     }
@@ -409,6 +411,7 @@ impl Connection {
         // An exclusive queue goes with its connection or its last consumer;
         // it is declared again by name after a reconnect.
         let options = QueueDeclareOptions {
+            passive: queue.is_existing(),
             durable: queue.is_durable(),
             exclusive: !queue.is_durable(),
             auto_delete: !queue.is_durable(),

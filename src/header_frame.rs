@@ -152,9 +152,8 @@ mod tests {
 
     #[test]
     fn ten_thousand_small_headers_are_trimmed_to_fit() {
-        let headers: Vec<(String, AMQPValue)> = (0..10_000)
-            .map(|i| (format!("h{i}"), text(8)))
-            .collect();
+        let headers: Vec<(String, AMQPValue)> =
+            (0..10_000).map(|i| (format!("h{i}"), text(8))).collect();
         let mut table = FieldTable::default();
         for (name, value) in &headers {
             table.insert(name.as_str().into(), value.clone());

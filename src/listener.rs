@@ -396,6 +396,9 @@ async fn run(
         while running.len() >= shared.settings.concurrency {
             running.join_next().await;
         }
+        // Deliveries already here are handled back to back: give the
+        // runtime's other tasks their turn now and then.
+        tokio::task::consume_budget().await;
         // Stop means stop: deliveries already here are not started; they
         // go back to the queue when the consumer is cancelled.
         if *stopped.borrow() {
@@ -532,7 +535,8 @@ impl Shared {
                 } else {
                     Body::Keep
                 };
-                self.dead_letter(incoming, reason.as_str(), &detail, body).await;
+                self.dead_letter(incoming, reason.as_str(), &detail, body)
+                    .await;
                 return Outcome::Settled;
             }
         };

@@ -41,6 +41,8 @@ pub struct Queue {
     /// For a retry queue: how long it may stay unused before the broker
     /// deletes it, in milliseconds.
     expires: Option<u32>,
+    /// Declared passively: it must exist, whatever its arguments.
+    existing: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +65,7 @@ impl Queue {
             dead_letter_to: None,
             message_ttl: None,
             expires: None,
+            existing: false,
         }
     }
 
@@ -78,7 +81,30 @@ impl Queue {
             dead_letter_to: None,
             message_ttl: None,
             expires: None,
+            existing: false,
         }
+    }
+
+    /// **A queue that exists already**, consumed as it is: declared
+    /// passively (so its arguments, such as a dead-letter queue's limits,
+    /// need not be repeated) and not bound. Consuming it fails with
+    /// [`ErrorKind::Broker`](crate::ErrorKind::Broker) when it does not
+    /// exist.
+    ///
+    /// ```
+    /// let dead_letters = tidings::Queue::existing("orders.dead-letter");
+    /// assert_eq!(dead_letters.name(), Some("orders.dead-letter"));
+    /// ```
+    #[must_use]
+    pub fn existing(name: impl Into<String>) -> Self {
+        Self {
+            existing: true,
+            ..Self::durable(name).unbound()
+        }
+    }
+
+    pub(crate) fn is_existing(&self) -> bool {
+        self.existing
     }
 
     /// Binds the queue to the exchange with this routing key or pattern
@@ -116,6 +142,7 @@ impl Queue {
             dead_letter_to: Some(name.to_owned()),
             message_ttl: Some(delay_ms),
             expires: Some(delay_ms.saturating_add(600_000)),
+            existing: false,
         }
     }
 

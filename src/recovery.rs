@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::connection::{Inner, Link};
 use crate::connection_event::ConnectionEvent;
@@ -127,6 +127,13 @@ async fn lost(inner: &Weak<Inner>, amqp: &lapin::Connection) -> String {
     loop {
         tokio::select! {
             event = events.next() => match event {
+                // A soft error closes one channel, not the connection (a
+                // refused publish, a failed declaration): its owner handles
+                // it, and reconnecting would only fight the live connection
+                // for its exclusive queues.
+                Some(lapin::Event::Error(e)) if is_soft(&e) && amqp.status().connected() => {
+                    debug!(error = %e, "a channel was closed by the broker; the connection is up");
+                }
                 Some(lapin::Event::Error(e)) => return e.to_string(),
                 Some(lapin::Event::ConnectionBlocked(reason)) => {
                     let Some(strong) = inner.upgrade() else { return "dropped".to_owned() };
@@ -150,6 +157,14 @@ async fn lost(inner: &Weak<Inner>, amqp: &lapin::Connection) -> String {
             }
         }
     }
+}
+
+/// Whether `error` is a channel-level (soft) AMQP error.
+fn is_soft(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(e) if matches!(e.kind(), lapin::protocol::AMQPErrorKind::Soft(_))
+    )
 }
 
 #[cfg(test)]

@@ -232,7 +232,11 @@ impl fmt::Debug for Stats {
         impl fmt::Debug for Rejected<'_> {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.debug_map()
-                    .entries(RejectReason::ALL.iter().map(|r| (r.as_str(), self.0.rejected(*r))))
+                    .entries(
+                        RejectReason::ALL
+                            .iter()
+                            .map(|r| (r.as_str(), self.0.rejected(*r))),
+                    )
                     .finish()
             }
         }

@@ -200,6 +200,7 @@ impl Receiver {
         let guard = subscribers.subscribe(move |r: &Reading| s.lock().unwrap().push(r.value));
         let bus = Bus::with_props(props.clone())
             .subscribers(subscribers)
+            .unknown_events(tidings::UnknownEvents::DeadLetter)
             .connect()
             .await
             .unwrap();
@@ -207,7 +208,7 @@ impl Receiver {
         let dlq = bus
             .dead_letter_queue()
             .expect("an amqp bus has a dead-letter queue");
-        let dead = conn.consumer(&Queue::durable(dlq).unbound()).await.unwrap();
+        let dead = conn.consumer(&Queue::existing(dlq)).await.unwrap();
         Self {
             bus,
             seen,

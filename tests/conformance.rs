@@ -669,7 +669,6 @@ async fn send_to_reaches_one_named_queue(meeting: Meeting) {
     );
     if let Meeting::Amqp(props) = &meeting {
         let conn = tidings::Connection::connect(props).await.unwrap();
-        conn.delete_queue(&format!("{inbox}.retry")).await.unwrap();
         conn.delete_queue(&inbox).await.unwrap();
         conn.close().await.unwrap();
     }

@@ -58,10 +58,7 @@ async fn a_poison_event_is_dead_lettered_after_the_cap_without_blocking_others()
         .to_owned();
     assert_eq!(dlq, format!("{}.dead-letter", props.exchange()));
     let conn = Connection::connect(&props).await.unwrap();
-    let mut dead = conn
-        .consumer(&Queue::durable(&dlq).unbound())
-        .await
-        .unwrap();
+    let mut dead = conn.consumer(&Queue::existing(&dlq)).await.unwrap();
     let letter = common::next_delivery(&mut dead).await;
     assert_eq!(
         letter
@@ -131,6 +128,7 @@ async fn an_undecodable_message_goes_straight_to_the_dead_letters() {
     let _cleanup = common::Cleanup::new(&props);
     let bus = Bus::with_props(props.clone())
         .subscribers(Subscribers::new())
+        .unknown_events(tidings::UnknownEvents::DeadLetter)
         .connect()
         .await
         .unwrap();
@@ -154,7 +152,7 @@ async fn an_undecodable_message_goes_straight_to_the_dead_letters() {
         .await
         .unwrap();
     let mut dead = conn
-        .consumer(&Queue::durable(bus.dead_letter_queue().unwrap()).unbound())
+        .consumer(&Queue::existing(bus.dead_letter_queue().unwrap()))
         .await
         .unwrap();
     let letter = common::next_delivery(&mut dead).await;

@@ -121,6 +121,7 @@ async fn bad_events_are_rejected_counted_and_logged_and_the_bus_goes_on() {
     let _g = subscribers.subscribe(move |r: &Reading| s.lock().unwrap().push(r.clone()));
     let bus = Bus::with_props(props.clone())
         .subscribers(subscribers)
+        .unknown_events(tidings::UnknownEvents::DeadLetter)
         .connect()
         .await
         .unwrap();

@@ -498,8 +498,6 @@ async fn remove_topology(props: &AmqpProps, groups: &[&str]) -> Result<(), Error
     let conn = tidings::Connection::connect(props).await?;
     let exchange = props.exchange();
     for group in groups {
-        conn.delete_queue(&format!("{exchange}.{group}.retry"))
-            .await?;
         conn.delete_queue(&format!("{exchange}.{group}")).await?;
     }
     conn.delete_queue(&format!("{exchange}.dead-letter"))

@@ -101,8 +101,13 @@ impl Drop for Cleanup {
                 let Ok(conn) = Connection::connect(&props).await else {
                     return;
                 };
+                let listed = listed_queues();
                 for queue in queues {
-                    let _ = conn.delete_queue(&format!("{queue}.retry")).await;
+                    // Retry queues, one per delay: <queue>.retry.<ms>.
+                    let prefix = format!("{queue}.retry.");
+                    for retry in listed.iter().filter(|name| name.starts_with(&prefix)) {
+                        let _ = conn.delete_queue(retry).await;
+                    }
                     let _ = conn.delete_queue(&queue).await;
                 }
                 // What a bus on this exchange declares: the dead letters.
@@ -115,6 +120,96 @@ impl Drop for Cleanup {
         })
         .join();
     }
+}
+
+/// The names of the queues on the shared broker, by `rabbitmqctl` (empty
+/// where it cannot be run; retry queues then expire on their own).
+pub fn listed_queues() -> Vec<String> {
+    Command::new("rabbitmqctl")
+        .args(["list_queues", "-q", "--no-table-headers", "name"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|line| line.trim().to_owned())
+                .filter(|line| !line.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Publishes as a foreign client would: any body, any properties, through
+/// `exchange` with `routing_key`; waits for the broker's confirm.
+pub async fn raw_publish(
+    channel: &lapin::Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: lapin::BasicProperties,
+) {
+    channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            lapin::options::BasicPublishOptions::default(),
+            body,
+            properties,
+        )
+        .await
+        .expect("raw publish failed")
+        .await
+        .expect("raw publish was not confirmed");
+}
+
+/// Takes the next message of `queue` without declaring it (basic.get,
+/// acknowledged); `None` when it is empty.
+pub async fn raw_get(conn: &Connection, queue: &str) -> Option<lapin::message::BasicGetMessage> {
+    let channel = conn.channel().await.unwrap();
+    let message = channel
+        .basic_get(
+            queue.into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("getting from {queue}: {e}"));
+    let _ = channel.close(200, "done".into()).await;
+    message
+}
+
+/// A string header of a message got with [`raw_get`].
+pub fn header_text(message: &lapin::message::BasicGetMessage, name: &str) -> Option<String> {
+    match message
+        .delivery
+        .properties
+        .headers()
+        .as_ref()?
+        .inner()
+        .get(name)?
+    {
+        lapin::types::AMQPValue::LongString(text) => Some(text.to_string()),
+        _ => None,
+    }
+}
+
+/// How many messages `queue` holds now (a passive declare).
+pub async fn queue_depth(conn: &Connection, queue: &str) -> u32 {
+    let channel = conn.channel().await.unwrap();
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("queue {queue} is not there: {e}"));
+    let _ = channel.close(200, "done".into()).await;
+    declared.message_count()
 }
 
 /// The binary of an example, which `cargo test` builds next to the tests.
@@ -170,6 +265,12 @@ const RABBITMQ_BIN: &str = "/usr/lib/rabbitmq/bin";
 impl PrivateNode {
     /// Starts a fresh node on free ports and waits until it accepts AMQP.
     pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// Starts a fresh node with this `rabbitmq.conf` (for example
+    /// `max_message_size = 16777216`).
+    pub fn start_with(conf: &str) -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let id = format!(
             "{}-{}",
@@ -183,7 +284,7 @@ impl PrivateNode {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
         }
         std::fs::write(dir.join("enabled_plugins"), "[].").unwrap();
-        std::fs::write(dir.join("rabbitmq.conf"), "").unwrap();
+        std::fs::write(dir.join("rabbitmq.conf"), conf).unwrap();
         std::fs::write(dir.join("rabbitmq-env.conf"), "").unwrap();
         let mut node = Self {
             name,
