@@ -87,6 +87,7 @@ mod error;
 mod event;
 mod listen;
 mod listener;
+pub mod log;
 mod outbox;
 mod producer;
 mod props;
