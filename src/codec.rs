@@ -263,14 +263,16 @@ impl Codecs {
                 "message has no content-type; the publisher must set one (application/x-bincode or application/json)",
             ));
         };
-        // Parameters such as `; charset=utf-8` do not change the format.
+        // Parameters such as `; charset=utf-8` do not change the format, and
+        // MIME types are case-insensitive (RFC 2045): `Application/JSON` is JSON.
         let mime = content_type.split(';').next().unwrap_or_default().trim();
-        if mime == self.primary.content_type() {
+        let is = |name: &str| mime.eq_ignore_ascii_case(name);
+        if is(self.primary.content_type()) {
             return Ok(&*self.primary);
         }
         match mime {
-            BINCODE_CONTENT_TYPE => Ok(&Bincode),
-            JSON_CONTENT_TYPE => Ok(&Json),
+            _ if is(BINCODE_CONTENT_TYPE) => Ok(&Bincode),
+            _ if is(JSON_CONTENT_TYPE) => Ok(&Json),
             _ => Err(Error::new(
                 ErrorKind::UnknownContentType,
                 format!(
@@ -406,6 +408,21 @@ mod tests {
                 .content_type(),
             BINCODE_CONTENT_TYPE
         );
+        for (content_type, expected) in [
+            ("APPLICATION/JSON", JSON_CONTENT_TYPE),
+            ("Application/Json;charset=UTF-8", JSON_CONTENT_TYPE),
+            ("Application/X-Bincode; charset=utf-8", BINCODE_CONTENT_TYPE),
+            (" application/X-BINCODE ", BINCODE_CONTENT_TYPE),
+        ] {
+            assert_eq!(
+                codecs
+                    .for_content_type(Some(content_type))
+                    .unwrap()
+                    .content_type(),
+                expected,
+                "{content_type}"
+            );
+        }
         let e = codecs.for_content_type(Some("text/x-pickle")).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::UnknownContentType);
         assert!(e.to_string().contains("text/x-pickle"));

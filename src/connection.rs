@@ -109,11 +109,14 @@ impl Connection {
     ///
     /// # Errors
     ///
-    /// - [`ErrorKind::InvalidConfig`] for bad props or an unreadable CA file;
+    /// - [`ErrorKind::InvalidConfig`] for bad props, or a CA file that cannot
+    ///   be read or holds no certificate;
     /// - [`ErrorKind::Authentication`] when the broker refuses the
     ///   credentials or the virtual host;
     /// - [`ErrorKind::Connect`] when the broker cannot be reached, or does not
-    ///   finish the handshake within the connect timeout;
+    ///   finish the handshake within the connect timeout, or what answers is
+    ///   not an AMQP server, or TLS fails (the message says which: the
+    ///   certificate was not accepted, the server did not answer with TLS);
     /// - [`ErrorKind::Broker`] when the exchange exists with another kind.
     pub async fn connect(props: &AmqpProps) -> Result<Self> {
         props.validate()?;
@@ -651,7 +654,7 @@ async fn open(props: &AmqpProps, name: &str) -> Result<lapin::Connection> {
     let url = props.redacted_url();
     match tokio::time::timeout(props.connect_timeout(), connecting).await {
         Ok(Ok(amqp)) => Ok(amqp),
-        Ok(Err(e)) => Err(Error::connect(&url, e)),
+        Ok(Err(e)) => Err(Error::connect(&url, props.tls(), e)),
         Err(_) => Err(Error::new(
             ErrorKind::Connect,
             format!(
@@ -698,17 +701,44 @@ pub(crate) fn short(name: &str) -> Result<ShortString> {
 
 fn tls_config(props: &AmqpProps) -> Result<lapin::tcp::OwnedTLSConfig> {
     let cert_chain = match props.ca_file() {
-        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
-            Error::with_source(
-                ErrorKind::InvalidConfig,
-                format!("cannot read the CA file {}: {e}", path.display()),
-                e,
-            )
-        })?),
+        Some(path) => Some(read_ca_file(path)?),
         None => None,
     };
     Ok(lapin::tcp::OwnedTLSConfig {
         identity: None,
         cert_chain,
     })
+}
+
+/// Reads a PEM CA file and checks it holds at least one certificate: the TLS
+/// layer skips what it cannot use, so a file without one would silently
+/// leave only the system's roots to verify the broker.
+fn read_ca_file(path: &std::path::Path) -> Result<String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let config = |message: String| Error::new(ErrorKind::InvalidConfig, message);
+    let pem = std::fs::read_to_string(path).map_err(|e| {
+        Error::with_source(
+            ErrorKind::InvalidConfig,
+            format!("cannot read the CA file {}: {e}", path.display()),
+            e,
+        )
+    })?;
+    let mut certificates = 0;
+    for certificate in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        certificate.map_err(|e| {
+            config(format!(
+                "the CA file {} is not valid PEM ({e}); give a PEM file with the CA's certificate (-----BEGIN CERTIFICATE-----)",
+                path.display()
+            ))
+        })?;
+        certificates += 1;
+    }
+    if certificates == 0 {
+        return Err(config(format!(
+            "the CA file {} holds no certificate; give a PEM file with the CA's certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        )));
+    }
+    Ok(pem)
 }

@@ -39,10 +39,11 @@ pub struct Error {
 #[non_exhaustive]
 pub enum ErrorKind {
     /// Bad settings: a malformed URL, an unknown query key, a name that is too
-    /// long, an unreadable CA file.
+    /// long, a CA file that cannot be read or holds no certificate.
     InvalidConfig,
-    /// The broker could not be reached: refused, unreachable, or no answer
-    /// within the connect timeout.
+    /// The broker could not be reached: refused, unreachable, no answer
+    /// within the connect timeout, not an AMQP server, or a failed TLS
+    /// handshake (such as a certificate that was not accepted).
     Connect,
     /// The broker refused the user name or password.
     Authentication,
@@ -119,25 +120,24 @@ impl Error {
         Self::with_source(kind, format!("{doing} failed: {err}{hint}"), err)
     }
 
-    /// Classifies a lapin error from opening a connection, where a refusal
-    /// by the broker means the credentials or the virtual host are wrong.
-    pub(crate) fn connect(url: &str, err: lapin::Error) -> Self {
-        use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
-        let refused = match err.kind() {
-            lapin::ErrorKind::ProtocolError(e) => matches!(
-                e.kind(),
-                AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
-                    | AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED)
+    /// Classifies a lapin error from opening a connection to `url` (with
+    /// TLS when `tls`): refused credentials, a server that does not speak
+    /// AMQP, a TLS certificate or handshake failure, or the generic cases.
+    pub(crate) fn connect(url: &str, tls: bool, err: lapin::Error) -> Self {
+        match connect_cause(tls, &err) {
+            Some(ConnectCause::Refused) => {
+                let message = format!(
+                    "connecting to {url} failed: {err}; check the user name, password and virtual host"
+                );
+                Self::with_source(ErrorKind::Authentication, message, err)
+            }
+            Some(ConnectCause::Other { what, todo }) => Self::with_source(
+                ErrorKind::Connect,
+                format!("connecting to {url} failed: {what} ({err}); {todo}"),
+                err,
             ),
-            _ => false,
-        };
-        if refused {
-            let message = format!(
-                "connecting to {url} failed: {err}; check the user name, password and virtual host"
-            );
-            return Self::with_source(ErrorKind::Authentication, message, err);
+            None => Self::amqp(&format!("connecting to {url}"), err),
         }
-        Self::amqp(&format!("connecting to {url}"), err)
     }
 
     /// What kind of failure this is.
@@ -175,6 +175,71 @@ impl Error {
     }
 }
 
+/// What a failed connect means, when it is more than "unreachable".
+#[derive(Debug, PartialEq, Eq)]
+enum ConnectCause {
+    /// The broker refused the credentials or the virtual host.
+    Refused,
+    /// Reached something, but not a broker that completed the handshake.
+    Other {
+        what: &'static str,
+        todo: &'static str,
+    },
+}
+
+fn connect_cause(tls: bool, err: &lapin::Error) -> Option<ConnectCause> {
+    use lapin::ErrorKind as L;
+    use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+    match err.kind() {
+        L::ProtocolError(e)
+            if matches!(
+                e.kind(),
+                AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
+                    | AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED)
+            ) =>
+        {
+            Some(ConnectCause::Refused)
+        }
+        // Bytes that are no AMQP frame: an HTTP server, SSH, a database...
+        L::ParsingError(_) | L::InvalidProtocolVersion(_) => Some(ConnectCause::Other {
+            what: "the server there is not an AMQP server (it answered with something other than AMQP 0-9-1)",
+            todo: "check the host and port: RabbitMQ listens on 5672 for amqp:// and 5671 for amqps://",
+        }),
+        L::IOError(io) if tls => tls_cause(&io.to_string()),
+        _ => None,
+    }
+}
+
+/// Recognizes a TLS failure by the text of the TLS library's error (rustls
+/// is not a direct dependency, so its error type cannot be matched).
+fn tls_cause(text: &str) -> Option<ConnectCause> {
+    if text.contains("certificate") {
+        // rustls: "invalid peer certificate: UnknownIssuer", "...: NotValidForName",
+        // "...: Expired", "peer sent no certificates".
+        Some(ConnectCause::Other {
+            what: "the broker's TLS certificate was not accepted",
+            todo: "check the CA file (cacertfile or with_ca_file) holds the CA that signed the broker's certificate, that the certificate has not expired, and that the host name is one it names",
+        })
+    } else if text.contains("received corrupt message")
+        || text.contains("received unexpected message")
+    {
+        Some(ConnectCause::Other {
+            what: "the server did not answer with TLS",
+            todo: "check the port (RabbitMQ listens for amqps:// on 5671), or use amqp:// if the broker has no TLS",
+        })
+    } else if text.contains("received fatal alert")
+        || text.contains("peer is incompatible")
+        || text.contains("peer misbehaved")
+    {
+        Some(ConnectCause::Other {
+            what: "the TLS handshake with the broker failed",
+            todo: "check that the broker's TLS settings (versions, ciphers, client certificates) accept this client",
+        })
+    } else {
+        None
+    }
+}
+
 fn amqp_kind(err: &lapin::Error) -> ErrorKind {
     use lapin::ErrorKind as L;
     match err.kind() {
@@ -205,6 +270,67 @@ mod tests {
     fn error_is_send_sync_and_small() {
         fn assert_send_sync<T: Send + Sync + 'static>() {}
         assert_send_sync::<Error>();
+    }
+
+    fn io(text: &str) -> lapin::Error {
+        lapin::ErrorKind::IOError(std::sync::Arc::new(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            text.to_owned(),
+        )))
+        .into()
+    }
+
+    #[test]
+    fn certificate_errors_say_certificate_not_broker_running() {
+        // The texts rustls 0.23 gives its certificate errors.
+        for text in [
+            "invalid peer certificate: UnknownIssuer",
+            "invalid peer certificate: NotValidForName",
+            "invalid peer certificate: Expired",
+            "invalid peer certificate: BadSignature",
+            "peer sent no certificates",
+        ] {
+            let err = Error::connect("amqps://u:***@mq:5671/%2F", true, io(text));
+            assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
+            let message = err.to_string();
+            assert!(
+                message.contains("certificate was not accepted"),
+                "{message}"
+            );
+            assert!(message.contains(text), "{message}");
+            assert!(message.contains("check the CA file"), "{message}");
+            assert!(!message.contains("broker is running"), "{message}");
+        }
+    }
+
+    #[test]
+    fn other_tls_failures_are_named() {
+        let plain = Error::connect(
+            "amqps://mq:5672",
+            true,
+            io("received corrupt message of type InvalidContentType"),
+        );
+        assert!(
+            plain.to_string().contains("did not answer with TLS"),
+            "{plain}"
+        );
+        let alert = Error::connect(
+            "amqps://mq:5671",
+            true,
+            io("received fatal alert: HandshakeFailure"),
+        );
+        assert!(alert.to_string().contains("TLS handshake"), "{alert}");
+        // Without TLS the same words are not read as a TLS failure.
+        let refused = Error::connect("amqp://mq:5672", false, io("certificate"));
+        assert!(
+            refused.to_string().contains("broker is running"),
+            "{refused}"
+        );
+        let refused = Error::connect("amqps://mq:5671", true, io("Connection refused"));
+        assert!(
+            refused.to_string().contains("broker is running"),
+            "{refused}"
+        );
     }
 
     #[test]

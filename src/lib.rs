@@ -88,6 +88,7 @@ mod event;
 mod header_frame;
 mod listen;
 mod listener;
+pub mod log;
 mod outbox;
 mod producer;
 mod props;

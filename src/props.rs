@@ -240,10 +240,25 @@ impl AmqpProps {
                 other => other.to_string(),
             };
             config_error(format!(
-                "invalid AMQP URL {:?}: {part}",
-                redact_url_text(url)
+                "invalid AMQP URL {:?}: {part}{}",
+                redact_url_text(url),
+                if has_raw_at(url) {
+                    PERCENT_ENCODE_HINT
+                } else {
+                    ""
+                }
             ))
         })?;
+        // A password with a raw `/ ? #` in it can parse as something else: in
+        // `amqp://app:12/S3cret@rabbit` the host is `app`, the port 12 and the
+        // virtual host `S3cret@rabbit`. An `@` outside the user info means
+        // the user info was not where it was meant to be.
+        if parsed.username().is_empty() && parsed.password().is_none() && has_raw_at(url) {
+            return Err(config_error(format!(
+                "AMQP URL {:?} has an '@' after the host{PERCENT_ENCODE_HINT}, and an '@' in a virtual host or query value as %40",
+                redact_url_text(url)
+            )));
+        }
         let tls = match parsed.scheme() {
             "amqp" => false,
             "amqps" => true,
@@ -795,23 +810,33 @@ fn parse_number<T: FromStr>(key: &str, value: &str) -> Result<T> {
     })
 }
 
-/// Replaces the password in a URL that failed to parse, so an error message
-/// can quote it.
+/// How to write a password that holds characters a URL reserves.
+const PERCENT_ENCODE_HINT: &str =
+    "; if the password contains / ? # @ or :, percent-encode them as %2F %3F %23 %40 %3A";
+
+/// Whether the text after the scheme holds an `@`: user info, or a reserved
+/// character of a password that was not percent-encoded.
+fn has_raw_at(url: &str) -> bool {
+    url.split_once("://")
+        .is_some_and(|(_, rest)| rest.contains('@'))
+}
+
+/// Replaces the password in a URL that failed to parse or was misread, so an
+/// error message can quote it.
+///
+/// The user info runs from `://` to the LAST `@`, not to the first `/`: a
+/// password may hold a raw `/ ? # @` (which is why the URL did not parse).
+/// When an `@` sits in a query or virtual host instead, more than the
+/// password is hidden, which is the safe side.
 fn redact_url_text(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match authority.rfind('@') {
-        Some(at) => match authority[..at].split_once(':') {
-            Some((user, _)) => format!(
-                "{scheme}://{user}:***{}{}",
-                &authority[at..],
-                &rest[authority_end..]
-            ),
-            None => url.to_owned(),
-        },
+    let Some(at) = rest.rfind('@') else {
+        return url.to_owned();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
         None => url.to_owned(),
     }
 }
@@ -890,6 +915,93 @@ mod tests {
         let e = err("amqp://u:topsecret@h:99999/");
         assert!(!e.contains("topsecret"), "{e}");
         assert!(e.contains("u:***@h:99999"), "{e}");
+    }
+
+    /// Passwords with characters a URL reserves, written raw: whether the
+    /// URL fails to parse or parses as something else, no error (Display or
+    /// Debug) and no props (Debug) show any part of the password.
+    #[test]
+    fn raw_reserved_characters_in_a_password_never_show() {
+        // (url, the fragments of the password that must not show)
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "amqp://app:Sup3r/S3cret@rabbit:5672/%2f",
+                &["Sup3r", "S3cret"],
+            ),
+            ("amqp://app:Sup3r/S3cret@rabbit/%2f", &["Sup3r", "S3cret"]),
+            ("amqp://app:12/S3cret@rabbit:5672/%2f", &["S3cret"]),
+            ("amqp://app:12/S3cret@rabbit", &["S3cret"]),
+            (
+                "amqp://app:Sup3r?S3cret@rabbit:5672/%2f",
+                &["Sup3r", "S3cret"],
+            ),
+            ("amqp://app:12?S3cret@rabbit:5672/%2f", &["S3cret"]),
+            ("amqp://app:12?S3cret=x@rabbit", &["S3cret"]),
+            (
+                "amqp://app:Sup3r#S3cret@rabbit:5672/%2f",
+                &["Sup3r", "S3cret"],
+            ),
+            ("amqp://app:12#S3cret@rabbit", &["S3cret"]),
+            (
+                "amqp://app:Sup3r@S3cret@rabbit:5672/%2f",
+                &["Sup3r", "S3cret"],
+            ),
+            (
+                "amqp://app:Sup3r@S3cret@rabbit:99999/%2f",
+                &["Sup3r", "S3cret"],
+            ),
+            (
+                "amqp://app:Sup3r:S3cret@rabbit:99999/%2f",
+                &["Sup3r", "S3cret"],
+            ),
+            (
+                "amqp://app:Sup3r/S3cret@[::1]:5672/%2f",
+                &["Sup3r", "S3cret"],
+            ),
+            ("amqp://app:Sup3r/S3cret@[::1]/%2f", &["Sup3r", "S3cret"]),
+            ("amqp://app:Sup3r@[::1]:99999/%2f", &["Sup3r"]),
+            (
+                "amqps://app:Sup3r/S3cret@rabbit:5671/prod?exchange=x",
+                &["Sup3r", "S3cret"],
+            ),
+            ("amqp://:Sup3r/S3cret@rabbit:5672/%2f", &["Sup3r", "S3cret"]),
+            ("amqp://app@rabbit:99999/%2f", &[]),
+            ("amqp://rabbit:99999/%2f", &[]),
+        ];
+        for (url, secrets) in cases {
+            let shown = match AmqpProps::from_url(url) {
+                Ok(props) => format!("{props:?} {}", props.redacted_url()),
+                Err(e) => {
+                    assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{url}");
+                    format!("{e} {e:?}")
+                }
+            };
+            for secret in *secrets {
+                assert!(!shown.contains(secret), "{url} shows {secret:?}: {shown}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_misplaced_password_says_to_percent_encode() {
+        for url in [
+            "amqp://app:Sup3r/S3cret@rabbit:5672/%2f",
+            "amqp://app:12/S3cret@rabbit",
+            "amqp://app:12?S3cret@rabbit",
+            "amqp://app:12#S3cret@rabbit",
+        ] {
+            let e = err(url);
+            assert!(e.contains("percent-encode"), "{url}: {e}");
+            assert!(e.contains("%2F %3F %23 %40 %3A"), "{url}: {e}");
+            assert!(e.contains("app:***@rabbit"), "{url}: {e}");
+        }
+        // Percent-encoded, the same password is fine.
+        let p =
+            AmqpProps::from_url("amqp://app:Sup3r%2FS3cret%3F%23%40%3A@rabbit:5672/%2f").unwrap();
+        assert_eq!(p.password, "Sup3r/S3cret?#@:");
+        assert_eq!(p.host(), "rabbit");
+        // No '@': no hint about passwords.
+        assert!(!err("amqp://rabbit:99999/").contains("password"));
     }
 
     #[test]

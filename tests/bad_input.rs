@@ -76,6 +76,100 @@ async fn silent_peer_times_out_within_the_connect_timeout() {
     );
 }
 
+/// A server on a local port that answers every connection with `reply`
+/// (after reading what the client sent first) and closes it.
+async fn answering_server(reply: &'static [u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut first = [0u8; 512];
+                let _ = socket.read(&mut first).await;
+                let _ = socket.write_all(reply).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn an_http_server_is_not_an_amqp_server() {
+    let port = answering_server(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+    let props = AmqpProps::default()
+        .with_host("127.0.0.1")
+        .with_port(port)
+        .with_connect_timeout(Duration::from_secs(5));
+    let err = Connection::connect(&props).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
+    let message = err.to_string();
+    assert!(message.contains("not an AMQP server"), "{message}");
+    assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
+    assert!(!message.contains("timed out"), "{message}");
+}
+
+#[tokio::test]
+async fn tls_to_a_server_without_tls_says_so() {
+    let port = answering_server(b"AMQP\x00\x00\x09\x01").await;
+    let props = AmqpProps::default()
+        .with_host("127.0.0.1")
+        .with_port(port)
+        .with_tls(true)
+        .with_connect_timeout(Duration::from_secs(5));
+    let err = Connection::connect(&props).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
+    let message = err.to_string();
+    assert!(message.contains("TLS"), "{message}");
+    assert!(
+        !message.contains("check that the broker is running"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_ca_file_without_a_certificate_is_a_config_error() {
+    let dir = std::env::temp_dir().join(common::unique("ca"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let empty = dir.join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let key_only = dir.join("key.pem");
+    std::fs::write(
+        &key_only,
+        "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let garbled = dir.join("garbled.pem");
+    std::fs::write(
+        &garbled,
+        "-----BEGIN CERTIFICATE-----\n!!not base64!!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    // Nothing listens here: the CA file is checked before connecting.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    for (file, says) in [
+        (&empty, "no certificate"),
+        (&key_only, "no certificate"),
+        (&garbled, "not valid PEM"),
+    ] {
+        let props = AmqpProps::default()
+            .with_host("127.0.0.1")
+            .with_port(port)
+            .with_ca_file(file);
+        let err = Connection::connect(&props).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidConfig, "{err}");
+        let message = err.to_string();
+        assert!(message.contains(says), "{message}");
+        assert!(message.contains(&file.display().to_string()), "{message}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[tokio::test]
 async fn long_names_from_users_are_errors_not_panics() {
     let props = common::props(ExchangeKind::Topic);
