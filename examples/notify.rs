@@ -236,13 +236,11 @@ async fn demo(props: AmqpProps) -> Result<(), Error> {
     // The exchanges and queue the two processes declared (the listener's own
     // queue is exclusive and went with its connection). A private node's
     // data goes with the node.
-    if let (Some(props), None) = (&used, &node) {
-        if let Err(e) = delete_declared(props).await {
-            eprintln!(
-                "warning: could not delete {:?} from the broker: {e}",
-                props.exchange()
-            );
-        }
+    if let (Some(props), None) = (&used, &node)
+        && let Err(e) = delete_declared(props).await
+    {
+        let exchange = props.exchange();
+        eprintln!("warning: could not delete {exchange:?} from the broker: {e}");
     }
     if let Some(node) = node {
         let was_running = node.running;
