@@ -18,8 +18,22 @@ struct InvoiceDue {
     number: u32,
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// Runs the example; a failure prints as `error: ...` (what went wrong, not a
+/// Debug dump) and exits 1.
+fn main() -> std::process::ExitCode {
+    let result: Result<(), Box<dyn std::error::Error>> = tokio::runtime::Runtime::new()
+        .map_err(Into::into)
+        .and_then(|runtime| runtime.block_on(run()));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let props = AmqpProps::from_env()?.with_exchange("tidings.example.group", ExchangeKind::Fanout);
     let billing = Bus::with_props(props.clone())
         .publish_only()

@@ -20,8 +20,22 @@ struct Tick {
     seq: u64,
 }
 
-#[tokio::main]
-async fn main() -> tidings::Result<()> {
+/// Runs the example; a failure prints as `error: ...` (what went wrong, not a
+/// Debug dump) and exits 1.
+fn main() -> std::process::ExitCode {
+    let result: Result<(), Box<dyn std::error::Error>> = tokio::runtime::Runtime::new()
+        .map_err(Into::into)
+        .and_then(|runtime| runtime.block_on(run()).map_err(Into::into));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> tidings::Result<()> {
     let props = AmqpProps::from_env()?;
     let props = if std::env::var("AMQP_URL").is_ok_and(|u| u.contains("exchange=")) {
         props

@@ -17,7 +17,19 @@ struct Greeting {
     count: u32,
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// Runs the walkthrough; a failure prints as `error: ...` (what went wrong,
+/// not a Debug dump) and exits 1.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     // zamqp: AMQPProps(host, user, password, ssl, exchange, type, realm)
     let props = AmqpProps::from_url(
         &std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://127.0.0.1:5672/%2f".to_owned()),

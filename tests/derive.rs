@@ -1,6 +1,6 @@
 //! What `#[derive(Event)]` generates, seen at run time: tags, routing keys,
 //! fingerprints and the registry. (Two types under one tag are compared in
-//! `tests/ui/pass-fingerprint-same-tag.rs`, a binary of its own, because the
+//! `macros/tests/ui/pass-fingerprint-same-tag.rs`, a binary of its own, because the
 //! clash would make `registered_events()` fail here.)
 
 use serde::{Deserialize, Serialize};

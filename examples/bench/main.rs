@@ -98,8 +98,22 @@ fn flag_value(args: &[String], flag: &str) -> Result<Option<u64>, Error> {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Error> {
+/// Runs the example; a failure prints as `error: ...` (what went wrong, not a
+/// Debug dump) and exits 1.
+fn main() -> std::process::ExitCode {
+    let result = tokio::runtime::Runtime::new()
+        .map_err(Error::from)
+        .and_then(|runtime| runtime.block_on(run()));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).is_some_and(|a| a == "--consumer") {
         return consumer::run_child(&args[2..]).await;
