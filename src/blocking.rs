@@ -23,6 +23,12 @@
 //! assert_eq!(delivery.decode::<String>()?, "ping");
 //! delivery.ack()?;
 //! assert!(consumer.recv_timeout(Duration::from_millis(50))?.is_none());
+//! # drop((consumer, producer));
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! #     let conn = tidings::Connection::connect(&props).await?;
+//! #     conn.delete_exchange("doc.blocking").await?;
+//! #     conn.close().await
+//! # })?;
 //! # Ok::<(), tidings::Error>(())
 //! ```
 

@@ -53,6 +53,7 @@ use crate::topology::{self, QueueDecl, Topology};
 /// assert!(consumer.queue().starts_with("doc.connection."));
 /// let producer = conn.producer().await?;
 /// producer.publish_confirmed(&"hello").await?;
+/// # conn.delete_exchange("doc.connection").await?;
 /// conn.close().await?;
 /// # Ok(()) }
 /// # tokio::runtime::Runtime::new().unwrap().block_on(example()).unwrap();
@@ -208,6 +209,7 @@ impl Connection {
     ///         eprintln!("broker connection: {event}");
     ///     }
     /// });
+    /// # conn.delete_exchange("doc.events").await?;
     /// conn.close().await?;
     /// # Ok(()) }
     /// # tokio::runtime::Runtime::new().unwrap().block_on(example()).unwrap();

@@ -49,6 +49,11 @@ use crate::subscribers::HandlerError;
 /// blocking::Producer::connect(&props)?.send(&7u32)?;
 /// assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), 7);
 /// thread.stop()?;
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// #     let conn = tidings::Connection::connect(&props).await?;
+/// #     conn.delete_exchange("doc.thread").await?;
+/// #     conn.close().await
+/// # })?;
 /// # Ok::<(), tidings::Error>(())
 /// ```
 pub struct ConsumerThread {

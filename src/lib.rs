@@ -63,6 +63,7 @@
 //! assert_eq!(delivery.decode::<Reading>()?, reading);
 //! assert_eq!(delivery.content_type(), Some("application/x-bincode"));
 //! delivery.ack().await?;
+//! # conn.delete_exchange("doc.readings").await?;
 //! conn.close().await?;
 //! # Ok(()) }
 //! # tokio::runtime::Runtime::new().unwrap().block_on(example()).unwrap();

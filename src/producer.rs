@@ -58,6 +58,7 @@ pub const ORIGIN_HEADER: &str = "x-origin";
 ///     drop(producer.publish_with(&i, &Publish::new().routing_key("numbers.small")).await?);
 /// }
 /// producer.wait_for_confirms().await?;
+/// # conn.delete_exchange("doc.producer").await?;
 /// # conn.close().await?;
 /// # Ok(()) }
 /// # tokio::runtime::Runtime::new().unwrap().block_on(example()).unwrap();

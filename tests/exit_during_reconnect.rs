@@ -20,6 +20,12 @@ fn exit_mid_outage(mode: &str) -> (std::process::ExitStatus, String, String) {
     let props = AmqpProps::from_url(&common::broker_url()).unwrap();
     let proxy = Proxy::start(common::broker_addr(&props));
     let exchange = common::unique("outage");
+    // What the example declared goes, also when this test fails.
+    let _cleanup = common::Cleanup::new(
+        &props
+            .clone()
+            .with_exchange(exchange.clone(), tidings::ExchangeKind::Fanout),
+    );
     let url = format!(
         "amqp://{}:{}@127.0.0.1:{}/%2f?exchange={exchange}&reconnect_min=50&reconnect_max=200&connection_timeout=1000",
         props.user(),
