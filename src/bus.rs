@@ -6,27 +6,23 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{broadcast, oneshot};
-use tracing::{debug, warn};
+use tokio::sync::oneshot;
+use tracing::debug;
 
-use crate::codec::{BINCODE_CONTENT_TYPE, Bincode, Codec, Codecs};
-use crate::connection::Connection;
-use crate::connection_event::{ConnectionEvent, ConnectionEvents};
+use crate::codec::{Codec, Codecs};
+use crate::connection_event::ConnectionEvents;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Event, registered_events};
 use crate::listen::Listen;
-use crate::listener::{Decoder, Link, Listener, Recent, Settings, Shared, UnknownEvents};
+use crate::listener::{Decoder, Listener, Recent, Settings, Shared, UnknownEvents};
 use crate::props::AmqpProps;
 use crate::stats::{Counters, Stats};
 use crate::subscribers::Subscribers;
-use crate::transport::Outgoing;
-use crate::transport::amqp::Amqp;
-use crate::transport::memory::{self, Hub};
+use crate::transport::drivers::{self, Endpoint};
+use crate::transport::seam::{Outgoing, Transport};
 
 /// How long `close` waits for the broker to confirm what was published.
 const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
-/// The largest body a memory bus decodes.
-const MEMORY_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 
 /// **A typed event bus** (zamqp's `AMQPEvent` with `AMQPEventCallback`):
 /// [`publish`](Bus::publish) broadcasts an event through the exchange, and
@@ -90,18 +86,16 @@ pub struct Bus {
 
 struct Inner {
     instance_id: String,
-    exchange: String,
     codec: Arc<dyn Codec>,
+    content_type: Arc<str>,
     counters: Arc<Counters>,
     subscribers: Subscribers,
     listeners: Mutex<Vec<Listener>>,
     shared: Arc<Shared>,
-    connection: Option<Connection>,
+    transport: Arc<dyn Transport>,
     sequence: AtomicU64,
     closed: AtomicBool,
     close_timeout: Duration,
-    /// The connection events of a memory bus: connected, then closed.
-    memory_events: broadcast::Sender<ConnectionEvent>,
 }
 
 /// **How to connect a [`Bus`]**: where, what to listen to, which
@@ -117,8 +111,12 @@ pub struct BusBuilder {
 
 #[derive(Debug, Clone)]
 enum Target {
+    /// A URL, opened by the driver of its scheme.
+    Url(String),
+    /// RabbitMQ with these props.
     Amqp(Box<AmqpProps>),
-    Memory(String),
+    /// A transport opened already.
+    Transport(Arc<dyn Transport>),
 }
 
 impl BusBuilder {
@@ -252,83 +250,50 @@ impl BusBuilder {
     pub async fn connect(self) -> Result<Bus> {
         let events = registered_events()?;
         debug!(types = events.len(), "event types registered");
-        let counters = Arc::new(Counters::default());
-        let prefetch = match &self.target {
-            Target::Amqp(props) => props.prefetch(),
-            Target::Memory(_) => u16::MAX,
+        let listens = self.listens.unwrap_or_else(|| vec![Listen::broadcast()]);
+        let endpoint = |url: String| {
+            let mut endpoint = Endpoint::new(url);
+            endpoint.publish_only = listens.is_empty();
+            endpoint.mandatory = self.settings.mandatory;
+            endpoint.dead_letter_limits = self.settings.dead_letter_limits;
+            endpoint
         };
-        let (instance_id, exchange, codec, link, decoder, connection) = match &self.target {
+        let transport = match self.target {
+            Target::Url(url) => drivers::open(endpoint(url)).await?,
             Target::Amqp(props) => {
-                let conn = Connection::connect(props).await?;
-                let listens = self.listens.as_ref().is_none_or(|l| !l.is_empty());
-                let dead_letters = listens.then_some(self.settings.dead_letter_limits);
-                let opened = Amqp::open(
-                    conn.clone(),
-                    counters.clone(),
-                    dead_letters,
-                    self.settings.mandatory,
-                )
-                .await;
-                let amqp = match opened {
-                    Ok(amqp) => Arc::new(amqp),
-                    Err(e) => {
-                        let _ = conn.close().await;
-                        return Err(e);
-                    }
-                };
-                let decoder =
-                    Decoder::new(Codecs::new(props.codec().clone()), props.max_message_size());
-                let id = conn.instance_id().to_owned();
-                (
-                    id,
-                    props.exchange().to_owned(),
-                    props.codec().clone(),
-                    Link::Amqp(amqp),
-                    decoder,
-                    Some(conn),
-                )
+                let url = props.redacted_url();
+                drivers::open_amqp(&props, &endpoint(url)).await?
             }
-            Target::Memory(name) => {
-                let codec: Arc<dyn Codec> = Arc::new(Bincode);
-                let decoder = Decoder::new(Codecs::new(codec.clone()), MEMORY_MAX_MESSAGE_SIZE);
-                let id = uuid::Uuid::new_v4().to_string();
-                (
-                    id,
-                    name.clone(),
-                    codec,
-                    Link::Memory(Hub::named(name)),
-                    decoder,
-                    None,
-                )
-            }
+            Target::Transport(transport) => transport,
         };
+        let codec = transport.codec();
+        let content_type: Arc<str> = codec.content_type().into();
+        let counters = Arc::new(Counters::default());
         let shared = Arc::new(Shared {
             recent: Recent::default(),
-            decoder,
+            decoder: Decoder::new(Codecs::new(codec.clone()), transport.max_message_size()),
             subscribers: self.subscribers.clone(),
             counters: counters.clone(),
-            instance_id: instance_id.clone(),
+            instance_id: transport.instance_id().to_owned(),
             settings: self.settings,
-            link,
-            prefetch,
+            transport: transport.clone(),
         });
         let bus = Bus {
             inner: Arc::new(Inner {
-                instance_id,
-                exchange,
+                instance_id: transport.instance_id().to_owned(),
                 codec,
+                content_type,
                 counters,
                 subscribers: self.subscribers,
                 listeners: Mutex::new(Vec::new()),
                 shared,
-                connection,
+                transport,
                 sequence: AtomicU64::new(0),
                 closed: AtomicBool::new(false),
                 close_timeout: self.close_timeout,
-                memory_events: broadcast::channel(4).0,
             }),
         };
-        for listen in self.listens.unwrap_or_else(|| vec![Listen::broadcast()]) {
+        for listen in listens {
             if let Err(e) = bus.listen(&listen).await {
                 let _ = bus.close().await;
                 return Err(e);
@@ -357,18 +322,21 @@ impl Bus {
     ///
     /// [`ErrorKind::InvalidConfig`] for a bad URL.
     pub fn builder(url: &str) -> Result<BusBuilder> {
-        let target = if url.starts_with("memory:") {
-            Target::Memory(memory::parse_url(url)?.to_owned())
-        } else {
-            Target::Amqp(Box::new(AmqpProps::from_url(url)?))
-        };
-        Ok(Self::builder_for(target))
+        drivers::check(url)?;
+        Ok(Self::builder_for(Target::Url(url.to_owned())))
     }
 
     /// **A builder for a bus on a RabbitMQ broker** described by props.
     #[must_use]
     pub fn with_props(props: AmqpProps) -> BusBuilder {
         Self::builder_for(Target::Amqp(Box::new(props)))
+    }
+
+    /// **A builder for a bus on a transport opened already**: one of your
+    /// own, or one wrapped in [`Faults`](crate::Faults).
+    #[must_use]
+    pub fn with_transport(transport: Arc<dyn Transport>) -> BusBuilder {
+        Self::builder_for(Target::Transport(transport))
     }
 
     fn builder_for(target: Target) -> BusBuilder {
@@ -389,8 +357,10 @@ impl Bus {
     /// [`ErrorKind::InvalidConfig`] for a bad queue name or binding, the
     /// broker's refusals, [`ErrorKind::Closed`] on a closed bus.
     pub async fn listen(&self, listen: &Listen) -> Result<Listener> {
-        let listener =
-            Listener::start(self.inner.shared.clone(), listen, &self.inner.exchange).await?;
+        if self.inner.closed.load(Ordering::Relaxed) {
+            return Err(closed());
+        }
+        let listener = Listener::start(self.inner.shared.clone(), listen).await?;
         self.inner
             .listeners
             .lock()
@@ -457,7 +427,8 @@ impl Bus {
         let body = inner.codec.encode::<dyn Event>(event)?;
         let sequence = inner.sequence.fetch_add(1, Ordering::Relaxed);
         let out = Outgoing {
-            body,
+            body: Arc::new(body),
+            content_type: inner.content_type.clone(),
             tag: event.tag(),
             fingerprint: event.fingerprint(),
             routing_key: event.routing_key(),
@@ -467,30 +438,9 @@ impl Bus {
         // Counted before the transport may confirm it, so that confirmed
         // never runs ahead of published; taken back if it is not accepted.
         Counters::add(&inner.counters.published);
-        match &inner.shared.link {
-            Link::Amqp(amqp) => {
-                if let Err(e) = amqp.publish(out, done).await {
-                    inner.counters.published.fetch_sub(1, Ordering::Relaxed);
-                    return Err(e);
-                }
-            }
-            Link::Memory(hub) => {
-                let sent = hub
-                    .publish(&out, BINCODE_CONTENT_TYPE, &inner.instance_id)
-                    .await;
-                let counter = match &sent {
-                    Ok(()) => &inner.counters.confirmed,
-                    Err(_) => &inner.counters.returned,
-                };
-                Counters::add(counter);
-                match (done, sent) {
-                    (Some(done), sent) => {
-                        let _ = done.send(sent);
-                    }
-                    (None, Err(e)) => warn!(error = %e, "publishing an event failed"),
-                    (None, Ok(())) => {}
-                }
-            }
+        if let Err(e) = inner.transport.publish(out, done).await {
+            inner.counters.published.fetch_sub(1, Ordering::Relaxed);
+            return Err(e);
         }
         Ok(())
     }
@@ -500,15 +450,7 @@ impl Bus {
     /// [`Connection::events`]). A memory bus is connected until closed.
     #[must_use]
     pub fn connection_events(&self) -> ConnectionEvents {
-        match &self.inner.connection {
-            Some(conn) => conn.events(),
-            None => {
-                let receiver = self.inner.memory_events.subscribe();
-                let first = (!self.inner.closed.load(Ordering::Relaxed))
-                    .then_some(ConnectionEvent::Connected);
-                ConnectionEvents::new(first, receiver)
-            }
-        }
+        self.inner.transport.events()
     }
 
     /// The subscribers this bus dispatches to.
@@ -528,10 +470,7 @@ impl Bus {
     /// none).
     #[must_use]
     pub fn dead_letter_queue(&self) -> Option<&str> {
-        match &self.inner.shared.link {
-            Link::Amqp(amqp) => amqp.dead_letter_queue(),
-            Link::Memory(_) => None,
-        }
+        self.inner.transport.dead_letter_queue()
     }
 
     /// **Events of types this process does not know, by tag** (see
@@ -546,12 +485,9 @@ impl Bus {
     /// fine to call often.
     #[must_use]
     pub fn stats(&self) -> Stats {
-        let mut stats = self.inner.counters.snapshot();
-        stats.reconnects = self
-            .inner
-            .connection
-            .as_ref()
-            .map_or(0, Connection::reconnects);
+        let transport = &self.inner.transport;
+        let mut stats = self.inner.counters.snapshot(transport.counters());
+        stats.reconnects = transport.reconnects();
         stats
     }
 
@@ -579,30 +515,26 @@ impl Bus {
             listener.request_stop();
         }
         let mut result = Ok(());
-        if let Link::Amqp(amqp) = &inner.shared.link {
-            match tokio::time::timeout(inner.close_timeout, amqp.flush()).await {
-                Ok(_) => {}
-                Err(_) => {
-                    let unconfirmed = inner.counters.buffered.load(Ordering::Relaxed);
-                    amqp.abort("the bus was closed before the broker confirmed it");
-                    let _ = amqp.flush().await;
-                    result = Err(Error::new(
-                        ErrorKind::Timeout,
-                        format!(
-                            "{unconfirmed} events were not confirmed by the broker within the close timeout of {:?}; they are counted as failed",
-                            inner.close_timeout
-                        ),
-                    ));
-                }
-            }
+        let transport = &inner.transport;
+        if tokio::time::timeout(inner.close_timeout, transport.flush())
+            .await
+            .is_err()
+        {
+            let unconfirmed = transport.counters().buffered.load(Ordering::Relaxed);
+            transport.abort("the bus was closed before the broker confirmed it");
+            let _ = transport.flush().await;
+            result = Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "{unconfirmed} events were not confirmed by the broker within the close timeout of {:?}; they are counted as failed",
+                    inner.close_timeout
+                ),
+            ));
         }
         for listener in listeners {
             listener.stop().await;
         }
-        let _ = inner.memory_events.send(ConnectionEvent::Closed);
-        if let Some(conn) = &inner.connection {
-            conn.close().await?;
-        }
+        transport.close().await?;
         result
     }
 }
@@ -626,8 +558,7 @@ impl fmt::Debug for Bus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Bus")
             .field("instance_id", &self.inner.instance_id)
-            .field("exchange", &self.inner.exchange)
-            .field("connection", &self.inner.connection)
+            .field("transport", &self.inner.transport)
             .finish_non_exhaustive()
     }
 }

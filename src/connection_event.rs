@@ -91,7 +91,10 @@ pub struct ConnectionEvents {
 }
 
 impl ConnectionEvents {
-    pub(crate) fn new(
+    /// The events sent on `receiver`, after `first` (a transport's current
+    /// state, such as [`ConnectionEvent::Connected`]).
+    #[must_use]
+    pub fn new(
         first: Option<ConnectionEvent>,
         receiver: broadcast::Receiver<ConnectionEvent>,
     ) -> Self {

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use crate::consumer::{Origin, Shared};
 use crate::error::{Error, ErrorKind, Result};
-use crate::producer::ORIGIN_HEADER;
+use crate::headers::ORIGIN_HEADER;
 
 /// **One message from a queue**: its body, its metadata, and the means to
 /// settle it.
@@ -130,7 +130,7 @@ impl Delivery {
     }
 
     /// The instance id of the publishing connection (the
-    /// [`x-origin`](crate::ORIGIN_HEADER) header).
+    /// [`x-origin`](crate::headers::ORIGIN_HEADER) header).
     #[must_use]
     pub fn origin(&self) -> Option<&str> {
         self.header_str(ORIGIN_HEADER)

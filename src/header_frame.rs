@@ -17,8 +17,7 @@ const FRAME_OVERHEAD: usize = 20;
 /// The longest list of dropped header names kept, in bytes.
 const LIST_MAX: usize = 1024;
 
-/// The header listing the headers dropped to fit the frame limit.
-pub(crate) const TRIMMED_HEADER: &str = "x-tidings-trimmed";
+use crate::headers::TRIMMED_HEADER;
 
 /// The size of the content-header frame that carries `properties`.
 pub(crate) fn size(properties: &BasicProperties) -> usize {

@@ -87,6 +87,7 @@ mod delivery;
 mod error;
 mod event;
 mod header_frame;
+pub mod headers;
 mod listen;
 mod listener;
 pub mod log;
@@ -111,9 +112,15 @@ pub use context::Context;
 pub use delivery::Delivery;
 pub use error::{Error, ErrorKind, Result};
 pub use event::{Event, EventType, Fingerprint, Registration, registered_events};
+#[doc(no_inline)]
+pub use headers::{
+    ATTEMPT_HEADER, BODY_DROPPED_HEADER, ERROR_HEADER, FINGERPRINT_HEADER, ORIGIN_HEADER,
+    QUEUE_HEADER, REASON_HEADER, ROUTING_KEY_HEADER, TAG_HEADER, TRIMMED_HEADER,
+};
 pub use listen::Listen;
 pub use listener::{Listener, UnknownEvents};
-pub use producer::{Confirm, ORIGIN_HEADER, Producer, Publish};
+pub use outbox::PublishCounters;
+pub use producer::{Confirm, Producer, Publish};
 pub use props::{AmqpProps, ExchangeKind, WhenFull};
 pub use queue::Queue;
 pub use stats::{OTHER_TAGS, RejectReason, Stats};
@@ -127,9 +134,11 @@ pub use subscribers::{
 /// type's name); `#[event(routing_key = "orders.eu")]` sets the routing key
 /// (default: the tag). Generic types cannot be events.
 pub use tidings_macros::Event;
-pub use transport::{
-    ATTEMPT_HEADER, BODY_DROPPED_HEADER, ERROR_HEADER, FINGERPRINT_HEADER, QUEUE_HEADER,
-    REASON_HEADER, ROUTING_KEY_HEADER, TAG_HEADER, TRIMMED_HEADER,
+pub use transport::amqp::AmqpTransport;
+pub use transport::drivers::{Driver, Endpoint, register_driver};
+pub use transport::memory::MemoryTransport;
+pub use transport::seam::{
+    BoxFuture, DeadLetter, Header, Inbox, Outgoing, Received, Settlement, Transport,
 };
 
 /// Not public API: what `#[derive(Event)]` expands to refers to these.

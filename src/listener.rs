@@ -10,21 +10,18 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
-use tokio_stream::StreamExt;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::codec::{Codecs, JSON_CONTENT_TYPE};
-use crate::consumer::Consumer;
 use crate::context::Context;
 use crate::error::Result;
 use crate::event::{Event, Fingerprint, registered_events};
+use crate::headers::{FINGERPRINT_HEADER, TAG_HEADER};
 use crate::listen::{Listen, Mode};
 use crate::recovery::Backoff;
 use crate::stats::{Counters, RejectReason};
 use crate::subscribers::Subscribers;
-use crate::transport::amqp::Amqp;
-use crate::transport::memory::{Hub, MemoryQueue};
-use crate::transport::{FINGERPRINT_HEADER, Header, Incoming, TAG_HEADER};
+use crate::transport::seam::{DeadLetter, Header, Inbox, Received, Transport};
 
 /// The longest a retry waits.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
@@ -95,13 +92,6 @@ impl Settings {
         };
         backoff.ceiling(attempt)
     }
-}
-
-/// The transport a bus publishes and settles through.
-#[derive(Clone)]
-pub(crate) enum Link {
-    Amqp(Arc<Amqp>),
-    Memory(Arc<Hub>),
 }
 
 /// What a message must pass to be decoded.
@@ -199,9 +189,7 @@ pub(crate) struct Shared {
     pub(crate) counters: Arc<Counters>,
     pub(crate) instance_id: String,
     pub(crate) settings: Settings,
-    pub(crate) link: Link,
-    /// The props' prefetch (unacknowledged deliveries per consumer).
-    pub(crate) prefetch: u16,
+    pub(crate) transport: Arc<dyn Transport>,
 }
 
 /// **One way a [`Bus`](crate::Bus) listens**, returned by
@@ -217,65 +205,32 @@ struct State {
     /// Whether the queue belongs to this listener alone (broadcast), so
     /// cancelling deletes it and its bindings.
     owned: bool,
-    link: Link,
-    memory_queue: Option<Arc<MemoryQueue>>,
-    stop: watch::Sender<bool>,
-    task: Mutex<Option<JoinHandle<()>>>,
+    stop: watch::Sender<Stop>,
+    task: Mutex<Option<JoinHandle<Result<()>>>>,
 }
 
-enum Source {
-    Amqp(Box<Consumer>),
-    Memory(Arc<MemoryQueue>),
-}
-
-impl Source {
-    async fn next(&mut self) -> Option<Incoming> {
-        match self {
-            Self::Amqp(consumer) => loop {
-                match consumer.next().await? {
-                    Ok(delivery) => return Some(Incoming::Amqp(delivery)),
-                    Err(e) => warn!(error = %e, "receiving an event failed"),
-                }
-            },
-            Self::Memory(queue) => queue.recv().await.map(Incoming::Memory),
-        }
-    }
+/// What the dispatch loop is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Running,
+    /// Stop; the queue stays (bus closed, or a shared queue cancelled).
+    Keep,
+    /// Stop and delete the queue (a broadcast listener cancelled).
+    Delete,
 }
 
 impl Listener {
-    pub(crate) async fn start(
-        shared: Arc<Shared>,
-        listen: &Listen,
-        exchange: &str,
-    ) -> Result<Self> {
+    pub(crate) async fn start(shared: Arc<Shared>, listen: &Listen) -> Result<Self> {
         let owned = matches!(listen.mode(), Mode::Broadcast);
-        let (queue, source, memory_queue) = match &shared.link {
-            Link::Amqp(amqp) => {
-                let consumer = amqp.consume(&listen.queue_on(exchange)).await?;
-                let name = consumer.queue().to_owned();
-                (name, Source::Amqp(Box::new(consumer)), None)
-            }
-            Link::Memory(hub) => {
-                let (name, bound) = match listen.mode() {
-                    Mode::Broadcast => (None, true),
-                    Mode::Group(group) => (Some(format!("{exchange}.{group}")), true),
-                    Mode::Queue(name) => (Some(name.clone()), false),
-                };
-                let queue = hub.queue(name.as_deref(), listen.keys(), bound);
-                let label = name.unwrap_or_else(|| format!("{exchange}.{}", shared.instance_id));
-                (label, Source::Memory(queue.clone()), Some(queue))
-            }
-        };
-        let (stop, stopped) = watch::channel(false);
+        let inbox = shared.transport.listen(listen).await?;
+        let queue = inbox.queue().to_owned();
+        let (stop, stopped) = watch::channel(Stop::Running);
         let span = info_span!("listener", instance = %shared.instance_id, queue = %queue);
-        let retry_to = memory_queue.clone();
-        let task = tokio::spawn(run(shared.clone(), source, retry_to, stopped).instrument(span));
+        let task = tokio::spawn(run(shared, inbox, stopped).instrument(span));
         Ok(Self {
             state: Arc::new(State {
                 queue,
                 owned,
-                link: shared.link.clone(),
-                memory_queue,
                 stop,
                 task: Mutex::new(Some(task)),
             }),
@@ -291,43 +246,57 @@ impl Listener {
     /// **Stops listening** while the bus goes on: the handlers running now
     /// finish, no new one starts, the consumer is cancelled (deliveries
     /// received and not handled go back to the queue, for other members),
-    /// and a broadcast queue is deleted with its bindings and retry queues. A group or named queue stays, with what it holds,
-    /// for the other members.
+    /// and a broadcast queue is deleted with its bindings and retry queues.
+    /// A group or named queue stays, with what it holds, for the other
+    /// members.
+    ///
+    /// Cancel safe, and safe to call twice: the listener stops either way.
     ///
     /// # Errors
     ///
     /// The broker's refusal to delete the queue.
     pub async fn cancel(&self) -> Result<()> {
-        self.stop().await;
-        if let (true, Link::Amqp(amqp)) = (self.state.owned, &self.state.link) {
-            amqp.delete_retry_queues(&self.state.queue).await?;
-            amqp.conn.delete_queue(&self.state.queue).await?;
-        }
-        Ok(())
+        let how = if self.state.owned {
+            Stop::Delete
+        } else {
+            Stop::Keep
+        };
+        self.finish(how).await
     }
 
+    /// Tells the loop to stop, without waiting.
     pub(crate) fn request_stop(&self) {
-        let _ = self.state.stop.send(true);
+        self.state.stop.send_if_modified(|stop| {
+            let running = *stop == Stop::Running;
+            if running {
+                *stop = Stop::Keep;
+            }
+            running
+        });
     }
 
-    /// Stops the dispatch loop and waits for it. A broadcast queue of the
-    /// memory transport goes with it (on RabbitMQ the exclusive queue goes
-    /// with the connection, or with `cancel`).
+    /// Stops the dispatch loop and waits for it (the queue stays).
     pub(crate) async fn stop(&self) {
-        self.request_stop();
+        let _ = self.finish(Stop::Keep).await;
+    }
+
+    async fn finish(&self, how: Stop) -> Result<()> {
+        self.state.stop.send_if_modified(|stop| {
+            let first = *stop == Stop::Running;
+            if first {
+                *stop = how;
+            }
+            first
+        });
         let task = self
             .state
             .task
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let Some(task) = task {
-            let _ = task.await;
-        }
-        if let (true, Link::Memory(hub), Some(queue)) =
-            (self.state.owned, &self.state.link, &self.state.memory_queue)
-        {
-            hub.remove(queue);
+        match task {
+            Some(task) => task.await.unwrap_or(Ok(())),
+            None => Ok(()),
         }
     }
 }
@@ -353,7 +322,7 @@ const ACK_DELAY: Duration = Duration::from_millis(2);
 /// `multiple` (deliveries of one listener are settled in order when it
 /// handles one at a time, so every one before the last is settled).
 struct AckBatch {
-    last: Option<Incoming>,
+    last: Option<Box<dyn Received>>,
     count: usize,
     limit: usize,
 }
@@ -367,7 +336,7 @@ impl AckBatch {
         }
     }
 
-    async fn add(&mut self, shared: &Shared, incoming: Incoming) {
+    async fn add(&mut self, shared: &Shared, incoming: Box<dyn Received>) {
         self.last = Some(incoming);
         self.count += 1;
         if self.count >= self.limit {
@@ -386,12 +355,11 @@ impl AckBatch {
 /// Receives until stopped, handling up to `concurrency` deliveries at once.
 async fn run(
     shared: Arc<Shared>,
-    mut source: Source,
-    retry_to: Option<Arc<MemoryQueue>>,
-    mut stopped: watch::Receiver<bool>,
-) {
+    mut source: Box<dyn Inbox>,
+    mut stopped: watch::Receiver<Stop>,
+) -> Result<()> {
     let mut running = JoinSet::new();
-    let mut batch = AckBatch::new(shared.prefetch);
+    let mut batch = AckBatch::new(shared.transport.prefetch());
     loop {
         while running.len() >= shared.settings.concurrency {
             running.join_next().await;
@@ -401,7 +369,7 @@ async fn run(
         tokio::task::consume_budget().await;
         // Stop means stop: deliveries already here are not started; they
         // go back to the queue when the consumer is cancelled.
-        if *stopped.borrow() {
+        if *stopped.borrow() != Stop::Running {
             break;
         }
         let next = match now_or_never(source.next()) {
@@ -411,7 +379,7 @@ async fn run(
                 // next deliveries if they come first.
                 let waited = tokio::select! {
                     biased;
-                    _ = stopped.wait_for(|stop| *stop) => break,
+                    _ = stopped.wait_for(|stop| *stop != Stop::Running) => break,
                     next = source.next() => Some(next),
                     () = tokio::time::sleep(ACK_DELAY) => None,
                 };
@@ -425,19 +393,19 @@ async fn run(
             }
             None => tokio::select! {
                 biased;
-                _ = stopped.wait_for(|stop| *stop) => break,
+                _ = stopped.wait_for(|stop| *stop != Stop::Running) => break,
                 next = source.next() => next,
             },
         };
         let Some(incoming) = next else { break };
         if shared.settings.concurrency == 1 {
-            if let Outcome::Ack = shared.handle(&incoming, retry_to.as_ref()).await {
+            if let Outcome::Ack = shared.handle(&*incoming).await {
                 batch.add(&shared, incoming).await;
             }
         } else {
-            let (shared, retry_to) = (shared.clone(), retry_to.clone());
+            let shared = shared.clone();
             running.spawn(async move {
-                if let Outcome::Ack = shared.handle(&incoming, retry_to.as_ref()).await {
+                if let Outcome::Ack = shared.handle(&*incoming).await {
                     shared.settled(incoming.ack().await);
                 }
             });
@@ -445,12 +413,8 @@ async fn run(
     }
     batch.flush(&shared).await;
     while running.join_next().await.is_some() {}
-    match source {
-        Source::Amqp(consumer) => {
-            let _ = consumer.cancel().await;
-        }
-        Source::Memory(_) => {}
-    }
+    let delete = *stopped.borrow() == Stop::Delete;
+    source.close(delete).await
 }
 
 /// The output of `future` if it is ready at its first poll.
@@ -475,14 +439,6 @@ fn json_tag(body: &[u8]) -> Option<&str> {
         1 => map.into_keys().next(),
         _ => None,
     }
-}
-
-/// Whether a dead letter keeps the body of the message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Body {
-    Keep,
-    /// Dropped: too large to be worth a second copy.
-    Drop,
 }
 
 /// The longest text from the wire that goes into a log line or a header.
@@ -510,7 +466,7 @@ enum Outcome {
 }
 
 impl Shared {
-    async fn handle(&self, incoming: &Incoming, retry_to: Option<&Arc<MemoryQueue>>) -> Outcome {
+    async fn handle(&self, incoming: &dyn Received) -> Outcome {
         Counters::add(&self.counters.delivered);
         let event = match self.decode(incoming) {
             Ok(event) => event,
@@ -530,13 +486,14 @@ impl Shared {
                 let detail = bounded(&detail);
                 warn!(reason = %reason, message_id = %bounded(incoming.message_id().unwrap_or("")), "{detail}; message rejected");
                 self.counters.reject(reason);
-                let body = if reason == RejectReason::TooLarge {
-                    Body::Drop
+                let letter = DeadLetter::new(reason.as_str(), &detail);
+                // One copy of an oversized body is enough.
+                let letter = if reason == RejectReason::TooLarge {
+                    letter.without_body()
                 } else {
-                    Body::Keep
+                    letter
                 };
-                self.dead_letter(incoming, reason.as_str(), &detail, body)
-                    .await;
+                self.dead_letter(incoming, letter).await;
                 return Outcome::Settled;
             }
         };
@@ -582,7 +539,7 @@ impl Shared {
             Counters::add(&self.counters.handler_timeouts);
             Counters::add(&self.counters.handler_failures);
             warn!(tag = event.tag(), message_id = %bounded(incoming.message_id().unwrap_or("")), attempt = incoming.attempt(), error = %error, "event handlers timed out");
-            self.settle_failure(incoming, &event, error, retry_to).await;
+            self.settle_failure(incoming, &event, error).await;
             return Outcome::Settled;
         };
         if dispatch.is_ok() {
@@ -598,58 +555,33 @@ impl Shared {
         }
         // Each failure was logged with the tag, message id and attempt.
         let error = bounded(&dispatch.failures().join("; ")).into_owned();
-        self.settle_failure(incoming, &event, error, retry_to).await;
+        self.settle_failure(incoming, &event, error).await;
         Outcome::Settled
     }
 
     /// Retries a delivery whose handlers failed, or dead-letters it after
     /// the last attempt.
-    async fn settle_failure(
-        &self,
-        incoming: &Incoming,
-        event: &Arc<dyn Event>,
-        error: String,
-        retry_to: Option<&Arc<MemoryQueue>>,
-    ) {
+    async fn settle_failure(&self, incoming: &dyn Received, event: &Arc<dyn Event>, error: String) {
         let attempt = incoming.attempt();
         let message_id = bounded(incoming.message_id().unwrap_or(""));
         if attempt >= self.settings.max_attempts {
             warn!(tag = event.tag(), message_id = %message_id, attempt, error = %error, "handlers failed on the last attempt; dead-lettering");
             return self
-                .dead_letter(incoming, "handler_failed", &error, Body::Keep)
+                .dead_letter(incoming, DeadLetter::new("handler_failed", &error))
                 .await;
         }
         let delay = self.settings.retry_delay(attempt);
         debug!(tag = event.tag(), message_id = %message_id, attempt, delay = ?delay, "retrying after a delay");
         Counters::add(&self.counters.retried);
-        match (incoming, &self.link, retry_to) {
-            (Incoming::Amqp(delivery), Link::Amqp(amqp), _) => {
-                match amqp
-                    .retry(delivery, incoming.routing_key(), attempt + 1, delay)
-                    .await
-                {
-                    Ok(()) => self.ack(incoming).await,
-                    Err(e) => {
-                        warn!(error = %e, tag = event.tag(), message_id = %message_id, "parking a failed delivery for retry failed; requeueing it");
-                        if let Err(e) = delivery.nack(true).await {
-                            warn!(error = %e, "requeueing a delivery failed");
-                        }
-                    }
+        match incoming.retry(attempt + 1, delay).await {
+            Ok(()) => self.settled(incoming.ack().await),
+            Err(e) => {
+                warn!(error = %e, tag = event.tag(), message_id = %message_id, "parking a failed delivery for retry failed; requeueing it");
+                if let Err(e) = incoming.requeue().await {
+                    warn!(error = %e, "requeueing a delivery failed");
                 }
             }
-            (Incoming::Memory(message), _, Some(queue)) => {
-                let (queue, next) = (queue.clone(), Arc::new(message.next_attempt()));
-                tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    queue.requeue(next).await;
-                });
-            }
-            _ => {}
         }
-    }
-
-    async fn ack(&self, incoming: &Incoming) {
-        self.settled(incoming.ack().await);
     }
 
     /// Logs a failed acknowledgement.
@@ -665,39 +597,24 @@ impl Shared {
         }
     }
 
-    /// Sends a message to the dead-letter exchange, then acks it; if that
-    /// fails, rejects it (the broker drops it), counts it and says so.
-    async fn dead_letter(&self, incoming: &Incoming, reason: &str, error: &str, body: Body) {
+    /// Sends a message to the dead letters, then acks it; if that fails,
+    /// rejects it (the transport drops it), counts it and says so.
+    async fn dead_letter(&self, incoming: &dyn Received, letter: DeadLetter<'_>) {
         Counters::add(&self.counters.dead_lettered);
-        match (incoming, &self.link) {
-            (Incoming::Amqp(delivery), Link::Amqp(amqp)) => {
-                match amqp
-                    .dead_letter(
-                        delivery,
-                        incoming.routing_key(),
-                        reason,
-                        error,
-                        incoming.attempt(),
-                        body == Body::Keep,
-                    )
-                    .await
-                {
-                    Ok(()) => self.ack(incoming).await,
-                    Err(e) => {
-                        Counters::add(&self.counters.dead_letters_dropped);
-                        error!(error = %e, reason, message_id = %bounded(incoming.message_id().unwrap_or("")), "dead-lettering failed (is the dead-letter queue full?); the message is dropped");
-                        if let Err(e) = delivery.reject().await {
-                            warn!(error = %e, "rejecting a message failed");
-                        }
-                    }
+        match incoming.dead_letter(letter).await {
+            Ok(()) => self.settled(incoming.ack().await),
+            Err(e) => {
+                Counters::add(&self.counters.dead_letters_dropped);
+                error!(error = %e, reason = letter.reason, message_id = %bounded(incoming.message_id().unwrap_or("")), "dead-lettering failed (is the dead-letter queue full?); the message is dropped");
+                if let Err(e) = incoming.reject().await {
+                    warn!(error = %e, "rejecting a message failed");
                 }
             }
-            _ => warn!(reason, error, "memory transport: dead letter dropped"),
         }
     }
 
     /// Checks and decodes one message; says why when it cannot.
-    fn decode(&self, incoming: &Incoming) -> Result<Arc<dyn Event>, (RejectReason, String)> {
+    fn decode(&self, incoming: &dyn Received) -> Result<Arc<dyn Event>, (RejectReason, String)> {
         let body = incoming.body();
         if body.len() > self.decoder.max_message_size {
             return Err((
@@ -837,7 +754,7 @@ mod fuzz {
     use super::*;
     use crate::codec::{Bincode, Codec, Json};
     use crate::event::EventType;
-    use crate::transport::memory::Message;
+    use crate::transport::memory::{Hub, MemoryTransport};
 
     #[derive(crate::Event, Serialize, Deserialize, Debug, Clone, PartialEq)]
     #[event(name = "fuzz.order")]
@@ -879,8 +796,7 @@ mod fuzz {
             counters: Arc::default(),
             instance_id: "fuzz".to_owned(),
             settings: Settings::default(),
-            link: Link::Memory(Hub::named("fuzz")),
-            prefetch: 256,
+            transport: Arc::new(MemoryTransport::named("fuzz")),
         }
     }
 
@@ -912,16 +828,14 @@ mod fuzz {
     #[tokio::test]
     async fn a_stopped_broadcast_listener_leaves_no_memory_queue_behind() {
         let shared = Arc::new(Shared {
-            link: Link::Memory(Hub::named("fuzz-stop")),
+            transport: Arc::new(MemoryTransport::named("fuzz-stop")),
             ..shared()
         });
-        let Link::Memory(hub) = &shared.link else {
-            unreachable!()
-        };
-        let group = Listener::start(shared.clone(), &Listen::group("kept"), "ex")
+        let hub = Hub::named("fuzz-stop");
+        let group = Listener::start(shared.clone(), &Listen::group("kept"))
             .await
             .unwrap();
-        let broadcast = Listener::start(shared.clone(), &Listen::broadcast(), "ex")
+        let broadcast = Listener::start(shared.clone(), &Listen::broadcast())
             .await
             .unwrap();
         assert_eq!(hub.queue_count(), 2);
@@ -939,18 +853,8 @@ mod fuzz {
         content_type: &'static str,
         tag: &'static str,
         fingerprint: String,
-    ) -> Incoming {
-        Incoming::Memory(Arc::new(Message {
-            body,
-            content_type,
-            tag,
-            fingerprint,
-            routing_key: "fuzz".into(),
-            message_id: "fuzz-1".into(),
-            origin: "elsewhere".into(),
-            timestamp: 0,
-            attempt: 1,
-        }))
+    ) -> Box<dyn Received> {
+        crate::transport::memory::received(body, content_type, tag, fingerprint)
     }
 
     fn order() -> Order {
@@ -1035,7 +939,7 @@ mod fuzz {
             let tag = TAGS[rng.below(TAGS.len())];
             let fingerprint = fingerprint(&mut rng);
             let what = format!("case {case}: {content_type:?} {tag:?} {fingerprint:?} {body:?}");
-            match shared.decode(&incoming(body, content_type, tag, fingerprint)) {
+            match shared.decode(&*incoming(body, content_type, tag, fingerprint)) {
                 Ok(event) => assert_eq!(event.tag(), tag, "{what}"),
                 Err((_, detail)) => assert!(!detail.is_empty(), "{what}"),
             }
@@ -1067,7 +971,7 @@ mod fuzz {
                 "0123456789abcdef".to_owned()
             };
             let what = format!("case {case}: {content_type} {damages:?} {fingerprint}");
-            match shared.decode(&incoming(body, content_type, "fuzz.order", fingerprint)) {
+            match shared.decode(&*incoming(body, content_type, "fuzz.order", fingerprint)) {
                 Ok(event) => assert_eq!(event.tag(), "fuzz.order", "{what}"),
                 Err((reason, detail)) => {
                     assert!(!detail.is_empty(), "{what}");
@@ -1114,18 +1018,8 @@ mod fuzz {
                 _ => Order::FINGERPRINT.to_string(),
             };
             let tag = ["fuzz.order", "fuzz.order", "unknown.tag", ""][rng.below(4)];
-            let incoming = Incoming::Memory(Arc::new(Message {
-                body,
-                content_type,
-                tag,
-                fingerprint,
-                routing_key: "fuzz".into(),
-                message_id: round.to_string(),
-                origin: "elsewhere".into(),
-                timestamp: 0,
-                attempt: 1,
-            }));
-            match shared.decode(&incoming) {
+            let incoming = incoming(body, content_type, tag, fingerprint);
+            match shared.decode(&*incoming) {
                 Ok(event) => {
                     decoded += 1;
                     assert_eq!(event.tag(), "fuzz.order");

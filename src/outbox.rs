@@ -11,7 +11,7 @@ use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -25,7 +25,6 @@ use crate::connection::{Connection, Link, gone};
 use crate::error::{Error, ErrorKind, Result};
 use crate::header_frame;
 use crate::props::WhenFull;
-use crate::stats::Counters;
 
 /// Publishes sent and not yet confirmed, per producer. Enough to keep the
 /// broker busy; it also bounds lapin's own frame queue.
@@ -74,12 +73,12 @@ pub(crate) struct Outbox {
     max_bytes: usize,
     abort: Arc<watch::Sender<Option<String>>>,
     conn: Connection,
-    counters: Arc<Counters>,
+    counters: Arc<PublishCounters>,
 }
 
 impl Outbox {
     /// Starts the engine of a producer on `conn`.
-    pub(crate) fn start(conn: &Connection, confirms: bool, counters: Arc<Counters>) -> Self {
+    pub(crate) fn start(conn: &Connection, confirms: bool, counters: Arc<PublishCounters>) -> Self {
         let (max_events, max_bytes) = conn.props().publish_buffer();
         let (commands, receiver) = mpsc::unbounded_channel();
         let events = Arc::new(Semaphore::new(max_events));
@@ -292,7 +291,7 @@ struct Engine {
     confirms: bool,
     events: Arc<Semaphore>,
     bytes: Arc<Semaphore>,
-    counters: Arc<Counters>,
+    counters: Arc<PublishCounters>,
     /// Accepted, not sent on the current channel; re-sends first.
     pending: VecDeque<(Message, bool)>,
     in_flight: VecDeque<InFlight>,
@@ -512,11 +511,7 @@ impl Engine {
         let counters = &self.counters;
         if message.counted {
             counters.buffered.fetch_sub(1, Ordering::Relaxed);
-            match &outcome {
-                Ok(()) => Counters::add(&counters.confirmed),
-                Err(e) if e.kind() == ErrorKind::Unroutable => Counters::add(&counters.returned),
-                Err(_) => Counters::add(&counters.publish_failed),
-            }
+            counters.settled(&outcome);
         }
         if outcome.is_err() {
             self.failures += 1;
@@ -600,5 +595,40 @@ fn outcome_of(confirmation: Confirmation) -> Result<()> {
             ErrorKind::Nacked,
             "broker refused the message (nack); it may be out of resources or the queue may be full",
         )),
+    }
+}
+
+/// **Counters of what a transport published**, kept by the transport and
+/// read into the bus's [`Stats`](crate::Stats).
+#[derive(Debug, Default)]
+pub struct PublishCounters {
+    /// Events the transport has safely.
+    pub confirmed: AtomicU64,
+    /// Events returned: no queue was bound to them.
+    pub returned: AtomicU64,
+    /// Events refused or given up on.
+    pub failed: AtomicU64,
+    /// Events accepted and not yet settled.
+    pub buffered: AtomicU64,
+    /// Sends of events again after a lost connection.
+    pub republished: AtomicU64,
+}
+
+impl PublishCounters {
+    /// Adds one to `counter`.
+    pub fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an outcome: confirmed, returned ([`ErrorKind::Unroutable`])
+    /// or failed.
+    ///
+    /// [`ErrorKind::Unroutable`]: crate::ErrorKind::Unroutable
+    pub fn settled(&self, outcome: &Result<()>) {
+        match outcome {
+            Ok(()) => Self::add(&self.confirmed),
+            Err(e) if e.kind() == ErrorKind::Unroutable => Self::add(&self.returned),
+            Err(_) => Self::add(&self.failed),
+        }
     }
 }

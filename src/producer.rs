@@ -15,16 +15,14 @@ use tokio::sync::oneshot;
 use crate::codec::Codec;
 use crate::connection::{Connection, short};
 use crate::error::{Error, ErrorKind, Result};
+use crate::headers::ORIGIN_HEADER;
+use crate::outbox::PublishCounters;
 use crate::outbox::{Message, Outbox};
 use crate::props::WhenFull;
-use crate::stats::Counters;
-
-/// The header that carries the instance id of the publishing connection.
-pub const ORIGIN_HEADER: &str = "x-origin";
 
 /// **Publishes values to the exchange of the props**, encoded with the props'
 /// codec, with `content-type`, `message-id`, `timestamp`, `app-id` and an
-/// [`x-origin`](ORIGIN_HEADER) header.
+/// [`x-origin`](crate::headers::ORIGIN_HEADER) header.
 ///
 /// A `Producer` is a cheap handle: clones share one channel and one publish
 /// buffer. A publish returns once the message is in the buffer (or fails
@@ -190,7 +188,7 @@ impl Producer {
     pub(crate) fn with_counters(
         conn: &Connection,
         confirms: bool,
-        counters: Arc<Counters>,
+        counters: Arc<PublishCounters>,
     ) -> Result<Self> {
         if conn.is_closed() {
             return Err(Error::new(ErrorKind::Closed, "the connection is closed"));
@@ -311,7 +309,7 @@ impl Producer {
     pub(crate) async fn send_event(
         &self,
         exchange: Option<ShortString>,
-        body: Vec<u8>,
+        body: Arc<Vec<u8>>,
         routing_key: ShortString,
         message_id: ShortString,
         headers: FieldTable,
@@ -323,7 +321,7 @@ impl Producer {
             exchange: exchange.unwrap_or_else(|| self.inner.exchange.clone()),
             routing_key,
             mandatory,
-            body: Arc::new(body),
+            body,
             properties,
             done,
             counted: true,

@@ -5,6 +5,8 @@ use std::fmt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::outbox::PublishCounters;
+
 /// **Why a received message was rejected** instead of dispatched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
@@ -71,11 +73,6 @@ impl fmt::Display for RejectReason {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) published: AtomicU64,
-    pub(crate) confirmed: AtomicU64,
-    pub(crate) returned: AtomicU64,
-    pub(crate) publish_failed: AtomicU64,
-    pub(crate) buffered: AtomicU64,
-    pub(crate) republished: AtomicU64,
     pub(crate) delivered: AtomicU64,
     pub(crate) dispatched: AtomicU64,
     pub(crate) handled: AtomicU64,
@@ -140,15 +137,16 @@ impl Counters {
             .clone()
     }
 
-    pub(crate) fn snapshot(&self) -> Stats {
+    /// The bus's counters with its transport's publish counters.
+    pub(crate) fn snapshot(&self, publish: &PublishCounters) -> Stats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Stats {
             published: get(&self.published),
-            confirmed: get(&self.confirmed),
-            returned: get(&self.returned),
-            publish_failed: get(&self.publish_failed),
-            buffered: get(&self.buffered),
-            republished: get(&self.republished),
+            confirmed: get(&publish.confirmed),
+            returned: get(&publish.returned),
+            publish_failed: get(&publish.failed),
+            buffered: get(&publish.buffered),
+            republished: get(&publish.republished),
             reconnects: 0,
             delivered: get(&self.delivered),
             dispatched: get(&self.dispatched),
@@ -287,7 +285,7 @@ mod tests {
     fn debug_labels_each_rejection_count() {
         let counters = Counters::default();
         counters.reject(RejectReason::Decode);
-        let text = format!("{:?}", counters.snapshot());
+        let text = format!("{:?}", counters.snapshot(&PublishCounters::default()));
         assert!(text.contains("\"decode\": 1"), "{text}");
         assert!(text.contains("\"too_large\": 0"), "{text}");
     }
@@ -304,6 +302,11 @@ mod tests {
         assert_eq!(tags.len(), UNKNOWN_TAGS + 1);
         assert_eq!(tags["a"], 2);
         assert_eq!(tags[OTHER_TAGS], 1000 - (UNKNOWN_TAGS as u64 - 1));
-        assert_eq!(counters.snapshot().unknown_events, 1002);
+        assert_eq!(
+            counters
+                .snapshot(&PublishCounters::default())
+                .unknown_events,
+            1002
+        );
     }
 }

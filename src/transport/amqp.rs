@@ -2,29 +2,48 @@
 //! listener, and the retry and dead-letter paths of settlement.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use tokio::sync::oneshot;
+use tokio_stream::StreamExt;
+use tracing::warn;
 
-use super::{
-    ATTEMPT_HEADER, BODY_DROPPED_HEADER, ERROR_HEADER, FINGERPRINT_HEADER, Outgoing, QUEUE_HEADER,
-    REASON_HEADER, ROUTING_KEY_HEADER, TAG_HEADER,
+use super::drivers::Endpoint;
+use super::seam::{
+    BoxFuture, DeadLetter, Header, Inbox, Outgoing, PublishCounters, Received, Settlement,
+    Transport,
 };
+use crate::codec::Codec;
 use crate::connection::{Connection, short};
+use crate::connection_event::ConnectionEvents;
 use crate::consumer::Consumer;
 use crate::delivery::Delivery;
 use crate::error::{Error, ErrorKind, Result};
 use crate::header_frame;
-use crate::producer::{ORIGIN_HEADER, Producer};
+use crate::headers::{
+    ATTEMPT_HEADER, BODY_DROPPED_HEADER, ERROR_HEADER, FINGERPRINT_HEADER, ORIGIN_HEADER,
+    QUEUE_HEADER, REASON_HEADER, ROUTING_KEY_HEADER, TAG_HEADER,
+};
+use crate::listen::Listen;
+use crate::producer::Producer;
+use crate::props::AmqpProps;
 use crate::queue::Queue;
-use crate::stats::Counters;
 
-pub(crate) struct Amqp {
-    pub(crate) conn: Connection,
+/// **The RabbitMQ transport** (`amqp://`, `amqps://`): one recovering
+/// connection, a confirming producer, a queue per listener, a retry queue
+/// per delay, and the dead-letter exchange `<exchange>.dead-letter`.
+#[derive(Clone)]
+pub struct AmqpTransport {
+    inner: Arc<Amqp>,
+}
+
+struct Amqp {
+    conn: Connection,
     producer: Producer,
+    counters: Arc<PublishCounters>,
     /// `None` on a bus that only publishes: it dead-letters nothing.
     dead_letter_exchange: Option<String>,
     /// Every publish mandatory.
@@ -40,36 +59,267 @@ pub(crate) struct Amqp {
 /// expires ten minutes after its last use.
 const RETRY_QUEUE_FRESH: Duration = Duration::from_secs(60);
 
-impl Amqp {
-    /// Opens the transport on `conn`; with `dead_letters` (the queue's
-    /// limits: messages, bytes), declares the dead-letter exchange and
-    /// queue.
-    pub(crate) async fn open(
-        conn: Connection,
-        counters: Arc<Counters>,
-        dead_letters: Option<(u64, u64)>,
-        mandatory: bool,
-    ) -> Result<Self> {
-        let producer = Producer::with_counters(&conn, true, counters)?;
-        let dead_letter_exchange = match dead_letters {
-            Some((messages, bytes)) => {
+impl AmqpTransport {
+    /// **Connects** with `props`, as `endpoint` asks: unless it only
+    /// publishes, it declares the dead-letter exchange and queue.
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`Connection::connect`], and the broker's refusal of
+    /// the dead-letter declarations.
+    pub async fn open(props: &AmqpProps, endpoint: &Endpoint) -> Result<Self> {
+        let conn = Connection::connect(props).await?;
+        match Self::on(conn.clone(), endpoint).await {
+            Ok(transport) => Ok(transport),
+            Err(e) => {
+                let _ = conn.close().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn on(conn: Connection, endpoint: &Endpoint) -> Result<Self> {
+        let counters = Arc::new(PublishCounters::default());
+        let producer = Producer::with_counters(&conn, true, counters.clone())?;
+        let dead_letter_exchange = match endpoint.publish_only {
+            false => {
+                let (messages, bytes) = endpoint.dead_letter_limits;
                 Some(conn.declare_dead_letters_bounded(messages, bytes).await?)
             }
-            None => None,
+            true => None,
         };
         Ok(Self {
-            conn,
-            producer,
-            dead_letter_exchange,
-            mandatory,
-            consumed: Mutex::default(),
-            retry_queues: Mutex::default(),
+            inner: Arc::new(Amqp {
+                conn,
+                producer,
+                counters,
+                dead_letter_exchange,
+                mandatory: endpoint.mandatory,
+                consumed: Mutex::default(),
+                retry_queues: Mutex::default(),
+            }),
         })
     }
 
+    /// The connection underneath.
+    #[must_use]
+    pub fn connection(&self) -> &Connection {
+        &self.inner.conn
+    }
+}
+
+impl fmt::Debug for AmqpTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpTransport")
+            .field("connection", &self.inner.conn)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Transport for AmqpTransport {
+    fn instance_id(&self) -> &str {
+        self.inner.conn.instance_id()
+    }
+
+    fn codec(&self) -> Arc<dyn Codec> {
+        self.inner.conn.props().codec().clone()
+    }
+
+    fn max_message_size(&self) -> usize {
+        self.inner.conn.props().max_message_size()
+    }
+
+    fn prefetch(&self) -> u16 {
+        self.inner.conn.props().prefetch()
+    }
+
+    fn publish(&self, out: Outgoing, done: Option<Settlement>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.inner.publish(out, done))
+    }
+
+    fn listen<'a>(&'a self, listen: &'a Listen) -> BoxFuture<'a, Result<Box<dyn Inbox>>> {
+        Box::pin(async move {
+            let exchange = self.inner.conn.props().exchange();
+            let consumer = self.inner.consume(&listen.queue_on(exchange)).await?;
+            let inbox: Box<dyn Inbox> = Box::new(AmqpInbox {
+                queue: consumer.queue().to_owned(),
+                consumer: Some(consumer),
+                amqp: self.inner.clone(),
+            });
+            Ok(inbox)
+        })
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(self.inner.producer.flush())
+    }
+
+    fn abort(&self, reason: &str) {
+        self.inner.producer.abort(reason);
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.inner.conn.close())
+    }
+
+    fn events(&self) -> ConnectionEvents {
+        self.inner.conn.events()
+    }
+
+    fn counters(&self) -> &PublishCounters {
+        &self.inner.counters
+    }
+
+    fn reconnects(&self) -> u64 {
+        self.inner.conn.reconnects()
+    }
+
+    fn dead_letter_queue(&self) -> Option<&str> {
+        self.inner.dead_letter_exchange.as_deref()
+    }
+}
+
+/// The messages of one consumer.
+struct AmqpInbox {
+    queue: String,
+    consumer: Option<Consumer>,
+    amqp: Arc<Amqp>,
+}
+
+impl Inbox for AmqpInbox {
+    fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    fn next(&mut self) -> BoxFuture<'_, Option<Box<dyn Received>>> {
+        Box::pin(async move {
+            let consumer = self.consumer.as_mut()?;
+            loop {
+                match consumer.next().await? {
+                    Ok(delivery) => {
+                        let received: Box<dyn Received> = Box::new(AmqpReceived {
+                            delivery,
+                            amqp: self.amqp.clone(),
+                        });
+                        return Some(received);
+                    }
+                    Err(e) => warn!(error = %e, "receiving an event failed"),
+                }
+            }
+        })
+    }
+
+    fn close(mut self: Box<Self>, delete: bool) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move {
+            if let Some(consumer) = self.consumer.take() {
+                // Closing its channel gives back what was not settled.
+                let _ = consumer.cancel().await;
+            }
+            if delete {
+                self.amqp.delete_retry_queues(&self.queue).await?;
+                self.amqp.conn.delete_queue(&self.queue).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// One delivery, with the transport to settle it through.
+struct AmqpReceived {
+    delivery: Delivery,
+    amqp: Arc<Amqp>,
+}
+
+impl Received for AmqpReceived {
+    fn body(&self) -> &[u8] {
+        self.delivery.body()
+    }
+
+    fn content_type(&self) -> Option<&str> {
+        self.delivery.content_type()
+    }
+
+    fn header(&self, name: &str) -> Header<'_> {
+        match (self.delivery.header(name), self.delivery.header_str(name)) {
+            (None, _) => Header::Absent,
+            (Some(_), Some(text)) => Header::Text(text),
+            (Some(_), None) => Header::WrongType,
+        }
+    }
+
+    fn routing_key(&self) -> &str {
+        let d = &self.delivery;
+        d.header_str(ROUTING_KEY_HEADER).unwrap_or(d.routing_key())
+    }
+
+    fn attempt(&self) -> u32 {
+        self.delivery
+            .header_str(ATTEMPT_HEADER)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1)
+    }
+
+    fn message_id(&self) -> Option<&str> {
+        self.delivery.message_id()
+    }
+
+    fn origin(&self) -> Option<&str> {
+        self.delivery.origin()
+    }
+
+    fn timestamp(&self) -> Option<u64> {
+        self.delivery.timestamp()
+    }
+
+    fn redelivered(&self) -> bool {
+        self.delivery.redelivered()
+    }
+
+    fn ack(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.delivery.ack())
+    }
+
+    fn ack_through(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.delivery.ack_multiple())
+    }
+
+    fn retry(&self, attempt: u32, delay: Duration) -> BoxFuture<'_, Result<()>> {
+        Box::pin(
+            self.amqp
+                .retry(&self.delivery, self.routing_key(), attempt, delay),
+        )
+    }
+
+    fn dead_letter(&self, letter: DeadLetter<'_>) -> BoxFuture<'_, Result<()>> {
+        let routing_key = self.routing_key().to_owned();
+        let (reason, error) = (letter.reason.to_owned(), letter.error.to_owned());
+        Box::pin(async move {
+            self.amqp
+                .dead_letter(
+                    &self.delivery,
+                    &routing_key,
+                    &reason,
+                    &error,
+                    self.attempt(),
+                    letter.keep_body,
+                )
+                .await
+        })
+    }
+
+    fn requeue(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.delivery.nack(true))
+    }
+
+    fn reject(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.delivery.reject())
+    }
+}
+
+impl Amqp {
     /// Declares the queue and consumes it. Its retry queues are declared
     /// when first needed.
-    pub(crate) async fn consume(&self, queue: &Queue) -> Result<Consumer> {
+    async fn consume(&self, queue: &Queue) -> Result<Consumer> {
         let consumer = self.conn.consumer(queue).await?;
         lock(&self.consumed).insert(consumer.queue().to_owned(), queue.is_durable());
         Ok(consumer)
@@ -77,7 +327,7 @@ impl Amqp {
 
     /// Deletes the retry queues declared for `queue` (a broadcast queue
     /// being cancelled).
-    pub(crate) async fn delete_retry_queues(&self, queue: &str) -> Result<()> {
+    async fn delete_retry_queues(&self, queue: &str) -> Result<()> {
         let prefix = format!("{queue}.retry.");
         let names: Vec<String> = {
             let mut declared = lock(&self.retry_queues);
@@ -117,11 +367,7 @@ impl Amqp {
     /// Queues an event for the broker; `done` hears the broker's answer.
     /// Sent to a queue by name it is mandatory, so a missing queue is
     /// reported instead of dropped.
-    pub(crate) async fn publish(
-        &self,
-        out: Outgoing,
-        done: Option<oneshot::Sender<Result<()>>>,
-    ) -> Result<()> {
+    async fn publish(&self, out: Outgoing, done: Option<Settlement>) -> Result<()> {
         let mut headers = FieldTable::default();
         headers.insert(TAG_HEADER.into(), AMQPValue::LongString(out.tag.into()));
         headers.insert(
@@ -145,21 +391,11 @@ impl Amqp {
             .await
     }
 
-    /// Waits until every event queued so far is settled; how many failed.
-    pub(crate) async fn flush(&self) -> Result<u64> {
-        self.producer.flush().await
-    }
-
-    /// Reports every event not yet confirmed as failed.
-    pub(crate) fn abort(&self, reason: &str) {
-        self.producer.abort(reason);
-    }
-
     /// Parks a failed delivery in its queue's retry queue for `delay`
     /// (one queue per delay), with the attempt count raised; the broker
     /// then puts it back. Headers that would make the message too large
     /// for a frame are dropped, the event's own kept.
-    pub(crate) async fn retry(
+    async fn retry(
         &self,
         delivery: &Delivery,
         routing_key: &str,
@@ -205,7 +441,7 @@ impl Amqp {
     /// Publishes a delivery to the dead-letter exchange with why; without
     /// its body unless `keep_body`. Foreign headers are dropped, largest
     /// first, if the message would not fit a frame otherwise.
-    pub(crate) async fn dead_letter(
+    async fn dead_letter(
         &self,
         delivery: &Delivery,
         routing_key: &str,
@@ -265,10 +501,6 @@ impl Amqp {
                 "the message's own properties are too large for a frame even without foreign headers",
             )
         })
-    }
-
-    pub(crate) fn dead_letter_queue(&self) -> Option<&str> {
-        self.dead_letter_exchange.as_deref()
     }
 }
 

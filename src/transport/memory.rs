@@ -2,14 +2,289 @@
 //! hub of queues, routed like a topic exchange.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
+use tracing::warn;
 
-use super::Outgoing;
+use super::seam::{
+    BoxFuture, DeadLetter, Header, Inbox, Outgoing, PublishCounters, Received, Settlement,
+    Transport,
+};
+use crate::codec::{Bincode, Codec};
+use crate::connection_event::{ConnectionEvent, ConnectionEvents};
 use crate::error::{Error, ErrorKind, Result};
+use crate::headers::{FINGERPRINT_HEADER, TAG_HEADER};
+use crate::listen::{Listen, Mode};
+
+/// The largest body a memory bus decodes.
+const MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
+
+/// **The in-process transport** (`memory://name`): buses of one process
+/// that name the same hub meet there, with RabbitMQ's routing (topic
+/// patterns, groups as shared queues, named queues) and none of its
+/// outages. For unit tests, examples and doctests.
+pub struct MemoryTransport {
+    hub: Arc<Hub>,
+    name: String,
+    instance_id: String,
+    counters: PublishCounters,
+    events: broadcast::Sender<ConnectionEvent>,
+    closed: AtomicBool,
+}
+
+impl MemoryTransport {
+    /// A transport on the hub `name` (`memory://name`).
+    #[must_use]
+    pub fn named(name: &str) -> Self {
+        Self {
+            hub: Hub::named(name),
+            name: name.to_owned(),
+            instance_id: uuid::Uuid::new_v4().to_string(),
+            counters: PublishCounters::default(),
+            events: broadcast::channel(4).0,
+            closed: AtomicBool::new(false),
+        }
+    }
+}
+
+impl fmt::Debug for MemoryTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryTransport")
+            .field("hub", &self.name)
+            .field("instance_id", &self.instance_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Transport for MemoryTransport {
+    fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    fn codec(&self) -> Arc<dyn Codec> {
+        Arc::new(Bincode)
+    }
+
+    fn max_message_size(&self) -> usize {
+        MAX_MESSAGE_SIZE
+    }
+
+    fn prefetch(&self) -> u16 {
+        u16::MAX
+    }
+
+    fn publish(&self, out: Outgoing, done: Option<Settlement>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            if self.closed.load(Ordering::Relaxed) {
+                return Err(Error::new(
+                    ErrorKind::Closed,
+                    "the memory transport is closed",
+                ));
+            }
+            let sent = self.hub.publish(&out, &self.instance_id).await;
+            self.counters.settled(&sent);
+            match (done, sent) {
+                (Some(done), sent) => {
+                    let _ = done.send(sent);
+                }
+                (None, Err(e)) => warn!(error = %e, "publishing an event failed"),
+                (None, Ok(())) => {}
+            }
+            Ok(())
+        })
+    }
+
+    fn listen<'a>(&'a self, listen: &'a Listen) -> BoxFuture<'a, Result<Box<dyn Inbox>>> {
+        Box::pin(async move {
+            let (name, bound) = match listen.mode() {
+                Mode::Broadcast => (None, true),
+                Mode::Group(group) => (Some(format!("{}.{group}", self.name)), true),
+                Mode::Queue(name) => (Some(name.clone()), false),
+            };
+            let queue = self.hub.queue(name.as_deref(), listen.keys(), bound);
+            let label = name.unwrap_or_else(|| format!("{}.{}", self.name, self.instance_id));
+            let inbox: Box<dyn Inbox> = Box::new(MemoryInbox {
+                label,
+                owned: matches!(listen.mode(), Mode::Broadcast),
+                queue,
+                hub: self.hub.clone(),
+            });
+            Ok(inbox)
+        })
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async { Ok(0) })
+    }
+
+    fn abort(&self, _reason: &str) {}
+
+    fn close(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async {
+            if !self.closed.swap(true, Ordering::Relaxed) {
+                let _ = self.events.send(ConnectionEvent::Closed);
+            }
+            Ok(())
+        })
+    }
+
+    fn events(&self) -> ConnectionEvents {
+        let receiver = self.events.subscribe();
+        let first = (!self.closed.load(Ordering::Relaxed)).then_some(ConnectionEvent::Connected);
+        ConnectionEvents::new(first, receiver)
+    }
+
+    fn counters(&self) -> &PublishCounters {
+        &self.counters
+    }
+}
+
+/// The messages of one memory queue.
+struct MemoryInbox {
+    label: String,
+    /// A broadcast queue: it goes when the listener stops.
+    owned: bool,
+    queue: Arc<MemoryQueue>,
+    hub: Arc<Hub>,
+}
+
+impl Inbox for MemoryInbox {
+    fn queue(&self) -> &str {
+        &self.label
+    }
+
+    fn next(&mut self) -> BoxFuture<'_, Option<Box<dyn Received>>> {
+        Box::pin(async move {
+            let message = self.queue.recv().await?;
+            let received: Box<dyn Received> = Box::new(MemoryReceived {
+                message,
+                queue: self.queue.clone(),
+            });
+            Some(received)
+        })
+    }
+
+    fn close(self: Box<Self>, _delete: bool) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move {
+            if self.owned {
+                self.hub.remove(&self.queue);
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A received message with these contents, on a queue of its own (for
+/// tests of the decode path).
+#[cfg(test)]
+pub(crate) fn received(
+    body: Vec<u8>,
+    content_type: &'static str,
+    tag: &'static str,
+    fingerprint: String,
+) -> Box<dyn Received> {
+    let hub = Hub::default();
+    Box::new(MemoryReceived {
+        message: Arc::new(Message {
+            body: Arc::new(body),
+            content_type: content_type.into(),
+            tag,
+            fingerprint,
+            routing_key: "test".into(),
+            message_id: "test-1".into(),
+            origin: "elsewhere".into(),
+            timestamp: 0,
+            attempt: 1,
+        }),
+        queue: hub.queue(None, &[], false),
+    })
+}
+
+/// One message of a memory queue.
+struct MemoryReceived {
+    message: Arc<Message>,
+    queue: Arc<MemoryQueue>,
+}
+
+impl Received for MemoryReceived {
+    fn body(&self) -> &[u8] {
+        &self.message.body
+    }
+
+    fn content_type(&self) -> Option<&str> {
+        Some(&self.message.content_type)
+    }
+
+    fn header(&self, name: &str) -> Header<'_> {
+        match name {
+            TAG_HEADER => Header::Text(self.message.tag),
+            FINGERPRINT_HEADER => Header::Text(&self.message.fingerprint),
+            _ => Header::Absent,
+        }
+    }
+
+    fn routing_key(&self) -> &str {
+        &self.message.routing_key
+    }
+
+    fn attempt(&self) -> u32 {
+        self.message.attempt
+    }
+
+    fn message_id(&self) -> Option<&str> {
+        Some(&self.message.message_id)
+    }
+
+    fn origin(&self) -> Option<&str> {
+        Some(&self.message.origin)
+    }
+
+    fn timestamp(&self) -> Option<u64> {
+        Some(self.message.timestamp)
+    }
+
+    fn redelivered(&self) -> bool {
+        false
+    }
+
+    fn ack(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn retry(&self, attempt: u32, delay: Duration) -> BoxFuture<'_, Result<()>> {
+        let (queue, next) = (self.queue.clone(), Arc::new(self.message.attempt(attempt)));
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            queue.requeue(next).await;
+        });
+        Box::pin(async { Ok(()) })
+    }
+
+    fn dead_letter(&self, letter: DeadLetter<'_>) -> BoxFuture<'_, Result<()>> {
+        warn!(
+            reason = letter.reason,
+            error = letter.error,
+            "memory transport: dead letter dropped"
+        );
+        Box::pin(async { Ok(()) })
+    }
+
+    fn requeue(&self) -> BoxFuture<'_, Result<()>> {
+        let (queue, message) = (self.queue.clone(), self.message.clone());
+        Box::pin(async move {
+            queue.requeue(message).await;
+            Ok(())
+        })
+    }
+
+    fn reject(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+}
 
 /// How many events wait in one memory queue before publishers wait too
 /// (a group queue with no member fills up while events are published).
@@ -18,8 +293,8 @@ const QUEUE_CAPACITY: usize = 65_536;
 /// One event in the hub, shared by every queue it is routed to.
 #[derive(Debug)]
 pub(crate) struct Message {
-    pub(crate) body: Vec<u8>,
-    pub(crate) content_type: &'static str,
+    pub(crate) body: Arc<Vec<u8>>,
+    pub(crate) content_type: Arc<str>,
     pub(crate) tag: &'static str,
     pub(crate) fingerprint: String,
     pub(crate) routing_key: String,
@@ -30,15 +305,16 @@ pub(crate) struct Message {
 }
 
 impl Message {
-    /// The same message, for its next delivery attempt.
-    pub(crate) fn next_attempt(&self) -> Self {
+    /// The same message, as delivery attempt `attempt`.
+    fn attempt(&self, attempt: u32) -> Self {
         Self {
             body: self.body.clone(),
+            content_type: self.content_type.clone(),
             fingerprint: self.fingerprint.clone(),
             routing_key: self.routing_key.clone(),
             message_id: self.message_id.clone(),
             origin: self.origin.clone(),
-            attempt: self.attempt + 1,
+            attempt,
             ..*self
         }
     }
@@ -146,15 +422,10 @@ impl Hub {
 
     /// Routes an event to every queue bound to its routing key, or to the
     /// named queue, waiting while a queue is full.
-    pub(crate) async fn publish(
-        &self,
-        out: &Outgoing,
-        content_type: &'static str,
-        origin: &str,
-    ) -> Result<()> {
+    pub(crate) async fn publish(&self, out: &Outgoing, origin: &str) -> Result<()> {
         let message = Arc::new(Message {
             body: out.body.clone(),
-            content_type,
+            content_type: out.content_type.clone(),
             tag: out.tag,
             fingerprint: out.fingerprint.to_string(),
             routing_key: out.routing_key.to_owned(),

@@ -1,0 +1,27 @@
+//! **The names of the headers tidings reads and writes**, in one place:
+//! what a publisher in another language must send (`TAG`,
+//! `FINGERPRINT`, `ORIGIN` and a content type), and what a dead letter or
+//! a retry carries.
+
+/// The header that carries an event's wire tag.
+pub const TAG_HEADER: &str = "x-tidings-tag";
+/// The header that carries an event's schema fingerprint (16 hex digits).
+pub const FINGERPRINT_HEADER: &str = "x-tidings-fingerprint";
+/// The header that carries the publisher's instance id.
+pub const ORIGIN_HEADER: &str = "x-origin";
+/// The header that counts delivery attempts across retries.
+pub const ATTEMPT_HEADER: &str = "x-tidings-attempt";
+/// Dead-letter header: why the message was dead-lettered.
+pub const REASON_HEADER: &str = "x-tidings-reason";
+/// Dead-letter header: the last handler error, or what could not be decoded.
+pub const ERROR_HEADER: &str = "x-tidings-error";
+/// Dead-letter header: the routing key the message was published with.
+pub const ROUTING_KEY_HEADER: &str = "x-tidings-routing-key";
+/// Dead-letter header: the queue the message was consumed from.
+pub const QUEUE_HEADER: &str = "x-tidings-queue";
+/// Dead-letter header: the size of the body, dropped because it was over
+/// the maximum message size (the dead letter has an empty body).
+pub const BODY_DROPPED_HEADER: &str = "x-tidings-body-dropped";
+/// Dead-letter and retry header: the foreign headers dropped so that the
+/// message fits the broker's frame limit, comma-separated.
+pub const TRIMMED_HEADER: &str = "x-tidings-trimmed";

@@ -1,0 +1,187 @@
+//! The seam between a bus and what carries its events: [`Transport`] (open,
+//! publish, listen, flush, close, connection events), [`Inbox`] (the
+//! messages of one listener) and [`Received`] (one message, which settles
+//! itself: ack, retry after a delay, dead-letter with a reason).
+//!
+//! The bus and its listener loop see only these traits. RabbitMQ
+//! (`amqp://`), the in-process hub (`memory://`) and the fault injector
+//! ([`Faults`](crate::Faults)) implement them; so can a user's own
+//! transport, registered for a URL scheme with
+//! [`register_driver`](crate::register_driver).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use crate::codec::Codec;
+use crate::connection_event::ConnectionEvents;
+use crate::error::Result;
+use crate::event::Fingerprint;
+use crate::listen::Listen;
+pub(crate) use crate::outbox::PublishCounters;
+
+/// A boxed future, as the object-safe [`Transport`] methods return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where a publish's outcome goes: `Ok` once the transport has the event
+/// safely (a broker's confirm), or why not.
+pub type Settlement = oneshot::Sender<Result<()>>;
+
+/// **An encoded event on its way out**, as a bus hands it to its transport.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Outgoing {
+    /// The encoded event.
+    pub body: Arc<Vec<u8>>,
+    /// The codec's content type (`application/x-bincode`, ...).
+    pub content_type: Arc<str>,
+    /// The event's wire tag.
+    pub tag: &'static str,
+    /// The event type's schema fingerprint.
+    pub fingerprint: Fingerprint,
+    /// The event's routing key.
+    pub routing_key: &'static str,
+    /// Unique per publisher: `<instance-id>-<n>`.
+    pub message_id: String,
+    /// Sent to this queue by name instead of through the exchange.
+    pub to_queue: Option<String>,
+}
+
+/// **A message header as received**: absent, a string, or of another type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Header<'a> {
+    /// No such header.
+    Absent,
+    /// A string header.
+    Text(&'a str),
+    /// A header of another type than a string.
+    WrongType,
+}
+
+/// **Why a message goes to the dead letters.**
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct DeadLetter<'a> {
+    /// A short snake_case reason (`decode`, `handler_failed`, ...).
+    pub reason: &'a str,
+    /// What went wrong, in words (bounded by the bus to 1 KiB).
+    pub error: &'a str,
+    /// Keep the body; `false` for a body too large to copy again.
+    pub keep_body: bool,
+}
+
+impl<'a> DeadLetter<'a> {
+    /// A dead letter with its body.
+    #[must_use]
+    pub fn new(reason: &'a str, error: &'a str) -> Self {
+        Self {
+            reason,
+            error,
+            keep_body: true,
+        }
+    }
+
+    /// The same, without the body.
+    #[must_use]
+    pub fn without_body(self) -> Self {
+        Self {
+            keep_body: false,
+            ..self
+        }
+    }
+}
+
+/// **One received message**, not yet decoded, that settles itself.
+pub trait Received: Send + Sync {
+    /// The encoded event.
+    fn body(&self) -> &[u8];
+    /// Its content type, if it has one.
+    fn content_type(&self) -> Option<&str>;
+    /// A header by name.
+    fn header(&self, name: &str) -> Header<'_>;
+    /// The routing key it was published with (also after retries).
+    fn routing_key(&self) -> &str;
+    /// Which delivery attempt this is, from 1.
+    fn attempt(&self) -> u32;
+    /// The message id, if it has one.
+    fn message_id(&self) -> Option<&str>;
+    /// The publisher's instance id (`x-origin`), if known.
+    fn origin(&self) -> Option<&str>;
+    /// When it was published, in seconds since the Unix epoch.
+    fn timestamp(&self) -> Option<u64>;
+    /// Whether the transport delivered it before (its settlement was lost).
+    fn redelivered(&self) -> bool;
+    /// Acknowledges it: handled.
+    fn ack(&self) -> BoxFuture<'_, Result<()>>;
+    /// Acknowledges it and every message received before it on its inbox.
+    fn ack_through(&self) -> BoxFuture<'_, Result<()>> {
+        self.ack()
+    }
+    /// Puts it back, to be delivered again after `delay` as attempt
+    /// `attempt`. On success the bus acknowledges this delivery.
+    fn retry(&self, attempt: u32, delay: Duration) -> BoxFuture<'_, Result<()>>;
+    /// Sends it to the dead letters. On success the bus acknowledges this
+    /// delivery; on failure it [rejects](Received::reject) it.
+    fn dead_letter(&self, letter: DeadLetter<'_>) -> BoxFuture<'_, Result<()>>;
+    /// Gives it back to its queue at once (a retry could not be parked).
+    fn requeue(&self) -> BoxFuture<'_, Result<()>>;
+    /// Drops it (its dead letter could not be sent).
+    fn reject(&self) -> BoxFuture<'_, Result<()>>;
+}
+
+/// **The messages of one listener**, in the order the transport gives them.
+pub trait Inbox: Send {
+    /// The queue's name.
+    fn queue(&self) -> &str;
+    /// The next message; `None` once the inbox is closed for good.
+    /// Cancel safe: a message is never lost by dropping the future.
+    fn next(&mut self) -> BoxFuture<'_, Option<Box<dyn Received>>>;
+    /// Stops receiving: messages received and not settled go back to the
+    /// queue. With `delete`, the queue goes too (a broadcast listener that
+    /// was cancelled).
+    fn close(self: Box<Self>, delete: bool) -> BoxFuture<'static, Result<()>>;
+}
+
+/// **What carries a bus's events**: RabbitMQ, the in-process hub, a fault
+/// injector around either, or a transport of your own.
+///
+/// Every method that returns a future is cancel safe unless it says
+/// otherwise.
+pub trait Transport: Send + Sync + fmt::Debug + 'static {
+    /// The bus's instance id: the origin of what it publishes.
+    fn instance_id(&self) -> &str;
+    /// The codec events are encoded with.
+    fn codec(&self) -> Arc<dyn Codec>;
+    /// The largest body a listener decodes.
+    fn max_message_size(&self) -> usize;
+    /// How many messages a listener holds unsettled at most.
+    fn prefetch(&self) -> u16;
+    /// **Accepts an event** (waiting for room while a buffer is full); its
+    /// outcome goes to `done`, or, without it, is counted and logged.
+    fn publish(&self, out: Outgoing, done: Option<Settlement>) -> BoxFuture<'_, Result<()>>;
+    /// **Starts receiving** the way `listen` says.
+    fn listen<'a>(&'a self, listen: &'a Listen) -> BoxFuture<'a, Result<Box<dyn Inbox>>>;
+    /// Waits until every event accepted so far is settled; how many failed
+    /// since the last flush.
+    fn flush(&self) -> BoxFuture<'_, Result<u64>>;
+    /// Reports every event not yet settled as failed, with `reason`.
+    fn abort(&self, reason: &str);
+    /// Closes the connection. Safe to call twice.
+    fn close(&self) -> BoxFuture<'_, Result<()>>;
+    /// What happens to the connection.
+    fn events(&self) -> ConnectionEvents;
+    /// The counters of what was published.
+    fn counters(&self) -> &PublishCounters;
+    /// Times the connection was lost and recovered.
+    fn reconnects(&self) -> u64 {
+        0
+    }
+    /// The queue that collects dead letters, if the transport keeps them.
+    fn dead_letter_queue(&self) -> Option<&str> {
+        None
+    }
+}
