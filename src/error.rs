@@ -7,6 +7,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// The error a handler may return.
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// **Everything that can go wrong in tidings**: what happened, in words, and
 /// what kind of failure it was.
 ///

@@ -75,57 +75,41 @@
 #[cfg(test)]
 extern crate self as tidings;
 
+mod amqp;
 pub mod blocking;
 mod bus;
 mod codec;
-mod connection;
-mod connection_event;
-mod consumer;
-mod consumer_thread;
-mod context;
-mod delivery;
 mod error;
 mod event;
-mod header_frame;
 pub mod headers;
-mod listen;
-mod listener;
 pub mod log;
-mod outbox;
-mod producer;
-mod props;
-mod queue;
-mod recovery;
 mod runtime;
-mod stats;
-mod subscribers;
-mod topology;
 mod transport;
 
+pub use amqp::connection::{Connection, DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_MESSAGES};
+pub use amqp::connection_event::{ConnectionEvent, ConnectionEvents};
+pub use amqp::consumer::Consumer;
+pub use amqp::consumer_thread::ConsumerThread;
+pub use amqp::delivery::Delivery;
+pub use amqp::outbox::PublishCounters;
+pub use amqp::producer::{Confirm, Producer, Publish};
+pub use amqp::props::{AmqpProps, ExchangeKind, WhenFull};
+pub use amqp::queue::Queue;
+pub use bus::context::Context;
+pub use bus::listener::Listener;
+pub use bus::settings::UnknownEvents;
+pub use bus::stats::{OTHER_TAGS, RejectReason, Stats};
+pub use bus::subscribers::{
+    Dispatch, EventStream, HandlerError, HandlerOutput, Lagged, Poller, Subscribers, Subscription,
+};
 pub use bus::{Bus, BusBuilder};
 pub use codec::{BINCODE_CONTENT_TYPE, Bincode, Codec, DecodeVisitor, JSON_CONTENT_TYPE, Json};
-pub use connection::{Connection, DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_MESSAGES};
-pub use connection_event::{ConnectionEvent, ConnectionEvents};
-pub use consumer::Consumer;
-pub use consumer_thread::ConsumerThread;
-pub use context::Context;
-pub use delivery::Delivery;
 pub use error::{Error, ErrorKind, Result};
 pub use event::{Event, EventType, Fingerprint, Registration, registered_events};
 #[doc(no_inline)]
 pub use headers::{
     ATTEMPT_HEADER, BODY_DROPPED_HEADER, ERROR_HEADER, FINGERPRINT_HEADER, ORIGIN_HEADER,
     QUEUE_HEADER, REASON_HEADER, ROUTING_KEY_HEADER, TAG_HEADER, TRIMMED_HEADER,
-};
-pub use listen::Listen;
-pub use listener::{Listener, UnknownEvents};
-pub use outbox::PublishCounters;
-pub use producer::{Confirm, Producer, Publish};
-pub use props::{AmqpProps, ExchangeKind, WhenFull};
-pub use queue::Queue;
-pub use stats::{OTHER_TAGS, RejectReason, Stats};
-pub use subscribers::{
-    Dispatch, EventStream, HandlerError, HandlerOutput, Lagged, Poller, Subscribers, Subscription,
 };
 /// Derives [`Event`] and [`EventType`] for a struct or enum that also
 /// derives serde's `Serialize` and `Deserialize`.
@@ -136,6 +120,7 @@ pub use subscribers::{
 pub use tidings_macros::Event;
 pub use transport::amqp::AmqpTransport;
 pub use transport::drivers::{Driver, Endpoint, register_driver};
+pub use transport::listen::Listen;
 pub use transport::memory::MemoryTransport;
 pub use transport::seam::{
     BoxFuture, DeadLetter, Header, Inbox, Outgoing, Received, Settlement, Transport,

@@ -16,21 +16,21 @@ use super::seam::{
     BoxFuture, DeadLetter, Header, Inbox, Outgoing, PublishCounters, Received, Settlement,
     Transport,
 };
+use crate::amqp::connection::{Connection, short};
+use crate::amqp::connection_event::ConnectionEvents;
+use crate::amqp::consumer::Consumer;
+use crate::amqp::delivery::Delivery;
+use crate::amqp::header_frame;
+use crate::amqp::producer::Producer;
+use crate::amqp::props::AmqpProps;
+use crate::amqp::queue::Queue;
 use crate::codec::Codec;
-use crate::connection::{Connection, short};
-use crate::connection_event::ConnectionEvents;
-use crate::consumer::Consumer;
-use crate::delivery::Delivery;
 use crate::error::{Error, ErrorKind, Result};
-use crate::header_frame;
 use crate::headers::{
     ATTEMPT_HEADER, BODY_DROPPED_HEADER, ERROR_HEADER, FINGERPRINT_HEADER, ORIGIN_HEADER,
     QUEUE_HEADER, REASON_HEADER, ROUTING_KEY_HEADER, TAG_HEADER,
 };
-use crate::listen::Listen;
-use crate::producer::Producer;
-use crate::props::AmqpProps;
-use crate::queue::Queue;
+use crate::transport::listen::Listen;
 
 /// **The RabbitMQ transport** (`amqp://`, `amqps://`): one recovering
 /// connection, a confirming producer, a queue per listener, a retry queue

@@ -7,9 +7,9 @@ use std::sync::{Arc, LazyLock, RwLock};
 use super::amqp::AmqpTransport;
 use super::memory::MemoryTransport;
 use super::seam::{BoxFuture, Transport};
-use crate::connection::{DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_MESSAGES};
+use crate::amqp::connection::{DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_MESSAGES};
+use crate::amqp::props::AmqpProps;
 use crate::error::{Error, ErrorKind, Result};
-use crate::props::AmqpProps;
 
 /// **What a bus asks of the transport it opens**: where, and what the bus
 /// needs declared.

@@ -14,11 +14,11 @@ use super::seam::{
     BoxFuture, DeadLetter, Header, Inbox, Outgoing, PublishCounters, Received, Settlement,
     Transport,
 };
+use crate::amqp::connection_event::{ConnectionEvent, ConnectionEvents};
 use crate::codec::{Bincode, Codec};
-use crate::connection_event::{ConnectionEvent, ConnectionEvents};
 use crate::error::{Error, ErrorKind, Result};
 use crate::headers::{FINGERPRINT_HEADER, TAG_HEADER};
-use crate::listen::{Listen, Mode};
+use crate::transport::listen::{Listen, Mode};
 
 /// The largest body a memory bus decodes.
 const MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;

@@ -17,12 +17,12 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use crate::amqp::connection_event::ConnectionEvents;
+pub(crate) use crate::amqp::outbox::PublishCounters;
 use crate::codec::Codec;
-use crate::connection_event::ConnectionEvents;
 use crate::error::Result;
 use crate::event::Fingerprint;
-use crate::listen::Listen;
-pub(crate) use crate::outbox::PublishCounters;
+use crate::transport::listen::Listen;
 
 /// A boxed future, as the object-safe [`Transport`] methods return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -12,13 +12,13 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use crate::amqp::connection::{Connection, short};
+use crate::amqp::outbox::PublishCounters;
+use crate::amqp::outbox::{Message, Outbox};
+use crate::amqp::props::WhenFull;
 use crate::codec::Codec;
-use crate::connection::{Connection, short};
 use crate::error::{Error, ErrorKind, Result};
 use crate::headers::ORIGIN_HEADER;
-use crate::outbox::PublishCounters;
-use crate::outbox::{Message, Outbox};
-use crate::props::WhenFull;
 
 /// **Publishes values to the exchange of the props**, encoded with the props'
 /// codec, with `content-type`, `message-id`, `timestamp`, `app-id` and an

@@ -13,15 +13,15 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use tokio::sync::{broadcast, watch};
 use tracing::{Instrument, debug, info, info_span};
 
+use crate::amqp::connection_event::{ConnectionEvent, ConnectionEvents};
+use crate::amqp::consumer::Consumer;
+use crate::amqp::producer::Producer;
+use crate::amqp::props::{AmqpProps, ExchangeKind, check_name};
+use crate::amqp::queue::Queue;
+use crate::amqp::recovery::{self, Backoff};
+use crate::amqp::topology::{self, QueueDecl, Topology};
 use crate::codec::Codecs;
-use crate::connection_event::{ConnectionEvent, ConnectionEvents};
-use crate::consumer::Consumer;
 use crate::error::{Error, ErrorKind, Result};
-use crate::producer::Producer;
-use crate::props::{AmqpProps, ExchangeKind, check_name};
-use crate::queue::Queue;
-use crate::recovery::{self, Backoff};
-use crate::topology::{self, QueueDecl, Topology};
 
 /// **A supervised connection to the broker**, made from [`AmqpProps`]: it
 /// declares the exchange, hands out channels, and makes [`Producer`]s and

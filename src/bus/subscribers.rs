@@ -16,11 +16,9 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tracing::{error, warn};
 
-use crate::context::Context;
+use crate::bus::context::Context;
+pub use crate::error::HandlerError;
 use crate::event::{Event, EventType};
-
-/// The error a handler may return.
-pub type HandlerError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// **What a handler returns**: `()` (it cannot fail) or `Result<(), E>`.
 pub trait HandlerOutput {
@@ -291,10 +289,10 @@ impl Subscribers {
             if let Err(failure) = outcome {
                 match &failure {
                     Failure::Error(e) => {
-                        warn!(tag = event.tag(), message_id = %crate::listener::bounded(context.message_id().unwrap_or("")), attempt = context.attempt(), error = %e, "event handler failed");
+                        warn!(tag = event.tag(), message_id = %crate::bus::settle::bounded(context.message_id().unwrap_or("")), attempt = context.attempt(), error = %e, "event handler failed");
                     }
                     Failure::Panic(message) => {
-                        error!(tag = event.tag(), message_id = %crate::listener::bounded(context.message_id().unwrap_or("")), attempt = context.attempt(), panic = %message, "event handler panicked");
+                        error!(tag = event.tag(), message_id = %crate::bus::settle::bounded(context.message_id().unwrap_or("")), attempt = context.attempt(), panic = %message, "event handler panicked");
                     }
                 }
                 dispatch.failures.push(failure.to_string());
@@ -435,7 +433,7 @@ impl Future for CatchUnwind {
 }
 
 fn panic_text(panic: Box<dyn std::any::Any + Send>) -> String {
-    crate::consumer_thread::panic_message(&*panic).to_owned()
+    crate::amqp::consumer_thread::panic_message(&*panic).to_owned()
 }
 
 /// **A bounded stream of the events of one type**, made by

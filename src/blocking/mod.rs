@@ -41,14 +41,14 @@ use serde::Serialize;
 use tokio_stream::StreamExt;
 
 use crate::Connection;
+use crate::amqp::producer::Publish;
+use crate::amqp::props::AmqpProps;
+use crate::amqp::queue::Queue;
 use crate::bus::BusBuilder;
+use crate::bus::stats::Stats;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
-use crate::producer::Publish;
-use crate::props::AmqpProps;
-use crate::queue::Queue;
 use crate::runtime::BlockingRuntime;
-use crate::stats::Stats;
 
 /// How long closing may take when a facade is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);

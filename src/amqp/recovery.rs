@@ -10,8 +10,8 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tracing::{debug, info, warn};
 
-use crate::connection::{Inner, Link};
-use crate::connection_event::ConnectionEvent;
+use crate::amqp::connection::{Inner, Link};
+use crate::amqp::connection_event::ConnectionEvent;
 
 /// How often the supervisor checks the connection's status, in case it
 /// died without an error event.

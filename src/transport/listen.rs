@@ -1,7 +1,7 @@
 //! `Listen`: which queue a bus consumes, and which events it binds.
 
+use crate::amqp::queue::Queue;
 use crate::event::EventType;
-use crate::queue::Queue;
 
 /// **What a bus listens to**: a delivery model and the routing keys to bind.
 ///

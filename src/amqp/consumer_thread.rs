@@ -10,12 +10,12 @@ use tokio_stream::StreamExt;
 use tracing::{Instrument, error, info_span, warn};
 
 use crate::Connection;
-use crate::delivery::Delivery;
+use crate::amqp::delivery::Delivery;
+use crate::amqp::props::AmqpProps;
+use crate::amqp::queue::Queue;
+use crate::error::HandlerError;
 use crate::error::{Error, ErrorKind, Result};
-use crate::props::AmqpProps;
-use crate::queue::Queue;
 use crate::runtime::BlockingRuntime;
-use crate::subscribers::HandlerError;
 
 /// **A consumer that runs a callback on its own OS thread** (zamqp's
 /// `AMQPThread(AMQPConsumer(queue, props, callback))`), for code that is not

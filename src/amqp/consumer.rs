@@ -13,9 +13,9 @@ use tokio::sync::watch;
 use tokio_stream::Stream;
 use tracing::{debug, info};
 
+use crate::amqp::connection::{Connection, Link, gone, short};
+use crate::amqp::delivery::Delivery;
 use crate::codec::Codecs;
-use crate::connection::{Connection, Link, gone, short};
-use crate::delivery::Delivery;
 use crate::error::{Error, Result};
 
 /// **The deliveries of one queue, as a [`Stream`]**, each to be settled

@@ -1,6 +1,15 @@
 //! `Bus`: the remote-event layer. Publishing an event broadcasts it; every
 //! receiving process decodes it and dispatches it to its local subscribers.
 
+pub(crate) mod context;
+mod decode;
+mod dedup;
+pub(crate) mod listener;
+pub(crate) mod settings;
+pub(crate) mod settle;
+pub(crate) mod stats;
+pub(crate) mod subscribers;
+
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,16 +18,19 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::debug;
 
+use crate::amqp::connection_event::ConnectionEvents;
+use crate::amqp::props::AmqpProps;
+use crate::bus::decode::Decoder;
+use crate::bus::dedup::Recent;
+use crate::bus::listener::{Listener, Shared};
+use crate::bus::settings::{Settings, UnknownEvents};
+use crate::bus::stats::{Counters, Stats};
+use crate::bus::subscribers::Subscribers;
 use crate::codec::{Codec, Codecs};
-use crate::connection_event::ConnectionEvents;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Event, registered_events};
-use crate::listen::Listen;
-use crate::listener::{Decoder, Listener, Recent, Settings, Shared, UnknownEvents};
-use crate::props::AmqpProps;
-use crate::stats::{Counters, Stats};
-use crate::subscribers::Subscribers;
 use crate::transport::drivers::{self, Endpoint};
+use crate::transport::listen::Listen;
 use crate::transport::seam::{Outgoing, Transport};
 
 /// How long `close` waits for the broker to confirm what was published.

@@ -21,10 +21,10 @@ use lapin::{BasicProperties, Confirmation};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::connection::{Connection, Link, gone};
+use crate::amqp::connection::{Connection, Link, gone};
+use crate::amqp::header_frame;
+use crate::amqp::props::WhenFull;
 use crate::error::{Error, ErrorKind, Result};
-use crate::header_frame;
-use crate::props::WhenFull;
 
 /// Publishes sent and not yet confirmed, per producer. Enough to keep the
 /// broker busy; it also bounds lapin's own frame queue.

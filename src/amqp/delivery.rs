@@ -7,7 +7,7 @@ use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::types::AMQPValue;
 use serde::de::DeserializeOwned;
 
-use crate::consumer::{Origin, Shared};
+use crate::amqp::consumer::{Origin, Shared};
 use crate::error::{Error, ErrorKind, Result};
 use crate::headers::ORIGIN_HEADER;
 

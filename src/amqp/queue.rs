@@ -1,7 +1,7 @@
 //! `Queue`: what a consumer reads from, and how it is bound to the exchange.
 
+use crate::amqp::props::{ExchangeKind, check_name};
 use crate::error::{Error, ErrorKind, Result};
-use crate::props::{ExchangeKind, check_name};
 
 /// **A queue to consume from**, declared by tidings before consuming: a
 /// durable queue shared by name, or an exclusive per-process queue.

@@ -1,0 +1,440 @@
+//! The receive-side decode path: size, content type, tag, fingerprint,
+//! codec; each refusal with its reason. Fuzzed below.
+
+use std::sync::Arc;
+
+use tracing::warn;
+
+use super::listener::Shared;
+use super::stats::{Counters, RejectReason};
+use crate::codec::{Codecs, JSON_CONTENT_TYPE};
+use crate::event::{Event, Fingerprint, registered_events};
+use crate::headers::{FINGERPRINT_HEADER, TAG_HEADER};
+use crate::transport::seam::{Header, Received};
+
+/// What a message must pass to be decoded.
+pub(crate) struct Decoder {
+    codecs: Codecs,
+    max_message_size: usize,
+}
+
+impl Decoder {
+    pub(crate) fn new(codecs: Codecs, max_message_size: usize) -> Self {
+        Self {
+            codecs,
+            max_message_size,
+        }
+    }
+}
+
+/// The tag of a JSON event body, `{"<tag>": ...}`; `None` for any other
+/// body.
+fn json_tag(body: &[u8]) -> Option<&str> {
+    #[derive(serde::Deserialize)]
+    struct Wrapper<'a>(#[serde(borrow)] std::collections::BTreeMap<&'a str, serde::de::IgnoredAny>);
+    let Wrapper(map) = serde_json::from_slice::<Wrapper<'_>>(body).ok()?;
+    match map.len() {
+        1 => map.into_keys().next(),
+        _ => None,
+    }
+}
+
+impl Shared {
+    /// Checks and decodes one message; says why when it cannot.
+    pub(super) fn decode(
+        &self,
+        incoming: &dyn Received,
+    ) -> Result<Arc<dyn Event>, (RejectReason, String)> {
+        let body = incoming.body();
+        if body.len() > self.decoder.max_message_size {
+            return Err((
+                RejectReason::TooLarge,
+                format!(
+                    "body of {} bytes exceeds the maximum message size of {}",
+                    body.len(),
+                    self.decoder.max_message_size
+                ),
+            ));
+        }
+        let codec = self
+            .decoder
+            .codecs
+            .for_content_type(incoming.content_type())
+            .map_err(|e| (RejectReason::ContentType, e.to_string()))?;
+        let tag = match incoming.header(TAG_HEADER) {
+            Header::Text(tag) => tag,
+            Header::Absent => {
+                return Err((RejectReason::MissingTag, format!("no {TAG_HEADER} header")));
+            }
+            Header::WrongType => {
+                return Err((
+                    RejectReason::BadHeader,
+                    format!("{TAG_HEADER} header is not a string"),
+                ));
+            }
+        };
+        if tag.len() > 255 {
+            return Err((
+                RejectReason::BadHeader,
+                format!(
+                    "{TAG_HEADER} header of {} bytes is longer than any event tag (255 bytes at most)",
+                    tag.len()
+                ),
+            ));
+        }
+        let Some(registered) = registered_events().ok().and_then(|events| events.get(tag)) else {
+            return Err((
+                RejectReason::UnknownTag,
+                format!("unknown event tag {tag:?}: no such event type in this process"),
+            ));
+        };
+        let theirs = match incoming.header(FINGERPRINT_HEADER) {
+            Header::Text(text) => text.parse::<Fingerprint>().ok(),
+            Header::Absent => None,
+            Header::WrongType => {
+                return Err((
+                    RejectReason::BadHeader,
+                    format!("{FINGERPRINT_HEADER} header is not a string"),
+                ));
+            }
+        };
+        let ours = registered.fingerprint();
+        let mismatch = theirs != Some(ours);
+        if mismatch {
+            Counters::add(&self.counters.fingerprint_mismatches);
+            let theirs = theirs.map_or_else(|| "none".to_owned(), |f| f.to_string());
+            // bincode is not self-describing: a different shape would be
+            // misread silently, so it is refused outright.
+            if codec.content_type() != JSON_CONTENT_TYPE {
+                return Err((
+                    RejectReason::FingerprintMismatch,
+                    format!(
+                        "event {tag:?} has schema fingerprint {theirs}, this process has {ours}; the types differ"
+                    ),
+                ));
+            }
+            warn!(tag, theirs = %theirs, ours = %ours, message_id = incoming.message_id().unwrap_or(""), "schema fingerprints differ; decoding the JSON anyway");
+        }
+        let event: Box<dyn Event> = codec.decode(body).map_err(|e| {
+            // Only a body that is an event of this tag can differ by schema.
+            let reason = if mismatch && json_tag(body) == Some(tag) {
+                RejectReason::FingerprintMismatch
+            } else {
+                RejectReason::Decode
+            };
+            (reason, format!("event {tag:?}: {e}"))
+        })?;
+        if event.tag() != tag {
+            return Err((
+                RejectReason::TagMismatch,
+                format!(
+                    "body holds event {:?} but the {TAG_HEADER} header says {tag:?}",
+                    event.tag()
+                ),
+            ));
+        }
+        Ok(Arc::from(event))
+    }
+}
+
+/// Feeds the whole receive-side decode path with malformed input: valid
+/// encodings mutated (bit flips, truncation, inserted length prefixes that
+/// claim huge sizes) and random bytes, under both codecs and with right,
+/// wrong and missing headers. Nothing may panic or abort; everything must
+/// come back as an event or a reason.
+#[cfg(test)]
+mod fuzz {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+    use crate::codec::{Bincode, Codec, Json};
+    use crate::event::EventType;
+    use crate::bus::dedup::Recent;
+    use crate::bus::listener::Listener;
+    use crate::bus::settings::Settings;
+    use crate::bus::subscribers::Subscribers;
+    use crate::transport::listen::Listen;
+    use crate::transport::memory::{Hub, MemoryTransport};
+
+    #[derive(crate::Event, Serialize, Deserialize, Debug, Clone, PartialEq)]
+    #[event(name = "fuzz.order")]
+    struct Order {
+        id: u64,
+        customer: String,
+        lines: Vec<(String, u32)>,
+        note: Option<String>,
+        state: State,
+    }
+
+    #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+    enum State {
+        Open,
+        Closed { reason: String },
+    }
+
+    /// xorshift64*: deterministic, no dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            usize::try_from(self.next() % n.max(1) as u64).unwrap_or(0)
+        }
+    }
+
+    fn shared() -> Shared {
+        Shared {
+            recent: Recent::default(),
+            decoder: Decoder::new(Codecs::new(Arc::new(Bincode)), 64 * 1024),
+            subscribers: Subscribers::new(),
+            counters: Arc::default(),
+            instance_id: "fuzz".to_owned(),
+            settings: Settings::default(),
+            transport: Arc::new(MemoryTransport::named("fuzz")),
+        }
+    }
+
+    fn mutate(rng: &mut Rng, valid: &[u8]) -> Vec<u8> {
+        let mut bytes = valid.to_vec();
+        match rng.below(5) {
+            0 => {
+                for _ in 0..=rng.below(3) {
+                    let i = rng.below(bytes.len());
+                    if let Some(b) = bytes.get_mut(i) {
+                        *b ^= 1 << rng.below(8);
+                    }
+                }
+            }
+            1 => bytes.truncate(rng.below(bytes.len())),
+            2 => {
+                // A varint length prefix claiming up to 2^64 bytes.
+                let at = rng.below(bytes.len() + 1);
+                let mut bomb = vec![[0xFB, 0xFC, 0xFD][rng.below(3)]];
+                bomb.extend_from_slice(&rng.next().to_le_bytes());
+                bytes.splice(at..at, bomb);
+            }
+            3 => bytes = (0..rng.below(64)).map(|_| rng.next() as u8).collect(),
+            _ => bytes.extend((0..=rng.below(8)).map(|_| rng.next() as u8)),
+        }
+        bytes
+    }
+
+    #[tokio::test]
+    async fn a_stopped_broadcast_listener_leaves_no_memory_queue_behind() {
+        let shared = Arc::new(Shared {
+            transport: Arc::new(MemoryTransport::named("fuzz-stop")),
+            ..shared()
+        });
+        let hub = Hub::named("fuzz-stop");
+        let group = Listener::start(shared.clone(), &Listen::group("kept"))
+            .await
+            .unwrap();
+        let broadcast = Listener::start(shared.clone(), &Listen::broadcast())
+            .await
+            .unwrap();
+        assert_eq!(hub.queue_count(), 2);
+        broadcast.stop().await;
+        group.stop().await;
+        assert_eq!(
+            hub.queue_count(),
+            1,
+            "the group queue stays for other members, the broadcast one goes"
+        );
+    }
+
+    fn incoming(
+        body: Vec<u8>,
+        content_type: &'static str,
+        tag: &'static str,
+        fingerprint: String,
+    ) -> Box<dyn Received> {
+        crate::transport::memory::received(body, content_type, tag, fingerprint)
+    }
+
+    fn order() -> Order {
+        Order {
+            id: 42,
+            customer: "Zoë".into(),
+            lines: vec![("tea".into(), 2), ("cake".into(), 1)],
+            note: Some("ring".into()),
+            state: State::Closed {
+                reason: "paid".into(),
+            },
+        }
+    }
+
+    /// How a valid encoding is damaged: bit flips, a cut, inserted bytes.
+    #[derive(Debug, Clone)]
+    enum Damage {
+        Flip(usize, u8),
+        Truncate(usize),
+        Insert(usize, Vec<u8>),
+    }
+
+    /// A random damage; positions are reduced modulo the length when applied.
+    fn damage(rng: &mut Rng) -> Damage {
+        let at = rng.next() as usize;
+        match rng.below(3) {
+            0 => Damage::Flip(at, 1 + rng.below(255) as u8),
+            1 => Damage::Truncate(at),
+            _ => Damage::Insert(
+                at,
+                (0..1 + rng.below(11)).map(|_| rng.next() as u8).collect(),
+            ),
+        }
+    }
+
+    fn apply(mut bytes: Vec<u8>, damages: &[Damage]) -> Vec<u8> {
+        for damage in damages {
+            let len = bytes.len();
+            match damage {
+                Damage::Flip(at, bits) if len > 0 => bytes[at % len] ^= bits,
+                Damage::Flip(..) => {}
+                Damage::Truncate(at) => bytes.truncate(at % (len + 1)),
+                Damage::Insert(at, more) => {
+                    let at = at % (len + 1);
+                    bytes.splice(at..at, more.iter().copied());
+                }
+            }
+        }
+        bytes
+    }
+
+    const CONTENT_TYPES: [&str; 4] = [
+        "application/x-bincode",
+        "application/json",
+        "text/plain",
+        "",
+    ];
+    const TAGS: [&str; 4] = ["fuzz.order", "fuzz.order", "unknown.tag", ""];
+    /// Cases per generated test; the seed makes every run the same.
+    const CASES: usize = 3000;
+
+    /// A fingerprint header: 16 hex digits, or up to 20 arbitrary characters.
+    fn fingerprint(rng: &mut Rng) -> String {
+        if rng.below(2) == 0 {
+            format!("{:016x}", rng.next())
+        } else {
+            (0..rng.below(21))
+                .filter_map(|_| char::from_u32((rng.next() % 0x11_0000) as u32))
+                .collect()
+        }
+    }
+
+    /// Any bytes under any content type and headers: an event of the
+    /// header's type, or a reason; never a panic.
+    #[test]
+    fn arbitrary_bytes_are_an_event_or_a_reason() {
+        let shared = shared();
+        let mut rng = Rng(0xD1B5_4A32_D192_ED03);
+        for case in 0..CASES {
+            let body: Vec<u8> = (0..rng.below(256)).map(|_| rng.next() as u8).collect();
+            let content_type = CONTENT_TYPES[rng.below(CONTENT_TYPES.len())];
+            let tag = TAGS[rng.below(TAGS.len())];
+            let fingerprint = fingerprint(&mut rng);
+            let what = format!("case {case}: {content_type:?} {tag:?} {fingerprint:?} {body:?}");
+            match shared.decode(&*incoming(body, content_type, tag, fingerprint)) {
+                Ok(event) => assert_eq!(event.tag(), tag, "{what}"),
+                Err((_, detail)) => assert!(!detail.is_empty(), "{what}"),
+            }
+        }
+    }
+
+    /// A valid event damaged in a few places, under both codecs: still an
+    /// event of the right type, or a reason; never a panic and never an
+    /// allocation beyond the decode limit.
+    #[test]
+    fn damaged_events_are_an_event_or_a_reason() {
+        let shared = shared();
+        let mut rng = Rng(0x8CB9_2BA7_2F3D_8DD7);
+        let event: Box<dyn Event> = Box::new(order());
+        for case in 0..CASES {
+            let json = rng.below(2) == 0;
+            let damages: Vec<Damage> = (0..rng.below(4)).map(|_| damage(&mut rng)).collect();
+            let right_fingerprint = rng.below(2) == 0;
+            let (codec, content_type): (&dyn Codec, &'static str) = if json {
+                (&Json, "application/json")
+            } else {
+                (&Bincode, "application/x-bincode")
+            };
+            let valid = codec.encode(&event).unwrap();
+            let body = apply(valid, &damages);
+            let fingerprint = if right_fingerprint {
+                Order::FINGERPRINT.to_string()
+            } else {
+                "0123456789abcdef".to_owned()
+            };
+            let what = format!("case {case}: {content_type} {damages:?} {fingerprint}");
+            match shared.decode(&*incoming(body, content_type, "fuzz.order", fingerprint)) {
+                Ok(event) => assert_eq!(event.tag(), "fuzz.order", "{what}"),
+                Err((reason, detail)) => {
+                    assert!(!detail.is_empty(), "{what}");
+                    // An intact event with the right headers always decodes.
+                    assert!(
+                        !(damages.is_empty() && right_fingerprint),
+                        "{what}: {reason}: {detail}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_input_never_panics() {
+        let shared = shared();
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let order = Order {
+            id: 42,
+            customer: "Zoë".into(),
+            lines: vec![("tea".into(), 2)],
+            note: Some("ring".into()),
+            state: State::Closed {
+                reason: "paid".into(),
+            },
+        };
+        let event: Box<dyn Event> = Box::new(order.clone());
+        let codecs: [(&dyn Codec, &'static str); 2] = [
+            (&Bincode, "application/x-bincode"),
+            (&Json, "application/json"),
+        ];
+        let (mut decoded, mut rejected) = (0u32, 0u32);
+        for round in 0..20_000 {
+            let (codec, content_type) = codecs[round % 2];
+            let valid = codec.encode(&event).unwrap();
+            let body = if round % 10 == 0 {
+                valid
+            } else {
+                mutate(&mut rng, &valid)
+            };
+            let fingerprint = match rng.below(4) {
+                0 => "0123456789abcdef".to_owned(),
+                1 => "not hex".to_owned(),
+                _ => Order::FINGERPRINT.to_string(),
+            };
+            let tag = ["fuzz.order", "fuzz.order", "unknown.tag", ""][rng.below(4)];
+            let incoming = incoming(body, content_type, tag, fingerprint);
+            match shared.decode(&*incoming) {
+                Ok(event) => {
+                    decoded += 1;
+                    assert_eq!(event.tag(), "fuzz.order");
+                }
+                Err((_, detail)) => {
+                    rejected += 1;
+                    assert!(!detail.is_empty());
+                }
+            }
+        }
+        assert!(
+            decoded > 300 && rejected > 15_000,
+            "decoded {decoded}, rejected {rejected}"
+        );
+    }
+}

@@ -1,0 +1,331 @@
+//! `Listener`: one queue a bus consumes and its dispatch loop: decode,
+//! skip own and duplicate events, dispatch to the subscribers, settle.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::{Instrument, info, info_span, warn};
+
+use super::context::Context;
+use super::decode::Decoder;
+use super::dedup::Recent;
+use super::settings::{Settings, UnknownEvents};
+use super::settle::{ACK_DELAY, AckBatch, bounded};
+use super::stats::{Counters, RejectReason};
+use super::subscribers::Subscribers;
+use crate::error::Result;
+use crate::headers::TAG_HEADER;
+use crate::transport::listen::{Listen, Mode};
+use crate::transport::seam::{DeadLetter, Header, Inbox, Received, Transport};
+
+/// What every listener of one bus shares.
+pub(crate) struct Shared {
+    pub(crate) recent: Recent,
+    pub(crate) decoder: Decoder,
+    pub(crate) subscribers: Subscribers,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) instance_id: String,
+    pub(crate) settings: Settings,
+    pub(crate) transport: Arc<dyn Transport>,
+}
+
+/// **One way a [`Bus`](crate::Bus) listens**, returned by
+/// [`Bus::listen`](crate::Bus::listen): a queue consumed until the listener
+/// is [cancelled](Listener::cancel) or the bus closes.
+#[derive(Clone)]
+pub struct Listener {
+    state: Arc<State>,
+}
+
+struct State {
+    queue: String,
+    /// Whether the queue belongs to this listener alone (broadcast), so
+    /// cancelling deletes it and its bindings.
+    owned: bool,
+    stop: watch::Sender<Stop>,
+    task: Mutex<Option<JoinHandle<Result<()>>>>,
+}
+
+/// What the dispatch loop is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Running,
+    /// Stop; the queue stays (bus closed, or a shared queue cancelled).
+    Keep,
+    /// Stop and delete the queue (a broadcast listener cancelled).
+    Delete,
+}
+
+impl Listener {
+    pub(crate) async fn start(shared: Arc<Shared>, listen: &Listen) -> Result<Self> {
+        let owned = matches!(listen.mode(), Mode::Broadcast);
+        let inbox = shared.transport.listen(listen).await?;
+        let queue = inbox.queue().to_owned();
+        let (stop, stopped) = watch::channel(Stop::Running);
+        let span = info_span!("listener", instance = %shared.instance_id, queue = %queue);
+        let task = tokio::spawn(run(shared, inbox, stopped).instrument(span));
+        Ok(Self {
+            state: Arc::new(State {
+                queue,
+                owned,
+                stop,
+                task: Mutex::new(Some(task)),
+            }),
+        })
+    }
+
+    /// The queue consumed.
+    #[must_use]
+    pub fn queue(&self) -> &str {
+        &self.state.queue
+    }
+
+    /// **Stops listening** while the bus goes on: the handlers running now
+    /// finish, no new one starts, the consumer is cancelled (deliveries
+    /// received and not handled go back to the queue, for other members),
+    /// and a broadcast queue is deleted with its bindings and retry queues.
+    /// A group or named queue stays, with what it holds, for the other
+    /// members.
+    ///
+    /// Cancel safe, and safe to call twice: the listener stops either way.
+    ///
+    /// # Errors
+    ///
+    /// The broker's refusal to delete the queue.
+    pub async fn cancel(&self) -> Result<()> {
+        let how = if self.state.owned {
+            Stop::Delete
+        } else {
+            Stop::Keep
+        };
+        self.finish(how).await
+    }
+
+    /// Tells the loop to stop, without waiting.
+    pub(crate) fn request_stop(&self) {
+        self.state.stop.send_if_modified(|stop| {
+            let running = *stop == Stop::Running;
+            if running {
+                *stop = Stop::Keep;
+            }
+            running
+        });
+    }
+
+    /// Stops the dispatch loop and waits for it (the queue stays).
+    pub(crate) async fn stop(&self) {
+        let _ = self.finish(Stop::Keep).await;
+    }
+
+    async fn finish(&self, how: Stop) -> Result<()> {
+        self.state.stop.send_if_modified(|stop| {
+            let first = *stop == Stop::Running;
+            if first {
+                *stop = how;
+            }
+            first
+        });
+        let task = self
+            .state
+            .task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match task {
+            Some(task) => task.await.unwrap_or(Ok(())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl fmt::Debug for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Listener")
+            .field("queue", &self.state.queue)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Receives until stopped, handling up to `concurrency` deliveries at once.
+async fn run(
+    shared: Arc<Shared>,
+    mut source: Box<dyn Inbox>,
+    mut stopped: watch::Receiver<Stop>,
+) -> Result<()> {
+    let mut running = JoinSet::new();
+    let mut batch = AckBatch::new(shared.transport.prefetch());
+    loop {
+        while running.len() >= shared.settings.concurrency {
+            running.join_next().await;
+        }
+        // Deliveries already here are handled back to back: give the
+        // runtime's other tasks their turn now and then.
+        tokio::task::consume_budget().await;
+        // Stop means stop: deliveries already here are not started; they
+        // go back to the queue when the consumer is cancelled.
+        if *stopped.borrow() != Stop::Running {
+            break;
+        }
+        let next = match now_or_never(source.next()) {
+            Some(next) => next,
+            None if batch.last.is_some() => {
+                // Nothing waiting: acks go after a short while, or with the
+                // next deliveries if they come first.
+                let waited = tokio::select! {
+                    biased;
+                    _ = stopped.wait_for(|stop| *stop != Stop::Running) => break,
+                    next = source.next() => Some(next),
+                    () = tokio::time::sleep(ACK_DELAY) => None,
+                };
+                match waited {
+                    Some(next) => next,
+                    None => {
+                        batch.flush(&shared).await;
+                        continue;
+                    }
+                }
+            }
+            None => tokio::select! {
+                biased;
+                _ = stopped.wait_for(|stop| *stop != Stop::Running) => break,
+                next = source.next() => next,
+            },
+        };
+        let Some(incoming) = next else { break };
+        if shared.settings.concurrency == 1 {
+            if let Outcome::Ack = shared.handle(&*incoming).await {
+                batch.add(&shared, incoming).await;
+            }
+        } else {
+            let shared = shared.clone();
+            running.spawn(async move {
+                if let Outcome::Ack = shared.handle(&*incoming).await {
+                    shared.settled(incoming.ack().await);
+                }
+            });
+        }
+    }
+    batch.flush(&shared).await;
+    while running.join_next().await.is_some() {}
+    let delete = *stopped.borrow() == Stop::Delete;
+    source.close(delete).await
+}
+
+/// The output of `future` if it is ready at its first poll.
+fn now_or_never<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
+    }
+}
+
+/// What is left to do with a delivery once handled.
+enum Outcome {
+    /// Acknowledge it (perhaps with others).
+    Ack,
+    /// It was settled already (retried, dead-lettered or requeued).
+    Settled,
+}
+
+impl Shared {
+    async fn handle(&self, incoming: &dyn Received) -> Outcome {
+        Counters::add(&self.counters.delivered);
+        let event = match self.decode(incoming) {
+            Ok(event) => event,
+            Err((RejectReason::UnknownTag, _))
+                if self.settings.unknown_events == UnknownEvents::Acknowledge =>
+            {
+                let tag = match incoming.header(TAG_HEADER) {
+                    Header::Text(tag) => tag,
+                    _ => "",
+                };
+                if self.counters.unknown(tag) {
+                    info!(tag = %bounded(tag), "events of a type this process does not know arrive; acknowledging and counting them (logged once per tag)");
+                }
+                return Outcome::Ack;
+            }
+            Err((reason, detail)) => {
+                let detail = bounded(&detail);
+                warn!(reason = %reason, message_id = %bounded(incoming.message_id().unwrap_or("")), "{detail}; message rejected");
+                self.counters.reject(reason);
+                let letter = DeadLetter::new(reason.as_str(), &detail);
+                // One copy of an oversized body is enough.
+                let letter = if reason == RejectReason::TooLarge {
+                    letter.without_body()
+                } else {
+                    letter
+                };
+                self.dead_letter(incoming, letter).await;
+                return Outcome::Settled;
+            }
+        };
+        if !self.settings.self_delivery && incoming.origin() == Some(self.instance_id.as_str()) {
+            Counters::add(&self.counters.own_skipped);
+            return Outcome::Ack;
+        }
+        // No copy of the id, one hash of it per event, and no lock at all
+        // when dedup is off.
+        let dedup_key = incoming
+            .message_id()
+            .filter(|_| self.settings.dedup_window > 0)
+            .map(|id| self.recent.key(incoming.origin().unwrap_or(""), id));
+        if let Some(key) = dedup_key
+            && self.recent.contains(key)
+        {
+            Counters::add(&self.counters.deduplicated);
+            return Outcome::Ack;
+        }
+        let context = Context::remote(
+            incoming.routing_key(),
+            incoming.message_id(),
+            incoming.origin(),
+            incoming.timestamp(),
+            incoming.redelivered(),
+            incoming.attempt(),
+        );
+        let started = Instant::now();
+        let dispatching = self.subscribers.dispatch(&event, &context);
+        let dispatch = match self.settings.handler_timeout {
+            None => Some(dispatching.await),
+            // A sync handler cannot be interrupted: one that overran is
+            // failed when it returns.
+            Some(limit) => tokio::time::timeout(limit, dispatching)
+                .await
+                .ok()
+                .filter(|_| started.elapsed() <= limit),
+        };
+        Counters::add(&self.counters.dispatched);
+        let Some(dispatch) = dispatch else {
+            let limit = self.settings.handler_timeout.unwrap_or_default();
+            let error = format!("handlers did not finish within {limit:?}");
+            Counters::add(&self.counters.handler_timeouts);
+            Counters::add(&self.counters.handler_failures);
+            warn!(tag = event.tag(), message_id = %bounded(incoming.message_id().unwrap_or("")), attempt = incoming.attempt(), error = %error, "event handlers timed out");
+            self.settle_failure(incoming, &event, error).await;
+            return Outcome::Settled;
+        };
+        if dispatch.is_ok() {
+            Counters::add(&self.counters.handled);
+            // Remembered once handled: a failed attempt must come back.
+            if let Some(key) = dedup_key {
+                self.recent.remember(key, self.settings.dedup_window);
+            }
+            return Outcome::Ack;
+        }
+        for _ in dispatch.failures() {
+            Counters::add(&self.counters.handler_failures);
+        }
+        // Each failure was logged with the tag, message id and attempt.
+        let error = bounded(&dispatch.failures().join("; ")).into_owned();
+        self.settle_failure(incoming, &event, error).await;
+        Outcome::Settled
+    }
+}
