@@ -92,7 +92,19 @@ pub enum ErrorKind {
 }
 
 impl Error {
-    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+    /// **An error of this kind with this message**: for a [`Codec`] or a
+    /// [`Transport`] written outside tidings. The message says what went
+    /// wrong and what to do, in lowercase.
+    ///
+    /// [`Codec`]: crate::Codec
+    /// [`Transport`]: crate::Transport
+    ///
+    /// ```
+    /// let err = tidings::Error::new(tidings::ErrorKind::Decode, "not a valid frame");
+    /// assert_eq!(err.to_string(), "not a valid frame");
+    /// ```
+    #[must_use]
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Self {
             kind,
             message: message.into(),
@@ -100,7 +112,9 @@ impl Error {
         }
     }
 
-    pub(crate) fn with_source(
+    /// An error of this kind with this message, caused by `source`.
+    #[must_use]
+    pub fn with_source(
         kind: ErrorKind,
         message: impl Into<String>,
         source: impl Into<Source>,

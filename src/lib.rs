@@ -126,6 +126,10 @@ pub use transport::seam::{
     BoxFuture, DeadLetter, Header, Inbox, Outgoing, Received, Settlement, Transport,
 };
 
+/// lapin, whose types appear in the AMQP core's API ([`Delivery::header`],
+/// [`Connection::channel`]).
+pub use lapin;
+
 /// Not public API: what `#[derive(Event)]` expands to refers to these.
 #[doc(hidden)]
 pub mod __private {

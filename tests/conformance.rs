@@ -390,6 +390,7 @@ async fn closed_bus_refuses_to_publish(meeting: Meeting) {
     let bus = meeting.bus(&Subscribers::new()).await;
     let clone = bus.clone();
     bus.close().await.unwrap();
+    clone.close().await.expect("closing twice is fine");
     let err = clone
         .publish(&OrderPlaced {
             id: 1,

@@ -14,7 +14,7 @@ use tracing::debug;
 
 /// **Something that happened to the connection to the broker**, from
 /// [`Connection::events`](crate::Connection::events) or
-/// [`Bus::connection_events`](crate::Bus::connection_events).
+/// `Bus::connection_events`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConnectionEvent {

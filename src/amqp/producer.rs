@@ -95,7 +95,7 @@ struct Inner {
 ///     .persistent(true)
 ///     .mandatory(true)
 ///     .expiration(Duration::from_secs(60));
-/// assert_eq!(publish.get_routing_key(), "orders.placed");
+/// assert_eq!(publish.routing_key_of(), "orders.placed");
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Publish {
@@ -172,9 +172,9 @@ impl Publish {
         self
     }
 
-    /// The routing key.
+    /// The routing key set.
     #[must_use]
-    pub fn get_routing_key(&self) -> &str {
+    pub fn routing_key_of(&self) -> &str {
         &self.routing_key
     }
 }

@@ -238,7 +238,7 @@ enum Outcome {
 impl Shared {
     async fn handle(&self, incoming: &dyn Received) -> Outcome {
         Counters::add(&self.counters.delivered);
-        let event = match self.decode(incoming) {
+        let event = match self.decoder.decode(incoming, &self.counters) {
             Ok(event) => event,
             Err((RejectReason::UnknownTag, _))
                 if self.settings.unknown_events == UnknownEvents::Acknowledge =>

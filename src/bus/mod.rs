@@ -510,15 +510,21 @@ impl Bus {
     /// every listener, and closes the connection. Clones of this bus can
     /// publish no more.
     ///
+    /// Safe to call twice (the second call returns at once) and to cancel:
+    /// the bus is marked closed first, so a cancelled `close` leaves a bus
+    /// that publishes no more and whose listeners stop; nothing accepted
+    /// is dropped by cancelling, but then nothing waits for it either.
+    ///
     /// # Errors
     ///
-    /// [`ErrorKind::Closed`] when the bus was closed already;
     /// [`ErrorKind::Timeout`] when events were still unconfirmed at the
-    /// close timeout (the bus is closed all the same).
+    /// close timeout (the bus is closed all the same); the transport's
+    /// error closing the connection.
     pub async fn close(&self) -> Result<()> {
         let inner = &*self.inner;
         if inner.closed.swap(true, Ordering::Relaxed) {
-            return Err(closed());
+            // Closed already (or being closed): nothing more to do.
+            return Ok(());
         }
         // No handler starts from now on; the running ones finish meanwhile.
         let listeners =

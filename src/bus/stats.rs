@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::amqp::outbox::PublishCounters;
+use crate::transport::seam::PublishCounters;
 
 /// **Why a received message was rejected** instead of dispatched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -181,7 +181,7 @@ impl Inbox for MemoryInbox {
 /// A received message with these contents, on a queue of its own (for
 /// tests of the decode path).
 #[cfg(test)]
-pub(crate) fn received(
+pub(crate) fn test_message(
     body: Vec<u8>,
     content_type: &'static str,
     tag: &'static str,
@@ -494,7 +494,22 @@ pub(crate) fn parse_url(url: &str) -> Result<&str> {
 
 #[cfg(test)]
 mod tests {
-    use super::topic_matches;
+    use super::*;
+
+    #[tokio::test]
+    async fn a_closed_broadcast_inbox_leaves_no_queue_behind() {
+        let transport = MemoryTransport::named("inbox-close");
+        let group = transport.listen(&Listen::group("kept")).await.unwrap();
+        let broadcast = transport.listen(&Listen::broadcast()).await.unwrap();
+        assert_eq!(transport.hub.queue_count(), 2);
+        broadcast.close(false).await.unwrap();
+        group.close(false).await.unwrap();
+        assert_eq!(
+            transport.hub.queue_count(),
+            1,
+            "the group queue stays for other members, the broadcast one goes"
+        );
+    }
 
     #[test]
     fn topic_patterns_match_like_rabbitmq() {

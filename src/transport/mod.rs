@@ -9,3 +9,14 @@ pub(crate) mod listen;
 
 pub(crate) mod memory;
 pub(crate) mod seam;
+
+/// A received message with these contents (for tests of the decode path).
+#[cfg(test)]
+pub(crate) fn test_message(
+    body: Vec<u8>,
+    content_type: &'static str,
+    tag: &'static str,
+    fingerprint: String,
+) -> Box<dyn seam::Received> {
+    memory::test_message(body, content_type, tag, fingerprint)
+}
