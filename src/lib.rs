@@ -120,6 +120,7 @@ pub use headers::{
 pub use tidings_macros::Event;
 pub use transport::amqp::AmqpTransport;
 pub use transport::drivers::{Driver, Endpoint, register_driver};
+pub use transport::faults::{FaultPlan, FaultStats, Faults};
 pub use transport::listen::Listen;
 pub use transport::memory::MemoryTransport;
 pub use transport::seam::{

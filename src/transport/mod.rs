@@ -5,6 +5,7 @@
 
 pub(crate) mod amqp;
 pub(crate) mod drivers;
+pub(crate) mod faults;
 pub(crate) mod listen;
 
 pub(crate) mod memory;
