@@ -4,7 +4,7 @@
 //! The child is `examples/outage.rs`, talking to the shared broker through
 //! an in-test TCP proxy that the test cuts and then keeps refusing.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

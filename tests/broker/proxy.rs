@@ -3,7 +3,7 @@
 //! carries as a network failure would, and `set_refusing` makes the broker
 //! look unreachable until it is turned off again.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

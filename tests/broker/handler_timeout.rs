@@ -1,7 +1,7 @@
 //! A handler that overruns the handler timeout fails its attempt: retried,
 //! then dead-lettered, on both transports.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,7 +1,7 @@
 //! Publisher confirms: a confirmed publish returns after the broker's
 //! answer, and that answer can be a refusal.
 
-mod common;
+use crate::common;
 
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};

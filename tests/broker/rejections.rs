@@ -1,7 +1,7 @@
 //! What a bus receives but cannot dispatch is rejected with a reason,
 //! counted, logged, and the bus goes on with the next event.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::Write;

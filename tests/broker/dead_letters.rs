@@ -2,7 +2,7 @@
 //! bus keeps handling other events meanwhile. (RabbitMQ only: the memory
 //! transport counts dead letters but keeps none.)
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

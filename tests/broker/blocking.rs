@@ -1,7 +1,7 @@
 //! The consumer thread and the blocking facades, used from plain
 //! (non-async) test code.
 
-mod common;
+use crate::common;
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};

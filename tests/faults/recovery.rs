@@ -5,7 +5,7 @@
 //! an in-test TCP proxy, so it can both restart the broker and cut the
 //! TCP path.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,6 @@
 //! Settling deliveries: ack, nack with requeue, reject.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Flow: a slow handler holds at most the prefetch, the rest waits in the
 //! broker; code that polls gets a bounded, blocking poller.
 
-mod common;
+use crate::common;
 
 use std::sync::Mutex;
 use std::sync::mpsc;

@@ -3,7 +3,7 @@
 //! and fails otherwise; so does the soak. Run small here; `cargo run
 //! --release --example bench` for figures.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;

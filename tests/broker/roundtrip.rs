@@ -1,7 +1,7 @@
 //! Values of several shapes cross the broker in both codecs, with their
 //! metadata, and the receiver decodes by content-type.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

@@ -3,7 +3,7 @@
 //! stop. Each goes through a real broker: the shared one, or a private node
 //! where the broker must be configured.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};

@@ -1,7 +1,7 @@
 //! Bad input fails cleanly: wrong credentials, no broker, a broker that never
 //! answers, and message bodies that cannot be decoded.
 
-mod common;
+use crate::common;
 
 use std::net::TcpListener;
 use std::time::{Duration, Instant};

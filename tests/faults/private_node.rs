@@ -1,7 +1,7 @@
 //! The private-node helper the fault tests stand on: a broker of the test's
 //! own that can be stopped and restarted without touching the shared one.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

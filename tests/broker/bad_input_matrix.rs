@@ -4,7 +4,7 @@
 //! expected `x-tidings-reason`, count it under that reason, and go on to
 //! dispatch the good event published right after it.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -1,7 +1,7 @@
 //! Within the dedup window a message id reaches the handlers once, however
 //! often it is delivered (re-published after a failure, redelivered).
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! under `WhenFull::Fail`, the application sees blocked and unblocked, and
 //! what was accepted before is confirmed once the alarm clears.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

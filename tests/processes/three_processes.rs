@@ -5,7 +5,7 @@
 //! demo (the README's first command) is tested here too, with no broker at
 //! its address: it starts a private node and leaves nothing running.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Lines};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -1,0 +1,19 @@
+//! Integration tests against the shared broker (127.0.0.1:5672, or AMQP_URL), one binary so the suite links once.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod bad_input;
+mod bad_input_matrix;
+mod blocking;
+mod confirms;
+mod dead_letters;
+mod dedup;
+mod derive;
+mod flow;
+mod handler_timeout;
+mod proxy;
+mod rejections;
+mod roundtrip;
+mod send_sync;
+mod settlement;

@@ -1,0 +1,9 @@
+//! Fault tests on private RabbitMQ nodes the tests start, stop and configure (never the shared broker).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod blocked;
+mod defects;
+mod private_node;
+mod recovery;

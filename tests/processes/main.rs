@@ -1,0 +1,8 @@
+//! Tests that run the examples as separate processes.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod bench_counts;
+mod exit_during_reconnect;
+mod three_processes;
