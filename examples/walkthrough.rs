@@ -63,7 +63,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             text: format!("hello number {count}"),
             count,
         };
-        producer.send(&greeting)?;
+        producer.publish(&greeting)?;
         println!("sent #{count} (confirmed by the broker)");
     }
 

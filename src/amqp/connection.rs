@@ -119,6 +119,11 @@ impl Connection {
     ///   not an AMQP server, or TLS fails (the message says which: the
     ///   certificate was not accepted, the server did not answer with TLS);
     /// - [`ErrorKind::Broker`] when the exchange exists with another kind.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: tidings keeps nothing of a connection whose opening was
+    /// dropped.
     pub async fn connect(props: &AmqpProps) -> Result<Self> {
         props.validate()?;
         let instance_id = uuid::Uuid::new_v4().to_string();
@@ -282,6 +287,10 @@ impl Connection {
     /// [`ErrorKind::Connect`] when it is down for longer than the connect
     /// timeout, [`ErrorKind::Broker`] when the broker refuses another
     /// channel.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a channel whose opening is dropped is closed with it.
     pub async fn channel(&self) -> Result<lapin::Channel> {
         self.up_within_timeout()
             .await?
@@ -309,6 +318,11 @@ impl Connection {
     ///
     /// [`ErrorKind::Broker`] when an exchange of that name exists with
     /// another kind or durability.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropped, the declaration may or may not have happened;
+    /// declarations are idempotent, so repeat it.
     pub async fn declare_exchange(&self) -> Result<()> {
         let props = &self.inner.props;
         let kind = match props.exchange_kind() {
@@ -337,6 +351,11 @@ impl Connection {
     /// [`ErrorKind::Broker`] when the broker refuses a declaration, for
     /// example because the queue exists with other limits (delete it, or
     /// declare with the same limits).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropped, the declaration may or may not have happened;
+    /// declarations are idempotent, so repeat it.
     pub async fn declare_dead_letters(&self) -> Result<String> {
         self.declare_dead_letters_bounded(DEAD_LETTER_MAX_MESSAGES, DEAD_LETTER_MAX_BYTES)
             .await
@@ -385,6 +404,11 @@ impl Connection {
     /// [`ErrorKind::InvalidConfig`] for a bad queue name or binding key,
     /// [`ErrorKind::Broker`] when the broker refuses the declaration (for
     /// example, a queue of that name exists with other settings).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropped, the declaration may or may not have happened;
+    /// declarations are idempotent, so repeat it.
     pub async fn declare_queue(&self, queue: &Queue) -> Result<String> {
         let declared = self.queue_decl(queue)?;
         let channel = self.admin_channel().await?;
@@ -475,6 +499,11 @@ impl Connection {
     ///
     /// [`ErrorKind::Broker`] when the broker refuses, for example because
     /// another connection holds the queue exclusively.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropped, the deletion may or may not have happened;
+    /// deleting again is harmless.
     pub async fn delete_queue(&self, name: &str) -> Result<u32> {
         self.topology().remove_queue(name);
         self.admin_channel()
@@ -489,6 +518,11 @@ impl Connection {
     /// # Errors
     ///
     /// [`ErrorKind::Broker`] when the broker refuses.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropped, the deletion may or may not have happened;
+    /// deleting again is harmless.
     pub async fn delete_exchange(&self, name: &str) -> Result<()> {
         self.topology().remove_exchange(name);
         self.admin_channel()
@@ -505,6 +539,10 @@ impl Connection {
     /// # Errors
     ///
     /// [`ErrorKind::Closed`] when the connection is closed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
     pub async fn producer(&self) -> Result<Producer> {
         Producer::open(self, true)
     }
@@ -515,6 +553,10 @@ impl Connection {
     /// # Errors
     ///
     /// [`ErrorKind::Closed`] when the connection is closed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
     pub async fn producer_without_confirms(&self) -> Result<Producer> {
         Producer::open(self, false)
     }
@@ -529,6 +571,11 @@ impl Connection {
     /// As [`declare_queue`](Connection::declare_queue); also
     /// [`ErrorKind::Broker`] when another connection consumes the queue
     /// exclusively.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a consumer whose start is dropped is cancelled with its
+    /// channel.
     pub async fn consumer(&self, queue: &Queue) -> Result<Consumer> {
         let name = self.declare_queue(queue).await?;
         Consumer::start(self.clone(), name).await
@@ -557,6 +604,11 @@ impl Connection {
     /// # Errors
     ///
     /// [`ErrorKind::Closed`] if it was already closed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, and safe to call twice: the connection is marked closed
+    /// first, so it is not recovered whatever happens to the future.
     pub async fn close(&self) -> Result<()> {
         let previous = self.inner.link.send_replace(Link::Closed);
         if !matches!(previous, Link::Closed) {

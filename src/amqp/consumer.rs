@@ -139,6 +139,11 @@ impl Consumer {
     ///
     /// [`ErrorKind::Closed`](crate::ErrorKind::Closed) when the channel was
     /// already closed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: if dropped, the consumer's channel closes with it and what
+    /// was unsettled goes back to the queue.
     pub async fn cancel(self) -> Result<()> {
         let State::Live(subscription) = self.state else {
             return Ok(());

@@ -46,7 +46,7 @@ use crate::runtime::BlockingRuntime;
 ///     Ok(())
 /// })?;
 ///
-/// blocking::Producer::connect(&props)?.send(&7u32)?;
+/// blocking::Producer::connect(&props)?.publish(&7u32)?;
 /// assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), 7);
 /// thread.stop()?;
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {

@@ -165,6 +165,11 @@ impl Delivery {
     ///
     /// [`ErrorKind::Closed`] when the channel or the connection it came on
     /// was lost first (the broker then delivers the message again).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropped, the ack may or may not have been sent; an
+    /// unsettled delivery comes back when its channel closes.
     pub async fn ack(&self) -> Result<()> {
         let acking = self.inner.acker.ack(BasicAckOptions::default());
         self.origin
@@ -190,6 +195,11 @@ impl Delivery {
     /// # Errors
     ///
     /// [`ErrorKind::Closed`] when the channel closed first.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropped, the nack may or may not have been sent; an
+    /// unsettled delivery comes back when its channel closes.
     pub async fn nack(&self, requeue: bool) -> Result<()> {
         let nacking = self.inner.acker.nack(BasicNackOptions {
             requeue,
@@ -207,6 +217,11 @@ impl Delivery {
     /// # Errors
     ///
     /// [`ErrorKind::Closed`] when the channel closed first.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropped, the reject may or may not have been sent; an
+    /// unsettled delivery comes back when its channel closes.
     pub async fn reject(&self) -> Result<()> {
         let rejecting = self
             .inner

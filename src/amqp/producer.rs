@@ -222,6 +222,12 @@ impl Producer {
     /// [`ErrorKind::Closed`] when the connection is closed,
     /// [`ErrorKind::BufferFull`] or [`ErrorKind::Blocked`] under
     /// [`WhenFull::Fail`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe in that nothing is half-sent: dropped while waiting for room
+    /// in the buffer, the message was not accepted; once accepted, it is sent
+    /// whatever happens to the future.
     pub async fn publish<T: Serialize + ?Sized>(&self, value: &T) -> Result<Confirm> {
         self.publish_with(value, &Publish::default()).await
     }
@@ -232,6 +238,11 @@ impl Producer {
     ///
     /// As [`publish`](Producer::publish), and [`ErrorKind::Nacked`] when the
     /// broker refused the message.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future after the message was accepted does not withdraw it;
+    /// only the outcome is not awaited.
     pub async fn publish_confirmed<T: Serialize + ?Sized>(&self, value: &T) -> Result<()> {
         self.publish(value).await?.await
     }
@@ -242,6 +253,10 @@ impl Producer {
     ///
     /// As [`publish`](Producer::publish), and [`ErrorKind::InvalidConfig`]
     /// for a routing key or header name over 255 bytes.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`publish`](Producer::publish).
     pub async fn publish_with<T: Serialize + ?Sized>(
         &self,
         value: &T,
@@ -257,6 +272,10 @@ impl Producer {
     /// # Errors
     ///
     /// As [`publish_with`](Producer::publish_with).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`publish`](Producer::publish).
     pub async fn publish_bytes(&self, body: &[u8], publish: &Publish) -> Result<Confirm> {
         self.publish_encoded(body.to_vec(), publish).await
     }

@@ -17,7 +17,7 @@
 //! let props = AmqpProps::from_env()?.with_exchange("doc.blocking", tidings::ExchangeKind::Fanout);
 //! let mut consumer = blocking::Consumer::connect(&props, &Queue::exclusive())?;
 //! let producer = blocking::Producer::connect(&props)?;
-//! producer.send(&"ping")?;
+//! producer.publish(&"ping")?;
 //!
 //! let delivery = consumer.recv_timeout(Duration::from_secs(5))?.expect("nothing arrived");
 //! assert_eq!(delivery.decode::<String>()?, "ping");
@@ -82,13 +82,14 @@ impl Producer {
         })
     }
 
-    /// **Publishes a value and waits for the broker's confirm.**
+    /// **Publishes a value and waits for the broker's confirm** (the async
+    /// [`Producer::publish_confirmed`](crate::Producer::publish_confirmed)).
     ///
     /// # Errors
     ///
     /// As [`crate::Producer::publish_confirmed`].
-    pub fn send<T: Serialize + ?Sized>(&self, value: &T) -> Result<()> {
-        self.send_with(value, &Publish::default())
+    pub fn publish<T: Serialize + ?Sized>(&self, value: &T) -> Result<()> {
+        self.publish_with(value, &Publish::default())
     }
 
     /// **Publishes a value with per-message settings** and waits for the
@@ -97,7 +98,7 @@ impl Producer {
     /// # Errors
     ///
     /// As [`crate::Producer::publish_with`], and the confirm's errors.
-    pub fn send_with<T: Serialize + ?Sized>(&self, value: &T, publish: &Publish) -> Result<()> {
+    pub fn publish_with<T: Serialize + ?Sized>(&self, value: &T, publish: &Publish) -> Result<()> {
         self.runtime
             .block_on(async { self.producer.publish_with(value, publish).await?.await })?
     }
@@ -335,6 +336,35 @@ impl Bus {
     /// As [`crate::Bus::publish_confirmed`].
     pub fn publish_confirmed(&self, event: &dyn Event) -> Result<()> {
         self.runtime.block_on(self.bus.publish_confirmed(event))?
+    }
+
+    /// Sends an event to one named queue and waits for the broker's
+    /// confirm; see [`crate::Bus::send_to`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Bus::send_to`].
+    pub fn send_to(&self, queue: &str, event: &dyn Event) -> Result<()> {
+        self.runtime.block_on(self.bus.send_to(queue, event))?
+    }
+
+    /// Starts listening one more way; see [`crate::Bus::listen`]. Cancel
+    /// the listener with [`Bus::cancel`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Bus::listen`].
+    pub fn listen(&self, listen: &crate::Listen) -> Result<crate::Listener> {
+        self.runtime.block_on(self.bus.listen(listen))?
+    }
+
+    /// Stops a listener of this bus; see [`crate::Listener::cancel`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Listener::cancel`].
+    pub fn cancel(&self, listener: &crate::Listener) -> Result<()> {
+        self.runtime.block_on(listener.cancel())?
     }
 
     /// A snapshot of the bus's counters.

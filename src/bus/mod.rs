@@ -259,6 +259,11 @@ impl BusBuilder {
     ///
     /// [`ErrorKind::InvalidConfig`] when two event types share a tag; the
     /// errors of [`Connection::connect`] and [`Connection::consumer`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future before it returns leaves nothing
+    /// running (what was opened closes when dropped).
     pub async fn connect(self) -> Result<Bus> {
         let events = registered_events()?;
         debug!(types = events.len(), "event types registered");
@@ -323,6 +328,11 @@ impl Bus {
     /// # Errors
     ///
     /// As [`Bus::builder`] and [`BusBuilder::connect`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future before it returns leaves nothing
+    /// running (what was opened closes when dropped).
     pub async fn connect(url: &str) -> Result<Bus> {
         Self::builder(url)?.connect().await
     }
@@ -368,6 +378,11 @@ impl Bus {
     ///
     /// [`ErrorKind::InvalidConfig`] for a bad queue name or binding, the
     /// broker's refusals, [`ErrorKind::Closed`] on a closed bus.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a listener whose start is dropped stops with it; its queue
+    /// may have been declared (declaring again is harmless).
     pub async fn listen(&self, listen: &Listen) -> Result<Listener> {
         if self.inner.closed.load(Ordering::Relaxed) {
             return Err(closed());
@@ -396,6 +411,12 @@ impl Bus {
     /// [`ErrorKind::Closed`] when the bus is closed,
     /// [`ErrorKind::BufferFull`] or [`ErrorKind::Blocked`] under
     /// [`WhenFull::Fail`](crate::WhenFull::Fail).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe in that nothing is half-sent: dropped while waiting for room
+    /// in the buffer, the event was not accepted; once accepted, it is sent
+    /// whatever happens to the future.
     pub async fn publish(&self, event: &dyn Event) -> Result<()> {
         self.send(event, None, None).await
     }
@@ -406,6 +427,12 @@ impl Bus {
     ///
     /// As [`publish`](Bus::publish), and [`ErrorKind::Nacked`] or
     /// [`ErrorKind::Closed`] when the broker did not take the event.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future after the event was accepted does not withdraw it:
+    /// it is still sent, confirmed and counted; only the outcome is not
+    /// awaited.
     pub async fn publish_confirmed(&self, event: &dyn Event) -> Result<()> {
         let (done, confirmed) = oneshot::channel();
         self.send(event, None, Some(done)).await?;
@@ -420,6 +447,11 @@ impl Bus {
     ///
     /// As [`publish_confirmed`](Bus::publish_confirmed); on `memory://`,
     /// [`ErrorKind::Unroutable`] when no listener declared the queue.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`publish_confirmed`](Bus::publish_confirmed): dropping the future
+    /// does not withdraw an accepted event.
     pub async fn send_to(&self, queue: &str, event: &dyn Event) -> Result<()> {
         let (done, confirmed) = oneshot::channel();
         self.send(event, Some(queue.to_owned()), Some(done)).await?;

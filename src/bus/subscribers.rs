@@ -255,6 +255,11 @@ impl Subscribers {
 
     /// **Dispatches an event to the local subscribers**, in subscription
     /// order, awaiting async handlers one after another.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future stops the dispatch between two handlers: those
+    /// called already ran, the rest are not called.
     pub async fn notify<E: Event>(&self, event: E) -> Dispatch {
         self.dispatch(&(Arc::new(event) as Arc<dyn Event>), &Context::local())
             .await

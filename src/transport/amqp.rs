@@ -67,6 +67,11 @@ impl AmqpTransport {
     ///
     /// The errors of [`Connection::connect`], and the broker's refusal of
     /// the dead-letter declarations.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: tidings keeps nothing of a connection whose opening was
+    /// dropped.
     pub async fn open(props: &AmqpProps, endpoint: &Endpoint) -> Result<Self> {
         let conn = Connection::connect(props).await?;
         match Self::on(conn.clone(), endpoint).await {

@@ -29,7 +29,7 @@ fn consumer_thread_receives_from_a_blocking_producer() {
 
     let producer = blocking::Producer::connect(&props).unwrap();
     for n in 10..20u32 {
-        producer.send(&n).unwrap();
+        producer.publish(&n).unwrap();
     }
     let got: Vec<u32> = (0..8)
         .map(|_| {
@@ -75,8 +75,8 @@ fn stop_lets_the_running_callback_finish() {
     })
     .unwrap();
     let producer = blocking::Producer::connect(&props).unwrap();
-    producer.send(&1u8).unwrap();
-    producer.send(&2u8).unwrap();
+    producer.publish(&1u8).unwrap();
+    producer.publish(&2u8).unwrap();
     entered_rx.recv_timeout(Duration::from_secs(10)).unwrap();
     thread.request_stop();
     release_tx.send(()).unwrap();
@@ -122,7 +122,7 @@ fn recv_timeout_returns_none_when_idle_then_the_next_delivery() {
     );
     let producer = blocking::Producer::connect(&props).unwrap();
     producer
-        .send_with(&"hi", &tidings::Publish::new().routing_key("a.b"))
+        .publish_with(&"hi", &tidings::Publish::new().routing_key("a.b"))
         .unwrap();
     let d = consumer
         .recv_timeout(Duration::from_secs(10))
