@@ -111,27 +111,27 @@ fn every_derived_type_is_registered_under_its_tag() {
     for (tag, type_name, fingerprint) in [
         (
             "OrderPlaced",
-            "derive::OrderPlaced",
+            "broker::derive::OrderPlaced",
             OrderPlaced::FINGERPRINT,
         ),
         (
             "orders.shipped",
-            "derive::OrderShipped",
+            "broker::derive::OrderShipped",
             OrderShipped::FINGERPRINT,
         ),
         (
             "OrderCancelled",
-            "derive::OrderCancelled",
+            "broker::derive::OrderCancelled",
             OrderCancelled::FINGERPRINT,
         ),
         (
             "orders.status",
-            "derive::OrderStatus",
+            "broker::derive::OrderStatus",
             OrderStatus::FINGERPRINT,
         ),
         (
             "v2.OrderPlaced",
-            "derive::v2::OrderPlaced",
+            "broker::derive::v2::OrderPlaced",
             v2::OrderPlaced::FINGERPRINT,
         ),
     ] {
