@@ -328,6 +328,7 @@ impl BusBuilder {
                 memory_events: broadcast::channel(4).0,
             }),
         };
+        bus.inner.subscribers.attach();
         for listen in self.listens.unwrap_or_else(|| vec![Listen::broadcast()]) {
             if let Err(e) = bus.listen(&listen).await {
                 let _ = bus.close().await;
@@ -599,6 +600,8 @@ impl Bus {
         for listener in listeners {
             listener.stop().await;
         }
+        // Streams and pollers end once no bus feeds them.
+        inner.subscribers.detach();
         let _ = inner.memory_events.send(ConnectionEvent::Closed);
         if let Some(conn) = &inner.connection {
             conn.close().await?;
@@ -609,6 +612,9 @@ impl Bus {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        if !self.closed.load(Ordering::Relaxed) {
+            self.subscribers.detach();
+        }
         // The producer ends once what it holds is settled; the listeners on
         // this.
         for listener in self
