@@ -61,6 +61,9 @@ struct Config {
     json: bool,
     dedup: bool,
     concurrency: usize,
+    /// The full event counts (the base configuration); the variations run
+    /// a fifth of them, to keep the binary fast.
+    full: bool,
 }
 
 mod configs {
@@ -76,35 +79,41 @@ mod configs {
             json: false,
             dedup: true,
             concurrency: 1,
+            full: true,
         }
     }
     pub(crate) const fn topic() -> Config {
         Config {
             kind: ExchangeKind::Topic,
+            full: false,
             ..base()
         }
     }
     pub(crate) const fn prefetch_1() -> Config {
         Config {
             prefetch: 1,
+            full: false,
             ..base()
         }
     }
     pub(crate) const fn json() -> Config {
         Config {
             json: true,
+            full: false,
             ..base()
         }
     }
     pub(crate) const fn dedup_off() -> Config {
         Config {
             dedup: false,
+            full: false,
             ..base()
         }
     }
     pub(crate) const fn concurrency_4() -> Config {
         Config {
             concurrency: 4,
+            full: false,
             ..base()
         }
     }
@@ -147,6 +156,11 @@ impl Meeting {
             place: Place::Amqp(Box::new(props)),
             config,
         }
+    }
+
+    /// `events`, or a fifth of it in a variation.
+    fn scaled(&self, events: u64) -> u64 {
+        if self.config.full { events } else { events / 5 }
     }
 
     fn props(&self) -> Option<&AmqpProps> {
@@ -338,12 +352,14 @@ const PUBLISHERS: u64 = 50;
 const EVENTS: u64 = 10_000;
 const PER_PUBLISHER: u64 = EVENTS / PUBLISHERS;
 
-/// 50 tasks publish 10,000 events through `buses` buses: even tasks with
+/// 50 tasks publish 10,000 events (2,000 in a variation) through `buses` buses: even tasks with
 /// `publish_confirmed` (each checked), odd ones fire and forget. One
 /// listener handles every event once; the publishers' counters add up.
 async fn concurrent_publishers(meeting: Meeting, buses: usize) {
     let _cleanup = meeting.cleanup(&[]);
-    let tally = Tally::new(EVENTS);
+    let events = meeting.scaled(EVENTS);
+    let per_publisher = events / PUBLISHERS;
+    let tally = Tally::new(events);
     let subscribers = Subscribers::new();
     let t = tally.clone();
     let _g = subscribers.subscribe(move |e: &Tick| t.record(e.id));
@@ -357,8 +373,8 @@ async fn concurrent_publishers(meeting: Meeting, buses: usize) {
         let bus = publishers[usize::try_from(task).unwrap() % buses].clone();
         tasks.spawn(async move {
             let mut failed = Vec::new();
-            for n in 0..PER_PUBLISHER {
-                let event = tick(task * PER_PUBLISHER + n);
+            for n in 0..per_publisher {
+                let event = tick(task * per_publisher + n);
                 if task % 2 == 0 {
                     if let Err(e) = bus.publish_confirmed(&event).await {
                         failed.push(e.to_string());
@@ -375,19 +391,19 @@ async fn concurrent_publishers(meeting: Meeting, buses: usize) {
         failed.extend(done.expect("a publishing task panicked"));
     }
     assert!(failed.is_empty(), "publish_confirmed failed: {failed:?}");
-    tally.wait_all("the listener handling 10,000 events").await;
+    tally.wait_all("the listener handling every event").await;
     for (i, bus) in publishers.iter().enumerate() {
         close_within(bus, &format!("publisher {i}")).await.unwrap();
     }
     let stats: Vec<Stats> = publishers.iter().map(Bus::stats).collect();
-    let (confirmed, _) = assert_publishes_add_up(&stats, EVENTS);
-    assert_eq!(confirmed, EVENTS, "no broker trouble: all confirmed");
+    let (confirmed, _) = assert_publishes_add_up(&stats, events);
+    assert_eq!(confirmed, events, "no broker trouble: all confirmed");
     close_within(&listener, "the listener").await.unwrap();
     tally.assert_each_once("one listener, concurrent publishers");
     let stats = listener.stats();
     assert_eq!(
         (stats.delivered, stats.dispatched, stats.handled),
-        (EVENTS, EVENTS, EVENTS),
+        (events, events, events),
         "{stats:?}"
     );
 }
@@ -542,7 +558,7 @@ enum Leave {
 
 /// Members (each its own bus, at most 20 at once) join a group, handle some
 /// events and leave (close, cancel their listener, or are dropped) again
-/// and again while 5,000 events are published; every tenth event's first
+/// and again while 5,000 events (1,000 in a variation) are published; every tenth event's first
 /// attempt fails, so events wait in the retry queue while members leave.
 ///
 /// Asserted: every event handled (none lost); no close hangs; nothing
@@ -554,7 +570,8 @@ enum Leave {
 /// was handled before they return.
 async fn churning_group_members(meeting: Meeting) {
     let _cleanup = meeting.cleanup(&["churn"]);
-    let tally = Tally::new(CHURN_EVENTS);
+    let churn_events = meeting.scaled(CHURN_EVENTS);
+    let tally = Tally::new(churn_events);
     // Event id -> the members that handled it, in order.
     let handlers: Arc<Mutex<HashMap<u64, Vec<usize>>>> = Arc::default();
     let first_failures = Arc::new(AtomicU64::new(0));
@@ -653,7 +670,7 @@ async fn churning_group_members(meeting: Meeting) {
     let publishing = {
         let publisher = publisher.clone();
         tokio::spawn(async move {
-            for id in 0..CHURN_EVENTS {
+            for id in 0..churn_events {
                 let event = Tick {
                     id,
                     fail_first: id % 10 == 0,
@@ -665,7 +682,7 @@ async fn churning_group_members(meeting: Meeting) {
 
     let mut cycle = 0usize;
     let (mut last, mut since) = (tally.distinct(), Instant::now());
-    while tally.distinct() < CHURN_EVENTS {
+    while tally.distinct() < churn_events {
         // Between 1 and 20 members, changing as they come and go.
         let target = 1 + (cycle * 7) % MAX_MEMBERS;
         cycle += 1;
@@ -687,7 +704,7 @@ async fn churning_group_members(meeting: Meeting) {
         } else {
             assert!(
                 since.elapsed() < STALL,
-                "churn: no event handled for {STALL:?}; {now} of {CHURN_EVENTS} handled, {} first attempts failed, {started} members started; missing: {:?}",
+                "churn: no event handled for {STALL:?}; {now} of {churn_events} handled, {} first attempts failed, {started} members started; missing: {:?}",
                 first_failures.load(Ordering::SeqCst),
                 tally.misses().0
             );
@@ -702,8 +719,8 @@ async fn churning_group_members(meeting: Meeting) {
     }
     publishing.await.expect("the publisher panicked");
     close_within(&publisher, "the publisher").await.unwrap();
-    let (confirmed, _) = assert_publishes_add_up(&[publisher.stats()], CHURN_EVENTS);
-    assert_eq!(confirmed, CHURN_EVENTS);
+    let (confirmed, _) = assert_publishes_add_up(&[publisher.stats()], churn_events);
+    assert_eq!(confirmed, churn_events);
 
     let (never, _) = tally.misses();
     assert!(never.is_empty(), "events lost in the churn: {never:?}");
@@ -748,7 +765,7 @@ async fn churning_group_members(meeting: Meeting) {
     );
     assert_eq!(dead_lettered, 0, "nothing dead-lettered: {stats:?}");
     assert!(
-        first_failures.load(Ordering::SeqCst) >= CHURN_EVENTS / 10,
+        first_failures.load(Ordering::SeqCst) >= churn_events / 10,
         "every tenth event failed once"
     );
     if let Some(props) = meeting.props() {
@@ -899,11 +916,11 @@ where
 /// stream, each event once.
 async fn two_groups_each_get_the_full_stream(meeting: Meeting) {
     let _cleanup = meeting.cleanup(&["left", "right"]);
-    const N: u64 = 1_000;
+    let n_events = meeting.scaled(1_000);
     let mut members = Vec::new();
     let mut tallies = Vec::new();
     for group in ["left", "right"] {
-        let tally = Tally::new(N);
+        let tally = Tally::new(n_events);
         for _ in 0..2 {
             let subscribers = Subscribers::new();
             let t = tally.clone();
@@ -926,8 +943,11 @@ async fn two_groups_each_get_the_full_stream(meeting: Meeting) {
     for task in 0..10 {
         let publisher = publisher.clone();
         tasks.spawn(async move {
-            for n in 0..N / 10 {
-                publisher.publish(&tick(task * (N / 10) + n)).await.unwrap();
+            for n in 0..n_events / 10 {
+                publisher
+                    .publish(&tick(task * (n_events / 10) + n))
+                    .await
+                    .unwrap();
             }
         });
     }
@@ -965,6 +985,12 @@ async fn streams_and_pollers_end_when_the_bus_closes(meeting: Meeting) {
         .expect("the stream ended early")
         .unwrap();
     assert_eq!(first.id, 0);
+    // Close stops handling: wait until all three were handled.
+    progress_until("the bus handling 3 events", || {
+        let n = bus.stats().handled;
+        (n, n >= 3)
+    })
+    .await;
     close_within(&bus, "the bus").await.unwrap();
     let mut rest = Vec::new();
     loop {
