@@ -310,6 +310,7 @@ impl BusBuilder {
                 close_timeout: self.close_timeout,
             }),
         };
+        bus.inner.subscribers.attach();
         for listen in listens {
             if let Err(e) = bus.listen(&listen).await {
                 let _ = bus.close().await;
@@ -584,6 +585,8 @@ impl Bus {
         for listener in listeners {
             listener.stop().await;
         }
+        // Streams and pollers end once no bus feeds them.
+        inner.subscribers.detach();
         transport.close().await?;
         result
     }
@@ -591,6 +594,9 @@ impl Bus {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        if !self.closed.load(Ordering::Relaxed) {
+            self.subscribers.detach();
+        }
         // The producer ends once what it holds is settled; the listeners on
         // this.
         for listener in self

@@ -58,6 +58,9 @@ struct Entry {
     /// `None` for a subscription to every event.
     type_id: Option<TypeId>,
     handler: Arc<ErasedHandler>,
+    /// A stream's or poller's feed: removed when the last bus dispatching
+    /// to this list closes, so that the stream or poller ends.
+    feed: bool,
 }
 
 #[derive(Default)]
@@ -66,6 +69,8 @@ struct Registry {
     /// lock, and handlers may subscribe and unsubscribe.
     entries: RwLock<Arc<Vec<Entry>>>,
     next_id: AtomicU64,
+    /// The buses dispatching to this list and not yet closed.
+    buses: AtomicU64,
 }
 
 /// **A list of local subscribers** (zope.event's `subscribers`): handlers
@@ -200,12 +205,15 @@ impl Subscribers {
     /// of them. A stream read too slowly loses the oldest events and is told
     /// how many with an `Err(Lagged)` item; memory never grows without bound.
     ///
+    /// The stream ends (`None`, after the events it holds) once every
+    /// [`Bus`](crate::Bus) dispatching to these subscribers is closed.
+    ///
     /// # Panics
     ///
     /// If `capacity` is zero.
     pub fn stream<E: EventType>(&self, capacity: usize) -> EventStream<E> {
         let (sender, receiver) = broadcast::channel(capacity);
-        let subscription = self.add(
+        let subscription = self.add_feed(
             Some(TypeId::of::<E>()),
             Arc::new(move |event: &Arc<dyn Event>, _: &Context| {
                 if let Ok(event) = event.clone().into_any_arc().downcast::<E>() {
@@ -225,7 +233,9 @@ impl Subscribers {
     /// (oslo's `Listener.poll(timeout)`): [`recv_timeout`](Poller::recv_timeout)
     /// blocks for the next one. At most `capacity` events wait; when the
     /// poller is read too slowly, new events are dropped and the next call
-    /// reports how many with `Err(Lagged)`.
+    /// reports how many with `Err(Lagged)`. Once every
+    /// [`Bus`](crate::Bus) dispatching to these subscribers is closed, it
+    /// returns `Ok(None)` at once when empty instead of waiting.
     ///
     /// # Panics
     ///
@@ -235,7 +245,7 @@ impl Subscribers {
         let (sender, receiver) = std::sync::mpsc::sync_channel(capacity);
         let missed = Arc::new(AtomicU64::new(0));
         let counter = missed.clone();
-        let subscription = self.add(
+        let subscription = self.add_feed(
             Some(TypeId::of::<E>()),
             Arc::new(move |event: &Arc<dyn Event>, _: &Context| {
                 if let Ok(event) = event.clone().into_any_arc().downcast::<E>()
@@ -316,6 +326,41 @@ impl Subscribers {
     }
 
     fn add(&self, type_id: Option<TypeId>, handler: Arc<ErasedHandler>) -> Subscription {
+        self.add_entry(type_id, handler, false)
+    }
+
+    fn add_feed(&self, type_id: Option<TypeId>, handler: Arc<ErasedHandler>) -> Subscription {
+        self.add_entry(type_id, handler, true)
+    }
+
+    /// A bus dispatching to this list connected.
+    pub(crate) fn attach(&self) {
+        self.registry.buses.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A bus dispatching to this list closed (or was dropped): when it was
+    /// the last one, every stream and poller ends, after what it holds.
+    pub(crate) fn detach(&self) {
+        if self.registry.buses.fetch_sub(1, Ordering::SeqCst) != 1 {
+            return;
+        }
+        let mut entries = self
+            .registry
+            .entries
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if entries.iter().any(|e| e.feed) {
+            let kept: Vec<Entry> = entries.iter().filter(|e| !e.feed).cloned().collect();
+            *entries = Arc::new(kept);
+        }
+    }
+
+    fn add_entry(
+        &self,
+        type_id: Option<TypeId>,
+        handler: Arc<ErasedHandler>,
+        feed: bool,
+    ) -> Subscription {
         let id = self.registry.next_id.fetch_add(1, Ordering::Relaxed);
         let mut entries = self
             .registry
@@ -327,6 +372,7 @@ impl Subscribers {
             id,
             type_id,
             handler,
+            feed,
         });
         *entries = Arc::new(next);
         Subscription {

@@ -424,3 +424,43 @@ fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("no free port")
 }
+
+// ---------------------------------------------------------------------------
+// Broker-side counts for the concurrency tests (tests/concurrency.rs).
+// ---------------------------------------------------------------------------
+
+/// The connections on the shared broker whose client-provided name contains
+/// `name`, and how many channels they have open together, by `rabbitmqctl
+/// list_connections`; `None` where `rabbitmqctl` cannot be run (another
+/// broker than the local one, or no `rabbitmqctl`).
+pub fn broker_connections(name: &str) -> Option<(usize, usize)> {
+    let out = Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "-q",
+            "--no-table-headers",
+            "client_properties",
+            "channels",
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|out| out.status.success())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut found = (0, 0);
+    for line in text.lines().filter(|line| line.contains(name)) {
+        found.0 += 1;
+        found.1 += line
+            .rsplit(['\t', ' '])
+            .next()
+            .and_then(|n| n.trim().parse::<usize>().ok())
+            .unwrap_or_else(|| panic!("no channel count at the end of {line:?}"));
+    }
+    Some(found)
+}
+
+/// Whether `rabbitmqctl` talks to the broker the tests use (the local
+/// default one), so that its counts mean something.
+pub fn rabbitmqctl_sees_the_broker() -> bool {
+    broker_url().contains("@127.0.0.1:5672/") && broker_connections("").is_some()
+}
