@@ -53,7 +53,7 @@ use crate::runtime::BlockingRuntime;
 /// How long closing may take when a facade is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// **A producer for non-async code**: [`send`](Producer::send) returns when
+/// **A producer for non-async code**: [`send`](Producer::publish) returns when
 /// the broker has confirmed the message.
 pub struct Producer {
     producer: crate::Producer,

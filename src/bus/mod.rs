@@ -58,7 +58,7 @@ const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// headers. Messages that cannot be decoded go there at once.
 ///
 /// Recovery: when the connection to the broker is lost, the bus reconnects
-/// by itself (see [`Connection`]); its queues, bindings and listeners come
+/// by itself (see [`Connection`](crate::Connection)); its queues, bindings and listeners come
 /// back, events published meanwhile wait in the publish buffer, and events
 /// the broker had not confirmed are sent again. Receivers drop the
 /// duplicates this can make (the dedup window). Watch it with
@@ -258,7 +258,7 @@ impl BusBuilder {
     /// # Errors
     ///
     /// [`ErrorKind::InvalidConfig`] when two event types share a tag; the
-    /// errors of [`Connection::connect`] and [`Connection::consumer`].
+    /// errors of [`Connection::connect`](crate::Connection::connect) and [`Connection::consumer`](crate::Connection::consumer).
     ///
     /// # Cancel safety
     ///
@@ -492,7 +492,7 @@ impl Bus {
 
     /// **What happens to the connection to the broker**: disconnected,
     /// reconnect attempts, recovered, blocked, closed (see
-    /// [`Connection::events`]). A memory bus is connected until closed.
+    /// [`Connection::events`](crate::Connection::events)). A memory bus is connected until closed.
     #[must_use]
     pub fn connection_events(&self) -> ConnectionEvents {
         self.inner.transport.events()
