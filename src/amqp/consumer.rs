@@ -45,6 +45,7 @@ use crate::error::{Error, Result};
 /// let delivery = consumer.next().await.expect("stream ended")?;
 /// assert_eq!(delivery.decode::<(String, u8)>()?, ("hi".to_owned(), 42));
 /// delivery.ack().await?;
+/// # conn.delete_exchange("doc.consumer").await?;
 /// # conn.close().await?;
 /// # Ok(()) }
 /// # tokio::runtime::Runtime::new().unwrap().block_on(example()).unwrap();
