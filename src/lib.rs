@@ -119,12 +119,12 @@ pub use headers::{
 /// (default: the tag). Generic types cannot be events.
 pub use tidings_macros::Event;
 pub use transport::amqp::AmqpTransport;
-pub use transport::drivers::{Driver, Endpoint, register_driver};
+pub use transport::drivers::{Driver, register_driver};
 pub use transport::faults::{FaultPlan, FaultStats, Faults};
 pub use transport::listen::Listen;
 pub use transport::memory::MemoryTransport;
 pub use transport::seam::{
-    BoxFuture, DeadLetter, Header, Inbox, Outgoing, Received, Settlement, Transport,
+    BoxFuture, DeadLetter, Endpoint, Header, Inbox, Outgoing, Received, Settlement, Transport,
 };
 
 /// lapin, whose types appear in the AMQP core's API ([`Delivery::header`],

@@ -1,4 +1,5 @@
-//! The private Tokio runtime behind the blocking facades.
+//! The private Tokio runtime behind the blocking facades, and a poll-once
+//! helper for async code.
 
 use std::fmt;
 use std::future::Future;
@@ -73,4 +74,17 @@ fn refuse_inside_runtime() -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The output of `future` if it is ready at its first poll (dropped
+/// otherwise, so it must be cancel safe).
+pub(crate) fn now_or_never<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
+    }
 }

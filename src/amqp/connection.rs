@@ -14,11 +14,10 @@ use tokio::sync::{broadcast, watch};
 use tracing::{Instrument, debug, info, info_span};
 
 use crate::amqp::connection_event::{ConnectionEvent, ConnectionEvents};
-use crate::amqp::consumer::Consumer;
-use crate::amqp::producer::Producer;
 use crate::amqp::props::{AmqpProps, ExchangeKind, check_name};
 use crate::amqp::queue::Queue;
-use crate::amqp::recovery::{self, Backoff};
+pub(crate) use crate::amqp::recovery::Link;
+use crate::amqp::recovery::{self, Backoff, Supervised};
 use crate::amqp::topology::{self, QueueDecl, Topology};
 use crate::codec::Codecs;
 use crate::error::{Error, ErrorKind, Result};
@@ -87,16 +86,6 @@ pub(crate) struct Inner {
 pub const DEAD_LETTER_MAX_MESSAGES: u64 = 100_000;
 /// How many bytes a dead-letter queue holds by default (1 GiB).
 pub const DEAD_LETTER_MAX_BYTES: u64 = 1 << 30;
-
-/// The state of the underlying connection.
-#[derive(Clone)]
-pub(crate) enum Link {
-    Up(Arc<lapin::Connection>),
-    /// Lost; the supervisor is reconnecting.
-    Down,
-    /// Closed by the application.
-    Closed,
-}
 
 impl Connection {
     /// **Connects to the broker** and declares the exchange of the props.
@@ -532,55 +521,6 @@ impl Connection {
             .map_err(|e| Error::amqp(&format!("deleting exchange {name:?}"), e))
     }
 
-    /// **A producer** with publisher confirms on: every publish returns a
-    /// [`Confirm`](crate::Confirm) to await or drop. What the broker has not
-    /// confirmed when the connection is lost is sent again after recovery.
-    ///
-    /// # Errors
-    ///
-    /// [`ErrorKind::Closed`] when the connection is closed.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe.
-    pub async fn producer(&self) -> Result<Producer> {
-        Producer::open(self, true)
-    }
-
-    /// **A producer without publisher confirms**: nothing waits for the
-    /// broker; a message lost in a failing connection goes unnoticed.
-    ///
-    /// # Errors
-    ///
-    /// [`ErrorKind::Closed`] when the connection is closed.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe.
-    pub async fn producer_without_confirms(&self) -> Result<Producer> {
-        Producer::open(self, false)
-    }
-
-    /// **Declares `queue`, binds it, and consumes from it** on a channel of
-    /// its own, with the prefetch of the props. The consumer resumes by
-    /// itself after the connection is recovered, or when the broker cancels
-    /// it (its queue was deleted: it is declared again).
-    ///
-    /// # Errors
-    ///
-    /// As [`declare_queue`](Connection::declare_queue); also
-    /// [`ErrorKind::Broker`] when another connection consumes the queue
-    /// exclusively.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe: a consumer whose start is dropped is cancelled with its
-    /// channel.
-    pub async fn consumer(&self, queue: &Queue) -> Result<Consumer> {
-        let name = self.declare_queue(queue).await?;
-        Consumer::start(self.clone(), name).await
-    }
-
     /// Opens a channel with the props' prefetch on `amqp`.
     pub(crate) async fn consumer_channel(
         &self,
@@ -640,8 +580,12 @@ impl Connection {
     }
 }
 
-impl Inner {
-    pub(crate) fn set_link(&self, link: Link) {
+impl Supervised for Inner {
+    fn link(&self) -> Link {
+        self.link.borrow().clone()
+    }
+
+    fn set_link(&self, link: Link) {
         self.link.send_if_modified(|current| {
             if matches!(current, Link::Closed) {
                 return false;
@@ -651,12 +595,24 @@ impl Inner {
         });
     }
 
-    pub(crate) fn emit(&self, event: ConnectionEvent) {
+    fn set_blocked(&self, blocked: bool) {
+        self.blocked.store(blocked, Ordering::Relaxed);
+    }
+
+    fn emit(&self, event: ConnectionEvent) {
         let _ = self.events.send(event);
     }
 
+    fn backoff(&self) -> Backoff {
+        self.backoff
+    }
+
+    fn recovered(&self) {
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A new underlying connection with the topology declared again.
-    pub(crate) async fn reopen(&self) -> Result<Arc<lapin::Connection>> {
+    async fn reopen(&self) -> Result<Arc<lapin::Connection>> {
         let amqp = Arc::new(open(&self.props, &self.connection_name).await?);
         let replayed = async {
             let channel = amqp

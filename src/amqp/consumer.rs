@@ -9,13 +9,12 @@ use std::time::Duration;
 
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions};
 use lapin::types::{FieldTable, ShortString};
-use tokio::sync::watch;
 use tokio_stream::Stream;
 use tracing::{debug, info};
 
-use crate::amqp::connection::{Connection, Link, gone, short};
-use crate::amqp::delivery::Delivery;
-use crate::codec::Codecs;
+use crate::amqp::connection::{Connection, short};
+use crate::amqp::delivery::{Delivery, Origin, Shared};
+use crate::amqp::queue::Queue;
 use crate::error::{Error, Result};
 
 /// **The deliveries of one queue, as a [`Stream`]**, each to be settled
@@ -70,43 +69,10 @@ struct Subscription {
     origin: Arc<Origin>,
 }
 
-/// The underlying connection deliveries came on, to tell when settling
-/// them can no longer work.
-pub(crate) struct Origin {
-    pub(crate) amqp: Arc<lapin::Connection>,
-    pub(crate) link: watch::Receiver<Link>,
-}
-
-impl Origin {
-    /// Runs `settling` unless the connection goes first.
-    pub(crate) async fn settle<T>(
-        &self,
-        what: &str,
-        settling: impl Future<Output = lapin::Result<T>>,
-    ) -> Result<T> {
-        tokio::select! {
-            biased;
-            done = settling => done.map_err(|e| Error::amqp(what, e)),
-            () = gone(self.link.clone(), &self.amqp) => Err(Error::new(
-                crate::ErrorKind::Closed,
-                format!("{what} failed: the connection was lost; the broker delivers unsettled messages again"),
-            )),
-        }
-    }
-}
-
 /// How long a consumer waits before trying again to resume on a connection
 /// that is up but refuses (its queue is held by a connection the broker has
 /// not yet seen die).
 const RESUME_RETRY: Duration = Duration::from_millis(500);
-
-/// What every delivery of one consumer needs to decode itself.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) queue: String,
-    pub(crate) codecs: Codecs,
-    pub(crate) max_message_size: usize,
-}
 
 impl Consumer {
     pub(crate) async fn start(conn: Connection, queue: String) -> Result<Self> {
@@ -272,5 +238,28 @@ impl fmt::Debug for Consumer {
         f.debug_struct("Consumer")
             .field("queue", &self.shared.queue)
             .finish_non_exhaustive()
+    }
+}
+
+/// Consumers are started from a connection.
+impl Connection {
+    /// **Declares `queue`, binds it, and consumes from it** on a channel of
+    /// its own, with the prefetch of the props. The consumer resumes by
+    /// itself after the connection is recovered, or when the broker cancels
+    /// it (its queue was deleted: it is declared again).
+    ///
+    /// # Errors
+    ///
+    /// As [`declare_queue`](Connection::declare_queue); also
+    /// [`ErrorKind::Broker`] when another connection consumes the queue
+    /// exclusively.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a consumer whose start is dropped is cancelled with its
+    /// channel.
+    pub async fn consumer(&self, queue: &Queue) -> Result<Consumer> {
+        let name = self.declare_queue(queue).await?;
+        Consumer::start(self.clone(), name).await
     }
 }

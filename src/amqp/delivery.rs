@@ -7,7 +7,12 @@ use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::types::AMQPValue;
 use serde::de::DeserializeOwned;
 
-use crate::amqp::consumer::{Origin, Shared};
+use std::future::Future;
+
+use tokio::sync::watch;
+
+use crate::amqp::connection::{Link, gone};
+use crate::codec::Codecs;
 use crate::error::{Error, ErrorKind, Result};
 use crate::headers::ORIGIN_HEADER;
 
@@ -245,4 +250,37 @@ impl fmt::Debug for Delivery {
             .field("bytes", &self.inner.data.len())
             .finish_non_exhaustive()
     }
+}
+
+/// The underlying connection deliveries came on, to tell when settling
+/// them can no longer work.
+pub(crate) struct Origin {
+    pub(crate) amqp: Arc<lapin::Connection>,
+    pub(crate) link: watch::Receiver<Link>,
+}
+
+impl Origin {
+    /// Runs `settling` unless the connection goes first.
+    pub(crate) async fn settle<T>(
+        &self,
+        what: &str,
+        settling: impl Future<Output = lapin::Result<T>>,
+    ) -> Result<T> {
+        tokio::select! {
+            biased;
+            done = settling => done.map_err(|e| Error::amqp(what, e)),
+            () = gone(self.link.clone(), &self.amqp) => Err(Error::new(
+                crate::ErrorKind::Closed,
+                format!("{what} failed: the connection was lost; the broker delivers unsettled messages again"),
+            )),
+        }
+    }
+}
+
+/// What every delivery of one consumer needs to decode itself.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) queue: String,
+    pub(crate) codecs: Codecs,
+    pub(crate) max_message_size: usize,
 }

@@ -493,3 +493,35 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
+
+/// Producers are opened from a connection.
+impl Connection {
+    /// **A producer** with publisher confirms on: every publish returns a
+    /// [`Confirm`](crate::Confirm) to await or drop. What the broker has not
+    /// confirmed when the connection is lost is sent again after recovery.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Closed`] when the connection is closed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn producer(&self) -> Result<Producer> {
+        Producer::open(self, true)
+    }
+
+    /// **A producer without publisher confirms**: nothing waits for the
+    /// broker; a message lost in a failing connection goes unnoticed.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Closed`] when the connection is closed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn producer_without_confirms(&self) -> Result<Producer> {
+        Producer::open(self, false)
+    }
+}

@@ -2,7 +2,6 @@
 //! reconnects with capped exponential backoff and jitter, declares the
 //! topology again, and tells everyone waiting for the new connection.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -10,8 +9,36 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tracing::{debug, info, warn};
 
-use crate::amqp::connection::{Inner, Link};
 use crate::amqp::connection_event::ConnectionEvent;
+use crate::error::Result;
+
+/// The state of the underlying connection.
+#[derive(Clone)]
+pub(crate) enum Link {
+    Up(Arc<lapin::Connection>),
+    /// Lost; the supervisor is reconnecting.
+    Down,
+    /// Closed by the application.
+    Closed,
+}
+
+/// What the supervisor needs of the connection it recovers.
+pub(crate) trait Supervised: Send + Sync + 'static {
+    /// The underlying connection now.
+    fn link(&self) -> Link;
+    /// Replaces the underlying connection (unless closed).
+    fn set_link(&self, link: Link);
+    /// Whether the broker blocks publishing.
+    fn set_blocked(&self, blocked: bool);
+    /// Tells the application.
+    fn emit(&self, event: ConnectionEvent);
+    /// The delays between reconnect attempts.
+    fn backoff(&self) -> Backoff;
+    /// Counts a recovery.
+    fn recovered(&self);
+    /// A new underlying connection with the topology declared again.
+    fn reopen(&self) -> impl std::future::Future<Output = Result<Arc<lapin::Connection>>> + Send;
+}
 
 /// How often the supervisor checks the connection's status, in case it
 /// died without an error event.
@@ -45,7 +72,7 @@ impl Backoff {
 
 /// Watches the connection in `link` until the application closes it or
 /// drops every handle; recovers it each time it is lost.
-pub(crate) async fn supervise(inner: Weak<Inner>, mut link: watch::Receiver<Link>) {
+pub(crate) async fn supervise<S: Supervised>(inner: Weak<S>, mut link: watch::Receiver<Link>) {
     loop {
         let Some(amqp) = current(&inner) else { return };
         let reason = tokio::select! {
@@ -57,10 +84,10 @@ pub(crate) async fn supervise(inner: Weak<Inner>, mut link: watch::Receiver<Link
             return;
         };
         strong.set_link(Link::Down);
-        strong.blocked.store(false, Ordering::Relaxed);
+        strong.set_blocked(false);
         warn!(reason = %reason, "connection to the broker lost; reconnecting");
         strong.emit(ConnectionEvent::Disconnected { reason });
-        let backoff = strong.backoff;
+        let backoff = strong.backoff();
         drop(strong);
         let down_since = Instant::now();
         let mut attempt = 0u32;
@@ -77,7 +104,7 @@ pub(crate) async fn supervise(inner: Weak<Inner>, mut link: watch::Receiver<Link
             match reopened {
                 Ok(amqp) => {
                     let downtime = down_since.elapsed();
-                    strong.reconnects.fetch_add(1, Ordering::Relaxed);
+                    strong.recovered();
                     strong.set_link(Link::Up(amqp));
                     info!(?downtime, attempts = attempt, "connection recovered");
                     strong.emit(ConnectionEvent::Recovered {
@@ -112,16 +139,16 @@ async fn closed(link: &mut watch::Receiver<Link>) {
     let _ = link.wait_for(|l| matches!(l, Link::Closed)).await;
 }
 
-fn current(inner: &Weak<Inner>) -> Option<Arc<lapin::Connection>> {
-    match &*inner.upgrade()?.link.borrow() {
-        Link::Up(amqp) => Some(amqp.clone()),
+fn current<S: Supervised>(inner: &Weak<S>) -> Option<Arc<lapin::Connection>> {
+    match inner.upgrade()?.link() {
+        Link::Up(amqp) => Some(amqp),
         Link::Down | Link::Closed => None,
     }
 }
 
 /// Waits until `amqp` is lost and says why; reports blocked and unblocked
 /// on the way.
-async fn lost(inner: &Weak<Inner>, amqp: &lapin::Connection) -> String {
+async fn lost<S: Supervised>(inner: &Weak<S>, amqp: &lapin::Connection) -> String {
     let mut events = amqp.events_listener();
     let mut check = tokio::time::interval(STATUS_CHECK);
     loop {
@@ -138,13 +165,13 @@ async fn lost(inner: &Weak<Inner>, amqp: &lapin::Connection) -> String {
                 Some(lapin::Event::ConnectionBlocked(reason)) => {
                     let Some(strong) = inner.upgrade() else { return "dropped".to_owned() };
                     warn!(reason = %reason, "the broker blocked the connection");
-                    strong.blocked.store(true, Ordering::Relaxed);
+                    strong.set_blocked(true);
                     strong.emit(ConnectionEvent::Blocked { reason });
                 }
                 Some(lapin::Event::ConnectionUnblocked) => {
                     let Some(strong) = inner.upgrade() else { return "dropped".to_owned() };
                     info!("the broker unblocked the connection");
-                    strong.blocked.store(false, Ordering::Relaxed);
+                    strong.set_blocked(false);
                     strong.emit(ConnectionEvent::Unblocked);
                 }
                 Some(_) => {}

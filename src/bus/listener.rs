@@ -2,9 +2,8 @@
 //! skip own and duplicate events, dispatch to the subscribers, settle.
 
 use std::fmt;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
@@ -14,11 +13,12 @@ use super::context::Context;
 use super::decode::Decoder;
 use super::dedup::Recent;
 use super::settings::{Settings, UnknownEvents};
-use super::settle::{ACK_DELAY, AckBatch, bounded};
 use super::stats::{Counters, RejectReason};
 use super::subscribers::Subscribers;
+use super::text::bounded;
 use crate::error::Result;
 use crate::headers::TAG_HEADER;
+use crate::runtime::now_or_never;
 use crate::transport::listen::{Listen, Mode};
 use crate::transport::seam::{DeadLetter, Header, Inbox, Received, Transport};
 
@@ -150,6 +150,49 @@ impl fmt::Debug for Listener {
     }
 }
 
+/// Deliveries acknowledged together, at most: one `multiple` ack for this
+/// many handled deliveries (or half the prefetch, if less).
+const ACK_BATCH: usize = 64;
+/// How long handled deliveries wait for others to be acknowledged with,
+/// once none is waiting. Acks do not delay handlers; they only hold
+/// prefetch room and, on a crash, make the broker redeliver (the dedup
+/// window drops those).
+const ACK_DELAY: Duration = Duration::from_millis(2);
+
+/// Handled deliveries not yet acknowledged, acknowledged together with
+/// `multiple` (deliveries of one listener are settled in order when it
+/// handles one at a time, so every one before the last is settled).
+struct AckBatch {
+    last: Option<Box<dyn Received>>,
+    count: usize,
+    limit: usize,
+}
+
+impl AckBatch {
+    fn new(prefetch: u16) -> Self {
+        Self {
+            last: None,
+            count: 0,
+            limit: ACK_BATCH.min(usize::from(prefetch / 2)).max(1),
+        }
+    }
+
+    async fn add(&mut self, shared: &Shared, incoming: Box<dyn Received>) {
+        self.last = Some(incoming);
+        self.count += 1;
+        if self.count >= self.limit {
+            self.flush(shared).await;
+        }
+    }
+
+    async fn flush(&mut self, shared: &Shared) {
+        self.count = 0;
+        if let Some(last) = self.last.take() {
+            shared.settled(last.ack_through().await);
+        }
+    }
+}
+
 /// Receives until stopped, handling up to `concurrency` deliveries at once.
 async fn run(
     shared: Arc<Shared>,
@@ -213,18 +256,6 @@ async fn run(
     while running.join_next().await.is_some() {}
     let delete = *stopped.borrow() == Stop::Delete;
     source.close(delete).await
-}
-
-/// The output of `future` if it is ready at its first poll.
-fn now_or_never<F: Future>(future: F) -> Option<F::Output> {
-    let mut future = std::pin::pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
-    {
-        std::task::Poll::Ready(output) => Some(output),
-        std::task::Poll::Pending => None,
-    }
 }
 
 /// What is left to do with a delivery once handled.

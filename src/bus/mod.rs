@@ -6,9 +6,10 @@ mod decode;
 mod dedup;
 pub(crate) mod listener;
 pub(crate) mod settings;
-pub(crate) mod settle;
+mod settle;
 pub(crate) mod stats;
 pub(crate) mod subscribers;
+pub(crate) mod text;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,9 +30,9 @@ use crate::bus::subscribers::Subscribers;
 use crate::codec::{Codec, Codecs};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Event, registered_events};
-use crate::transport::drivers::{self, Endpoint};
+use crate::transport::drivers;
 use crate::transport::listen::Listen;
-use crate::transport::seam::{Outgoing, Transport};
+use crate::transport::seam::{Endpoint, Outgoing, Transport};
 
 /// How long `close` waits for the broker to confirm what was published.
 const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,75 +1,16 @@
-//! Settlement: acknowledging in batches, retrying after a delay, and
-//! dead-lettering with a reason.
+//! Settlement of a delivery whose handlers failed: retrying after a
+//! delay, dead-lettering with a reason.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tracing::{debug, error, warn};
 
 use super::listener::Shared;
 use super::stats::Counters;
+use super::text::bounded;
 use crate::error::Result;
 use crate::event::Event;
 use crate::transport::seam::{DeadLetter, Received};
-
-/// Deliveries acknowledged together, at most: one `multiple` ack for this
-/// many handled deliveries (or half the prefetch, if less).
-const ACK_BATCH: usize = 64;
-/// How long handled deliveries wait for others to be acknowledged with,
-/// once none is waiting. Acks do not delay handlers; they only hold
-/// prefetch room and, on a crash, make the broker redeliver (the dedup
-/// window drops those).
-pub(super) const ACK_DELAY: Duration = Duration::from_millis(2);
-
-/// Handled deliveries not yet acknowledged, acknowledged together with
-/// `multiple` (deliveries of one listener are settled in order when it
-/// handles one at a time, so every one before the last is settled).
-pub(super) struct AckBatch {
-    pub(super) last: Option<Box<dyn Received>>,
-    count: usize,
-    limit: usize,
-}
-
-impl AckBatch {
-    pub(super) fn new(prefetch: u16) -> Self {
-        Self {
-            last: None,
-            count: 0,
-            limit: ACK_BATCH.min(usize::from(prefetch / 2)).max(1),
-        }
-    }
-
-    pub(super) async fn add(&mut self, shared: &Shared, incoming: Box<dyn Received>) {
-        self.last = Some(incoming);
-        self.count += 1;
-        if self.count >= self.limit {
-            self.flush(shared).await;
-        }
-    }
-
-    pub(super) async fn flush(&mut self, shared: &Shared) {
-        self.count = 0;
-        if let Some(last) = self.last.take() {
-            shared.settled(last.ack_through().await);
-        }
-    }
-}
-
-/// The longest text from the wire that goes into a log line or a header.
-const TEXT_MAX: usize = 1024;
-
-/// `text` cut to at most [`TEXT_MAX`] bytes (at a character boundary),
-/// marked when cut: text from the wire can be as large as a frame.
-pub(crate) fn bounded(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.len() <= TEXT_MAX {
-        return text.into();
-    }
-    let mut end = TEXT_MAX;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes)", &text[..end], text.len()).into()
-}
 
 impl Shared {
     /// Retries a delivery whose handlers failed, or dead-letters it after

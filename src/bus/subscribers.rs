@@ -304,10 +304,10 @@ impl Subscribers {
             if let Err(failure) = outcome {
                 match &failure {
                     Failure::Error(e) => {
-                        warn!(tag = event.tag(), message_id = %crate::bus::settle::bounded(context.message_id().unwrap_or("")), attempt = context.attempt(), error = %e, "event handler failed");
+                        warn!(tag = event.tag(), message_id = %crate::bus::text::bounded(context.message_id().unwrap_or("")), attempt = context.attempt(), error = %e, "event handler failed");
                     }
                     Failure::Panic(message) => {
-                        error!(tag = event.tag(), message_id = %crate::bus::settle::bounded(context.message_id().unwrap_or("")), attempt = context.attempt(), panic = %message, "event handler panicked");
+                        error!(tag = event.tag(), message_id = %crate::bus::text::bounded(context.message_id().unwrap_or("")), attempt = context.attempt(), panic = %message, "event handler panicked");
                     }
                 }
                 dispatch.failures.push(failure.to_string());

@@ -11,10 +11,9 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use tokio_stream::StreamExt;
 use tracing::warn;
 
-use super::drivers::Endpoint;
 use super::seam::{
-    BoxFuture, DeadLetter, Header, Inbox, Outgoing, PublishCounters, Received, Settlement,
-    Transport,
+    BoxFuture, DeadLetter, Endpoint, Header, Inbox, Outgoing, PublishCounters, Received,
+    Settlement, Transport,
 };
 use crate::amqp::connection::{Connection, short};
 use crate::amqp::connection_event::ConnectionEvents;

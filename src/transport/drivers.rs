@@ -6,45 +6,9 @@ use std::sync::{Arc, LazyLock, RwLock};
 
 use super::amqp::AmqpTransport;
 use super::memory::MemoryTransport;
-use super::seam::{BoxFuture, Transport};
-use crate::amqp::connection::{DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_MESSAGES};
+use super::seam::{BoxFuture, Endpoint, Transport};
 use crate::amqp::props::AmqpProps;
 use crate::error::{Error, ErrorKind, Result};
-
-/// **What a bus asks of the transport it opens**: where, and what the bus
-/// needs declared.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct Endpoint {
-    /// The URL the bus was given.
-    pub url: String,
-    /// The bus only publishes: no dead letters to keep.
-    pub publish_only: bool,
-    /// Every publish mandatory: an unroutable one fails.
-    pub mandatory: bool,
-    /// The most messages and bytes the dead-letter queue holds.
-    pub dead_letter_limits: (u64, u64),
-}
-
-impl Endpoint {
-    /// An endpoint at `url` with the defaults: listening, not mandatory,
-    /// the default dead-letter limits.
-    #[must_use]
-    pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            publish_only: false,
-            mandatory: false,
-            dead_letter_limits: (DEAD_LETTER_MAX_MESSAGES, DEAD_LETTER_MAX_BYTES),
-        }
-    }
-
-    /// The URL's scheme, before `://`.
-    #[must_use]
-    pub fn scheme(&self) -> &str {
-        self.url.split_once("://").map_or("", |(scheme, _)| scheme)
-    }
-}
 
 /// Opens a transport for an endpoint.
 pub type Driver =

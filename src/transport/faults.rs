@@ -20,6 +20,7 @@ use super::seam::{
 use crate::amqp::connection_event::{ConnectionEvent, ConnectionEvents};
 use crate::codec::Codec;
 use crate::error::{Error, ErrorKind, Result};
+use crate::runtime::now_or_never;
 
 /// **What [`Faults`] injects, and how often**, from a seed: the same seed
 /// and the same calls give the same faults.
@@ -512,18 +513,6 @@ impl Inbox for FaultInbox {
 
     fn close(self: Box<Self>, delete: bool) -> BoxFuture<'static, Result<()>> {
         self.inner.close(delete)
-    }
-}
-
-/// The output of `future` if it is ready at its first poll.
-fn now_or_never<F: std::future::Future>(future: F) -> Option<F::Output> {
-    let mut future = std::pin::pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
-    {
-        std::task::Poll::Ready(output) => Some(output),
-        std::task::Poll::Pending => None,
     }
 }
 

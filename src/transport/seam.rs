@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use crate::amqp::connection::{DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_MESSAGES};
 use crate::amqp::connection_event::ConnectionEvents;
 pub(crate) use crate::amqp::outbox::PublishCounters;
 use crate::codec::Codec;
@@ -183,5 +184,40 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
     /// The queue that collects dead letters, if the transport keeps them.
     fn dead_letter_queue(&self) -> Option<&str> {
         None
+    }
+}
+
+/// **What a bus asks of the transport it opens**: where, and what the bus
+/// needs declared.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Endpoint {
+    /// The URL the bus was given.
+    pub url: String,
+    /// The bus only publishes: no dead letters to keep.
+    pub publish_only: bool,
+    /// Every publish mandatory: an unroutable one fails.
+    pub mandatory: bool,
+    /// The most messages and bytes the dead-letter queue holds.
+    pub dead_letter_limits: (u64, u64),
+}
+
+impl Endpoint {
+    /// An endpoint at `url` with the defaults: listening, not mandatory,
+    /// the default dead-letter limits.
+    #[must_use]
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            publish_only: false,
+            mandatory: false,
+            dead_letter_limits: (DEAD_LETTER_MAX_MESSAGES, DEAD_LETTER_MAX_BYTES),
+        }
+    }
+
+    /// The URL's scheme, before `://`.
+    #[must_use]
+    pub fn scheme(&self) -> &str {
+        self.url.split_once("://").map_or("", |(scheme, _)| scheme)
     }
 }

@@ -49,6 +49,15 @@ async fn wait_until(what: &str, limit: Duration, condition: impl FnMut() -> bool
     );
 }
 
+/// A connection and a confirming channel to publish from as a foreign
+/// client would.
+async fn foreign_publisher(props: &tidings::AmqpProps) -> (Connection, lapin::Channel) {
+    let raw = Connection::connect(props).await.unwrap();
+    let channel = raw.channel().await.unwrap();
+    channel.confirm_select(Default::default()).await.unwrap();
+    (raw, channel)
+}
+
 fn text(s: &str) -> AMQPValue {
     AMQPValue::LongString(s.into())
 }
@@ -187,9 +196,7 @@ async fn large_headers_end_in_one_trimmed_dead_letter() {
         .connect()
         .await
         .unwrap();
-    let raw = Connection::connect(&props).await.unwrap();
-    let channel = raw.channel().await.unwrap();
-    channel.confirm_select(Default::default()).await.unwrap();
+    let (raw, channel) = foreign_publisher(&props).await;
     let ex = props.exchange();
     let long_tag = vec![("x-tidings-tag".to_owned(), text(&"t".repeat(70_000)))];
     common::raw_publish(
@@ -287,9 +294,7 @@ async fn poison_never_stalls_a_group() {
                 .unwrap(),
         );
     }
-    let raw = Connection::connect(&props).await.unwrap();
-    let channel = raw.channel().await.unwrap();
-    channel.confirm_select(Default::default()).await.unwrap();
+    let (raw, channel) = foreign_publisher(&props).await;
     let frame_max = 2_097_152;
     let bomb: &[u8] = &[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F];
     let hostile: Vec<(&str, Vec<u8>, BasicProperties)> = vec![
@@ -607,9 +612,7 @@ async fn unknown_event_types_are_acknowledged_and_counted() {
             .connect()
             .await
             .unwrap();
-        let raw = Connection::connect(&props).await.unwrap();
-        let channel = raw.channel().await.unwrap();
-        channel.confirm_select(Default::default()).await.unwrap();
+        let (raw, channel) = foreign_publisher(&props).await;
         for tag in ["newer.type", "newer.type", "newest.type"] {
             let headers = vec![("x-tidings-tag".to_owned(), text(tag))];
             let body = format!("{{\"{tag}\": {{}}}}");
@@ -660,9 +663,7 @@ async fn dedup_keys_on_the_publisher_and_the_id() {
         .connect()
         .await
         .unwrap();
-    let raw = Connection::connect(&props).await.unwrap();
-    let channel = raw.channel().await.unwrap();
-    channel.confirm_select(Default::default()).await.unwrap();
+    let (raw, channel) = foreign_publisher(&props).await;
     // (origin, id, order): the third repeats the first, the second reuses
     // its id from another publisher.
     for (origin, n) in [("alice", 1), ("mallory", 2), ("alice", 3)] {
@@ -697,9 +698,7 @@ async fn the_dead_letter_queue_is_bounded_and_drops_are_counted() {
         .connect()
         .await
         .unwrap();
-    let raw = Connection::connect(&props).await.unwrap();
-    let channel = raw.channel().await.unwrap();
-    channel.confirm_select(Default::default()).await.unwrap();
+    let (raw, channel) = foreign_publisher(&props).await;
     for _ in 0..4 {
         common::raw_publish(
             &channel,
@@ -769,9 +768,7 @@ async fn json_without_the_tag_wrapper_is_a_decode_error() {
         .connect()
         .await
         .unwrap();
-    let raw = Connection::connect(&props).await.unwrap();
-    let channel = raw.channel().await.unwrap();
-    channel.confirm_select(Default::default()).await.unwrap();
+    let (raw, channel) = foreign_publisher(&props).await;
     let headers = vec![
         ("x-tidings-tag".to_owned(), text(Order::TAG)),
         ("x-tidings-fingerprint".to_owned(), text("0123456789abcdef")),
