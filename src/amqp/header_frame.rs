@@ -28,6 +28,24 @@ pub(crate) fn size(properties: &BasicProperties) -> usize {
     })
 }
 
+/// Whether `properties` fit a frame of `frame_max` bytes by a cheap upper
+/// bound, without encoding them: true for the usual message (string
+/// headers of a few hundred bytes); false means "measure", not "too large".
+pub(crate) fn surely_fits(properties: &BasicProperties, frame_max: usize) -> bool {
+    // Every property besides the headers is a short string (at most 256
+    // bytes encoded) or a number: 14 of them, plus flags and overhead.
+    let mut bound = FRAME_OVERHEAD + 2 + 14 * 256 + 4;
+    if let Some(headers) = properties.headers() {
+        for (name, value) in headers.inner() {
+            let AMQPValue::LongString(text) = value else {
+                return false;
+            };
+            bound += 1 + name.as_str().len() + 1 + 4 + text.as_bytes().len();
+        }
+    }
+    bound <= frame_max
+}
+
 /// The encoded size of one header entry (name and value).
 fn entry_size(name: &ShortString, value: &AMQPValue) -> usize {
     let mut one = FieldTable::default();
@@ -141,6 +159,18 @@ mod tests {
             panic!("no trimmed header");
         };
         assert_eq!(list.to_string(), "big");
+    }
+
+    #[test]
+    fn the_cheap_bound_never_passes_what_does_not_fit() {
+        for len in [0, 10, 1_000, 100_000, 130_000, 131_000] {
+            let properties = with(&[("h", text(len)), ("x-tidings-tag", text(20))]);
+            if surely_fits(&properties, 131_072) {
+                assert!(size(&properties) <= 131_072, "{len}");
+            }
+        }
+        assert!(surely_fits(&with(&[("h", text(100))]), 131_072));
+        assert!(!surely_fits(&with(&[("h", text(131_000))]), 131_072));
     }
 
     #[test]

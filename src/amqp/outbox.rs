@@ -128,8 +128,10 @@ impl Outbox {
             ));
         }
         let frame_max = self.conn.frame_max();
-        let header = header_frame::size(&message.properties);
-        if header > frame_max {
+        if !header_frame::surely_fits(&message.properties, frame_max)
+            && let header = header_frame::size(&message.properties)
+            && header > frame_max
+        {
             return Err(Error::new(
                 ErrorKind::MessageTooLarge,
                 format!(
