@@ -23,15 +23,15 @@ use crate::codec::Codecs;
 use crate::error::{Error, ErrorKind, Result};
 
 /// **A supervised connection to the broker**, made from [`AmqpProps`]: it
-/// declares the exchange, hands out channels, and makes [`Producer`]s and
-/// [`Consumer`]s.
+/// declares the exchange, hands out channels, and makes [`Producer`](crate::Producer)s and
+/// [`Consumer`](crate::Consumer)s.
 ///
 /// When the connection is lost (a broker restart, a cut TCP connection, a
 /// missed heartbeat), it reconnects by itself with capped exponential
 /// backoff and jitter ([`AmqpProps::with_reconnect_delay`]), for as long as
 /// the application runs: it declares again every exchange, queue and
-/// binding declared through it, its [`Consumer`]s resume, and its
-/// [`Producer`]s send again what the broker had not confirmed. Watch it
+/// binding declared through it, its [`Consumer`](crate::Consumer)s resume, and its
+/// [`Producer`](crate::Producer)s send again what the broker had not confirmed. Watch it
 /// happen with [`events`](Connection::events). Channels taken with
 /// [`channel`](Connection::channel) belong to one underlying connection and
 /// are not recovered.

@@ -251,7 +251,7 @@ impl Connection {
     /// # Errors
     ///
     /// As [`declare_queue`](Connection::declare_queue); also
-    /// [`ErrorKind::Broker`] when another connection consumes the queue
+    /// [`ErrorKind::Broker`](crate::ErrorKind::Broker) when another connection consumes the queue
     /// exclusively.
     ///
     /// # Cancel safety
