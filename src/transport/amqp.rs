@@ -43,8 +43,11 @@ struct Amqp {
     conn: Connection,
     producer: Producer,
     counters: Arc<PublishCounters>,
-    /// `None` on a bus that only publishes: it dead-letters nothing.
-    dead_letter_exchange: Option<String>,
+    /// The dead-letter exchange and queue, declared at open unless the bus
+    /// only publishes, else with its first listener.
+    dead_letter_exchange: tokio::sync::OnceCell<String>,
+    /// The dead-letter queue's limits: messages, bytes.
+    dead_letter_limits: (u64, u64),
     /// Every publish mandatory.
     mandatory: bool,
     /// The queues consumed, by name: whether each is durable.
@@ -85,24 +88,22 @@ impl AmqpTransport {
     async fn on(conn: Connection, endpoint: &Endpoint) -> Result<Self> {
         let counters = Arc::new(PublishCounters::default());
         let producer = Producer::with_counters(&conn, true, counters.clone())?;
-        let dead_letter_exchange = match endpoint.publish_only {
-            false => {
-                let (messages, bytes) = endpoint.dead_letter_limits;
-                Some(conn.declare_dead_letters_bounded(messages, bytes).await?)
-            }
-            true => None,
-        };
-        Ok(Self {
+        let transport = Self {
             inner: Arc::new(Amqp {
                 conn,
                 producer,
                 counters,
-                dead_letter_exchange,
+                dead_letter_exchange: tokio::sync::OnceCell::new(),
+                dead_letter_limits: endpoint.dead_letter_limits,
                 mandatory: endpoint.mandatory,
                 consumed: Mutex::default(),
                 retry_queues: Mutex::default(),
             }),
-        })
+        };
+        if !endpoint.publish_only {
+            transport.inner.dead_letters().await?;
+        }
+        Ok(transport)
     }
 
     /// The connection underneath.
@@ -143,6 +144,9 @@ impl Transport for AmqpTransport {
 
     fn listen<'a>(&'a self, listen: &'a Listen) -> BoxFuture<'a, Result<Box<dyn Inbox>>> {
         Box::pin(async move {
+            // A bus that was opened to publish only and listens after all
+            // needs somewhere to put what it cannot handle.
+            self.inner.dead_letters().await?;
             let exchange = self.inner.conn.props().exchange();
             let consumer = self.inner.consume(&listen.queue_on(exchange)).await?;
             let inbox: Box<dyn Inbox> = Box::new(AmqpInbox {
@@ -179,7 +183,7 @@ impl Transport for AmqpTransport {
     }
 
     fn dead_letter_queue(&self) -> Option<&str> {
-        self.inner.dead_letter_exchange.as_deref()
+        self.inner.dead_letter_exchange.get().map(String::as_str)
     }
 }
 
@@ -321,6 +325,15 @@ impl Received for AmqpReceived {
 }
 
 impl Amqp {
+    /// The dead-letter exchange, declared (with its queue) the first time.
+    async fn dead_letters(&self) -> Result<&str> {
+        let (messages, bytes) = self.dead_letter_limits;
+        self.dead_letter_exchange
+            .get_or_try_init(|| self.conn.declare_dead_letters_bounded(messages, bytes))
+            .await
+            .map(String::as_str)
+    }
+
     /// Declares the queue and consumes it. Its retry queues are declared
     /// when first needed.
     async fn consume(&self, queue: &Queue) -> Result<Consumer> {
@@ -454,12 +467,7 @@ impl Amqp {
         attempts: u32,
         keep_body: bool,
     ) -> Result<()> {
-        let Some(exchange) = &self.dead_letter_exchange else {
-            return Err(Error::new(
-                ErrorKind::Usage,
-                "this bus declared no dead-letter queue (it only publishes)",
-            ));
-        };
+        let exchange = self.dead_letters().await?;
         let mut headers = headers_of(delivery);
         let text = |s: &str| AMQPValue::LongString(s.into());
         headers.insert(REASON_HEADER.into(), text(reason));
@@ -488,7 +496,7 @@ impl Amqp {
         let properties = self.fit(properties, &keep)?;
         self.producer
             .republish(
-                exchange.as_str().into(),
+                exchange.into(),
                 short(routing_key)?,
                 body,
                 properties,

@@ -752,6 +752,13 @@ async fn a_publish_only_bus_declares_no_dead_letters_and_can_be_mandatory() {
         )
         .await;
     assert!(passive.is_err(), "no dead-letter queue was declared");
+    // Listening after all declares it: what cannot be handled has a place.
+    let listener = bus.listen(&Listen::broadcast()).await.unwrap();
+    assert_eq!(
+        bus.dead_letter_queue(),
+        Some(format!("{}.dead-letter", props.exchange()).as_str())
+    );
+    listener.cancel().await.unwrap();
     conn.close().await.unwrap();
     bus.close().await.unwrap();
 }
