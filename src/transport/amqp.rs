@@ -298,21 +298,11 @@ impl Received for AmqpReceived {
         )
     }
 
-    fn dead_letter(&self, letter: DeadLetter<'_>) -> BoxFuture<'_, Result<()>> {
-        let routing_key = self.routing_key().to_owned();
-        let (reason, error) = (letter.reason.to_owned(), letter.error.to_owned());
-        Box::pin(async move {
+    fn dead_letter<'a>(&'a self, letter: DeadLetter<'a>) -> BoxFuture<'a, Result<()>> {
+        Box::pin(
             self.amqp
-                .dead_letter(
-                    &self.delivery,
-                    &routing_key,
-                    &reason,
-                    &error,
-                    self.attempt(),
-                    letter.keep_body,
-                )
-                .await
-        })
+                .dead_letter(&self.delivery, self.routing_key(), letter, self.attempt()),
+        )
     }
 
     fn requeue(&self) -> BoxFuture<'_, Result<()>> {
@@ -456,26 +446,24 @@ impl Amqp {
     }
 
     /// Publishes a delivery to the dead-letter exchange with why; without
-    /// its body unless `keep_body`. Foreign headers are dropped, largest
+    /// its body unless the letter keeps it. Foreign headers are dropped, largest
     /// first, if the message would not fit a frame otherwise.
     async fn dead_letter(
         &self,
         delivery: &Delivery,
         routing_key: &str,
-        reason: &str,
-        error: &str,
+        letter: DeadLetter<'_>,
         attempts: u32,
-        keep_body: bool,
     ) -> Result<()> {
         let exchange = self.dead_letters().await?;
         let mut headers = headers_of(delivery);
         let text = |s: &str| AMQPValue::LongString(s.into());
-        headers.insert(REASON_HEADER.into(), text(reason));
-        headers.insert(ERROR_HEADER.into(), text(error));
+        headers.insert(REASON_HEADER.into(), text(letter.reason));
+        headers.insert(ERROR_HEADER.into(), text(letter.error));
         headers.insert(ATTEMPT_HEADER.into(), text(&attempts.to_string()));
         headers.insert(ROUTING_KEY_HEADER.into(), text(routing_key));
         headers.insert(QUEUE_HEADER.into(), text(delivery.queue()));
-        let body: &[u8] = if keep_body {
+        let body: &[u8] = if letter.keep_body {
             delivery.body()
         } else {
             headers.insert(

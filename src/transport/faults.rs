@@ -647,12 +647,7 @@ impl Received for Copy {
         })
     }
 
-    fn dead_letter(&self, letter: DeadLetter<'_>) -> BoxFuture<'_, Result<()>> {
-        let (reason, error, keep_body) = (
-            letter.reason.to_owned(),
-            letter.error.to_owned(),
-            letter.keep_body,
-        );
+    fn dead_letter<'a>(&'a self, letter: DeadLetter<'a>) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             if self.original.is_settled() {
                 return Ok(());
@@ -660,12 +655,6 @@ impl Received for Copy {
             if self.lost() {
                 return Err(Self::lost_error());
             }
-            let letter = DeadLetter::new(&reason, &error);
-            let letter = if keep_body {
-                letter
-            } else {
-                letter.without_body()
-            };
             self.message().dead_letter(letter).await
         })
     }

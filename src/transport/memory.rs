@@ -264,7 +264,7 @@ impl Received for MemoryReceived {
         Box::pin(async { Ok(()) })
     }
 
-    fn dead_letter(&self, letter: DeadLetter<'_>) -> BoxFuture<'_, Result<()>> {
+    fn dead_letter<'a>(&'a self, letter: DeadLetter<'a>) -> BoxFuture<'a, Result<()>> {
         warn!(
             reason = letter.reason,
             error = letter.error,

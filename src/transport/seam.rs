@@ -127,7 +127,7 @@ pub trait Received: Send + Sync {
     fn retry(&self, attempt: u32, delay: Duration) -> BoxFuture<'_, Result<()>>;
     /// Sends it to the dead letters. On success the bus acknowledges this
     /// delivery; on failure it [rejects](Received::reject) it.
-    fn dead_letter(&self, letter: DeadLetter<'_>) -> BoxFuture<'_, Result<()>>;
+    fn dead_letter<'a>(&'a self, letter: DeadLetter<'a>) -> BoxFuture<'a, Result<()>>;
     /// Gives it back to its queue at once (a retry could not be parked).
     fn requeue(&self) -> BoxFuture<'_, Result<()>>;
     /// Drops it (its dead letter could not be sent).
