@@ -107,12 +107,17 @@ impl Listener {
 
     /// Tells the loop to stop, without waiting.
     pub(crate) fn request_stop(&self) {
+        self.signal(Stop::Keep);
+    }
+
+    /// Tells the loop how to stop; the first word counts.
+    fn signal(&self, how: Stop) {
         self.state.stop.send_if_modified(|stop| {
-            let running = *stop == Stop::Running;
-            if running {
-                *stop = Stop::Keep;
+            let first = *stop == Stop::Running;
+            if first {
+                *stop = how;
             }
-            running
+            first
         });
     }
 
@@ -122,13 +127,7 @@ impl Listener {
     }
 
     async fn finish(&self, how: Stop) -> Result<()> {
-        self.state.stop.send_if_modified(|stop| {
-            let first = *stop == Stop::Running;
-            if first {
-                *stop = how;
-            }
-            first
-        });
+        self.signal(how);
         let task = self
             .state
             .task

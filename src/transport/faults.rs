@@ -239,22 +239,14 @@ impl Faults {
 
     /// Whether a fault of probability `p` happens now.
     fn roll(&self, p: f64) -> bool {
-        p > 0.0 && self.rng.lock().unwrap_or_else(|e| e.into_inner()).chance(p)
+        p > 0.0 && lock(&self.rng).chance(p)
     }
 
     /// A delay, if one is due now.
     fn delay(&self) -> Option<Duration> {
-        if !self.roll(self.plan.delay) {
-            return None;
-        }
+        let delay = lock(&self.rng).delay(&self.plan)?;
         Self::add(&self.counts.delayed);
-        let max = u64::try_from(self.plan.max_delay.as_micros()).unwrap_or(u64::MAX);
-        let micros = self
-            .rng
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .below(max.max(1));
-        Some(Duration::from_micros(micros))
+        Some(delay)
     }
 }
 
@@ -483,10 +475,9 @@ impl Inbox for FaultInbox {
             }
             // Held back before it is taken, so that dropping this future
             // (the bus stops waiting) loses nothing.
-            if self.rng.chance(self.plan.delay) {
+            if let Some(delay) = self.rng.delay(&self.plan) {
                 Faults::add(&self.counts.delayed);
-                let max = u64::try_from(self.plan.max_delay.as_micros()).unwrap_or(u64::MAX);
-                tokio::time::sleep(Duration::from_micros(self.rng.below(max.max(1)))).await;
+                tokio::time::sleep(delay).await;
             }
             let message = self.inner.next().await?;
             // No await from here on: the message is the bus's or waits in
@@ -690,6 +681,15 @@ impl Rng {
 
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
+    }
+
+    /// A delay of up to the plan's longest, if one is due now.
+    fn delay(&mut self, plan: &FaultPlan) -> Option<Duration> {
+        if !self.chance(plan.delay) {
+            return None;
+        }
+        let max = u64::try_from(plan.max_delay.as_micros()).unwrap_or(u64::MAX);
+        Some(Duration::from_micros(self.below(max.max(1))))
     }
 
     fn chance(&mut self, p: f64) -> bool {
