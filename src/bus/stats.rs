@@ -160,13 +160,13 @@ impl Counters {
             deduplicated: get(&self.deduplicated),
             dead_letters_dropped: get(&self.dead_letters_dropped),
             unknown_events: get(&self.unknown_events),
-            rejected: RejectReason::ALL.map(|r| get(&self.rejected[r.index()])),
+            rejected: Rejected(RejectReason::ALL.map(|r| get(&self.rejected[r.index()]))),
         }
     }
 }
 
 /// **A snapshot of a bus's counters.**
-#[derive(Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
     /// Events accepted by `publish` (not yet necessarily confirmed).
@@ -221,44 +221,21 @@ pub struct Stats {
     /// counted under [`UnknownEvents::Acknowledge`](crate::UnknownEvents)
     /// (by tag: [`Bus::unknown_events`](crate::Bus::unknown_events)).
     pub unknown_events: u64,
-    rejected: [u64; RejectReason::ALL.len()],
+    rejected: Rejected,
 }
 
-impl fmt::Debug for Stats {
+/// Rejection counts by reason, shown labelled.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+struct Rejected([u64; RejectReason::ALL.len()]);
+
+impl fmt::Debug for Rejected {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        struct Rejected<'a>(&'a Stats);
-        impl fmt::Debug for Rejected<'_> {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.debug_map()
-                    .entries(
-                        RejectReason::ALL
-                            .iter()
-                            .map(|r| (r.as_str(), self.0.rejected(*r))),
-                    )
-                    .finish()
-            }
-        }
-        f.debug_struct("Stats")
-            .field("published", &self.published)
-            .field("confirmed", &self.confirmed)
-            .field("returned", &self.returned)
-            .field("publish_failed", &self.publish_failed)
-            .field("buffered", &self.buffered)
-            .field("republished", &self.republished)
-            .field("reconnects", &self.reconnects)
-            .field("delivered", &self.delivered)
-            .field("dispatched", &self.dispatched)
-            .field("handled", &self.handled)
-            .field("handler_failures", &self.handler_failures)
-            .field("handler_timeouts", &self.handler_timeouts)
-            .field("own_skipped", &self.own_skipped)
-            .field("fingerprint_mismatches", &self.fingerprint_mismatches)
-            .field("retried", &self.retried)
-            .field("dead_lettered", &self.dead_lettered)
-            .field("deduplicated", &self.deduplicated)
-            .field("dead_letters_dropped", &self.dead_letters_dropped)
-            .field("unknown_events", &self.unknown_events)
-            .field("rejected", &Rejected(self))
+        f.debug_map()
+            .entries(
+                RejectReason::ALL
+                    .iter()
+                    .map(|r| (r.as_str(), self.0[r.index()])),
+            )
             .finish()
     }
 }
@@ -267,13 +244,13 @@ impl Stats {
     /// Messages rejected for this reason.
     #[must_use]
     pub fn rejected(&self, reason: RejectReason) -> u64 {
-        self.rejected[reason.index()]
+        self.rejected.0[reason.index()]
     }
 
     /// Messages rejected for any reason.
     #[must_use]
     pub fn rejected_total(&self) -> u64 {
-        self.rejected.iter().sum()
+        self.rejected.0.iter().sum()
     }
 }
 
