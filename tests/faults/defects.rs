@@ -42,6 +42,13 @@ fn recorder() -> (Subscribers, Arc<Mutex<Vec<u64>>>) {
     (subscribers, seen)
 }
 
+/// Connects `builder` with subscribers that record every order id handled.
+async fn recording(builder: tidings::BusBuilder) -> (Bus, Arc<Mutex<Vec<u64>>>) {
+    let (subscribers, seen) = recorder();
+    let bus = builder.subscribers(subscribers).connect().await.unwrap();
+    (bus, seen)
+}
+
 async fn wait_until(what: &str, limit: Duration, condition: impl FnMut() -> bool) {
     assert!(
         common::eventually(limit, condition).await,
@@ -109,12 +116,7 @@ async fn a_publish_the_broker_refuses_fails_alone() {
     let props = node
         .props(ExchangeKind::Fanout)
         .with_max_message_size(32 << 20);
-    let (subscribers, seen) = recorder();
-    let bus = Bus::with_props(props)
-        .subscribers(subscribers)
-        .connect()
-        .await
-        .unwrap();
+    let (bus, seen) = recording(Bus::with_props(props)).await;
     let huge = Order {
         id: 0,
         note: "x".repeat(20 << 20),
@@ -187,15 +189,9 @@ async fn headers_over_the_frame_limit_are_refused_before_sending() {
 async fn large_headers_end_in_one_trimmed_dead_letter() {
     let props = common::props(ExchangeKind::Fanout);
     let cleanup = common::Cleanup::new(&props);
-    let (subscribers, seen) = recorder();
     let group = common::unique("group");
     cleanup.queue(&format!("{}.{group}", props.exchange()));
-    let bus = Bus::with_props(props.clone())
-        .subscribers(subscribers)
-        .listen(Listen::group(&group))
-        .connect()
-        .await
-        .unwrap();
+    let (bus, seen) = recording(Bus::with_props(props.clone()).listen(Listen::group(&group))).await;
     let (raw, channel) = foreign_publisher(&props).await;
     let ex = props.exchange();
     let long_tag = vec![("x-tidings-tag".to_owned(), text(&"t".repeat(70_000)))];
@@ -484,13 +480,8 @@ async fn close_stops_and_gives_back_the_prefetched_deliveries() {
         "close() handled {} of the 400 queued events instead of stopping",
         by_first.len()
     );
-    let (subscribers, seen) = recorder();
-    let second = Bus::with_props(props.clone())
-        .subscribers(subscribers)
-        .listen(Listen::group(&group))
-        .connect()
-        .await
-        .unwrap();
+    let (second, seen) =
+        recording(Bus::with_props(props.clone()).listen(Listen::group(&group))).await;
     wait_until("the rest are handled", Duration::from_secs(30), || {
         seen.lock().unwrap().len() + by_first.len() >= 400
     })
@@ -605,13 +596,7 @@ async fn unknown_event_types_are_acknowledged_and_counted() {
     for policy in [UnknownEvents::Acknowledge, UnknownEvents::DeadLetter] {
         let props = common::props(ExchangeKind::Fanout);
         let _cleanup = common::Cleanup::new(&props);
-        let (subscribers, seen) = recorder();
-        let bus = Bus::with_props(props.clone())
-            .subscribers(subscribers)
-            .unknown_events(policy)
-            .connect()
-            .await
-            .unwrap();
+        let (bus, seen) = recording(Bus::with_props(props.clone()).unknown_events(policy)).await;
         let (raw, channel) = foreign_publisher(&props).await;
         for tag in ["newer.type", "newer.type", "newest.type"] {
             let headers = vec![("x-tidings-tag".to_owned(), text(tag))];
@@ -657,12 +642,7 @@ async fn unknown_event_types_are_acknowledged_and_counted() {
 async fn dedup_keys_on_the_publisher_and_the_id() {
     let props = common::props(ExchangeKind::Fanout);
     let _cleanup = common::Cleanup::new(&props);
-    let (subscribers, seen) = recorder();
-    let bus = Bus::with_props(props.clone())
-        .subscribers(subscribers)
-        .connect()
-        .await
-        .unwrap();
+    let (bus, seen) = recording(Bus::with_props(props.clone())).await;
     let (raw, channel) = foreign_publisher(&props).await;
     // (origin, id, order): the third repeats the first, the second reuses
     // its id from another publisher.
@@ -691,13 +671,8 @@ async fn dedup_keys_on_the_publisher_and_the_id() {
 async fn the_dead_letter_queue_is_bounded_and_drops_are_counted() {
     let props = common::props(ExchangeKind::Fanout);
     let _cleanup = common::Cleanup::new(&props);
-    let (subscribers, seen) = recorder();
-    let bus = Bus::with_props(props.clone())
-        .subscribers(subscribers)
-        .dead_letter_limits(2, 1 << 20)
-        .connect()
-        .await
-        .unwrap();
+    let (bus, seen) =
+        recording(Bus::with_props(props.clone()).dead_letter_limits(2, 1 << 20)).await;
     let (raw, channel) = foreign_publisher(&props).await;
     for _ in 0..4 {
         common::raw_publish(
@@ -769,12 +744,7 @@ async fn a_publish_only_bus_declares_no_dead_letters_and_can_be_mandatory() {
 async fn json_without_the_tag_wrapper_is_a_decode_error() {
     let props = common::props(ExchangeKind::Fanout);
     let _cleanup = common::Cleanup::new(&props);
-    let (subscribers, seen) = recorder();
-    let bus = Bus::with_props(props.clone())
-        .subscribers(subscribers)
-        .connect()
-        .await
-        .unwrap();
+    let (bus, seen) = recording(Bus::with_props(props.clone())).await;
     let (raw, channel) = foreign_publisher(&props).await;
     let headers = vec![
         ("x-tidings-tag".to_owned(), text(Order::TAG)),
