@@ -100,7 +100,7 @@ fn main() {
         );
     }
     let ns = time(1_000_000, || {
-        black_box(Order::FINGERPRINT.to_string());
+        black_box(Order::schema().fingerprint().to_string());
     });
     println!("{:<52} {ns:>10.0}", "fingerprint header text");
 }

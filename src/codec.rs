@@ -134,20 +134,26 @@ impl Codec for Bincode {
     }
 
     fn decode_with(&self, bytes: &[u8], visit: &mut DecodeVisitor<'_>) -> Result<()> {
-        let claim = bytes.len().saturating_mul(BINCODE_CLAIM_FACTOR).max(4096);
-        bincode_decode_within(claim, bytes, visit)
+        bincode_seed(bytes, ErasedSeed(visit))
     }
+}
+
+/// Decodes the whole of `bytes` with a seed, as [`Bincode`] does: bounded,
+/// and with no bytes left over.
+pub(crate) fn bincode_seed<'de, S: DeserializeSeed<'de>>(bytes: &'de [u8], seed: S) -> Result<S::Value> {
+    let claim = bytes.len().saturating_mul(BINCODE_CLAIM_FACTOR).max(4096);
+    bincode_decode_within(claim, bytes, seed)
 }
 
 /// Decodes with the smallest compiled-in claim limit at least `claim`:
 /// bincode takes its limit as a const generic, so runtime sizes map to tiers.
-fn bincode_decode_within(claim: usize, bytes: &[u8], visit: &mut DecodeVisitor<'_>) -> Result<()> {
+fn bincode_decode_within<'de, S: DeserializeSeed<'de>>(claim: usize, bytes: &'de [u8], seed: S) -> Result<S::Value> {
     macro_rules! tiers {
         ($($shift:literal)*) => {
             $(
                 if claim <= 1usize << $shift {
                     let config = bincode::config::standard().with_limit::<{ 1usize << $shift }>();
-                    return bincode_decode(bytes, config, visit);
+                    return bincode_decode(bytes, config, seed);
                 }
             )*
         };
@@ -159,12 +165,12 @@ fn bincode_decode_within(claim: usize, bytes: &[u8], visit: &mut DecodeVisitor<'
     ))
 }
 
-fn bincode_decode<C: bincode::config::Config>(
-    bytes: &[u8],
+fn bincode_decode<'de, C: bincode::config::Config, S: DeserializeSeed<'de>>(
+    bytes: &'de [u8],
     config: C,
-    visit: &mut DecodeVisitor<'_>,
-) -> Result<()> {
-    let (_, read) = bincode::serde::seed_decode_from_slice(ErasedSeed(visit), bytes, config)
+    seed: S,
+) -> Result<S::Value> {
+    let (value, read) = bincode::serde::seed_decode_from_slice(seed, bytes, config)
         .map_err(|e| decode_error(BINCODE_CONTENT_TYPE, bincode_cause(e)))?;
     if read != bytes.len() {
         return Err(decode_error(
@@ -172,7 +178,7 @@ fn bincode_decode<C: bincode::config::Config>(
             format!("{} trailing bytes after the value", bytes.len() - read),
         ));
     }
-    Ok(())
+    Ok(value)
 }
 
 /// Says what a bincode error means; errors from inside the erased visitor

@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::schema::{Schema, Value};
 
 /// **An event that can cross processes**: serializable as a trait object,
 /// decodable only when its type is registered, and self-describing enough to
@@ -48,7 +49,10 @@ pub trait Event: Any + Send + Sync + fmt::Debug {
     /// The wire tag: `#[event(name = "..")]`, or the type's name.
     fn tag(&self) -> &'static str;
 
-    /// The schema fingerprint of the type.
+    /// The version: `#[event(version = N)]`, 1 by default.
+    fn version(&self) -> u32;
+
+    /// The deep schema fingerprint of the type ([`Schema::fingerprint`]).
     fn fingerprint(&self) -> Fingerprint;
 
     /// The routing key: `#[event(routing_key = "..")]`, or the tag.
@@ -61,22 +65,26 @@ pub trait Event: Any + Send + Sync + fmt::Debug {
     fn into_any_arc(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
 }
 
-/// **The static side of a derived event**: its tag, fingerprint and routing
-/// key as constants, and serde both ways. Typed APIs
+/// **The static side of a derived event**: its tag, version and routing
+/// key as constants, its schema, and serde both ways. Typed APIs
 /// ([`Subscribers::subscribe`](crate::Subscribers::subscribe)) take an
 /// `EventType`.
 pub trait EventType: Event + Serialize + DeserializeOwned + Sized {
     /// The wire tag.
     const TAG: &'static str;
-    /// The schema fingerprint.
-    const FINGERPRINT: Fingerprint;
+    /// The version, 1 unless `#[event(version = N)]`.
+    const VERSION: u32;
     /// The routing key.
     const ROUTING_KEY: &'static str;
+
+    /// The type's schema, traced on first use.
+    fn schema() -> &'static Schema;
 }
 
-/// **A stable hash of an event type's shape**: its tag, field names, field
-/// types as written, and variant names. Two processes whose fingerprints
-/// differ for one tag disagree about the type's layout.
+/// **A stable hash of an event type's shape**: its tag, version and
+/// complete serde format ([`Schema`]). Two processes whose fingerprints
+/// differ for one tag disagree about the type's layout, and the receiver
+/// reads the event by the writer's schema.
 ///
 /// Printed and sent as 16 hex digits.
 ///
@@ -117,6 +125,19 @@ impl fmt::Debug for Fingerprint {
     }
 }
 
+impl Serialize for Fingerprint {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Fingerprint {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for Fingerprint {
     type Err = Error;
 
@@ -136,23 +157,61 @@ impl FromStr for Fingerprint {
     }
 }
 
+/// Reads an event out of a [`Value`]; the flag says whether the writer's
+/// codec was human-readable.
+type ReadFn = fn(Value, bool) -> std::result::Result<Box<dyn Event>, String>;
+
+/// Turns the previous version of an event into this one.
+type UpcastFn = fn(Arc<dyn Event>) -> std::result::Result<Arc<dyn Event>, String>;
+
 /// One derived event type, as registered by `#[derive(Event)]`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Registration {
     tag: &'static str,
+    version: u32,
     type_name: &'static str,
-    fingerprint: Fingerprint,
+    written: Fingerprint,
+    wire_name: &'static str,
+    schema: fn() -> &'static Schema,
+    read: ReadFn,
+    upcast: Option<UpcastFn>,
+}
+
+impl fmt::Debug for Registration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registration")
+            .field("tag", &self.tag)
+            .field("version", &self.version)
+            .field("type_name", &self.type_name)
+            .field("upcasts", &self.upcast.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Registration {
     /// Used by generated code; not public API.
     #[doc(hidden)]
     #[must_use]
-    pub const fn new(tag: &'static str, type_name: &'static str, fingerprint: Fingerprint) -> Self {
+    #[allow(clippy::too_many_arguments)]
+    pub const fn new(
+        tag: &'static str,
+        version: u32,
+        type_name: &'static str,
+        written: Fingerprint,
+        wire_name: &'static str,
+        schema: fn() -> &'static Schema,
+        read: ReadFn,
+        upcast: Option<UpcastFn>,
+    ) -> Self {
         Self {
             tag,
+            version,
             type_name,
-            fingerprint,
+            written,
+            wire_name,
+            schema,
+            read,
+            upcast,
         }
     }
 
@@ -162,47 +221,128 @@ impl Registration {
         self.tag
     }
 
+    /// The version.
+    #[must_use]
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
     /// The Rust path of the type.
     #[must_use]
     pub fn type_name(&self) -> &'static str {
         self.type_name
     }
 
-    /// The schema fingerprint.
+    /// The deep schema fingerprint.
     #[must_use]
     pub fn fingerprint(&self) -> Fingerprint {
-        self.fingerprint
+        self.schema().fingerprint()
+    }
+
+    /// The type's schema.
+    #[must_use]
+    pub fn schema(&self) -> &'static Schema {
+        (self.schema)()
+    }
+
+    /// The fingerprint of the type's fields as written, which tidings
+    /// before schemas sent: an event carrying it has this very shape.
+    pub(crate) fn written_fingerprint(&self) -> Fingerprint {
+        self.written
+    }
+
+    /// The name the body carries the event under: the tag for version 1,
+    /// `<tag>@v<N>` after.
+    pub(crate) fn wire_name(&self) -> &'static str {
+        self.wire_name
+    }
+
+    /// Reads the event out of a value resolved from another schema.
+    pub(crate) fn read(&self, value: Value, human_readable: bool) -> std::result::Result<Box<dyn Event>, String> {
+        (self.read)(value, human_readable)
+    }
+
+    /// Turns an event of the previous version into this one, if this
+    /// version declares `upcast_from`.
+    pub(crate) fn upcast(&self) -> Option<UpcastFn> {
+        self.upcast
     }
 }
 
 inventory::collect!(Registration);
 
-/// **Every event type derived in this binary**, by tag.
+/// **Every event type derived in this binary**, by tag and version.
+#[derive(Debug)]
+pub struct EventRegistry {
+    /// By tag, each tag's versions in order.
+    by_tag: HashMap<&'static str, Vec<Registration>>,
+}
+
+impl EventRegistry {
+    /// The type registered for a tag at a version.
+    #[must_use]
+    pub fn get(&self, tag: &str, version: u32) -> Option<&Registration> {
+        self.by_tag.get(tag)?.iter().find(|r| r.version == version)
+    }
+
+    /// The newest version registered for a tag.
+    #[must_use]
+    pub fn newest(&self, tag: &str) -> Option<u32> {
+        self.by_tag.get(tag)?.last().map(|r| r.version)
+    }
+
+    /// Every registered type, ordered by tag and version.
+    #[must_use]
+    pub fn all(&self) -> Vec<&Registration> {
+        let mut all: Vec<&Registration> = self.by_tag.values().flatten().collect();
+        all.sort_by_key(|r| (r.tag, r.version));
+        all
+    }
+
+    /// How many types are registered.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.by_tag.values().map(Vec::len).sum()
+    }
+
+    /// Whether none is.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.by_tag.is_empty()
+    }
+}
+
+/// **Every event type derived in this binary**, by tag and version.
 ///
 /// # Errors
 ///
 /// [`ErrorKind::InvalidConfig`] naming both types when two types are
-/// registered under one tag (typetag alone would only notice at the first
-/// decode of that tag).
-pub fn registered_events() -> Result<&'static HashMap<&'static str, Registration>> {
-    static REGISTRY: std::sync::OnceLock<Result<HashMap<&'static str, Registration>, String>> =
-        std::sync::OnceLock::new();
+/// registered under one tag and version (typetag alone would only notice at
+/// the first decode of that tag).
+pub fn registered_events() -> Result<&'static EventRegistry> {
+    static REGISTRY: std::sync::OnceLock<Result<EventRegistry, String>> = std::sync::OnceLock::new();
     REGISTRY
         .get_or_init(|| {
-            let mut by_tag = HashMap::new();
+            let mut by_tag: HashMap<&'static str, Vec<Registration>> = HashMap::new();
             let mut all: Vec<&Registration> = inventory::iter::<Registration>.into_iter().collect();
-            all.sort_by_key(|r| (r.tag, r.type_name));
+            all.sort_by_key(|r| (r.tag, r.version, r.type_name));
+            all.dedup_by_key(|r| (r.tag, r.version, r.type_name));
             for registration in all {
-                if let Some(first) = by_tag.insert(registration.tag, *registration)
-                    && first.type_name != registration.type_name
-                {
+                let versions = by_tag.entry(registration.tag).or_default();
+                if let Some(first) = versions.iter().find(|r| r.version == registration.version) {
+                    let version = if registration.version == 1 {
+                        String::new()
+                    } else {
+                        format!(" at version {}", registration.version)
+                    };
                     return Err(format!(
-                        "event tag {:?} is registered by two types, {} and {}; give one of them another #[event(name = \"...\")]",
+                        "event tag {:?}{version} is registered by two types, {} and {}; give one of them another #[event(name = \"...\")] or #[event(version = N)]",
                         registration.tag, first.type_name, registration.type_name
                     ));
                 }
+                versions.push(*registration);
             }
-            Ok(by_tag)
+            Ok(EventRegistry { by_tag })
         })
         .as_ref()
         .map_err(|message| Error::new(ErrorKind::InvalidConfig, message.clone()))

@@ -7,6 +7,8 @@
 pub const TAG_HEADER: &str = "x-tidings-tag";
 /// The header that carries an event's schema fingerprint (16 hex digits).
 pub const FINGERPRINT_HEADER: &str = "x-tidings-fingerprint";
+/// The header that carries an event's version, when it is not 1.
+pub const VERSION_HEADER: &str = "x-tidings-version";
 /// The header that carries the publisher's instance id.
 pub const ORIGIN_HEADER: &str = "x-origin";
 /// The header that counts delivery attempts across retries.

@@ -79,11 +79,13 @@ mod amqp;
 pub mod blocking;
 mod bus;
 mod codec;
+mod contract;
 mod error;
 mod event;
 pub mod headers;
 pub mod log;
 mod runtime;
+mod schema;
 mod transport;
 
 pub use amqp::connection::{Connection, DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_MESSAGES};
@@ -104,25 +106,30 @@ pub use bus::subscribers::{
 };
 pub use bus::{Bus, BusBuilder};
 pub use codec::{BINCODE_CONTENT_TYPE, Bincode, Codec, DecodeVisitor, JSON_CONTENT_TYPE, Json};
+pub use contract::{Contract, UPDATE_CONTRACT_ENV};
 pub use error::{Error, ErrorKind, Result};
-pub use event::{Event, EventType, Fingerprint, Registration, registered_events};
+pub use event::{Event, EventRegistry, EventType, Fingerprint, Registration, registered_events};
+pub use schema::{Incompatible, Schema};
 #[doc(no_inline)]
 pub use headers::{
     ATTEMPT_HEADER, BODY_DROPPED_HEADER, ERROR_HEADER, FINGERPRINT_HEADER, ORIGIN_HEADER,
-    QUEUE_HEADER, REASON_HEADER, ROUTING_KEY_HEADER, TAG_HEADER, TRIMMED_HEADER,
+    QUEUE_HEADER, REASON_HEADER, ROUTING_KEY_HEADER, TAG_HEADER, TRIMMED_HEADER, VERSION_HEADER,
 };
 /// Derives [`Event`] and [`EventType`] for a struct or enum that also
 /// derives serde's `Serialize` and `Deserialize`.
 ///
 /// `#[event(name = "orders.placed")]` sets the wire tag (default: the
 /// type's name); `#[event(routing_key = "orders.eu")]` sets the routing key
-/// (default: the tag). Generic types cannot be events.
+/// (default: the tag); `#[event(version = 2, upcast_from = OrderPlacedV1)]`
+/// declares a breaking change and how the previous version becomes this one
+/// (`OrderPlaced: From<OrderPlacedV1>`). Generic types cannot be events.
 pub use tidings_macros::Event;
 pub use transport::amqp::AmqpTransport;
 pub use transport::drivers::{Driver, register_driver};
 pub use transport::faults::{FaultPlan, FaultStats, Faults};
 pub use transport::listen::Listen;
 pub use transport::memory::MemoryTransport;
+pub use transport::schema_stream::schema_stream;
 pub use transport::seam::{
     BoxFuture, DeadLetter, Endpoint, Header, Inbox, Outgoing, Received, Settlement, Transport,
 };
@@ -134,7 +141,45 @@ pub use lapin;
 /// Not public API: what `#[derive(Event)]` expands to refers to these.
 #[doc(hidden)]
 pub mod __private {
+    use std::sync::Arc;
+
     pub use inventory;
     pub use serde;
     pub use typetag;
+
+    pub use crate::schema::Value;
+    use crate::{Event, EventType};
+
+    /// Reads an event of type `T` out of a resolved value.
+    pub fn read_event<T: EventType>(value: Value, human_readable: bool) -> Result<Box<dyn Event>, String> {
+        crate::schema::read_value::<T>(value, human_readable).map(|event| Box::new(event) as Box<dyn Event>)
+    }
+
+    /// Turns an event of version `F` into the next version `T`.
+    pub fn upcast<F: EventType, T: EventType + From<F>>(event: Arc<dyn Event>) -> Result<Arc<dyn Event>, String> {
+        let any = event.into_any_arc();
+        let older = any
+            .downcast::<F>()
+            .map_err(|_| format!("the event is not a {}", std::any::type_name::<F>()))?;
+        let older = Arc::try_unwrap(older)
+            .map_err(|_| "the event is shared and cannot be upcast".to_owned())?;
+        Ok(Arc::new(T::from(older)))
+    }
+
+    /// `a == b`, in a constant.
+    #[must_use]
+    pub const fn same_str(a: &str, b: &str) -> bool {
+        let (a, b) = (a.as_bytes(), b.as_bytes());
+        if a.len() != b.len() {
+            return false;
+        }
+        let mut i = 0;
+        while i < a.len() {
+            if a[i] != b[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
 }

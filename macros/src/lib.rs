@@ -8,6 +8,7 @@ use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2, TokenTree};
 use quote::{ToTokens, quote, quote_spanned};
 use syn::ext::IdentExt;
+use syn::spanned::Spanned;
 use syn::meta::ParseNestedMeta;
 use syn::{Data, DeriveInput, Fields, GenericParam, LitInt, LitStr, Token, parse_macro_input};
 
@@ -21,9 +22,15 @@ use syn::{Data, DeriveInput, Fields, GenericParam, LitInt, LitStr, Token, parse_
 ///   characters.
 /// - `routing_key = "orders.eu.placed"`: the AMQP routing key (default: the
 ///   tag). At most 255 bytes, no `*` or `#`.
+/// - `version = 2`: the version of a breaking change (default 1). Two
+///   versions of one tag may live in one process.
+/// - `upcast_from = OrderPlacedV1`: the previous version, which a receiver
+///   of this one turns into it with `From`.
 ///
-/// The schema fingerprint is computed here, at compile time; see the
-/// canonical form hashed in the crate's `shape` function.
+/// The deep schema fingerprint is traced at run time (tidings' `Schema`);
+/// the one computed here, of the fields as written (the crate's `shape`
+/// function), stands in for a type whose format cannot be traced and is
+/// what tidings before schemas sent.
 #[proc_macro_derive(Event, attributes(event))]
 pub fn derive_event(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
@@ -36,7 +43,7 @@ pub fn derive_event(input: TokenStream) -> TokenStream {
 const MAX_SHORT_STRING: usize = 255;
 
 /// The keys `#[event(..)]` accepts.
-const KNOWN_KEYS: &str = "`name`, `routing_key`";
+const KNOWN_KEYS: &str = "`name`, `routing_key`, `version`, `upcast_from`";
 
 /// Every error found in one derive, reported together (serde's `Ctxt`).
 #[derive(Default)]
@@ -64,6 +71,8 @@ impl Errors {
 struct Attributes {
     name: Option<LitStr>,
     routing_key: Option<LitStr>,
+    version: Option<LitInt>,
+    upcast_from: Option<syn::Path>,
 }
 
 fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
@@ -87,10 +96,29 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
         .routing_key
         .as_ref()
         .map_or_else(|| tag.clone(), LitStr::value);
-    let fingerprint = LitInt::new(
+    let version: u32 = attributes
+        .version
+        .as_ref()
+        .and_then(|n| n.base10_parse().ok())
+        .unwrap_or(1);
+    if let Some(from) = &attributes.upcast_from
+        && version < 2
+    {
+        return Err(syn::Error::new_spanned(
+            from,
+            "`upcast_from` names the previous version, so this type needs `version = N` with N of 2 or more",
+        ));
+    }
+    let written = LitInt::new(
         &format!("{:#018x}u64", fnv1a(shape(&tag, &input.data).as_bytes())),
         Span::call_site(),
     );
+    let wire_name = if version == 1 {
+        tag.clone()
+    } else {
+        format!("{tag}@v{version}")
+    };
+    let aliases = field_aliases(&input.data);
     let type_name = ident.unraw().to_string();
 
     // Spanned at the type's name, so a missing serde derive is reported
@@ -105,28 +133,75 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
         let _ = event_types_derive_serialize_and_deserialize::<#ident>;
     };
 
+    // The previous version: the same tag, one version less, and `From`.
+    let upcast = match &attributes.upcast_from {
+        Some(from) => {
+            let previous = version - 1;
+            let message = format!(
+                "`upcast_from` must name the previous version of this event: tag {tag:?} at version {previous}"
+            );
+            quote_spanned! {from.span()=>
+                const _: () = ::core::assert!(
+                    ::tidings::__private::same_str(<#from as ::tidings::EventType>::TAG, #tag)
+                        && <#from as ::tidings::EventType>::VERSION == #previous,
+                    #message
+                );
+                const UPCAST: ::core::option::Option<
+                    fn(::std::sync::Arc<dyn ::tidings::Event>)
+                        -> ::core::result::Result<::std::sync::Arc<dyn ::tidings::Event>, ::std::string::String>,
+                > = ::core::option::Option::Some(::tidings::__private::upcast::<#from, #ident>);
+            }
+        }
+        None => quote! {
+            const UPCAST: ::core::option::Option<
+                fn(::std::sync::Arc<dyn ::tidings::Event>)
+                    -> ::core::result::Result<::std::sync::Arc<dyn ::tidings::Event>, ::std::string::String>,
+            > = ::core::option::Option::None;
+        },
+    };
+
     Ok(quote! {
         const _: () = {
             use ::tidings::__private::typetag;
 
             #assert_serde
 
+            #upcast
+
+            fn schema() -> &'static ::tidings::Schema {
+                static SCHEMA: ::std::sync::OnceLock<::tidings::Schema> = ::std::sync::OnceLock::new();
+                SCHEMA.get_or_init(|| {
+                    ::tidings::Schema::trace::<#ident>(
+                        #tag,
+                        #version,
+                        &[#(&[#(#aliases),*]),*],
+                        ::tidings::Fingerprint::from_u64(#written),
+                    )
+                })
+            }
+
             impl ::tidings::EventType for #ident {
                 const TAG: &'static str = #tag;
-                const FINGERPRINT: ::tidings::Fingerprint =
-                    ::tidings::Fingerprint::from_u64(#fingerprint);
+                const VERSION: u32 = #version;
                 const ROUTING_KEY: &'static str = #routing_key;
+
+                fn schema() -> &'static ::tidings::Schema {
+                    schema()
+                }
             }
 
             // The values themselves, not `<Self as EventType>::TAG`: naming
             // `EventType` here would repeat each missing-serde error six times.
-            #[typetag::serde(name = #tag)]
+            #[typetag::serde(name = #wire_name)]
             impl ::tidings::Event for #ident {
                 fn tag(&self) -> &'static str {
                     #tag
                 }
+                fn version(&self) -> u32 {
+                    #version
+                }
                 fn fingerprint(&self) -> ::tidings::Fingerprint {
-                    ::tidings::Fingerprint::from_u64(#fingerprint)
+                    schema().fingerprint()
                 }
                 fn routing_key(&self) -> &'static str {
                     #routing_key
@@ -144,8 +219,13 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
             ::tidings::__private::inventory::submit! {
                 ::tidings::Registration::new(
                     #tag,
+                    #version,
                     ::core::concat!(::core::module_path!(), "::", #type_name),
-                    ::tidings::Fingerprint::from_u64(#fingerprint),
+                    ::tidings::Fingerprint::from_u64(#written),
+                    #wire_name,
+                    schema,
+                    ::tidings::__private::read_event::<#ident>,
+                    UPCAST,
                 )
             }
         };
@@ -197,6 +277,10 @@ fn parse_key(meta: &ParseNestedMeta<'_>, attributes: &mut Attributes, errors: &m
         .to_string()
         .split_whitespace()
         .collect();
+    if key == "version" || key == "upcast_from" {
+        parse_version_key(&key, path, value, attributes, errors);
+        return;
+    }
     let slot = match key.as_str() {
         "name" => &mut attributes.name,
         "routing_key" => &mut attributes.routing_key,
@@ -239,6 +323,77 @@ fn parse_key(meta: &ParseNestedMeta<'_>, attributes: &mut Attributes, errors: &m
         errors.spanned(&text, message);
     }
     *slot = Some(text);
+}
+
+/// Parses `version = N` or `upcast_from = Type`.
+fn parse_version_key(
+    key: &str,
+    path: &syn::Path,
+    value: Option<TokenStream2>,
+    attributes: &mut Attributes,
+    errors: &mut Errors,
+) {
+    let Some(value) = value.filter(|v| !v.is_empty()) else {
+        let example = if key == "version" { "2" } else { "OrderPlacedV1" };
+        errors.spanned(path, format!("`{key}` needs a value: write #[event({key} = {example})]"));
+        return;
+    };
+    if key == "version" {
+        let parsed = syn::parse2::<LitInt>(value.clone())
+            .ok()
+            .filter(|n| n.base10_parse::<u32>().is_ok_and(|n| n >= 1));
+        let Some(number) = parsed else {
+            errors.spanned(value, "`version` takes a whole number from 1 to 4294967295: write #[event(version = 2)]");
+            return;
+        };
+        if attributes.version.replace(number).is_some() {
+            errors.spanned(path, "duplicate key `version` in #[event(..)]; give it once");
+        }
+        return;
+    }
+    let Ok(from) = syn::parse2::<syn::Path>(value.clone()) else {
+        errors.spanned(value, "`upcast_from` takes the type of the previous version: write #[event(upcast_from = OrderPlacedV1)]");
+        return;
+    };
+    if attributes.upcast_from.replace(from).is_some() {
+        errors.spanned(path, "duplicate key `upcast_from` in #[event(..)]; give it once");
+    }
+}
+
+/// The `#[serde(alias = "..")]` names of each field of a struct that serde
+/// reads (not `skip`ped), in order; empty when no field has one.
+fn field_aliases(data: &Data) -> Vec<Vec<LitStr>> {
+    let Data::Struct(data) = data else {
+        return Vec::new();
+    };
+    let mut all = Vec::new();
+    for field in &data.fields {
+        let mut aliases = Vec::new();
+        let mut skipped = false;
+        for attr in field.attrs.iter().filter(|a| a.path().is_ident("serde")) {
+            let _ = attr.parse_nested_meta(|meta| {
+                if meta.path.is_ident("alias") {
+                    if let Ok(alias) = meta.value().and_then(|v| v.parse::<LitStr>()) {
+                        aliases.push(alias);
+                    }
+                    return Ok(());
+                }
+                skipped |= meta.path.is_ident("skip") || meta.path.is_ident("skip_deserializing");
+                if meta.input.peek(Token![=]) {
+                    meta.input.parse::<Token![=]>()?;
+                }
+                rest_of_item(&meta);
+                Ok(())
+            });
+        }
+        if !skipped {
+            all.push(aliases);
+        }
+    }
+    if all.iter().all(Vec::is_empty) {
+        all.clear();
+    }
+    all
 }
 
 /// The tokens up to the next top-level `,` (or the end).

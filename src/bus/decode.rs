@@ -1,20 +1,23 @@
-//! The receive-side decode path: size, content type, tag, fingerprint,
-//! codec; each refusal with its reason. Fuzzed below.
+//! The receive-side decode path: size, content type, tag, version,
+//! fingerprint (reading another schema by the writer's), codec, upcast;
+//! each refusal with its reason. Fuzzed below.
 
 use std::sync::Arc;
 
-use tracing::warn;
-
 use super::stats::{Counters, RejectReason};
-use crate::codec::{Codecs, JSON_CONTENT_TYPE};
-use crate::event::{Event, Fingerprint, registered_events};
-use crate::headers::{FINGERPRINT_HEADER, TAG_HEADER};
-use crate::transport::seam::{Header, Received};
+use super::text::bounded;
+use crate::codec::{Codec, Codecs, JSON_CONTENT_TYPE};
+use crate::event::{Event, EventRegistry, Fingerprint, Registration, registered_events};
+use crate::headers::{FINGERPRINT_HEADER, TAG_HEADER, VERSION_HEADER};
+use crate::schema::store::SchemaCache;
+use crate::transport::seam::{Header, Received, Transport};
 
 /// What a message must pass to be decoded.
 pub(crate) struct Decoder {
     codecs: Codecs,
     max_message_size: usize,
+    /// The writers' schemas looked up.
+    schemas: SchemaCache,
 }
 
 impl Decoder {
@@ -22,29 +25,24 @@ impl Decoder {
         Self {
             codecs,
             max_message_size,
+            schemas: SchemaCache::default(),
         }
     }
 }
 
-/// The tag of a JSON event body, `{"<tag>": ...}`; `None` for any other
-/// body.
-fn json_tag(body: &[u8]) -> Option<&str> {
-    #[derive(serde::Deserialize)]
-    struct Wrapper<'a>(#[serde(borrow)] std::collections::BTreeMap<&'a str, serde::de::IgnoredAny>);
-    let Wrapper(map) = serde_json::from_slice::<Wrapper<'_>>(body).ok()?;
-    match map.len() {
-        1 => map.into_keys().next(),
-        _ => None,
-    }
-}
+/// A refusal: why, and the detail.
+type Refusal = (RejectReason, String);
 
 impl Decoder {
-    /// Checks and decodes one message; says why when it cannot.
-    pub(super) fn decode(
+    /// Checks and decodes one message; says why when it cannot. An event of
+    /// another schema is read by the writer's (looked up through
+    /// `transport`), and one of an older version is upcast.
+    pub(super) async fn decode(
         &self,
         incoming: &dyn Received,
         counters: &Counters,
-    ) -> Result<Arc<dyn Event>, (RejectReason, String)> {
+        transport: &dyn Transport,
+    ) -> Result<Arc<dyn Event>, Refusal> {
         let body = incoming.body();
         if body.len() > self.max_message_size {
             return Err((
@@ -60,18 +58,8 @@ impl Decoder {
             .codecs
             .for_content_type(incoming.content_type())
             .map_err(|e| (RejectReason::ContentType, e.to_string()))?;
-        let tag = match incoming.header(TAG_HEADER) {
-            Header::Text(tag) => tag,
-            Header::Absent => {
-                return Err((RejectReason::MissingTag, format!("no {TAG_HEADER} header")));
-            }
-            Header::WrongType => {
-                return Err((
-                    RejectReason::BadHeader,
-                    format!("{TAG_HEADER} header is not a string"),
-                ));
-            }
-        };
+        let tag = text_header(incoming, TAG_HEADER)?
+            .ok_or_else(|| (RejectReason::MissingTag, format!("no {TAG_HEADER} header")))?;
         if tag.len() > 255 {
             return Err((
                 RejectReason::BadHeader,
@@ -81,58 +69,143 @@ impl Decoder {
                 ),
             ));
         }
-        let Some(registered) = registered_events().ok().and_then(|events| events.get(tag)) else {
-            return Err((
-                RejectReason::UnknownTag,
-                format!("unknown event tag {tag:?}: no such event type in this process"),
-            ));
-        };
-        let theirs = match incoming.header(FINGERPRINT_HEADER) {
-            Header::Text(text) => text.parse::<Fingerprint>().ok(),
-            Header::Absent => None,
-            Header::WrongType => {
-                return Err((
+        let version = match text_header(incoming, VERSION_HEADER)? {
+            None => 1,
+            Some(text) => text.parse::<u32>().ok().filter(|v| *v >= 1).ok_or_else(|| {
+                (
                     RejectReason::BadHeader,
-                    format!("{FINGERPRINT_HEADER} header is not a string"),
-                ));
-            }
+                    format!("{VERSION_HEADER} header {:?} is not a version (a whole number from 1)", bounded(text)),
+                )
+            })?,
         };
+        let Ok(events) = registered_events() else {
+            return Err((RejectReason::UnknownTag, "the event registry is not valid".to_owned()));
+        };
+        let registered = registration(events, tag, version)?;
+        let theirs = text_header(incoming, FINGERPRINT_HEADER)?.and_then(|t| t.parse::<Fingerprint>().ok());
         let ours = registered.fingerprint();
-        let mismatch = theirs != Some(ours);
-        if mismatch {
+        let event: Box<dyn Event> = if theirs == Some(ours) || theirs == Some(registered.written_fingerprint()) {
+            codec.decode(body).map_err(|e| (RejectReason::Decode, format!("event {tag:?}: {e}")))?
+        } else {
             Counters::add(&counters.fingerprint_mismatches);
-            let theirs = theirs.map_or_else(|| "none".to_owned(), |f| f.to_string());
-            // bincode is not self-describing: a different shape would be
-            // misread silently, so it is refused outright.
-            if codec.content_type() != JSON_CONTENT_TYPE {
+            let event = self.resolve(body, codec, registered, theirs, transport).await?;
+            Counters::add(&counters.schemas_resolved);
+            event
+        };
+        if event.tag() != tag || event.version() != version {
+            return Err((
+                RejectReason::TagMismatch,
+                format!(
+                    "body holds event {:?} version {} but the headers say {tag:?} version {version}",
+                    event.tag(),
+                    event.version()
+                ),
+            ));
+        }
+        let mut event: Arc<dyn Event> = Arc::from(event);
+        let mut at = version;
+        while let Some(upcast) = events.get(tag, at + 1).and_then(|next| next.upcast()) {
+            event = upcast(event).map_err(|e| (RejectReason::Decode, format!("event {tag:?} version {at}: {e}")))?;
+            Counters::add(&counters.upcasts);
+            at += 1;
+        }
+        Ok(event)
+    }
+
+    /// Reads an event whose writer's schema differs from this process's.
+    async fn resolve(
+        &self,
+        body: &[u8],
+        codec: &dyn Codec,
+        registered: &Registration,
+        theirs: Option<Fingerprint>,
+        transport: &dyn Transport,
+    ) -> Result<Box<dyn Event>, Refusal> {
+        let tag = registered.tag();
+        let ours = registered.schema();
+        let writer = match theirs {
+            Some(fingerprint) => self.schemas.find(fingerprint, transport).await,
+            None => None,
+        };
+        let theirs = theirs.map_or_else(|| "none".to_owned(), |f| f.to_string());
+        let json = codec.content_type() == JSON_CONTENT_TYPE;
+        let reader_of_body = match &writer {
+            Some(writer) => writer.as_ref(),
+            // JSON names its fields: the reader's own schema reads it.
+            None if json => ours,
+            None => {
                 return Err((
-                    RejectReason::FingerprintMismatch,
+                    RejectReason::UnknownSchema,
                     format!(
-                        "event {tag:?} has schema fingerprint {theirs}, this process has {ours}; the types differ"
+                        "event {tag:?} has schema fingerprint {theirs}, this process has {}, and the writer's schema is in no schema store this bus reads; was it published by a bus (which stores it first)?",
+                        ours.fingerprint()
                     ),
                 ));
             }
-            warn!(tag, theirs = %theirs, ours = %ours, message_id = incoming.message_id().unwrap_or(""), "schema fingerprints differ; decoding the JSON anyway");
+        };
+        if let Some(writer) = &writer
+            && (writer.tag() != tag || writer.version() != registered.version())
+        {
+            return Err((
+                RejectReason::FingerprintMismatch,
+                format!("event {tag:?}: fingerprint {theirs} is the schema of {:?} version {}", writer.tag(), writer.version()),
+            ));
         }
-        let event: Box<dyn Event> = codec.decode(body).map_err(|e| {
-            // Only a body that is an event of this tag can differ by schema.
-            let reason = if mismatch && json_tag(body) == Some(tag) {
+        let mut value = reader_of_body.read(body, codec, registered.wire_name()).map_err(|e| {
+            let reason = if e.contains("could not be traced") {
                 RejectReason::FingerprintMismatch
             } else {
                 RejectReason::Decode
             };
-            (reason, format!("event {tag:?}: {e}"))
+            (reason, format!("event {tag:?} (writer's schema {theirs}): {e}"))
         })?;
-        if event.tag() != tag {
-            return Err((
-                RejectReason::TagMismatch,
-                format!(
-                    "body holds event {:?} but the {TAG_HEADER} header says {tag:?}",
-                    event.tag()
-                ),
-            ));
+        if let Some(writer) = &writer {
+            writer.rename_for(ours, &mut value);
         }
-        Ok(Arc::from(event))
+        registered.read(value, json).map_err(|e| {
+            (
+                RejectReason::IncompatibleSchema,
+                format!(
+                    "event {tag:?} of schema {theirs} cannot be read as this process's {} ({}): {e}",
+                    ours.fingerprint(),
+                    registered.type_name()
+                ),
+            )
+        })
+    }
+}
+
+/// The type registered for `tag` at `version`, or why there is none.
+fn registration<'a>(events: &'a EventRegistry, tag: &str, version: u32) -> Result<&'a Registration, Refusal> {
+    if let Some(registered) = events.get(tag, version) {
+        return Ok(registered);
+    }
+    match events.newest(tag) {
+        None => Err((
+            RejectReason::UnknownTag,
+            format!("unknown event tag {tag:?}: no such event type in this process"),
+        )),
+        Some(newest) if version > newest => Err((
+            RejectReason::NewerVersion,
+            format!(
+                "event {tag:?} version {version} is newer than this process knows (up to version {newest}); upgrade this service to read it"
+            ),
+        )),
+        Some(newest) => Err((
+            RejectReason::UnknownVersion,
+            format!(
+                "event {tag:?} version {version} is older than this process's version {newest}, and no version here upcasts from it (#[event(upcast_from = ..)])"
+            ),
+        )),
+    }
+}
+
+/// A string header: `None` when absent, refused when of another type.
+fn text_header<'a>(incoming: &'a dyn Received, name: &str) -> Result<Option<&'a str>, Refusal> {
+    match incoming.header(name) {
+        Header::Text(text) => Ok(Some(text)),
+        Header::Absent => Ok(None),
+        Header::WrongType => Err((RejectReason::BadHeader, format!("{name} header is not a string"))),
     }
 }
 
@@ -187,6 +260,7 @@ mod fuzz {
     struct Shared {
         decoder: Decoder,
         counters: Counters,
+        transport: crate::MemoryTransport,
     }
 
     impl Shared {
@@ -194,7 +268,9 @@ mod fuzz {
             &self,
             incoming: &dyn Received,
         ) -> Result<Arc<dyn Event>, (RejectReason, String)> {
-            self.decoder.decode(incoming, &self.counters)
+            // The memory transport's schema store answers at once.
+            crate::runtime::now_or_never(self.decoder.decode(incoming, &self.counters, &self.transport))
+                .expect("the decoder waited on a memory transport")
         }
     }
 
@@ -202,6 +278,7 @@ mod fuzz {
         Shared {
             decoder: Decoder::new(Codecs::new(Arc::new(Bincode)), 64 * 1024),
             counters: Counters::default(),
+            transport: crate::MemoryTransport::named("fuzz"),
         }
     }
 
@@ -348,7 +425,7 @@ mod fuzz {
             let valid = codec.encode(&event).unwrap();
             let body = apply(valid, &damages);
             let fingerprint = if right_fingerprint {
-                Order::FINGERPRINT.to_string()
+                Order::schema().fingerprint().to_string()
             } else {
                 "0123456789abcdef".to_owned()
             };
@@ -397,7 +474,7 @@ mod fuzz {
             let fingerprint = match rng.below(4) {
                 0 => "0123456789abcdef".to_owned(),
                 1 => "not hex".to_owned(),
-                _ => Order::FINGERPRINT.to_string(),
+                _ => Order::schema().fingerprint().to_string(),
             };
             let tag = ["fuzz.order", "fuzz.order", "unknown.tag", ""][rng.below(4)];
             let incoming = incoming(body, content_type, tag, fingerprint);

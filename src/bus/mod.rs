@@ -11,6 +11,7 @@ pub(crate) mod stats;
 pub(crate) mod subscribers;
 pub(crate) mod text;
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,7 +30,7 @@ use crate::bus::stats::{Counters, Stats};
 use crate::bus::subscribers::Subscribers;
 use crate::codec::{Codec, Codecs};
 use crate::error::{Error, ErrorKind, Result};
-use crate::event::{Event, registered_events};
+use crate::event::{Event, Fingerprint, registered_events};
 use crate::transport::drivers;
 use crate::transport::listen::Listen;
 use crate::transport::seam::{Endpoint, Outgoing, Transport};
@@ -107,6 +108,8 @@ struct Inner {
     shared: Arc<Shared>,
     transport: Arc<dyn Transport>,
     sequence: AtomicU64,
+    /// The fingerprints whose schemas this bus stored already.
+    stored_schemas: Mutex<HashSet<Fingerprint>>,
     closed: AtomicBool,
     close_timeout: Duration,
 }
@@ -307,6 +310,7 @@ impl BusBuilder {
                 shared,
                 transport,
                 sequence: AtomicU64::new(0),
+                stored_schemas: Mutex::default(),
                 closed: AtomicBool::new(false),
                 close_timeout: self.close_timeout,
             }),
@@ -471,12 +475,15 @@ impl Bus {
             return Err(closed());
         }
         let body = inner.codec.encode::<dyn Event>(event)?;
+        let fingerprint = event.fingerprint();
+        self.store_schema(event, fingerprint).await?;
         let sequence = inner.sequence.fetch_add(1, Ordering::Relaxed);
         let out = Outgoing {
             body: Arc::new(body),
             content_type: inner.content_type.clone(),
             tag: event.tag(),
-            fingerprint: event.fingerprint(),
+            fingerprint,
+            version: event.version(),
             routing_key: event.routing_key(),
             message_id: format!("{}-{sequence}", inner.instance_id),
             to_queue,
@@ -488,6 +495,42 @@ impl Bus {
             inner.counters.published.fetch_sub(1, Ordering::Relaxed);
             return Err(e);
         }
+        Ok(())
+    }
+
+    /// Stores the schema of `event`'s type before its first publish, so
+    /// that a receiver with another schema can read it.
+    async fn store_schema(&self, event: &dyn Event, fingerprint: Fingerprint) -> Result<()> {
+        let inner = &*self.inner;
+        let stored = inner
+            .stored_schemas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&fingerprint);
+        if stored {
+            return Ok(());
+        }
+        let Some(registration) = registered_events()?.get(event.tag(), event.version()) else {
+            return Ok(());
+        };
+        inner
+            .transport
+            .store_schema(registration.schema())
+            .await
+            .map_err(|e| {
+                Error::new(
+                    e.kind(),
+                    format!(
+                        "the schema of {:?} could not be stored before its first publish: {e}",
+                        event.tag()
+                    ),
+                )
+            })?;
+        inner
+            .stored_schemas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fingerprint);
         Ok(())
     }
 

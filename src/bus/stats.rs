@@ -21,18 +21,31 @@ pub enum RejectReason {
     BadHeader,
     /// No event type of this process is registered under the tag.
     UnknownTag,
-    /// The schema fingerprint differs from this process's, and the codec
-    /// cannot decode across the difference.
+    /// The schema fingerprint differs from this process's, and the writer's
+    /// type could not be traced, so bincode cannot be read across the
+    /// difference.
     FingerprintMismatch,
     /// The body is not a valid event.
     Decode,
     /// The tag in the body differs from the tag header.
     TagMismatch,
+    /// The event's version is newer than any this process knows for its tag.
+    NewerVersion,
+    /// The event's version is older than this process's, and no version
+    /// here upcasts from it.
+    UnknownVersion,
+    /// The schema fingerprint differs and the writer's schema is in no
+    /// schema store this bus can read (under bincode, which needs it).
+    UnknownSchema,
+    /// The writer's schema differs in a way the reader's type cannot take:
+    /// a field's type changed, a required field is missing. The detail
+    /// names the field.
+    IncompatibleSchema,
 }
 
 impl RejectReason {
     /// Every reason, in a fixed order.
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 12] = [
         Self::TooLarge,
         Self::ContentType,
         Self::MissingTag,
@@ -41,6 +54,10 @@ impl RejectReason {
         Self::FingerprintMismatch,
         Self::Decode,
         Self::TagMismatch,
+        Self::NewerVersion,
+        Self::UnknownVersion,
+        Self::UnknownSchema,
+        Self::IncompatibleSchema,
     ];
 
     /// A short snake_case name, used in logs and headers.
@@ -55,6 +72,10 @@ impl RejectReason {
             Self::FingerprintMismatch => "fingerprint_mismatch",
             Self::Decode => "decode",
             Self::TagMismatch => "tag_mismatch",
+            Self::NewerVersion => "newer_version",
+            Self::UnknownVersion => "unknown_version",
+            Self::UnknownSchema => "unknown_schema",
+            Self::IncompatibleSchema => "incompatible_schema",
         }
     }
 
@@ -80,6 +101,8 @@ pub(crate) struct Counters {
     pub(crate) handler_timeouts: AtomicU64,
     pub(crate) own_skipped: AtomicU64,
     pub(crate) fingerprint_mismatches: AtomicU64,
+    pub(crate) schemas_resolved: AtomicU64,
+    pub(crate) upcasts: AtomicU64,
     pub(crate) retried: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
     pub(crate) deduplicated: AtomicU64,
@@ -155,6 +178,8 @@ impl Counters {
             handler_timeouts: get(&self.handler_timeouts),
             own_skipped: get(&self.own_skipped),
             fingerprint_mismatches: get(&self.fingerprint_mismatches),
+            schemas_resolved: get(&self.schemas_resolved),
+            upcasts: get(&self.upcasts),
             retried: get(&self.retried),
             dead_lettered: get(&self.dead_lettered),
             deduplicated: get(&self.deduplicated),
@@ -204,8 +229,13 @@ pub struct Stats {
     /// This process's own events skipped because self-delivery is off.
     pub own_skipped: u64,
     /// Events whose schema fingerprint differed from this process's,
-    /// whether they could still be decoded (JSON) or not.
+    /// whether they could be read by the writer's schema or not.
     pub fingerprint_mismatches: u64,
+    /// Events of another schema read by name against this process's type
+    /// (a compatible change during a rolling upgrade).
+    pub schemas_resolved: u64,
+    /// Events of an older version turned into a newer one (`upcast_from`).
+    pub upcasts: u64,
     /// Deliveries whose handlers failed, parked to be retried later.
     pub retried: u64,
     /// Messages sent to the dead-letter exchange: rejected ones, and those

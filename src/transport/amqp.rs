@@ -27,8 +27,11 @@ use crate::codec::Codec;
 use crate::error::{Error, ErrorKind, Result};
 use crate::headers::{
     ATTEMPT_HEADER, BODY_DROPPED_HEADER, ERROR_HEADER, FINGERPRINT_HEADER, ORIGIN_HEADER,
-    QUEUE_HEADER, REASON_HEADER, ROUTING_KEY_HEADER, TAG_HEADER,
+    QUEUE_HEADER, REASON_HEADER, ROUTING_KEY_HEADER, TAG_HEADER, VERSION_HEADER,
 };
+use crate::event::Fingerprint;
+use crate::schema::Schema;
+use crate::transport::schema_stream;
 use crate::transport::listen::Listen;
 
 /// **The RabbitMQ transport** (`amqp://`, `amqps://`): one recovering
@@ -180,6 +183,16 @@ impl Transport for AmqpTransport {
 
     fn reconnects(&self) -> u64 {
         self.inner.conn.reconnects()
+    }
+
+    fn store_schema(&self, schema: &'static Schema) -> BoxFuture<'_, Result<()>> {
+        let conn = &self.inner.conn;
+        Box::pin(schema_stream::store(conn, conn.props().exchange(), schema))
+    }
+
+    fn find_schema(&self, fingerprint: Fingerprint) -> BoxFuture<'_, Result<Option<Arc<Schema>>>> {
+        let conn = &self.inner.conn;
+        Box::pin(schema_stream::find(conn, conn.props().exchange(), fingerprint))
     }
 
     fn dead_letter_queue(&self) -> Option<&str> {
@@ -381,6 +394,12 @@ impl Amqp {
             FINGERPRINT_HEADER.into(),
             AMQPValue::LongString(out.fingerprint.to_string().into()),
         );
+        if out.version != 1 {
+            headers.insert(
+                VERSION_HEADER.into(),
+                AMQPValue::LongString(out.version.to_string().into()),
+            );
+        }
         let (exchange, routing_key, mandatory) = match &out.to_queue {
             Some(queue) => (Some(ShortString::from("")), short(queue)?, true),
             None => (None, ShortString::from(out.routing_key), self.mandatory),

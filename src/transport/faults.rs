@@ -322,6 +322,17 @@ impl Transport for Faults {
         self.inner.flush()
     }
 
+    fn store_schema(&self, schema: &'static crate::schema::Schema) -> BoxFuture<'_, Result<()>> {
+        self.inner.store_schema(schema)
+    }
+
+    fn find_schema(
+        &self,
+        fingerprint: crate::event::Fingerprint,
+    ) -> BoxFuture<'_, Result<Option<Arc<crate::schema::Schema>>>> {
+        self.inner.find_schema(fingerprint)
+    }
+
     fn abort(&self, reason: &str) {
         self.inner.abort(reason);
     }

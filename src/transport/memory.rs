@@ -17,7 +17,7 @@ use super::seam::{
 use crate::amqp::connection_event::{ConnectionEvent, ConnectionEvents};
 use crate::codec::{Bincode, Codec};
 use crate::error::{Error, ErrorKind, Result};
-use crate::headers::{FINGERPRINT_HEADER, TAG_HEADER};
+use crate::headers::{FINGERPRINT_HEADER, TAG_HEADER, VERSION_HEADER};
 use crate::transport::listen::{Listen, Mode};
 
 /// The largest body a memory bus decodes.
@@ -194,6 +194,7 @@ pub(crate) fn test_message(
             content_type: content_type.into(),
             tag,
             fingerprint,
+            version: None,
             routing_key: "test".into(),
             message_id: "test-1".into(),
             origin: "elsewhere".into(),
@@ -223,6 +224,7 @@ impl Received for MemoryReceived {
         match name {
             TAG_HEADER => Header::Text(self.message.tag),
             FINGERPRINT_HEADER => Header::Text(&self.message.fingerprint),
+            VERSION_HEADER => self.message.version.as_deref().map_or(Header::Absent, Header::Text),
             _ => Header::Absent,
         }
     }
@@ -297,6 +299,8 @@ pub(crate) struct Message {
     pub(crate) content_type: Arc<str>,
     pub(crate) tag: &'static str,
     pub(crate) fingerprint: String,
+    /// The version, when it is not 1.
+    pub(crate) version: Option<String>,
     pub(crate) routing_key: String,
     pub(crate) message_id: String,
     pub(crate) origin: String,
@@ -311,6 +315,7 @@ impl Message {
             body: self.body.clone(),
             content_type: self.content_type.clone(),
             fingerprint: self.fingerprint.clone(),
+            version: self.version.clone(),
             routing_key: self.routing_key.clone(),
             message_id: self.message_id.clone(),
             origin: self.origin.clone(),
@@ -428,6 +433,7 @@ impl Hub {
             content_type: out.content_type.clone(),
             tag: out.tag,
             fingerprint: out.fingerprint.to_string(),
+            version: (out.version != 1).then(|| out.version.to_string()),
             routing_key: out.routing_key.to_owned(),
             message_id: out.message_id.clone(),
             origin: origin.to_owned(),

@@ -1,7 +1,7 @@
 //! The transport seam: how a bus moves encoded events. `amqp` goes through
 //! RabbitMQ, `memory` stays inside the process with the same semantics,
 //! `faults` wraps either to inject outages, and `drivers` opens each by
-//! URL scheme.
+//! URL scheme. `schema_stream` keeps event schemas on the broker.
 
 pub(crate) mod amqp;
 pub(crate) mod drivers;
@@ -9,6 +9,7 @@ pub(crate) mod faults;
 pub(crate) mod listen;
 
 pub(crate) mod memory;
+pub(crate) mod schema_stream;
 pub(crate) mod seam;
 
 /// A received message with these contents (for tests of the decode path).

@@ -23,6 +23,7 @@ pub(crate) use crate::amqp::outbox::PublishCounters;
 use crate::codec::Codec;
 use crate::error::Result;
 use crate::event::Fingerprint;
+use crate::schema::Schema;
 use crate::transport::listen::Listen;
 
 /// A boxed future, as the object-safe [`Transport`] methods return.
@@ -44,6 +45,8 @@ pub struct Outgoing {
     pub tag: &'static str,
     /// The event type's schema fingerprint.
     pub fingerprint: Fingerprint,
+    /// The event type's version (sent as a header when not 1).
+    pub version: u32,
     /// The event's routing key.
     pub routing_key: &'static str,
     /// Unique per publisher: `<instance-id>-<n>`.
@@ -184,6 +187,27 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
     /// The queue that collects dead letters, if the transport keeps them.
     fn dead_letter_queue(&self) -> Option<&str> {
         None
+    }
+    /// **Stores an event type's schema** where receivers can find it by
+    /// fingerprint; a bus calls it before it first publishes the type. By
+    /// default the schema is kept in this process, which is enough for
+    /// buses that meet in it.
+    fn store_schema(&self, schema: &'static Schema) -> BoxFuture<'_, Result<()>> {
+        crate::schema::store::local()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(schema.fingerprint(), Arc::new(schema.clone()));
+        Box::pin(std::future::ready(Ok(())))
+    }
+    /// **Finds a writer's schema** by fingerprint, when an event's differs
+    /// from the receiver's own; `None` when the store does not have it.
+    fn find_schema(&self, fingerprint: Fingerprint) -> BoxFuture<'_, Result<Option<Arc<Schema>>>> {
+        let found = crate::schema::store::local()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fingerprint)
+            .cloned();
+        Box::pin(std::future::ready(Ok(found)))
     }
 }
 

@@ -52,7 +52,7 @@ const CASES: &[(&str, RejectReason)] = &[
 ];
 
 fn fingerprint() -> String {
-    Reading::FINGERPRINT.to_string()
+    Reading::schema().fingerprint().to_string()
 }
 
 fn reading(value: i64) -> Reading {

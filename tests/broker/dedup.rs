@@ -30,7 +30,7 @@ async fn publish_as(conn: &Connection, exchange: &str, event: &Transfer, message
     );
     headers.insert(
         "x-tidings-fingerprint".into(),
-        AMQPValue::LongString(Transfer::FINGERPRINT.to_string().into()),
+        AMQPValue::LongString(Transfer::schema().fingerprint().to_string().into()),
     );
     let properties = BasicProperties::default()
         .with_content_type("application/x-bincode".into())

@@ -71,19 +71,19 @@ fn the_trait_object_agrees_with_the_constants() {
             }),
             OrderPlaced::TAG,
             OrderPlaced::ROUTING_KEY,
-            OrderPlaced::FINGERPRINT,
+            OrderPlaced::schema().fingerprint(),
         ),
         (
             Box::new(OrderCancelled),
             OrderCancelled::TAG,
             OrderCancelled::ROUTING_KEY,
-            OrderCancelled::FINGERPRINT,
+            OrderCancelled::schema().fingerprint(),
         ),
         (
             Box::new(OrderStatus::Packed { parcel: 2 }),
             OrderStatus::TAG,
             OrderStatus::ROUTING_KEY,
-            OrderStatus::FINGERPRINT,
+            OrderStatus::schema().fingerprint(),
         ),
     ];
     for (event, tag, routing_key, fingerprint) in events {
@@ -97,11 +97,11 @@ fn the_trait_object_agrees_with_the_constants() {
 #[test]
 fn the_fingerprint_follows_the_shape() {
     // A field type differs (and the tag): different fingerprints.
-    assert_ne!(OrderPlaced::FINGERPRINT, v2::OrderPlaced::FINGERPRINT);
+    assert_ne!(OrderPlaced::schema().fingerprint(), v2::OrderPlaced::schema().fingerprint());
     // Same shape, different tag: the tag is part of the fingerprint.
     assert_ne!(
-        v2::OrderPlaced::FINGERPRINT,
-        v2::OrderPlacedCopy::FINGERPRINT
+        v2::OrderPlaced::schema().fingerprint(),
+        v2::OrderPlacedCopy::schema().fingerprint()
     );
 }
 
@@ -112,31 +112,31 @@ fn every_derived_type_is_registered_under_its_tag() {
         (
             "OrderPlaced",
             "broker::derive::OrderPlaced",
-            OrderPlaced::FINGERPRINT,
+            OrderPlaced::schema().fingerprint(),
         ),
         (
             "orders.shipped",
             "broker::derive::OrderShipped",
-            OrderShipped::FINGERPRINT,
+            OrderShipped::schema().fingerprint(),
         ),
         (
             "OrderCancelled",
             "broker::derive::OrderCancelled",
-            OrderCancelled::FINGERPRINT,
+            OrderCancelled::schema().fingerprint(),
         ),
         (
             "orders.status",
             "broker::derive::OrderStatus",
-            OrderStatus::FINGERPRINT,
+            OrderStatus::schema().fingerprint(),
         ),
         (
             "v2.OrderPlaced",
             "broker::derive::v2::OrderPlaced",
-            v2::OrderPlaced::FINGERPRINT,
+            v2::OrderPlaced::schema().fingerprint(),
         ),
     ] {
         let registration = events
-            .get(tag)
+            .get(tag, 1)
             .unwrap_or_else(|| panic!("{tag} is not registered"));
         assert_eq!(registration.tag(), tag);
         assert_eq!(registration.type_name(), type_name);

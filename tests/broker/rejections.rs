@@ -171,7 +171,7 @@ async fn bad_events_are_rejected_counted_and_logged_and_the_bus_goes_on() {
         conn: Connection::connect(&props).await.unwrap(),
         exchange: props.exchange().to_owned(),
     };
-    let ours = Reading::FINGERPRINT.to_string();
+    let ours = Reading::schema().fingerprint().to_string();
     let reading = |sensor: &str, value| Reading {
         sensor: sensor.into(),
         value,

@@ -90,7 +90,7 @@ fn tagged(headers: Vec<(String, AMQPValue)>) -> Vec<(String, AMQPValue)> {
         ("x-tidings-tag".to_owned(), text(Order::TAG)),
         (
             "x-tidings-fingerprint".to_owned(),
-            text(&Order::FINGERPRINT.to_string()),
+            text(&Order::schema().fingerprint().to_string()),
         ),
     ];
     all.extend(headers);

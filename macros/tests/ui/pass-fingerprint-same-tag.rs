@@ -42,10 +42,10 @@ enum Order {
 }
 
 fn main() {
-    assert_eq!(here::Order::FINGERPRINT, there::Renamed::FINGERPRINT);
-    assert_ne!(here::Order::FINGERPRINT, elsewhere::Order::FINGERPRINT);
-    assert_ne!(here::Order::FINGERPRINT, Order::FINGERPRINT);
+    assert_eq!(here::Order::schema().fingerprint(), there::Renamed::schema().fingerprint());
+    assert_ne!(here::Order::schema().fingerprint(), elsewhere::Order::schema().fingerprint());
+    assert_ne!(here::Order::schema().fingerprint(), Order::schema().fingerprint());
     // Pinned: the canonical form `tag=shape.order;struct{id:u64,items:Vec<String>}`
     // hashed with FNV-1a. A change here breaks fingerprints already deployed.
-    assert_eq!(here::Order::FINGERPRINT.to_string(), "6ad00e5af8fa25de");
+    assert_eq!(here::Order::schema().fingerprint().to_string(), "6ad00e5af8fa25de");
 }

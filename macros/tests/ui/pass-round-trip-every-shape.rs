@@ -36,7 +36,7 @@ fn round_trip<T: EventType>(value: T, json: &str) {
     let back: Box<dyn Event> = serde_json::from_str(json).unwrap();
     assert_eq!(back.tag(), T::TAG);
     assert_eq!(back.routing_key(), T::ROUTING_KEY);
-    assert_eq!(back.fingerprint(), T::FINGERPRINT);
+    assert_eq!(back.fingerprint(), T::schema().fingerprint());
     let typed = back.as_any().downcast_ref::<T>().expect("decoded to the derived type");
     assert_eq!(serde_json::to_value(typed).unwrap(), body);
 }
