@@ -307,14 +307,15 @@ async fn answers(props: &AmqpProps) -> bool {
     )
 }
 
-/// Deletes the exchange of `props` and the dead-letter exchange and queue a
-/// bus declares next to it.
+/// Deletes the exchange of `props` and what a bus declares next to it: the
+/// dead-letter exchange and queue, and the schema stream.
 async fn delete_declared(props: &AmqpProps) -> Result<(), Error> {
     let delete = async {
         let conn = Connection::connect(props).await?;
         let dead_letters = format!("{}.dead-letter", props.exchange());
         conn.delete_queue(&dead_letters).await?;
         conn.delete_exchange(&dead_letters).await?;
+        conn.delete_queue(&tidings::schema_stream(props.exchange())).await?;
         conn.delete_exchange(props.exchange()).await?;
         conn.close().await
     };

@@ -506,8 +506,8 @@ fn check(reports: &[Report], shape: Shape, events: u64, kind: Kind) -> Result<()
 }
 
 /// Deletes what a bus run declared on the broker: the exchange, its
-/// dead-letter exchange and queue, and the named group queues (with their
-/// retry queues).
+/// dead-letter exchange and queue, its schema stream, and the named group
+/// queues (with their retry queues).
 async fn remove_topology(props: &AmqpProps, groups: &[&str]) -> Result<(), Error> {
     let conn = tidings::Connection::connect(props).await?;
     let exchange = props.exchange();
@@ -518,6 +518,7 @@ async fn remove_topology(props: &AmqpProps, groups: &[&str]) -> Result<(), Error
         .await?;
     conn.delete_exchange(&format!("{exchange}.dead-letter"))
         .await?;
+    conn.delete_queue(&tidings::schema_stream(exchange)).await?;
     conn.delete_exchange(exchange).await?;
     conn.close().await?;
     Ok(())

@@ -110,9 +110,11 @@ impl Drop for Cleanup {
                     }
                     let _ = conn.delete_queue(&queue).await;
                 }
-                // What a bus on this exchange declares: the dead letters.
+                // What a bus on this exchange declares: the dead letters
+                // and the schema stream.
                 let dead_letters = format!("{}.dead-letter", props.exchange());
                 let _ = conn.delete_queue(&dead_letters).await;
+                let _ = conn.delete_queue(&tidings::schema_stream(props.exchange())).await;
                 let _ = conn.delete_exchange(&dead_letters).await;
                 let _ = conn.delete_exchange(props.exchange()).await;
                 let _ = conn.close().await;

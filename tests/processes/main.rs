@@ -5,4 +5,5 @@ mod common;
 
 mod bench_counts;
 mod exit_during_reconnect;
+mod rolling_upgrade;
 mod three_processes;
