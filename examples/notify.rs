@@ -315,7 +315,8 @@ async fn delete_declared(props: &AmqpProps) -> Result<(), Error> {
         let dead_letters = format!("{}.dead-letter", props.exchange());
         conn.delete_queue(&dead_letters).await?;
         conn.delete_exchange(&dead_letters).await?;
-        conn.delete_queue(&tidings::schema_stream(props.exchange())).await?;
+        conn.delete_queue(&tidings::schema_stream(props.exchange()))
+            .await?;
         conn.delete_exchange(props.exchange()).await?;
         conn.close().await
     };

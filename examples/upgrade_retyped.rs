@@ -27,7 +27,12 @@ fn main() -> tidings::Result<()> {
         subscribe,
         publish: |bus, id| {
             Box::pin(async move {
-                let placed = OrderPlaced { id, item: "tea".into(), qty: "three".into(), note: None };
+                let placed = OrderPlaced {
+                    id,
+                    item: "tea".into(),
+                    qty: "three".into(),
+                    note: None,
+                };
                 bus.publish_confirmed(&placed).await
             })
         },

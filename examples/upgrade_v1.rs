@@ -28,7 +28,8 @@ struct OrderRefunded {
 fn subscribe(subscribers: &Subscribers) -> Vec<tidings::Subscription> {
     vec![
         subscribers.subscribe(|o: &OrderPlaced| println!("placed {} qty={}", o.id, o.qty)),
-        subscribers.subscribe(|r: &OrderRefunded| println!("refunded {} cents={} v1", r.id, r.cents)),
+        subscribers
+            .subscribe(|r: &OrderRefunded| println!("refunded {} cents={} v1", r.id, r.cents)),
     ]
 }
 
@@ -37,9 +38,15 @@ fn main() -> tidings::Result<()> {
         subscribe,
         publish: |bus, id| {
             Box::pin(async move {
-                let placed = OrderPlaced { id, item: "tea".into(), qty: 3, note: Some("ring twice".into()) };
+                let placed = OrderPlaced {
+                    id,
+                    item: "tea".into(),
+                    qty: 3,
+                    note: Some("ring twice".into()),
+                };
                 bus.publish_confirmed(&placed).await?;
-                bus.publish_confirmed(&OrderRefunded { id, cents: 250 }).await
+                bus.publish_confirmed(&OrderRefunded { id, cents: 250 })
+                    .await
             })
         },
     })

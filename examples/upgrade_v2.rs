@@ -45,7 +45,10 @@ impl From<OrderRefundedV1> for OrderRefunded {
     fn from(old: OrderRefundedV1) -> Self {
         Self {
             id: old.id,
-            amount: Money { cents: old.cents, currency: "EUR".into() },
+            amount: Money {
+                cents: old.cents,
+                currency: "EUR".into(),
+            },
         }
     }
 }
@@ -53,7 +56,9 @@ impl From<OrderRefundedV1> for OrderRefunded {
 fn subscribe(subscribers: &Subscribers) -> Vec<tidings::Subscription> {
     vec![
         subscribers.subscribe(|o: &OrderPlaced| println!("placed {} qty={}", o.id, o.quantity)),
-        subscribers.subscribe(|r: &OrderRefunded| println!("refunded {} cents={} v2", r.id, r.amount.cents)),
+        subscribers.subscribe(|r: &OrderRefunded| {
+            println!("refunded {} cents={} v2", r.id, r.amount.cents)
+        }),
     ]
 }
 
@@ -62,9 +67,20 @@ fn main() -> tidings::Result<()> {
         subscribe,
         publish: |bus, id| {
             Box::pin(async move {
-                let placed = OrderPlaced { id, item: "tea".into(), quantity: 3, gift: Some("bow".into()) };
+                let placed = OrderPlaced {
+                    id,
+                    item: "tea".into(),
+                    quantity: 3,
+                    gift: Some("bow".into()),
+                };
                 bus.publish_confirmed(&placed).await?;
-                let refunded = OrderRefunded { id, amount: Money { cents: 250, currency: "EUR".into() } };
+                let refunded = OrderRefunded {
+                    id,
+                    amount: Money {
+                        cents: 250,
+                        currency: "EUR".into(),
+                    },
+                };
                 bus.publish_confirmed(&refunded).await
             })
         },

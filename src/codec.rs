@@ -140,14 +140,21 @@ impl Codec for Bincode {
 
 /// Decodes the whole of `bytes` with a seed, as [`Bincode`] does: bounded,
 /// and with no bytes left over.
-pub(crate) fn bincode_seed<'de, S: DeserializeSeed<'de>>(bytes: &'de [u8], seed: S) -> Result<S::Value> {
+pub(crate) fn bincode_seed<'de, S: DeserializeSeed<'de>>(
+    bytes: &'de [u8],
+    seed: S,
+) -> Result<S::Value> {
     let claim = bytes.len().saturating_mul(BINCODE_CLAIM_FACTOR).max(4096);
     bincode_decode_within(claim, bytes, seed)
 }
 
 /// Decodes with the smallest compiled-in claim limit at least `claim`:
 /// bincode takes its limit as a const generic, so runtime sizes map to tiers.
-fn bincode_decode_within<'de, S: DeserializeSeed<'de>>(claim: usize, bytes: &'de [u8], seed: S) -> Result<S::Value> {
+fn bincode_decode_within<'de, S: DeserializeSeed<'de>>(
+    claim: usize,
+    bytes: &'de [u8],
+    seed: S,
+) -> Result<S::Value> {
     macro_rules! tiers {
         ($($shift:literal)*) => {
             $(

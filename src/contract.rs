@@ -31,7 +31,7 @@ pub const UPDATE_CONTRACT_ENV: &str = "TIDINGS_UPDATE_CONTRACT";
 /// use tidings::{Contract, Event};
 ///
 /// #[derive(Event, Serialize, Deserialize, Debug)]
-/// #[event(name = "orders.placed")]
+/// #[event(name = "contract.order_placed")]
 /// struct OrderPlaced { id: u64, coupon: Option<String> }
 ///
 /// let lock = std::env::temp_dir().join(format!("events-{}.lock", std::process::id()));
@@ -72,7 +72,9 @@ impl Contract {
     /// As [`registered_events`].
     pub fn of_this_binary() -> Result<Self> {
         let events = registered_events()?;
-        Ok(Self::new(events.all().into_iter().map(|r| r.schema().clone())))
+        Ok(Self::new(
+            events.all().into_iter().map(|r| r.schema().clone()),
+        ))
     }
 
     /// The schemas, ordered by tag and version.
@@ -82,7 +84,9 @@ impl Contract {
     }
 
     fn get(&self, tag: &str, version: u32) -> Option<&Schema> {
-        self.events.iter().find(|s| s.tag() == tag && s.version() == version)
+        self.events
+            .iter()
+            .find(|s| s.tag() == tag && s.version() == version)
     }
 
     /// Reads a lock file.
@@ -94,7 +98,11 @@ impl Contract {
     pub fn read(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read(path).map_err(|e| {
-            Error::with_source(ErrorKind::InvalidConfig, format!("cannot read the contract {}: {e}", path.display()), e)
+            Error::with_source(
+                ErrorKind::InvalidConfig,
+                format!("cannot read the contract {}: {e}", path.display()),
+                e,
+            )
         })?;
         serde_json::from_slice(&text).map_err(|e| {
             Error::with_source(
@@ -112,11 +120,20 @@ impl Contract {
     /// [`ErrorKind::InvalidConfig`] when the file cannot be written.
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let mut text = serde_json::to_string_pretty(self)
-            .map_err(|e| Error::with_source(ErrorKind::Encode, format!("cannot encode the contract: {e}"), e))?;
+        let mut text = serde_json::to_string_pretty(self).map_err(|e| {
+            Error::with_source(
+                ErrorKind::Encode,
+                format!("cannot encode the contract: {e}"),
+                e,
+            )
+        })?;
         text.push('\n');
         std::fs::write(path, text).map_err(|e| {
-            Error::with_source(ErrorKind::InvalidConfig, format!("cannot write the contract {}: {e}", path.display()), e)
+            Error::with_source(
+                ErrorKind::InvalidConfig,
+                format!("cannot write the contract {}: {e}", path.display()),
+                e,
+            )
         })
     }
 
@@ -129,14 +146,26 @@ impl Contract {
     /// # Errors
     ///
     /// Every incompatibility, as (tag, version, what).
-    pub fn can_read(&self, publisher: &Self) -> std::result::Result<(), Vec<(String, u32, Incompatible)>> {
+    pub fn can_read(
+        &self,
+        publisher: &Self,
+    ) -> std::result::Result<(), Vec<(String, u32, Incompatible)>> {
         let mut problems = Vec::new();
         for theirs in &publisher.events {
             if let Some(ours) = self.get(theirs.tag(), theirs.version()) {
                 if let Err(found) = ours.can_read(theirs) {
-                    problems.extend(found.into_iter().map(|i| (theirs.tag().to_owned(), theirs.version(), i)));
+                    problems.extend(
+                        found
+                            .into_iter()
+                            .map(|i| (theirs.tag().to_owned(), theirs.version(), i)),
+                    );
                 }
-            } else if let Some(newest) = self.events.iter().filter(|s| s.tag() == theirs.tag()).map(Schema::version).max()
+            } else if let Some(newest) = self
+                .events
+                .iter()
+                .filter(|s| s.tag() == theirs.tag())
+                .map(Schema::version)
+                .max()
                 && theirs.version() > newest
             {
                 problems.push((
@@ -149,7 +178,11 @@ impl Contract {
                 ));
             }
         }
-        if problems.is_empty() { Ok(()) } else { Err(problems) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
     }
 
     /// **The test helper**: checks this binary's events against the lock
@@ -190,22 +223,37 @@ impl Contract {
             }
             let mut problems = Vec::new();
             if let Err(found) = new.can_read(old) {
-                problems.extend(found.into_iter().map(|i| format!("new readers cannot read old events: {i}")));
+                problems.extend(
+                    found
+                        .into_iter()
+                        .map(|i| format!("new readers cannot read old events: {i}")),
+                );
             }
             if let Err(found) = old.can_read(new) {
-                problems.extend(found.into_iter().map(|i| format!("old readers cannot read new events: {i}")));
+                problems.extend(
+                    found
+                        .into_iter()
+                        .map(|i| format!("old readers cannot read new events: {i}")),
+                );
             }
             if problems.is_empty() {
                 changed.push(format!("{tag:?} version {version}"));
             } else {
-                let _ = writeln!(report, "- event {tag:?} version {version} changed incompatibly:");
+                let _ = writeln!(
+                    report,
+                    "- event {tag:?} version {version} changed incompatibly:"
+                );
                 for problem in problems {
                     let _ = writeln!(report, "    {problem}");
                 }
             }
         }
         if report.is_empty() {
-            let added = ours.events.iter().filter(|s| locked.get(s.tag(), s.version()).is_none()).count();
+            let added = ours
+                .events
+                .iter()
+                .filter(|s| locked.get(s.tag(), s.version()).is_none())
+                .count();
             if !changed.is_empty() || added > 0 {
                 tracing::info!(
                     path = %path.display(),
@@ -258,8 +306,13 @@ impl Contract {
                 "required": ["x-tidings-tag", "x-tidings-fingerprint"],
             });
             if schema.version() != 1 {
-                headers["properties"]["x-tidings-version"] = json!({"const": schema.version().to_string()});
-                headers["required"] = json!(["x-tidings-tag", "x-tidings-fingerprint", "x-tidings-version"]);
+                headers["properties"]["x-tidings-version"] =
+                    json!({"const": schema.version().to_string()});
+                headers["required"] = json!([
+                    "x-tidings-tag",
+                    "x-tidings-fingerprint",
+                    "x-tidings-version"
+                ]);
             }
             messages.insert(
                 name.clone(),
@@ -276,7 +329,10 @@ impl Contract {
                     },
                 }),
             );
-            refs.insert(wire_name(schema), json!({"$ref": format!("#/components/messages/{}", wire_name(schema))}));
+            refs.insert(
+                wire_name(schema),
+                json!({"$ref": format!("#/components/messages/{}", wire_name(schema))}),
+            );
         }
         json!({
             "asyncapi": "3.0.0",

@@ -37,7 +37,7 @@ use crate::schema::{Schema, Value};
 /// let event: Box<dyn Event> = Box::new(InvoiceSent { id: 7, item: "tea".into() });
 /// assert_eq!(event.tag(), "invoices.sent");
 /// assert_eq!(event.routing_key(), "invoices.sent");
-/// assert_eq!(event.fingerprint(), InvoiceSent::FINGERPRINT);
+/// assert_eq!(event.fingerprint(), InvoiceSent::schema().fingerprint());
 /// assert_eq!(serde_json::to_string(&event).unwrap(), r#"{"invoices.sent":{"id":7,"item":"tea"}}"#);
 ///
 /// let back: Box<dyn Event> = serde_json::from_str(r#"{"invoices.sent":{"id":8,"item":"cake"}}"#).unwrap();
@@ -126,13 +126,18 @@ impl fmt::Debug for Fingerprint {
 }
 
 impl Serialize for Fingerprint {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
         serializer.collect_str(self)
     }
 }
 
 impl<'de> serde::Deserialize<'de> for Fingerprint {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
         text.parse().map_err(serde::de::Error::custom)
     }
@@ -162,7 +167,8 @@ impl FromStr for Fingerprint {
 type ReadFn = fn(Value, bool) -> std::result::Result<Box<dyn Event>, String>;
 
 /// Turns the previous version of an event into this one.
-type UpcastFn = fn(Arc<dyn Event>) -> std::result::Result<Arc<dyn Event>, String>;
+#[doc(hidden)]
+pub type UpcastFn = fn(Arc<dyn Event>) -> std::result::Result<Arc<dyn Event>, String>;
 
 /// One derived event type, as registered by `#[derive(Event)]`.
 #[derive(Clone, Copy)]
@@ -258,7 +264,11 @@ impl Registration {
     }
 
     /// Reads the event out of a value resolved from another schema.
-    pub(crate) fn read(&self, value: Value, human_readable: bool) -> std::result::Result<Box<dyn Event>, String> {
+    pub(crate) fn read(
+        &self,
+        value: Value,
+        human_readable: bool,
+    ) -> std::result::Result<Box<dyn Event>, String> {
         (self.read)(value, human_readable)
     }
 
@@ -320,7 +330,8 @@ impl EventRegistry {
 /// registered under one tag and version (typetag alone would only notice at
 /// the first decode of that tag).
 pub fn registered_events() -> Result<&'static EventRegistry> {
-    static REGISTRY: std::sync::OnceLock<Result<EventRegistry, String>> = std::sync::OnceLock::new();
+    static REGISTRY: std::sync::OnceLock<Result<EventRegistry, String>> =
+        std::sync::OnceLock::new();
     REGISTRY
         .get_or_init(|| {
             let mut by_tag: HashMap<&'static str, Vec<Registration>> = HashMap::new();

@@ -109,12 +109,12 @@ pub use codec::{BINCODE_CONTENT_TYPE, Bincode, Codec, DecodeVisitor, JSON_CONTEN
 pub use contract::{Contract, UPDATE_CONTRACT_ENV};
 pub use error::{Error, ErrorKind, Result};
 pub use event::{Event, EventRegistry, EventType, Fingerprint, Registration, registered_events};
-pub use schema::{Incompatible, Schema};
 #[doc(no_inline)]
 pub use headers::{
     ATTEMPT_HEADER, BODY_DROPPED_HEADER, ERROR_HEADER, FINGERPRINT_HEADER, ORIGIN_HEADER,
     QUEUE_HEADER, REASON_HEADER, ROUTING_KEY_HEADER, TAG_HEADER, TRIMMED_HEADER, VERSION_HEADER,
 };
+pub use schema::{Incompatible, Schema};
 /// Derives [`Event`] and [`EventType`] for a struct or enum that also
 /// derives serde's `Serialize` and `Deserialize`.
 ///
@@ -147,16 +147,23 @@ pub mod __private {
     pub use serde;
     pub use typetag;
 
+    pub use crate::event::UpcastFn;
     pub use crate::schema::Value;
     use crate::{Event, EventType};
 
     /// Reads an event of type `T` out of a resolved value.
-    pub fn read_event<T: EventType>(value: Value, human_readable: bool) -> Result<Box<dyn Event>, String> {
-        crate::schema::read_value::<T>(value, human_readable).map(|event| Box::new(event) as Box<dyn Event>)
+    pub fn read_event<T: EventType>(
+        value: Value,
+        human_readable: bool,
+    ) -> Result<Box<dyn Event>, String> {
+        crate::schema::read_value::<T>(value, human_readable)
+            .map(|event| Box::new(event) as Box<dyn Event>)
     }
 
     /// Turns an event of version `F` into the next version `T`.
-    pub fn upcast<F: EventType, T: EventType + From<F>>(event: Arc<dyn Event>) -> Result<Arc<dyn Event>, String> {
+    pub fn upcast<F: EventType, T: EventType + From<F>>(
+        event: Arc<dyn Event>,
+    ) -> Result<Arc<dyn Event>, String> {
         let any = event.into_any_arc();
         let older = any
             .downcast::<F>()

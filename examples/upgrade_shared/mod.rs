@@ -15,12 +15,15 @@ use std::pin::Pin;
 use tidings::{Bus, Listen, RejectReason, Subscribers, Subscription};
 use tokio::io::AsyncReadExt;
 
+/// Publishes one event of each type with an id.
+type Publish = for<'a> fn(&'a Bus, u64) -> Pin<Box<dyn Future<Output = tidings::Result<()>> + 'a>>;
+
 /// What differs between builds: the events they subscribe to and publish.
 pub(crate) struct Build {
     /// Subscribes the handlers, which print what they receive.
     pub(crate) subscribe: fn(&Subscribers) -> Vec<Subscription>,
     /// Publishes one event of each type with this id.
-    pub(crate) publish: for<'a> fn(&'a Bus, u64) -> Pin<Box<dyn Future<Output = tidings::Result<()>> + 'a>>,
+    pub(crate) publish: Publish,
 }
 
 pub(crate) fn main(build: Build) -> tidings::Result<()> {

@@ -8,8 +8,8 @@ use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2, TokenTree};
 use quote::{ToTokens, quote, quote_spanned};
 use syn::ext::IdentExt;
-use syn::spanned::Spanned;
 use syn::meta::ParseNestedMeta;
+use syn::spanned::Spanned;
 use syn::{Data, DeriveInput, Fields, GenericParam, LitInt, LitStr, Token, parse_macro_input};
 
 /// Derives `tidings::Event` and `tidings::EventType` for a struct or enum
@@ -146,17 +146,13 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
                         && <#from as ::tidings::EventType>::VERSION == #previous,
                     #message
                 );
-                const UPCAST: ::core::option::Option<
-                    fn(::std::sync::Arc<dyn ::tidings::Event>)
-                        -> ::core::result::Result<::std::sync::Arc<dyn ::tidings::Event>, ::std::string::String>,
-                > = ::core::option::Option::Some(::tidings::__private::upcast::<#from, #ident>);
+                const UPCAST: ::core::option::Option<::tidings::__private::UpcastFn> =
+                    ::core::option::Option::Some(::tidings::__private::upcast::<#from, #ident>);
             }
         }
         None => quote! {
-            const UPCAST: ::core::option::Option<
-                fn(::std::sync::Arc<dyn ::tidings::Event>)
-                    -> ::core::result::Result<::std::sync::Arc<dyn ::tidings::Event>, ::std::string::String>,
-            > = ::core::option::Option::None;
+            const UPCAST: ::core::option::Option<::tidings::__private::UpcastFn> =
+                ::core::option::Option::None;
         },
     };
 
@@ -334,8 +330,15 @@ fn parse_version_key(
     errors: &mut Errors,
 ) {
     let Some(value) = value.filter(|v| !v.is_empty()) else {
-        let example = if key == "version" { "2" } else { "OrderPlacedV1" };
-        errors.spanned(path, format!("`{key}` needs a value: write #[event({key} = {example})]"));
+        let example = if key == "version" {
+            "2"
+        } else {
+            "OrderPlacedV1"
+        };
+        errors.spanned(
+            path,
+            format!("`{key}` needs a value: write #[event({key} = {example})]"),
+        );
         return;
     };
     if key == "version" {
@@ -343,11 +346,17 @@ fn parse_version_key(
             .ok()
             .filter(|n| n.base10_parse::<u32>().is_ok_and(|n| n >= 1));
         let Some(number) = parsed else {
-            errors.spanned(value, "`version` takes a whole number from 1 to 4294967295: write #[event(version = 2)]");
+            errors.spanned(
+                value,
+                "`version` takes a whole number from 1 to 4294967295: write #[event(version = 2)]",
+            );
             return;
         };
         if attributes.version.replace(number).is_some() {
-            errors.spanned(path, "duplicate key `version` in #[event(..)]; give it once");
+            errors.spanned(
+                path,
+                "duplicate key `version` in #[event(..)]; give it once",
+            );
         }
         return;
     }
@@ -356,7 +365,10 @@ fn parse_version_key(
         return;
     };
     if attributes.upcast_from.replace(from).is_some() {
-        errors.spanned(path, "duplicate key `upcast_from` in #[event(..)]; give it once");
+        errors.spanned(
+            path,
+            "duplicate key `upcast_from` in #[event(..)]; give it once",
+        );
     }
 }
 

@@ -71,27 +71,43 @@ impl Decoder {
         }
         let version = match text_header(incoming, VERSION_HEADER)? {
             None => 1,
-            Some(text) => text.parse::<u32>().ok().filter(|v| *v >= 1).ok_or_else(|| {
-                (
-                    RejectReason::BadHeader,
-                    format!("{VERSION_HEADER} header {:?} is not a version (a whole number from 1)", bounded(text)),
-                )
-            })?,
+            Some(text) => text
+                .parse::<u32>()
+                .ok()
+                .filter(|v| *v >= 1)
+                .ok_or_else(|| {
+                    (
+                        RejectReason::BadHeader,
+                        format!(
+                            "{VERSION_HEADER} header {:?} is not a version (a whole number from 1)",
+                            bounded(text)
+                        ),
+                    )
+                })?,
         };
         let Ok(events) = registered_events() else {
-            return Err((RejectReason::UnknownTag, "the event registry is not valid".to_owned()));
+            return Err((
+                RejectReason::UnknownTag,
+                "the event registry is not valid".to_owned(),
+            ));
         };
         let registered = registration(events, tag, version)?;
-        let theirs = text_header(incoming, FINGERPRINT_HEADER)?.and_then(|t| t.parse::<Fingerprint>().ok());
+        let theirs =
+            text_header(incoming, FINGERPRINT_HEADER)?.and_then(|t| t.parse::<Fingerprint>().ok());
         let ours = registered.fingerprint();
-        let event: Box<dyn Event> = if theirs == Some(ours) || theirs == Some(registered.written_fingerprint()) {
-            codec.decode(body).map_err(|e| (RejectReason::Decode, format!("event {tag:?}: {e}")))?
-        } else {
-            Counters::add(&counters.fingerprint_mismatches);
-            let event = self.resolve(body, codec, registered, theirs, transport).await?;
-            Counters::add(&counters.schemas_resolved);
-            event
-        };
+        let event: Box<dyn Event> =
+            if theirs == Some(ours) || theirs == Some(registered.written_fingerprint()) {
+                codec
+                    .decode(body)
+                    .map_err(|e| (RejectReason::Decode, format!("event {tag:?}: {e}")))?
+            } else {
+                Counters::add(&counters.fingerprint_mismatches);
+                let event = self
+                    .resolve(body, codec, registered, theirs, transport)
+                    .await?;
+                Counters::add(&counters.schemas_resolved);
+                event
+            };
         if event.tag() != tag || event.version() != version {
             return Err((
                 RejectReason::TagMismatch,
@@ -105,7 +121,12 @@ impl Decoder {
         let mut event: Arc<dyn Event> = Arc::from(event);
         let mut at = version;
         while let Some(upcast) = events.get(tag, at + 1).and_then(|next| next.upcast()) {
-            event = upcast(event).map_err(|e| (RejectReason::Decode, format!("event {tag:?} version {at}: {e}")))?;
+            event = upcast(event).map_err(|e| {
+                (
+                    RejectReason::Decode,
+                    format!("event {tag:?} version {at}: {e}"),
+                )
+            })?;
             Counters::add(&counters.upcasts);
             at += 1;
         }
@@ -148,17 +169,26 @@ impl Decoder {
         {
             return Err((
                 RejectReason::FingerprintMismatch,
-                format!("event {tag:?}: fingerprint {theirs} is the schema of {:?} version {}", writer.tag(), writer.version()),
+                format!(
+                    "event {tag:?}: fingerprint {theirs} is the schema of {:?} version {}",
+                    writer.tag(),
+                    writer.version()
+                ),
             ));
         }
-        let mut value = reader_of_body.read(body, codec, registered.wire_name()).map_err(|e| {
-            let reason = if e.contains("could not be traced") {
-                RejectReason::FingerprintMismatch
-            } else {
-                RejectReason::Decode
-            };
-            (reason, format!("event {tag:?} (writer's schema {theirs}): {e}"))
-        })?;
+        let mut value = reader_of_body
+            .read(body, codec, registered.wire_name())
+            .map_err(|e| {
+                let reason = if e.contains("could not be traced") {
+                    RejectReason::FingerprintMismatch
+                } else {
+                    RejectReason::Decode
+                };
+                (
+                    reason,
+                    format!("event {tag:?} (writer's schema {theirs}): {e}"),
+                )
+            })?;
         if let Some(writer) = &writer {
             writer.rename_for(ours, &mut value);
         }
@@ -176,7 +206,11 @@ impl Decoder {
 }
 
 /// The type registered for `tag` at `version`, or why there is none.
-fn registration<'a>(events: &'a EventRegistry, tag: &str, version: u32) -> Result<&'a Registration, Refusal> {
+fn registration<'a>(
+    events: &'a EventRegistry,
+    tag: &str,
+    version: u32,
+) -> Result<&'a Registration, Refusal> {
     if let Some(registered) = events.get(tag, version) {
         return Ok(registered);
     }
@@ -205,7 +239,10 @@ fn text_header<'a>(incoming: &'a dyn Received, name: &str) -> Result<Option<&'a 
     match incoming.header(name) {
         Header::Text(text) => Ok(Some(text)),
         Header::Absent => Ok(None),
-        Header::WrongType => Err((RejectReason::BadHeader, format!("{name} header is not a string"))),
+        Header::WrongType => Err((
+            RejectReason::BadHeader,
+            format!("{name} header is not a string"),
+        )),
     }
 }
 
@@ -269,8 +306,12 @@ mod fuzz {
             incoming: &dyn Received,
         ) -> Result<Arc<dyn Event>, (RejectReason, String)> {
             // The memory transport's schema store answers at once.
-            crate::runtime::now_or_never(self.decoder.decode(incoming, &self.counters, &self.transport))
-                .expect("the decoder waited on a memory transport")
+            crate::runtime::now_or_never(self.decoder.decode(
+                incoming,
+                &self.counters,
+                &self.transport,
+            ))
+            .expect("the decoder waited on a memory transport")
         }
     }
 

@@ -268,7 +268,11 @@ enum Outcome {
 impl Shared {
     async fn handle(&self, incoming: &dyn Received) -> Outcome {
         Counters::add(&self.counters.delivered);
-        let event = match self.decoder.decode(incoming, &self.counters, &*self.transport).await {
+        let event = match self
+            .decoder
+            .decode(incoming, &self.counters, &*self.transport)
+            .await
+        {
             Ok(event) => event,
             Err((RejectReason::UnknownTag, _))
                 if self.settings.unknown_events == UnknownEvents::Acknowledge =>

@@ -59,7 +59,10 @@ impl std::error::Error for Incompatible {}
 pub(super) fn check(writer: &Schema, reader: &Schema) -> Result<(), Vec<Incompatible>> {
     let whole = |reason: String| Err(vec![Incompatible::new("", reason)]);
     if writer.tag != reader.tag {
-        return whole(format!("the tags differ: {:?} and {:?}", writer.tag, reader.tag));
+        return whole(format!(
+            "the tags differ: {:?} and {:?}",
+            writer.tag, reader.tag
+        ));
     }
     if writer.version != reader.version {
         return whole(format!(
@@ -71,10 +74,18 @@ pub(super) fn check(writer: &Schema, reader: &Schema) -> Result<(), Vec<Incompat
         return Ok(());
     }
     let (Some(w), Some(r)) = (&writer.root, &reader.root) else {
-        let untraced = if writer.root.is_none() { writer } else { reader };
+        let untraced = if writer.root.is_none() {
+            writer
+        } else {
+            reader
+        };
         return whole(format!(
             "the fingerprints differ and the {} type could not be traced ({}); only an identical type can be read",
-            if writer.root.is_none() { "writer's" } else { "reader's" },
+            if writer.root.is_none() {
+                "writer's"
+            } else {
+                "reader's"
+            },
             untraced.untraced.as_deref().unwrap_or("no format")
         ));
     };
@@ -127,7 +138,9 @@ fn view<'a>(mut format: &'a Format, containers: &'a Containers) -> (Option<&'a s
         match containers.get(n) {
             Some(ContainerFormat::NewTypeStruct(inner)) => format = inner,
             Some(ContainerFormat::UnitStruct) => return (name, Node::Primitive(&Format::Unit)),
-            Some(ContainerFormat::TupleStruct(items)) => return (name, Node::Tuple(items.iter().collect())),
+            Some(ContainerFormat::TupleStruct(items)) => {
+                return (name, Node::Tuple(items.iter().collect()));
+            }
             Some(ContainerFormat::Struct(fields)) => return (name, Node::Struct(n, fields)),
             Some(ContainerFormat::Enum(variants)) => return (name, Node::Enum(n, variants)),
             None => break,
@@ -175,7 +188,10 @@ impl<'s> Walk<'s> {
         }
         match (w_node, r_node) {
             (Node::Option(w), Node::Option(r)) => self.format(w, r, path, false),
-            (Node::Option(_), _) => self.fail(path, "the writer may leave it empty (an Option) and the reader requires a value"),
+            (Node::Option(_), _) => self.fail(
+                path,
+                "the writer may leave it empty (an Option) and the reader requires a value",
+            ),
             (w_node, Node::Option(r)) => {
                 // A value read as `Some`: compare with what the option holds.
                 let (_, r_inner) = view(r, &self.reader.types);
@@ -191,7 +207,11 @@ impl<'s> Walk<'s> {
                 if !widens(w, r) {
                     self.fail(
                         path,
-                        format!("the writer sends {} and the reader expects {}", primitive_name(w), primitive_name(r)),
+                        format!(
+                            "the writer sends {} and the reader expects {}",
+                            primitive_name(w),
+                            primitive_name(r)
+                        ),
                     );
                 }
             }
@@ -209,12 +229,22 @@ impl<'s> Walk<'s> {
             (Node::Enum(_, w), Node::Enum(r_name, r)) => self.variants(w, r, r_name, path),
             (w, r) => {
                 let (w, r) = (w.kind(), r.kind());
-                self.fail(path, format!("the writer sends {w} and the reader expects {r}"));
+                self.fail(
+                    path,
+                    format!("the writer sends {w} and the reader expects {r}"),
+                );
             }
         }
     }
 
-    fn fields(&mut self, w: &'s [Named<Format>], r: &'s [Named<Format>], container: &str, path: &str, root: bool) {
+    fn fields(
+        &mut self,
+        w: &'s [Named<Format>],
+        r: &'s [Named<Format>],
+        container: &str,
+        path: &str,
+        root: bool,
+    ) {
         let reader = self.reader;
         let optional = reader.optional.get(container);
         for field in r {
@@ -257,12 +287,20 @@ impl<'s> Walk<'s> {
         for wv in w.values() {
             let here = format!("{path}::{}", wv.name);
             let Some(rv) = r.values().find(|rv| rv.name == wv.name) else {
-                self.fail(&here, format!("the writer may send variant `{}` and the reader does not know it", wv.name));
+                self.fail(
+                    &here,
+                    format!(
+                        "the writer may send variant `{}` and the reader does not know it",
+                        wv.name
+                    ),
+                );
                 continue;
             };
             match (&wv.value, &rv.value) {
                 (VariantFormat::Unit, VariantFormat::Unit) => {}
-                (VariantFormat::NewType(w), VariantFormat::NewType(r)) => self.format(w, r, &here, false),
+                (VariantFormat::NewType(w), VariantFormat::NewType(r)) => {
+                    self.format(w, r, &here, false)
+                }
                 (VariantFormat::Tuple(w), VariantFormat::Tuple(r)) if w.len() == r.len() => {
                     for (i, (w, r)) in w.iter().zip(r).enumerate() {
                         self.format(w, r, &format!("{here}.{i}"), false);

@@ -31,9 +31,15 @@ pub(crate) enum Format {
     Bytes,
     Option(Box<Format>),
     Seq(Box<Format>),
-    Map { key: Box<Format>, value: Box<Format> },
+    Map {
+        key: Box<Format>,
+        value: Box<Format>,
+    },
     Tuple(Vec<Format>),
-    TupleArray { content: Box<Format>, size: usize },
+    TupleArray {
+        content: Box<Format>,
+        size: usize,
+    },
 }
 
 /// The format of a struct or enum.
@@ -78,7 +84,12 @@ impl TryFrom<&serde_reflection::Format> for Format {
     fn try_from(format: &serde_reflection::Format) -> Result<Self, Unresolved> {
         use serde_reflection::Format as F;
         let boxed = |f: &F| Self::try_from(f).map(Box::new);
-        let list = |items: &[F]| items.iter().map(Self::try_from).collect::<Result<Vec<_>, _>>();
+        let list = |items: &[F]| {
+            items
+                .iter()
+                .map(Self::try_from)
+                .collect::<Result<Vec<_>, _>>()
+        };
         Ok(match format {
             F::Variable(variable) => match &*variable.borrow() {
                 Some(known) => Self::try_from(known)?,
@@ -117,7 +128,9 @@ impl TryFrom<&serde_reflection::Format> for Format {
     }
 }
 
-fn fields(fields: &[serde_reflection::Named<serde_reflection::Format>]) -> Result<Vec<Named<Format>>, Unresolved> {
+fn fields(
+    fields: &[serde_reflection::Named<serde_reflection::Format>],
+) -> Result<Vec<Named<Format>>, Unresolved> {
     fields
         .iter()
         .map(|f| {
@@ -141,7 +154,12 @@ impl TryFrom<&serde_reflection::VariantFormat> for VariantFormat {
             },
             V::Unit => Self::Unit,
             V::NewType(inner) => Self::NewType(Box::new(Format::try_from(&**inner)?)),
-            V::Tuple(items) => Self::Tuple(items.iter().map(Format::try_from).collect::<Result<_, _>>()?),
+            V::Tuple(items) => Self::Tuple(
+                items
+                    .iter()
+                    .map(Format::try_from)
+                    .collect::<Result<_, _>>()?,
+            ),
             V::Struct(named) => Self::Struct(fields(named)?),
         })
     }
@@ -155,7 +173,12 @@ impl TryFrom<&serde_reflection::ContainerFormat> for ContainerFormat {
         Ok(match container {
             C::UnitStruct => Self::UnitStruct,
             C::NewTypeStruct(inner) => Self::NewTypeStruct(Box::new(Format::try_from(&**inner)?)),
-            C::TupleStruct(items) => Self::TupleStruct(items.iter().map(Format::try_from).collect::<Result<_, _>>()?),
+            C::TupleStruct(items) => Self::TupleStruct(
+                items
+                    .iter()
+                    .map(Format::try_from)
+                    .collect::<Result<_, _>>()?,
+            ),
             C::Struct(named) => Self::Struct(fields(named)?),
             C::Enum(variants) => Self::Enum(
                 variants

@@ -42,23 +42,25 @@ pub(crate) use value::ValueDeserializer;
 /// use serde::{Deserialize, Serialize};
 /// use tidings::{Event, EventType};
 ///
-/// #[derive(Serialize, Deserialize)]
+/// #[derive(Serialize, Deserialize, Debug)]
 /// struct Line { sku: String, cents: u64 }
 ///
 /// #[derive(Event, Serialize, Deserialize, Debug)]
-/// #[event(name = "orders.placed")]
+/// #[event(name = "schema.order_placed")]
 /// struct OrderPlaced { id: u64, lines: Vec<Line> }
 ///
 /// #[derive(Event, Serialize, Deserialize, Debug)]
-/// #[event(name = "orders.placed", version = 2)]
+/// #[event(name = "schema.order_placed", version = 2)]
 /// struct OrderPlacedV2 { id: u64, lines: Vec<Line>, coupon: Option<String> }
 ///
 /// let v1 = OrderPlaced::schema();
 /// let v2 = OrderPlacedV2::schema();
 /// assert_eq!(v1.fields(), ["id", "lines"]);
 /// assert!(v1.is_traced() && v1.fingerprint() != v2.fingerprint());
-/// // v2 reads v1 (the coupon is absent); v1 reads v2 (it ignores the coupon).
-/// assert!(v2.can_read(v1).is_ok() && v1.can_read(v2).is_ok());
+/// assert!(v1.can_read(v1).is_ok());
+/// // Another version is a breaking change: readers of v2 upcast v1.
+/// assert!(v2.can_read(v1).is_err());
+/// println!("{}", v1.to_json_schema()); // for other languages
 /// ```
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Schema {
@@ -92,7 +94,12 @@ impl Schema {
     /// Used by `#[derive(Event)]`.
     #[doc(hidden)]
     #[must_use]
-    pub fn trace<T: DeserializeOwned>(tag: &str, version: u32, aliases: &[&[&str]], fallback: Fingerprint) -> Self {
+    pub fn trace<T: DeserializeOwned>(
+        tag: &str,
+        version: u32,
+        aliases: &[&[&str]],
+        fallback: Fingerprint,
+    ) -> Self {
         let mut schema = Self {
             tag: tag.to_owned(),
             version,
@@ -118,7 +125,10 @@ impl Schema {
 
     /// The fingerprint of a traced schema's content.
     fn deep_fingerprint(&self) -> Fingerprint {
-        let root = self.root.as_ref().map_or_else(String::new, |root| trace::canonical(root, &self.types));
+        let root = self
+            .root
+            .as_ref()
+            .map_or_else(String::new, |root| trace::canonical(root, &self.types));
         let canonical = format!("tag={};version={};{root}", self.tag, self.version);
         Fingerprint::from_u64(fnv1a(canonical.as_bytes()))
     }
@@ -126,7 +136,8 @@ impl Schema {
     /// Parses a schema from its JSON form and checks that its fingerprint
     /// is that of its content.
     pub(crate) fn from_json(bytes: &[u8]) -> Result<Self, String> {
-        let schema: Self = serde_json::from_slice(bytes).map_err(|e| format!("not a schema: {e}"))?;
+        let schema: Self =
+            serde_json::from_slice(bytes).map_err(|e| format!("not a schema: {e}"))?;
         if schema.root.is_some() && schema.deep_fingerprint() != schema.fingerprint {
             return Err(format!(
                 "schema of {:?} claims fingerprint {} but its content hashes to {}",
@@ -181,7 +192,9 @@ impl Schema {
     #[must_use]
     pub fn fields(&self) -> Vec<&str> {
         match self.root_container() {
-            Some(ContainerFormat::Struct(fields)) => fields.iter().map(|f| f.name.as_str()).collect(),
+            Some(ContainerFormat::Struct(fields)) => {
+                fields.iter().map(|f| f.name.as_str()).collect()
+            }
             _ => Vec::new(),
         }
     }
@@ -216,7 +229,12 @@ impl Schema {
 
     /// The writer's body read into a [`Value`] by this, the writer's,
     /// schema: bincode by walking the format, JSON as it is.
-    pub(crate) fn read(&self, body: &[u8], codec: &dyn crate::codec::Codec, wire_name: &str) -> Result<Value, String> {
+    pub(crate) fn read(
+        &self,
+        body: &[u8],
+        codec: &dyn crate::codec::Codec,
+        wire_name: &str,
+    ) -> Result<Value, String> {
         if codec.content_type() == crate::codec::JSON_CONTENT_TYPE {
             let mut json: serde_json::Map<String, serde_json::Value> =
                 serde_json::from_slice(body).map_err(|e| format!("not a JSON event: {e}"))?;
@@ -266,7 +284,10 @@ impl Schema {
                 continue;
             }
             let known = self.aliases.get(name.as_str()).and_then(|aliases| {
-                aliases.iter().find(|a| theirs.contains(&a.as_str())).cloned()
+                aliases
+                    .iter()
+                    .find(|a| theirs.contains(&a.as_str()))
+                    .cloned()
             });
             if let Some(known) = known {
                 *name = known;
@@ -287,7 +308,10 @@ impl fmt::Debug for Schema {
 }
 
 /// Reads a `T` out of a [`Value`], naming the field's path on failure.
-pub(crate) fn read_value<T: DeserializeOwned>(value: Value, human_readable: bool) -> Result<T, String> {
+pub(crate) fn read_value<T: DeserializeOwned>(
+    value: Value,
+    human_readable: bool,
+) -> Result<T, String> {
     serde_path_to_error::deserialize(ValueDeserializer::new(value, human_readable)).map_err(|e| {
         let path = e.path().to_string();
         if path == "." {

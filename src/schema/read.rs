@@ -3,9 +3,9 @@
 
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor};
 use super::format::{ContainerFormat, Containers, Format, Named, VariantFormat};
 use super::value::Value;
+use serde::de::{self, DeserializeSeed, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor};
 
 /// How deep a value may nest; as serde_json's own limit.
 const MAX_DEPTH: usize = 128;
@@ -52,8 +52,12 @@ impl<'de> DeserializeSeed<'de> for ByFormat<'_> {
                 match container {
                     ContainerFormat::UnitStruct => Ok(Value::Unit),
                     ContainerFormat::NewTypeStruct(inner) => self.nested(inner).deserialize(de),
-                    ContainerFormat::TupleStruct(items) => de.deserialize_tuple(items.len(), ReadTuple(self, items)),
-                    ContainerFormat::Struct(fields) => de.deserialize_tuple(fields.len(), ReadStruct(self, fields)),
+                    ContainerFormat::TupleStruct(items) => {
+                        de.deserialize_tuple(items.len(), ReadTuple(self, items))
+                    }
+                    ContainerFormat::Struct(fields) => {
+                        de.deserialize_tuple(fields.len(), ReadStruct(self, fields))
+                    }
                     ContainerFormat::Enum(_) => de.deserialize_enum("", &[], visitor),
                 }
             }
@@ -183,8 +187,12 @@ impl<'de> Visitor<'de> for Read<'_> {
                 Value::Unit
             }
             VariantFormat::NewType(inner) => access.newtype_variant_seed(by.nested(inner))?,
-            VariantFormat::Tuple(items) => access.tuple_variant(items.len(), ReadTuple(by, items))?,
-            VariantFormat::Struct(fields) => access.tuple_variant(fields.len(), ReadStruct(by, fields))?,
+            VariantFormat::Tuple(items) => {
+                access.tuple_variant(items.len(), ReadTuple(by, items))?
+            }
+            VariantFormat::Struct(fields) => {
+                access.tuple_variant(fields.len(), ReadStruct(by, fields))?
+            }
         };
         Ok(Value::Variant(variant.name.clone(), Box::new(content)))
     }

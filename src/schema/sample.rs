@@ -3,11 +3,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::de::DeserializeOwned;
-use serde_json::json;
 use super::Schema;
 use super::format::{ContainerFormat, Containers, Format, Named, VariantFormat};
 use super::value::Value;
+use serde::de::DeserializeOwned;
+use serde_json::json;
 
 /// The fields of each struct (and struct variant, `Enum::Variant`) in `T`
 /// that `T` reads when they are absent: it is tried, field by field, on a
@@ -32,7 +32,9 @@ pub(super) fn optional_fields<T: DeserializeOwned>(
             ContainerFormat::Enum(variants) => variants
                 .values()
                 .filter_map(|v| match &v.value {
-                    VariantFormat::Struct(fields) => Some((format!("{name}::{}", v.name), &fields[..])),
+                    VariantFormat::Struct(fields) => {
+                        Some((format!("{name}::{}", v.name), &fields[..]))
+                    }
                     _ => None,
                 })
                 .collect(),
@@ -41,7 +43,10 @@ pub(super) fn optional_fields<T: DeserializeOwned>(
         for (key, fields) in structs {
             for field in fields {
                 if reads(Some((&key, &field.name))) {
-                    optional.entry(key.clone()).or_default().insert(field.name.clone());
+                    optional
+                        .entry(key.clone())
+                        .or_default()
+                        .insert(field.name.clone());
                 }
             }
         }
@@ -58,7 +63,10 @@ struct Sampler<'a> {
 
 impl Sampler<'_> {
     fn reads_whole<T: DeserializeOwned>(root: &Format, containers: &Containers) -> bool {
-        let mut sampler = Sampler { containers, omit: None };
+        let mut sampler = Sampler {
+            containers,
+            omit: None,
+        };
         super::read_value::<T>(sampler.sample(root, 0), false).is_ok()
     }
 
@@ -76,9 +84,11 @@ impl Sampler<'_> {
             if !seen.insert(name.clone()) {
                 return false;
             }
-            self.containers
-                .get(&name)
-                .is_some_and(|c| container_formats(c).into_iter().any(|f| self.leads(f, seen)))
+            self.containers.get(&name).is_some_and(|c| {
+                container_formats(c)
+                    .into_iter()
+                    .any(|f| self.leads(f, seen))
+            })
         })
     }
 
@@ -105,19 +115,27 @@ impl Sampler<'_> {
             Format::Char => Value::Char('A'),
             Format::Str => Value::Str(String::new()),
             Format::Bytes => Value::Bytes(vec![0; 16]),
-            Format::Option(inner) if self.toward(inner) => Value::Some(Box::new(self.sample(inner, depth + 1))),
+            Format::Option(inner) if self.toward(inner) => {
+                Value::Some(Box::new(self.sample(inner, depth + 1)))
+            }
             Format::Option(_) => Value::None,
-            Format::Seq(inner) if self.toward(inner) => Value::Seq(vec![self.sample(inner, depth + 1)]),
+            Format::Seq(inner) if self.toward(inner) => {
+                Value::Seq(vec![self.sample(inner, depth + 1)])
+            }
             Format::Seq(_) => Value::Seq(Vec::new()),
             Format::Map { key, value } if self.toward(key) || self.toward(value) => {
                 let key = self.sample(key, depth + 1);
                 Value::Map(vec![(key, self.sample(value, depth + 1))])
             }
             Format::Map { .. } => Value::Map(Vec::new()),
-            Format::Tuple(items) => Value::Seq(items.iter().map(|f| self.sample(f, depth + 1)).collect()),
-            Format::TupleArray { content, size } => {
-                Value::Seq((0..*size.min(&4096)).map(|_| self.sample(content, depth + 1)).collect())
+            Format::Tuple(items) => {
+                Value::Seq(items.iter().map(|f| self.sample(f, depth + 1)).collect())
             }
+            Format::TupleArray { content, size } => Value::Seq(
+                (0..*size.min(&4096))
+                    .map(|_| self.sample(content, depth + 1))
+                    .collect(),
+            ),
         }
     }
 
@@ -133,7 +151,9 @@ impl Sampler<'_> {
                 let leading = variants.values().find(|v| {
                     let key = format!("{name}::{}", v.name);
                     self.omit.is_some_and(|(target, _)| target == key)
-                        || variant_formats(&v.value).into_iter().any(|f| self.toward(f))
+                        || variant_formats(&v.value)
+                            .into_iter()
+                            .any(|f| self.toward(f))
                 });
                 let Some(variant) = leading.or_else(|| variants.values().next()) else {
                     return Value::Unit;
@@ -177,7 +197,10 @@ fn container_formats(container: &ContainerFormat) -> Vec<&Format> {
         ContainerFormat::NewTypeStruct(inner) => vec![inner],
         ContainerFormat::TupleStruct(items) => items.iter().collect(),
         ContainerFormat::Struct(fields) => fields.iter().map(|f| &f.value).collect(),
-        ContainerFormat::Enum(variants) => variants.values().flat_map(|v| variant_formats(&v.value)).collect(),
+        ContainerFormat::Enum(variants) => variants
+            .values()
+            .flat_map(|v| variant_formats(&v.value))
+            .collect(),
     }
 }
 
@@ -206,10 +229,16 @@ pub(super) fn json_schema(schema: &Schema) -> serde_json::Value {
         .collect();
     let mut out = format_schema(root);
     if let serde_json::Value::Object(map) = &mut out {
-        map.insert("$schema".into(), json!("https://json-schema.org/draft/2020-12/schema"));
+        map.insert(
+            "$schema".into(),
+            json!("https://json-schema.org/draft/2020-12/schema"),
+        );
         map.insert("title".into(), json!(schema.tag));
         map.insert("x-tidings-version".into(), json!(schema.version));
-        map.insert("x-tidings-fingerprint".into(), json!(schema.fingerprint.to_string()));
+        map.insert(
+            "x-tidings-fingerprint".into(),
+            json!(schema.fingerprint.to_string()),
+        );
         map.insert("$defs".into(), serde_json::Value::Object(defs));
     }
     out
@@ -238,7 +267,9 @@ fn format_schema(format: &Format) -> serde_json::Value {
         Format::Bytes => json!({"type": "array", "items": integer(0, 255)}),
         Format::Option(inner) => json!({"anyOf": [format_schema(inner), {"type": "null"}]}),
         Format::Seq(inner) => json!({"type": "array", "items": format_schema(inner)}),
-        Format::Map { value, .. } => json!({"type": "object", "additionalProperties": format_schema(value)}),
+        Format::Map { value, .. } => {
+            json!({"type": "object", "additionalProperties": format_schema(value)})
+        }
         Format::Tuple(items) => tuple_schema(items),
         Format::TupleArray { content, size } => {
             json!({"type": "array", "items": format_schema(content), "minItems": size, "maxItems": size})

@@ -34,7 +34,11 @@ pub(crate) struct SchemaCache {
 impl SchemaCache {
     /// The writer's schema of `fingerprint`, from the cache or the
     /// transport's store; `None` when no store has it.
-    pub(crate) async fn find(&self, fingerprint: Fingerprint, transport: &dyn Transport) -> Option<Arc<Schema>> {
+    pub(crate) async fn find(
+        &self,
+        fingerprint: Fingerprint,
+        transport: &dyn Transport,
+    ) -> Option<Arc<Schema>> {
         if let Some(schema) = lock(&self.found).get(&fingerprint) {
             return Some(schema.clone());
         }

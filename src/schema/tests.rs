@@ -112,7 +112,9 @@ fn traces_nested_types_and_learns_optional_fields() {
     assert!(v1.is_traced(), "{:?}", v1.untraced_reason());
     assert_eq!(v1.fields(), ["id", "qty", "note", "lines", "status"]);
     assert_eq!(
-        v1.optional.get("Order").map(|f| f.iter().map(String::as_str).collect::<Vec<_>>()),
+        v1.optional
+            .get("Order")
+            .map(|f| f.iter().map(String::as_str).collect::<Vec<_>>()),
         Some(vec!["note"])
     );
     let v2 = schema::<v2::Order>(&[&[], &["qty"], &[], &[], &[]]);
@@ -124,7 +126,11 @@ fn traces_nested_types_and_learns_optional_fields() {
 #[test]
 fn the_deep_fingerprint_sees_nested_changes_and_serde_names_not_type_names() {
     let base = schema::<v1::Order>(&[]).fingerprint();
-    assert_ne!(base, schema::<retyped::Order>(&[]).fingerprint(), "a nested type changed");
+    assert_ne!(
+        base,
+        schema::<retyped::Order>(&[]).fingerprint(),
+        "a nested type changed"
+    );
     mod renamed {
         use super::*;
         type Cents = u64;
@@ -161,7 +167,11 @@ fn the_deep_fingerprint_sees_nested_changes_and_serde_names_not_type_names() {
         lines: Vec<v1::Line>,
         status: v1::Status,
     }
-    assert_ne!(base, schema::<WireRenamed>(&[]).fingerprint(), "a serde rename is the wire");
+    assert_ne!(
+        base,
+        schema::<WireRenamed>(&[]).fingerprint(),
+        "a serde rename is the wire"
+    );
     assert_ne!(
         base,
         Schema::trace::<v1::Order>("orders.placed", 2, &[], Fingerprint::from_u64(0)).fingerprint(),
@@ -195,23 +205,40 @@ fn incompatible_changes_name_the_field() {
     let problems = schema::<NeedsMore>(&[]).can_read(&v1).unwrap_err();
     assert_eq!(problems.len(), 1);
     assert_eq!(problems[0].path(), "due");
-    assert!(problems[0].reason().contains("requires it"), "{}", problems[0]);
+    assert!(
+        problems[0].reason().contains("requires it"),
+        "{}",
+        problems[0]
+    );
 }
 
 /// Encodes like a `Box<dyn Event>`: `{wire name: event}`.
 fn body<T: Serialize>(codec: &dyn Codec, event: &T) -> Vec<u8> {
-    codec.encode(&BTreeMap::from([("orders.placed", event)])).unwrap()
+    codec
+        .encode(&BTreeMap::from([("orders.placed", event)]))
+        .unwrap()
 }
 
-fn read_as<T: DeserializeOwned>(writer: &Schema, reader: &Schema, codec: &dyn Codec, body: &[u8]) -> Result<T, String> {
+fn read_as<T: DeserializeOwned>(
+    writer: &Schema,
+    reader: &Schema,
+    codec: &dyn Codec,
+    body: &[u8],
+) -> Result<T, String> {
     let mut value = writer.read(body, codec, "orders.placed")?;
     writer.rename_for(reader, &mut value);
-    read_value::<T>(value, codec.content_type() == crate::codec::JSON_CONTENT_TYPE)
+    read_value::<T>(
+        value,
+        codec.content_type() == crate::codec::JSON_CONTENT_TYPE,
+    )
 }
 
 #[test]
 fn a_new_reader_reads_an_old_writer_and_back_under_both_codecs() {
-    let (old, new) = (schema::<v1::Order>(&[]), schema::<v2::Order>(&[&[], &["qty"], &[], &[], &[]]));
+    let (old, new) = (
+        schema::<v1::Order>(&[]),
+        schema::<v2::Order>(&[&[], &["qty"], &[], &[], &[]]),
+    );
     for codec in [&Bincode as &dyn Codec, &Json] {
         let read: v2::Order = read_as(&old, &new, codec, &body(codec, &v1::order())).unwrap();
         assert_eq!(read.quantity, 3);
@@ -227,7 +254,12 @@ fn a_new_reader_reads_an_old_writer_and_back_under_both_codecs() {
             coupon: Some("XMAS".into()),
         };
         let read: v1::Order = read_as(&new, &old, codec, &body(codec, &newer)).unwrap();
-        assert_eq!((read.id, read.qty, read.note), (8, 5, None), "{}", codec.content_type());
+        assert_eq!(
+            (read.id, read.qty, read.note),
+            (8, 5, None),
+            "{}",
+            codec.content_type()
+        );
     }
 }
 
@@ -235,8 +267,12 @@ fn a_new_reader_reads_an_old_writer_and_back_under_both_codecs() {
 fn a_changed_type_is_refused_with_the_field_named() {
     let (old, retyped) = (schema::<v1::Order>(&[]), schema::<retyped::Order>(&[]));
     for codec in [&Bincode as &dyn Codec, &Json] {
-        let error = read_as::<retyped::Order>(&old, &retyped, codec, &body(codec, &v1::order())).unwrap_err();
-        assert_eq!(error, "field `lines[0].cents`: invalid type: integer `250`, expected a string");
+        let error = read_as::<retyped::Order>(&old, &retyped, codec, &body(codec, &v1::order()))
+            .unwrap_err();
+        assert_eq!(
+            error,
+            "field `lines[0].cents`: invalid type: integer `250`, expected a string"
+        );
     }
 }
 
@@ -277,13 +313,22 @@ fn an_untraceable_type_keeps_its_fallback_fingerprint() {
     let schema = Schema::trace::<Tagged>("t", 1, &[], Fingerprint::from_u64(5));
     assert!(!schema.is_traced());
     assert_eq!(schema.fingerprint(), Fingerprint::from_u64(5));
-    assert!(schema.untraced_reason().is_some_and(|r| r.contains("cannot be traced")));
+    assert!(
+        schema
+            .untraced_reason()
+            .is_some_and(|r| r.contains("cannot be traced"))
+    );
 }
 
 #[test]
 fn json_schema_marks_required_fields() {
     let schema = schema::<v1::Order>(&[]).to_json_schema();
-    assert_eq!(schema["$defs"]["Order"]["required"], serde_json::json!(["id", "qty", "lines", "status"]));
-    assert_eq!(schema["$defs"]["Line"]["properties"]["cents"]["type"], "integer");
+    assert_eq!(
+        schema["$defs"]["Order"]["required"],
+        serde_json::json!(["id", "qty", "lines", "status"])
+    );
+    assert_eq!(
+        schema["$defs"]["Line"]["properties"]["cents"]["type"],
+        "integer"
+    );
 }
-

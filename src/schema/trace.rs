@@ -61,7 +61,10 @@ pub(crate) fn trace<T: DeserializeOwned>(aliases: &[&[&str]]) -> Result<Traced, 
         if names.len() == aliases.len() {
             for (name, aliases) in names.iter().zip(aliases) {
                 if !aliases.is_empty() {
-                    by_field.insert(name.clone(), aliases.iter().map(|a| (*a).to_owned()).collect());
+                    by_field.insert(
+                        name.clone(),
+                        aliases.iter().map(|a| (*a).to_owned()).collect(),
+                    );
                 }
             }
         }
@@ -75,7 +78,8 @@ pub(crate) fn trace<T: DeserializeOwned>(aliases: &[&[&str]]) -> Result<Traced, 
         })?;
         containers.insert(name.clone(), container);
     }
-    let root = Format::try_from(&root).map_err(|_| "its root format cannot be traced".to_owned())?;
+    let root =
+        Format::try_from(&root).map_err(|_| "its root format cannot be traced".to_owned())?;
     Ok(Traced {
         root,
         containers,
@@ -126,7 +130,12 @@ pub(crate) fn canonical(root: &Format, containers: &Containers) -> String {
     out
 }
 
-fn write_format<'a>(out: &mut String, format: &'a Format, containers: &'a Containers, stack: &mut Vec<&'a str>) {
+fn write_format<'a>(
+    out: &mut String,
+    format: &'a Format,
+    containers: &'a Containers,
+    stack: &mut Vec<&'a str>,
+) {
     match format {
         Format::TypeName(name) => {
             if let Some(depth) = stack.iter().rposition(|n| n == name) {
@@ -168,7 +177,13 @@ fn write_format<'a>(out: &mut String, format: &'a Format, containers: &'a Contai
     }
 }
 
-fn write_list<'a>(out: &mut String, what: &str, items: &'a [Format], containers: &'a Containers, stack: &mut Vec<&'a str>) {
+fn write_list<'a>(
+    out: &mut String,
+    what: &str,
+    items: &'a [Format],
+    containers: &'a Containers,
+    stack: &mut Vec<&'a str>,
+) {
     out.push_str(what);
     out.push('(');
     for (i, item) in items.iter().enumerate() {
@@ -180,7 +195,12 @@ fn write_list<'a>(out: &mut String, what: &str, items: &'a [Format], containers:
     out.push(')');
 }
 
-fn write_fields<'a>(out: &mut String, fields: &'a [Named<Format>], containers: &'a Containers, stack: &mut Vec<&'a str>) {
+fn write_fields<'a>(
+    out: &mut String,
+    fields: &'a [Named<Format>],
+    containers: &'a Containers,
+    stack: &mut Vec<&'a str>,
+) {
     out.push('{');
     for (i, field) in fields.iter().enumerate() {
         if i > 0 {
@@ -193,7 +213,12 @@ fn write_fields<'a>(out: &mut String, fields: &'a [Named<Format>], containers: &
     out.push('}');
 }
 
-fn write_container<'a>(out: &mut String, container: &'a ContainerFormat, containers: &'a Containers, stack: &mut Vec<&'a str>) {
+fn write_container<'a>(
+    out: &mut String,
+    container: &'a ContainerFormat,
+    containers: &'a Containers,
+    stack: &mut Vec<&'a str>,
+) {
     match container {
         ContainerFormat::UnitStruct => out.push_str("unit"),
         ContainerFormat::NewTypeStruct(inner) => {

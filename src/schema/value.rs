@@ -82,7 +82,6 @@ impl ValueDeserializer {
             human_readable,
         }
     }
-
 }
 
 impl IntoDeserializer<'_, ValueError> for ValueDeserializer {
@@ -125,12 +124,9 @@ impl<'de> de::Deserializer<'de> for ValueDeserializer {
                 Ok(out)
             }
             Value::Map(entries) => {
-                let entries = entries.into_iter().map(|(k, v)| {
-                    (
-                        Self::new(k, human_readable),
-                        Self::new(v, human_readable),
-                    )
-                });
+                let entries = entries
+                    .into_iter()
+                    .map(|(k, v)| (Self::new(k, human_readable), Self::new(v, human_readable)));
                 let mut map = MapDeserializer::new(entries);
                 let out = visitor.visit_map(&mut map)?;
                 map.end()?;
@@ -271,11 +267,18 @@ impl<'de> VariantAccess<'de> for ValueDeserializer {
         }
     }
 
-    fn newtype_variant_seed<S: DeserializeSeed<'de>>(self, seed: S) -> Result<S::Value, ValueError> {
+    fn newtype_variant_seed<S: DeserializeSeed<'de>>(
+        self,
+        seed: S,
+    ) -> Result<S::Value, ValueError> {
         seed.deserialize(self)
     }
 
-    fn tuple_variant<V: Visitor<'de>>(self, _len: usize, visitor: V) -> Result<V::Value, ValueError> {
+    fn tuple_variant<V: Visitor<'de>>(
+        self,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, ValueError> {
         de::Deserializer::deserialize_any(self, visitor)
     }
 
@@ -394,7 +397,12 @@ mod tests {
                 quantity: 3,
                 note: None,
                 tags: vec![],
-                kinds: vec![Kind::One, Kind::Two(2), Kind::Three { x: -3 }, Kind::Four(4, 5)],
+                kinds: vec![
+                    Kind::One,
+                    Kind::Two(2),
+                    Kind::Three { x: -3 },
+                    Kind::Four(4, 5)
+                ],
                 map: BTreeMap::from([(1, true)]),
                 addr: std::net::Ipv4Addr::new(10, 0, 0, 1),
             }
@@ -404,15 +412,15 @@ mod tests {
     #[test]
     fn a_changed_type_names_the_field() {
         let error = read::<Reader>(writer(Value::Str("three".into())), false).unwrap_err();
-        assert_eq!(
-            error,
-            "qty: invalid type: string \"three\", expected u32"
-        );
+        assert_eq!(error, "qty: invalid type: string \"three\", expected u32");
         let mut missing = writer(Value::U64(3));
         if let Value::Struct(fields) = &mut missing {
             fields.retain(|(name, _)| name != "id");
         }
-        assert_eq!(read::<Reader>(missing, false).unwrap_err(), ". missing field `id`".replace(". ", ".: "));
+        assert_eq!(
+            read::<Reader>(missing, false).unwrap_err(),
+            ". missing field `id`".replace(". ", ".: ")
+        );
     }
 
     #[test]

@@ -25,14 +25,14 @@ use crate::amqp::props::AmqpProps;
 use crate::amqp::queue::Queue;
 use crate::codec::Codec;
 use crate::error::{Error, ErrorKind, Result};
+use crate::event::Fingerprint;
 use crate::headers::{
     ATTEMPT_HEADER, BODY_DROPPED_HEADER, ERROR_HEADER, FINGERPRINT_HEADER, ORIGIN_HEADER,
     QUEUE_HEADER, REASON_HEADER, ROUTING_KEY_HEADER, TAG_HEADER, VERSION_HEADER,
 };
-use crate::event::Fingerprint;
 use crate::schema::Schema;
-use crate::transport::schema_stream;
 use crate::transport::listen::Listen;
+use crate::transport::schema_stream;
 
 /// **The RabbitMQ transport** (`amqp://`, `amqps://`): one recovering
 /// connection, a confirming producer, a queue per listener, a retry queue
@@ -192,7 +192,11 @@ impl Transport for AmqpTransport {
 
     fn find_schema(&self, fingerprint: Fingerprint) -> BoxFuture<'_, Result<Option<Arc<Schema>>>> {
         let conn = &self.inner.conn;
-        Box::pin(schema_stream::find(conn, conn.props().exchange(), fingerprint))
+        Box::pin(schema_stream::find(
+            conn,
+            conn.props().exchange(),
+            fingerprint,
+        ))
     }
 
     fn dead_letter_queue(&self) -> Option<&str> {

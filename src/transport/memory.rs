@@ -224,7 +224,11 @@ impl Received for MemoryReceived {
         match name {
             TAG_HEADER => Header::Text(self.message.tag),
             FINGERPRINT_HEADER => Header::Text(&self.message.fingerprint),
-            VERSION_HEADER => self.message.version.as_deref().map_or(Header::Absent, Header::Text),
+            VERSION_HEADER => self
+                .message
+                .version
+                .as_deref()
+                .map_or(Header::Absent, Header::Text),
             _ => Header::Absent,
         }
     }

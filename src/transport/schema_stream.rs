@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::BasicProperties;
+use lapin::Confirmation;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions,
 };
-use lapin::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use tokio_stream::StreamExt;
 
@@ -40,8 +40,14 @@ const IDLE: Duration = Duration::from_millis(500);
 
 async fn declare(channel: &lapin::Channel, name: &str) -> Result<()> {
     let mut arguments = FieldTable::default();
-    arguments.insert("x-queue-type".into(), AMQPValue::LongString("stream".into()));
-    arguments.insert("x-max-length-bytes".into(), AMQPValue::LongLongInt(MAX_BYTES));
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("stream".into()),
+    );
+    arguments.insert(
+        "x-max-length-bytes".into(),
+        AMQPValue::LongLongInt(MAX_BYTES),
+    );
     arguments.insert(
         "x-stream-max-segment-size-bytes".into(),
         AMQPValue::LongLongInt(SEGMENT_BYTES),
@@ -56,7 +62,9 @@ async fn declare(channel: &lapin::Channel, name: &str) -> Result<()> {
         .map(drop)
         .map_err(|e| {
             Error::amqp(
-                &format!("declaring the schema stream {name:?} (RabbitMQ 3.9 or later has streams)"),
+                &format!(
+                    "declaring the schema stream {name:?} (RabbitMQ 3.9 or later has streams)"
+                ),
                 e,
             )
         })
@@ -78,7 +86,10 @@ pub(crate) async fn store(conn: &Connection, exchange: &str, schema: &Schema) ->
             FINGERPRINT_HEADER.into(),
             AMQPValue::LongString(schema.fingerprint().to_string().into()),
         );
-        headers.insert(TAG_HEADER.into(), AMQPValue::LongString(schema.tag().into()));
+        headers.insert(
+            TAG_HEADER.into(),
+            AMQPValue::LongString(schema.tag().into()),
+        );
         let properties = BasicProperties::default()
             .with_content_type(ShortString::from(crate::codec::JSON_CONTENT_TYPE))
             .with_delivery_mode(2)
@@ -98,7 +109,10 @@ pub(crate) async fn store(conn: &Connection, exchange: &str, schema: &Schema) ->
         match confirmation {
             Confirmation::Nack(_) => Err(Error::new(
                 ErrorKind::Nacked,
-                format!("the broker refused the schema of {:?} in {name:?}", schema.tag()),
+                format!(
+                    "the broker refused the schema of {:?} in {name:?}",
+                    schema.tag()
+                ),
             )),
             _ => Ok(()),
         }
@@ -110,7 +124,11 @@ pub(crate) async fn store(conn: &Connection, exchange: &str, schema: &Schema) ->
 
 /// Reads the exchange's schema stream from the start until the schema of
 /// `fingerprint` comes, or nothing more does.
-pub(crate) async fn find(conn: &Connection, exchange: &str, fingerprint: Fingerprint) -> Result<Option<Arc<Schema>>> {
+pub(crate) async fn find(
+    conn: &Connection,
+    exchange: &str,
+    fingerprint: Fingerprint,
+) -> Result<Option<Arc<Schema>>> {
     let name = schema_stream(exchange);
     let channel = conn.channel().await?;
     let found = async {
@@ -120,7 +138,10 @@ pub(crate) async fn find(conn: &Connection, exchange: &str, fingerprint: Fingerp
             .await
             .map_err(|e| Error::amqp("reading the schema stream", e))?;
         let mut arguments = FieldTable::default();
-        arguments.insert("x-stream-offset".into(), AMQPValue::LongString("first".into()));
+        arguments.insert(
+            "x-stream-offset".into(),
+            AMQPValue::LongString("first".into()),
+        );
         let mut deliveries = channel
             .basic_consume(
                 short(&name)?,
@@ -147,9 +168,13 @@ pub(crate) async fn find(conn: &Connection, exchange: &str, fingerprint: Fingerp
                 continue;
             }
             match Schema::from_json(&delivery.data) {
-                Ok(schema) if schema.fingerprint() == fingerprint => return Ok(Some(Arc::new(schema))),
+                Ok(schema) if schema.fingerprint() == fingerprint => {
+                    return Ok(Some(Arc::new(schema)));
+                }
                 Ok(_) => {}
-                Err(why) => tracing::warn!(%fingerprint, "a schema in {name:?} is not valid: {why}"),
+                Err(why) => {
+                    tracing::warn!(%fingerprint, "a schema in {name:?} is not valid: {why}")
+                }
             }
         }
         Ok(None)

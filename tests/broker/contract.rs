@@ -75,7 +75,9 @@ fn the_lock_file_is_written_then_holds() {
     Contract::check_lock_file(&path).unwrap();
     let written = Contract::read(&path).unwrap();
     assert!(
-        written.events().iter().any(|s| s.tag() == "contract.order" && s.fingerprint() == Order::schema().fingerprint())
+        written.events().iter().any(
+            |s| s.tag() == "contract.order" && s.fingerprint() == Order::schema().fingerprint()
+        )
     );
     Contract::check_lock_file(&path).unwrap();
     std::fs::remove_file(&path).unwrap();
@@ -97,7 +99,12 @@ fn one_service_can_or_cannot_read_another() {
         lines: Vec<Line>,
         coupon: Option<String>,
     }
-    let wider = Contract::new([Schema::trace::<Wider>("contract.order", 1, &[], Fingerprint::from_u64(0))]);
+    let wider = Contract::new([Schema::trace::<Wider>(
+        "contract.order",
+        1,
+        &[],
+        Fingerprint::from_u64(0),
+    )]);
     assert_eq!(ours.can_read(&wider), Ok(()));
     assert_eq!(wider.can_read(&ours), Ok(()));
 }
@@ -107,10 +114,16 @@ fn the_contract_exports_json_schema_and_asyncapi() {
     let contract = Contract::new([Order::schema().clone()]);
     let schema = contract.to_json_schema();
     let order = &schema["$defs"]["contract.order"];
-    assert_eq!(order["$defs"]["Line"]["properties"]["cents"]["type"], "string");
+    assert_eq!(
+        order["$defs"]["Line"]["properties"]["cents"]["type"],
+        "string"
+    );
     let asyncapi = contract.to_asyncapi("shop");
     assert_eq!(asyncapi["asyncapi"], "3.0.0");
     let message = &asyncapi["components"]["messages"]["contract.order"];
-    assert_eq!(message["headers"]["properties"]["x-tidings-tag"]["const"], "contract.order");
+    assert_eq!(
+        message["headers"]["properties"]["x-tidings-tag"]["const"],
+        "contract.order"
+    );
     assert_eq!(message["payload"]["required"][0], "contract.order");
 }

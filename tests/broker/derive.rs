@@ -97,7 +97,10 @@ fn the_trait_object_agrees_with_the_constants() {
 #[test]
 fn the_fingerprint_follows_the_shape() {
     // A field type differs (and the tag): different fingerprints.
-    assert_ne!(OrderPlaced::schema().fingerprint(), v2::OrderPlaced::schema().fingerprint());
+    assert_ne!(
+        OrderPlaced::schema().fingerprint(),
+        v2::OrderPlaced::schema().fingerprint()
+    );
     // Same shape, different tag: the tag is part of the fingerprint.
     assert_ne!(
         v2::OrderPlaced::schema().fingerprint(),

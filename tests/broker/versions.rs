@@ -7,9 +7,9 @@ use crate::common;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio_stream::StreamExt;
 use tidings::lapin::types::{AMQPValue, FieldTable};
 use tidings::{Bus, Event, EventType, ExchangeKind, RejectReason, Subscribers};
+use tokio_stream::StreamExt;
 
 #[derive(Event, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[event(name = "versions.refunded")]
@@ -53,29 +53,52 @@ async fn version_one_is_upcast(bus_url: &str) {
         .connect()
         .await
         .unwrap();
-    bus.publish_confirmed(&RefundedV1 { id: 1, cents: 250 }).await.unwrap();
+    bus.publish_confirmed(&RefundedV1 { id: 1, cents: 250 })
+        .await
+        .unwrap();
     let newer = Refunded {
         id: 2,
-        amount: Money { cents: 300, currency: "CHF".into() },
+        amount: Money {
+            cents: 300,
+            currency: "CHF".into(),
+        },
     };
     bus.publish_confirmed(&newer).await.unwrap();
     let mut got = Vec::new();
     for _ in 0..2 {
         let next = tokio::time::timeout(Duration::from_secs(10), refunds.next()).await;
-        got.push(next.expect("no refund within 10 s").expect("stream ended").unwrap());
+        got.push(
+            next.expect("no refund within 10 s")
+                .expect("stream ended")
+                .unwrap(),
+        );
     }
     got.sort_by_key(|r| r.id);
     assert_eq!(
         got.iter().map(|r| (**r).clone()).collect::<Vec<_>>(),
         [
-            Refunded { id: 1, amount: Money { cents: 250, currency: "EUR".into() } },
+            Refunded {
+                id: 1,
+                amount: Money {
+                    cents: 250,
+                    currency: "EUR".into()
+                }
+            },
             newer
         ]
     );
     // Subscribers of the old version see nothing: events go to the newest.
-    assert!(tokio::time::timeout(Duration::from_millis(1), old.next()).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1), old.next())
+            .await
+            .is_err()
+    );
     let stats = bus.stats();
-    assert_eq!((stats.upcasts, stats.handled, stats.dead_lettered), (1, 2, 0), "{stats:?}");
+    assert_eq!(
+        (stats.upcasts, stats.handled, stats.dead_lettered),
+        (1, 2, 0),
+        "{stats:?}"
+    );
     bus.close().await.unwrap();
 }
 
@@ -117,9 +140,20 @@ async fn a_newer_version_is_refused_not_misread() {
     let properties = tidings::lapin::BasicProperties::default()
         .with_content_type(tidings::BINCODE_CONTENT_TYPE.into())
         .with_headers(headers);
-    common::raw_publish(&channel, props.exchange(), "versions.refunded", body, properties).await;
+    common::raw_publish(
+        &channel,
+        props.exchange(),
+        "versions.refunded",
+        body,
+        properties,
+    )
+    .await;
     assert!(
-        common::eventually(Duration::from_secs(10), || bus.stats().rejected(RejectReason::NewerVersion) == 1).await,
+        common::eventually(Duration::from_secs(10), || bus
+            .stats()
+            .rejected(RejectReason::NewerVersion)
+            == 1)
+        .await,
         "{:?}",
         bus.stats()
     );

@@ -114,7 +114,9 @@ impl Drop for Cleanup {
                 // and the schema stream.
                 let dead_letters = format!("{}.dead-letter", props.exchange());
                 let _ = conn.delete_queue(&dead_letters).await;
-                let _ = conn.delete_queue(&tidings::schema_stream(props.exchange())).await;
+                let _ = conn
+                    .delete_queue(&tidings::schema_stream(props.exchange()))
+                    .await;
                 let _ = conn.delete_exchange(&dead_letters).await;
                 let _ = conn.delete_exchange(props.exchange()).await;
                 let _ = conn.close().await;

@@ -61,7 +61,12 @@ impl Consumer {
             seen: Vec::new(),
         };
         let ready = consumer.lines.recv_timeout(Duration::from_secs(30));
-        assert_eq!(ready.as_deref(), Ok("ready"), "{} did not start", consumer.name);
+        assert_eq!(
+            ready.as_deref(),
+            Ok("ready"),
+            "{} did not start",
+            consumer.name
+        );
         consumer
     }
 
@@ -113,7 +118,10 @@ fn publish(build: &str, first: u64, count: u64, url: &str) {
         .unwrap();
     let mut out = String::new();
     std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
-    assert!(child.wait().unwrap().success(), "{build} publish failed: {out}");
+    assert!(
+        child.wait().unwrap().success(),
+        "{build} publish failed: {out}"
+    );
     assert_eq!(out.trim(), format!("published {count}"));
 }
 
@@ -128,7 +136,10 @@ fn wait_for(consumers: &mut [Consumer], what: &str, done: impl Fn(&[Consumer]) -
         assert!(
             Instant::now() < deadline,
             "{what} did not happen within 60 s: {:?}",
-            consumers.iter().map(|c| (&c.name, &c.seen)).collect::<Vec<_>>()
+            consumers
+                .iter()
+                .map(|c| (&c.name, &c.seen))
+                .collect::<Vec<_>>()
         );
         thread::sleep(Duration::from_millis(20));
     }
@@ -167,7 +178,13 @@ fn rolling_upgrade(codec: &str) {
             assert!(line.ends_with("qty=3"), "{}: {line}", consumer.name);
         }
     }
-    assert!(consumers[1].seen.iter().filter(|l| l.starts_with("refunded ")).all(|l| l.ends_with("cents=250 v2")));
+    assert!(
+        consumers[1]
+            .seen
+            .iter()
+            .filter(|l| l.starts_with("refunded "))
+            .all(|l| l.ends_with("cents=250 v2"))
+    );
 
     // A build that changed a field's type: refused everywhere, nothing read.
     publish("upgrade_retyped", 200, RETYPED, &url);
@@ -189,13 +206,17 @@ fn rolling_upgrade(codec: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         consumers.iter_mut().for_each(Consumer::drain);
-        let group_refused = placed - consumers[2].count("refunded ") - consumers[3].count("refunded ");
+        let group_refused =
+            placed - consumers[2].count("refunded ") - consumers[3].count("refunded ");
         let expected = EACH + group_refused as u64 + 3 * RETYPED;
         let found = depth();
         if found == expected {
             break;
         }
-        assert!(Instant::now() < deadline, "{found} dead letters, not {expected}, after 60 s");
+        assert!(
+            Instant::now() < deadline,
+            "{found} dead letters, not {expected}, after 60 s"
+        );
         thread::sleep(Duration::from_millis(50));
     }
     let stats: Vec<BTreeMap<String, u64>> = consumers
@@ -203,14 +224,19 @@ fn rolling_upgrade(codec: &str) {
         .map(|consumer| {
             let (seen, counts) = consumer.finish();
             let misread = seen.iter().any(|l| {
-                let id = l.strip_prefix("placed ").and_then(|rest| rest.split(' ').next());
-                id.and_then(|id| id.parse::<u64>().ok()).is_some_and(|id| id >= 200)
+                let id = l
+                    .strip_prefix("placed ")
+                    .and_then(|rest| rest.split(' ').next());
+                id.and_then(|id| id.parse::<u64>().ok())
+                    .is_some_and(|id| id >= 200)
             });
             assert!(!misread, "a retyped event was misread: {seen:?}");
             counts
         })
         .collect();
-    let [v1b, v2b, v1g, v2g] = &stats[..] else { unreachable!() };
+    let [v1b, v2b, v1g, v2g] = &stats[..] else {
+        unreachable!()
+    };
 
     // Compatible changes: resolved, never dead-lettered.
     // Each reads the other build's OrderPlaced by its writer's schema.
@@ -223,9 +249,14 @@ fn rolling_upgrade(codec: &str) {
     for (name, s) in [("v1 broadcast", v1b), ("v2 broadcast", v2b)] {
         assert_eq!(s["incompatible"], RETYPED, "{name}: {s:?}");
     }
-    assert_eq!(v1g["incompatible"] + v2g["incompatible"], RETYPED, "{v1g:?} {v2g:?}");
+    assert_eq!(
+        v1g["incompatible"] + v2g["incompatible"],
+        RETYPED,
+        "{v1g:?} {v2g:?}"
+    );
     assert_eq!(v2b["newer"] + v2g["newer"], 0);
-    let dead = v1b["dead_lettered"] + v2b["dead_lettered"] + v1g["dead_lettered"] + v2g["dead_lettered"];
+    let dead =
+        v1b["dead_lettered"] + v2b["dead_lettered"] + v1g["dead_lettered"] + v2g["dead_lettered"];
     assert_eq!(
         dead,
         v1b["newer"] + v1g["newer"] + 3 * RETYPED,
@@ -239,15 +270,23 @@ fn rolling_upgrade(codec: &str) {
         while let Some(message) = common::raw_get(&c, &dead_letters).await {
             let reason = common::header_text(&message, REASON_HEADER).unwrap_or_default();
             if reason == "incompatible_schema" {
-                let error = common::header_text(&message, tidings::ERROR_HEADER).unwrap_or_default();
-                assert!(error.contains("field `qty`: invalid type: string \"three\""), "{error}");
+                let error =
+                    common::header_text(&message, tidings::ERROR_HEADER).unwrap_or_default();
+                assert!(
+                    error.contains("field `qty`: invalid type: string \"three\""),
+                    "{error}"
+                );
             }
             *reasons.entry(reason).or_default() += 1;
         }
         c.close().await.unwrap();
         reasons
     });
-    assert_eq!(reasons.get("incompatible_schema"), Some(&(3 * RETYPED as u32)), "{reasons:?}");
+    assert_eq!(
+        reasons.get("incompatible_schema"),
+        Some(&(3 * RETYPED as u32)),
+        "{reasons:?}"
+    );
     assert_eq!(
         reasons.get("newer_version").copied().unwrap_or(0),
         (v1b["newer"] + v1g["newer"]) as u32,
