@@ -49,7 +49,7 @@ def case(name):
     if name == "unknown_tag":
         body = json.dumps({"nobody.knows": {"sensor": "x", "value": 1}}).encode()
         return body, JSON, {"x-tidings-tag": "nobody.knows", "x-tidings-fingerprint": fingerprint}
-    if name == "fingerprint_mismatch":
+    if name == "unknown_schema":
         return valid_bincode, BINCODE, {"x-tidings-tag": tag, "x-tidings-fingerprint": "0123456789abcdef"}
     if name == "too_large":
         body = json.dumps({tag: {"sensor": "x" * (2 * max_size), "value": 1}}).encode()

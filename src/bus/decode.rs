@@ -108,12 +108,20 @@ impl Decoder {
                 Counters::add(&counters.schemas_resolved);
                 event
             };
-        if event.tag() != tag || event.version() != version {
+        if event.tag() != tag {
             return Err((
                 RejectReason::TagMismatch,
                 format!(
-                    "body holds event {:?} version {} but the headers say {tag:?} version {version}",
-                    event.tag(),
+                    "body holds event {:?} but the {TAG_HEADER} header says {tag:?}",
+                    event.tag()
+                ),
+            ));
+        }
+        if event.version() != version {
+            return Err((
+                RejectReason::TagMismatch,
+                format!(
+                    "body holds version {} of event {tag:?} but the {VERSION_HEADER} header says {version}",
                     event.version()
                 ),
             ));
@@ -297,7 +305,7 @@ mod fuzz {
     struct Shared {
         decoder: Decoder,
         counters: Counters,
-        transport: crate::MemoryTransport,
+        transport: Box<dyn Transport>,
     }
 
     impl Shared {
@@ -309,7 +317,7 @@ mod fuzz {
             crate::runtime::now_or_never(self.decoder.decode(
                 incoming,
                 &self.counters,
-                &self.transport,
+                &*self.transport,
             ))
             .expect("the decoder waited on a memory transport")
         }
@@ -319,7 +327,7 @@ mod fuzz {
         Shared {
             decoder: Decoder::new(Codecs::new(Arc::new(Bincode)), 64 * 1024),
             counters: Counters::default(),
-            transport: crate::MemoryTransport::named("fuzz"),
+            transport: crate::transport::test_transport(),
         }
     }
 

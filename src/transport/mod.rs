@@ -22,3 +22,10 @@ pub(crate) fn test_message(
 ) -> Box<dyn seam::Received> {
     memory::test_message(body, content_type, tag, fingerprint)
 }
+
+/// A transport for tests of the decode path: a memory one, whose schema
+/// store answers at once.
+#[cfg(test)]
+pub(crate) fn test_transport() -> Box<dyn seam::Transport> {
+    Box::new(memory::MemoryTransport::named("test"))
+}

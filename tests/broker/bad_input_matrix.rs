@@ -44,7 +44,7 @@ const CASES: &[(&str, RejectReason)] = &[
     ("no_content_type", RejectReason::ContentType),
     ("missing_tag", RejectReason::MissingTag),
     ("unknown_tag", RejectReason::UnknownTag),
-    ("fingerprint_mismatch", RejectReason::FingerprintMismatch),
+    ("unknown_schema", RejectReason::UnknownSchema),
     ("too_large", RejectReason::TooLarge),
     ("json_wrong_types", RejectReason::Decode),
     ("tag_header_integer", RejectReason::BadHeader),
@@ -144,7 +144,7 @@ fn bad_message(
                 (FINGERPRINT_HEADER, text(&ours)),
             ],
         ),
-        "fingerprint_mismatch" => (
+        "unknown_schema" => (
             valid,
             bincode,
             vec![

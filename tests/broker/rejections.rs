@@ -195,7 +195,8 @@ async fn bad_events_are_rejected_counted_and_logged_and_the_bus_goes_on() {
         ],
     )
     .await;
-    // Same tag, another shape: bincode would misread it, so it is refused.
+    // Same tag, a fingerprint whose schema no store has: bincode cannot be
+    // read by name without it, so it is refused.
     let good_bytes = tagged(bincode, "rejections.reading", &reading("m", 2));
     let other = "0123456789abcdef";
     raw.publish(
@@ -207,7 +208,7 @@ async fn bad_events_are_rejected_counted_and_logged_and_the_bus_goes_on() {
         ],
     )
     .await;
-    // JSON is self-describing: a differing fingerprint is tolerated if it decodes...
+    // JSON names its fields: a differing fingerprint is read by name...
     let json_ok = tagged(json, "rejections.reading", &reading("j", 3));
     raw.publish(
         &json_ok,
@@ -218,7 +219,7 @@ async fn bad_events_are_rejected_counted_and_logged_and_the_bus_goes_on() {
         ],
     )
     .await;
-    // ...and refused if it does not.
+    // ...and refused, naming the field, if the types differ.
     raw.publish(
         br#"{"rejections.reading":{"sensor":5}}"#,
         "application/json",
@@ -272,13 +273,19 @@ async fn bad_events_are_rejected_counted_and_logged_and_the_bus_goes_on() {
     );
     let stats = bus.stats();
     assert_eq!(stats.rejected(RejectReason::UnknownTag), 1);
-    assert_eq!(stats.rejected(RejectReason::FingerprintMismatch), 2);
+    assert_eq!(stats.rejected(RejectReason::UnknownSchema), 1);
+    assert_eq!(stats.rejected(RejectReason::IncompatibleSchema), 1);
+    assert_eq!(stats.rejected(RejectReason::FingerprintMismatch), 0);
     assert_eq!(stats.rejected(RejectReason::MissingTag), 1);
     assert_eq!(stats.rejected(RejectReason::BadHeader), 1);
     assert_eq!(stats.rejected(RejectReason::TagMismatch), 1);
     assert_eq!(stats.rejected(RejectReason::Decode), 1);
     assert_eq!(stats.rejected_total(), 7);
     assert_eq!(stats.fingerprint_mismatches, 3);
+    assert_eq!(
+        stats.schemas_resolved, 1,
+        "the JSON of another schema was read by name"
+    );
     assert_eq!(stats.dispatched, 2);
     assert!(logged("unknown event tag \"secret.type\""));
     assert!(logged(
@@ -295,8 +302,8 @@ async fn bad_events_are_rejected_counted_and_logged_and_the_bus_goes_on() {
         "both fingerprints logged"
     );
     assert!(
-        logged(&format!("theirs={other} ours={ours}")),
-        "the tolerated JSON mismatch is logged too"
+        logged("field `sensor`: invalid type: integer `5`, expected a string"),
+        "the refused JSON names the field"
     );
     bus.close().await.unwrap();
     raw.conn.close().await.unwrap();
