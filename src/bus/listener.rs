@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::context::Context;
 use super::decode::Decoder;
@@ -286,6 +286,25 @@ impl Shared {
                 }
                 return Outcome::Ack;
             }
+            // The writer's schema may not be stored yet (it is stored in
+            // the background when a type is first published): try again.
+            Err((RejectReason::UnknownSchema, detail))
+                if incoming.attempt() < self.settings.max_attempts =>
+            {
+                let tag = match incoming.header(TAG_HEADER) {
+                    Header::Text(tag) => tag,
+                    _ => "",
+                };
+                debug!(tag = %bounded(tag), attempt = incoming.attempt(), "{}; retrying later", bounded(&detail));
+                self.settle_failure(
+                    incoming,
+                    &bounded(tag),
+                    RejectReason::UnknownSchema.as_str(),
+                    detail,
+                )
+                .await;
+                return Outcome::Settled;
+            }
             Err((reason, detail)) => {
                 let detail = bounded(&detail);
                 warn!(reason = %reason, message_id = %bounded(incoming.message_id().unwrap_or("")), "{detail}; message rejected");
@@ -343,7 +362,8 @@ impl Shared {
             Counters::add(&self.counters.handler_timeouts);
             Counters::add(&self.counters.handler_failures);
             warn!(tag = event.tag(), message_id = %bounded(incoming.message_id().unwrap_or("")), attempt = incoming.attempt(), error = %error, "event handlers timed out");
-            self.settle_failure(incoming, &event, error).await;
+            self.settle_failure(incoming, event.tag(), "handler_failed", error)
+                .await;
             return Outcome::Settled;
         };
         if dispatch.is_ok() {
@@ -359,7 +379,8 @@ impl Shared {
         }
         // Each failure was logged with the tag, message id and attempt.
         let error = bounded(&dispatch.failures().join("; ")).into_owned();
-        self.settle_failure(incoming, &event, error).await;
+        self.settle_failure(incoming, event.tag(), "handler_failed", error)
+            .await;
         Outcome::Settled
     }
 }

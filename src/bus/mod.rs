@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::amqp::connection_event::ConnectionEvents;
 use crate::amqp::props::AmqpProps;
@@ -476,7 +476,7 @@ impl Bus {
         }
         let body = inner.codec.encode::<dyn Event>(event)?;
         let fingerprint = event.fingerprint();
-        self.store_schema(event, fingerprint).await?;
+        self.store_schema(event, fingerprint)?;
         let sequence = inner.sequence.fetch_add(1, Ordering::Relaxed);
         let out = Outgoing {
             body: Arc::new(body),
@@ -498,39 +498,45 @@ impl Bus {
         Ok(())
     }
 
-    /// Stores the schema of `event`'s type before its first publish, so
-    /// that a receiver with another schema can read it.
-    async fn store_schema(&self, event: &dyn Event, fingerprint: Fingerprint) -> Result<()> {
+    /// Stores the schema of `event`'s type when it is first published, so
+    /// that a receiver with another schema can read it: in the background,
+    /// retried until it is stored or the bus closes, so that publishing
+    /// never waits for it (nor fails with it during an outage). A receiver
+    /// that gets the event first retries it until the schema is there.
+    fn store_schema(&self, event: &dyn Event, fingerprint: Fingerprint) -> Result<()> {
         let inner = &*self.inner;
-        let stored = inner
+        if !inner
             .stored_schemas
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(&fingerprint);
-        if stored {
+            .insert(fingerprint)
+        {
             return Ok(());
         }
         let Some(registration) = registered_events()?.get(event.tag(), event.version()) else {
             return Ok(());
         };
-        inner
-            .transport
-            .store_schema(registration.schema())
-            .await
-            .map_err(|e| {
-                Error::new(
-                    e.kind(),
-                    format!(
-                        "the schema of {:?} could not be stored before its first publish: {e}",
-                        event.tag()
-                    ),
-                )
-            })?;
-        inner
-            .stored_schemas
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(fingerprint);
+        let schema = registration.schema();
+        let bus = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            loop {
+                let Some(inner) = bus.upgrade().filter(|i| !i.closed.load(Ordering::Relaxed))
+                else {
+                    return;
+                };
+                let transport = inner.transport.clone();
+                drop(inner);
+                match transport.store_schema(schema).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        warn!(tag = schema.tag(), error = %e, retry_in = ?delay, "storing the schema of an event type failed; receivers of another schema cannot read its events until it is stored");
+                    }
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        });
         Ok(())
     }
 

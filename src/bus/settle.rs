@@ -1,41 +1,39 @@
 //! Settlement of a delivery whose handlers failed: retrying after a
 //! delay, dead-lettering with a reason.
 
-use std::sync::Arc;
-
 use tracing::{debug, error, warn};
 
 use super::listener::Shared;
 use super::stats::Counters;
 use super::text::bounded;
 use crate::error::Result;
-use crate::event::Event;
 use crate::transport::seam::{DeadLetter, Received};
 
 impl Shared {
-    /// Retries a delivery whose handlers failed, or dead-letters it after
-    /// the last attempt.
+    /// Retries a delivery that failed for `reason`, or dead-letters it
+    /// after the last attempt.
     pub(super) async fn settle_failure(
         &self,
         incoming: &dyn Received,
-        event: &Arc<dyn Event>,
+        tag: &str,
+        reason: &str,
         error: String,
     ) {
         let attempt = incoming.attempt();
         let message_id = bounded(incoming.message_id().unwrap_or(""));
         if attempt >= self.settings.max_attempts {
-            warn!(tag = event.tag(), message_id = %message_id, attempt, error = %error, "handlers failed on the last attempt; dead-lettering");
+            warn!(tag, message_id = %message_id, attempt, reason, error = %error, "failed on the last attempt; dead-lettering");
             return self
-                .dead_letter(incoming, DeadLetter::new("handler_failed", &error))
+                .dead_letter(incoming, DeadLetter::new(reason, &error))
                 .await;
         }
         let delay = self.settings.retry_delay(attempt);
-        debug!(tag = event.tag(), message_id = %message_id, attempt, delay = ?delay, "retrying after a delay");
+        debug!(tag, message_id = %message_id, attempt, reason, delay = ?delay, "retrying after a delay");
         Counters::add(&self.counters.retried);
         match incoming.retry(attempt + 1, delay).await {
             Ok(()) => self.settled(incoming.ack().await),
             Err(e) => {
-                warn!(error = %e, tag = event.tag(), message_id = %message_id, "parking a failed delivery for retry failed; requeueing it");
+                warn!(error = %e, tag, message_id = %message_id, "parking a failed delivery for retry failed; requeueing it");
                 if let Err(e) = incoming.requeue().await {
                     warn!(error = %e, "requeueing a delivery failed");
                 }

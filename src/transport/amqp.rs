@@ -32,7 +32,7 @@ use crate::headers::{
 };
 use crate::schema::Schema;
 use crate::transport::listen::Listen;
-use crate::transport::schema_stream;
+use crate::transport::schema_stream::SchemaStream;
 
 /// **The RabbitMQ transport** (`amqp://`, `amqps://`): one recovering
 /// connection, a confirming producer, a queue per listener, a retry queue
@@ -58,6 +58,8 @@ struct Amqp {
     /// The retry queues declared, by name: when, to declare one again
     /// (which renews its expiry) before it could expire.
     retry_queues: Mutex<HashMap<String, Instant>>,
+    /// The exchange's schema stream.
+    schemas: SchemaStream,
 }
 
 /// How long a retry queue is trusted to exist after its declaration; it
@@ -89,6 +91,7 @@ impl AmqpTransport {
     }
 
     async fn on(conn: Connection, endpoint: &Endpoint) -> Result<Self> {
+        let conn_props = &conn.props().clone();
         let counters = Arc::new(PublishCounters::default());
         let producer = Producer::with_counters(&conn, true, counters.clone())?;
         let transport = Self {
@@ -101,6 +104,7 @@ impl AmqpTransport {
                 mandatory: endpoint.mandatory,
                 consumed: Mutex::default(),
                 retry_queues: Mutex::default(),
+                schemas: SchemaStream::new(conn_props),
             }),
         };
         if !endpoint.publish_only {
@@ -186,17 +190,11 @@ impl Transport for AmqpTransport {
     }
 
     fn store_schema(&self, schema: &'static Schema) -> BoxFuture<'_, Result<()>> {
-        let conn = &self.inner.conn;
-        Box::pin(schema_stream::store(conn, conn.props().exchange(), schema))
+        Box::pin(self.inner.schemas.store(schema))
     }
 
     fn find_schema(&self, fingerprint: Fingerprint) -> BoxFuture<'_, Result<Option<Arc<Schema>>>> {
-        let conn = &self.inner.conn;
-        Box::pin(schema_stream::find(
-            conn,
-            conn.props().exchange(),
-            fingerprint,
-        ))
+        Box::pin(self.inner.schemas.find(fingerprint))
     }
 
     fn dead_letter_queue(&self) -> Option<&str> {

@@ -1,12 +1,18 @@
 //! **The schema store on RabbitMQ**: a stream queue `<exchange>.schemas`
-//! that each bus appends its event types' schemas to before it first
+//! that each bus appends its event types' schemas to when it first
 //! publishes them, and that a receiver reads from the start when an event's
 //! fingerprint differs from its own. Streams are read without being
 //! consumed away, so every receiver, now or later, finds every schema; no
 //! server besides the broker runs.
+//!
+//! Each store and read opens a connection of its own: RabbitMQ answers a
+//! publish to a stream that is still being created (two buses declaring it
+//! at once) with a connection error, which must not take the bus's
+//! connection with it.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use lapin::BasicProperties;
 use lapin::Confirmation;
@@ -18,6 +24,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use tokio_stream::StreamExt;
 
 use crate::amqp::connection::{Connection, short};
+use crate::amqp::props::AmqpProps;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Fingerprint;
 use crate::headers::{FINGERPRINT_HEADER, TAG_HEADER};
@@ -36,7 +43,74 @@ const SEGMENT_BYTES: i64 = 4 * 1024 * 1024;
 /// The largest schema a receiver reads.
 const MAX_SCHEMA_BYTES: usize = 1024 * 1024;
 /// A read of the stream ends when nothing more came for this long.
-const IDLE: Duration = Duration::from_millis(500);
+const IDLE: Duration = Duration::from_millis(300);
+/// A fingerprint not found is not looked for again sooner than this, so
+/// that events with made-up fingerprints cannot keep a listener reading.
+const RESCAN_AFTER: Duration = Duration::from_secs(2);
+/// The most schemas a transport remembers from its reads.
+const REMEMBERED: usize = 4096;
+
+/// The schema stream of one exchange, as a transport uses it.
+pub(crate) struct SchemaStream {
+    props: AmqpProps,
+    /// The schemas read so far, by fingerprint.
+    seen: Mutex<HashMap<Fingerprint, Arc<Schema>>>,
+    /// When the stream was last read through, and one read at a time.
+    scanned: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl SchemaStream {
+    pub(crate) fn new(props: &AmqpProps) -> Self {
+        Self {
+            props: props.clone(),
+            seen: Mutex::default(),
+            scanned: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Appends `schema` to the stream, on a connection of its own.
+    pub(crate) async fn store(&self, schema: &Schema) -> Result<()> {
+        let conn = Connection::connect(&self.props).await?;
+        let stored = store(&conn, self.props.exchange(), schema).await;
+        let _ = conn.close().await;
+        stored
+    }
+
+    /// The schema of `fingerprint`: remembered, or read from the stream
+    /// (at most once per [`RESCAN_AFTER`]).
+    pub(crate) async fn find(&self, fingerprint: Fingerprint) -> Result<Option<Arc<Schema>>> {
+        if let Some(found) = self.remembered(fingerprint) {
+            return Ok(Some(found));
+        }
+        let mut scanned = self.scanned.lock().await;
+        if let Some(found) = self.remembered(fingerprint) {
+            return Ok(Some(found));
+        }
+        if scanned.is_some_and(|at| at.elapsed() < RESCAN_AFTER) {
+            return Ok(None);
+        }
+        let conn = Connection::connect(&self.props).await?;
+        let read = read_all(&conn, self.props.exchange()).await;
+        let _ = conn.close().await;
+        *scanned = Some(Instant::now());
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        for schema in read? {
+            if seen.len() >= REMEMBERED {
+                break;
+            }
+            seen.insert(schema.fingerprint(), Arc::new(schema));
+        }
+        Ok(seen.get(&fingerprint).cloned())
+    }
+
+    fn remembered(&self, fingerprint: Fingerprint) -> Option<Arc<Schema>> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fingerprint)
+            .cloned()
+    }
+}
 
 async fn declare(channel: &lapin::Channel, name: &str) -> Result<()> {
     let mut arguments = FieldTable::default();
@@ -72,7 +146,7 @@ async fn declare(channel: &lapin::Channel, name: &str) -> Result<()> {
 
 /// Appends `schema` to the exchange's schema stream and waits for the
 /// broker's confirm.
-pub(crate) async fn store(conn: &Connection, exchange: &str, schema: &Schema) -> Result<()> {
+async fn store(conn: &Connection, exchange: &str, schema: &Schema) -> Result<()> {
     let name = schema_stream(exchange);
     let channel = conn.channel().await?;
     let stored = async {
@@ -122,16 +196,12 @@ pub(crate) async fn store(conn: &Connection, exchange: &str, schema: &Schema) ->
     stored
 }
 
-/// Reads the exchange's schema stream from the start until the schema of
-/// `fingerprint` comes, or nothing more does.
-pub(crate) async fn find(
-    conn: &Connection,
-    exchange: &str,
-    fingerprint: Fingerprint,
-) -> Result<Option<Arc<Schema>>> {
+/// Reads the exchange's schema stream from the start until nothing more
+/// comes; skips what is not a valid schema.
+async fn read_all(conn: &Connection, exchange: &str) -> Result<Vec<Schema>> {
     let name = schema_stream(exchange);
     let channel = conn.channel().await?;
-    let found = async {
+    let read = async {
         declare(&channel, &name).await?;
         channel
             .basic_qos(256, BasicQosOptions::default())
@@ -151,35 +221,21 @@ pub(crate) async fn find(
             )
             .await
             .map_err(|e| Error::amqp("reading the schema stream", e))?;
-        let wanted = fingerprint.to_string();
+        let mut schemas = Vec::new();
         while let Ok(Some(delivery)) = tokio::time::timeout(IDLE, deliveries.next()).await {
             let delivery = delivery.map_err(|e| Error::amqp("reading the schema stream", e))?;
             let _ = delivery.acker.ack(BasicAckOptions::default()).await;
-            let claimed = delivery
-                .properties
-                .headers()
-                .as_ref()
-                .and_then(|h| h.inner().get(FINGERPRINT_HEADER).cloned());
-            let matches = match claimed {
-                Some(AMQPValue::LongString(text)) => text.to_string() == wanted,
-                _ => false,
-            };
-            if !matches || delivery.data.len() > MAX_SCHEMA_BYTES {
+            if delivery.data.len() > MAX_SCHEMA_BYTES {
                 continue;
             }
             match Schema::from_json(&delivery.data) {
-                Ok(schema) if schema.fingerprint() == fingerprint => {
-                    return Ok(Some(Arc::new(schema)));
-                }
-                Ok(_) => {}
-                Err(why) => {
-                    tracing::warn!(%fingerprint, "a schema in {name:?} is not valid: {why}")
-                }
+                Ok(schema) => schemas.push(schema),
+                Err(why) => tracing::warn!("a schema in {name:?} is not valid: {why}"),
             }
         }
-        Ok(None)
+        Ok(schemas)
     }
     .await;
-    let _ = channel.close(200, "schema read".into()).await;
-    found
+    let _ = channel.close(200, "schemas read".into()).await;
+    read
 }

@@ -201,6 +201,9 @@ impl Receiver {
         let bus = Bus::with_props(props.clone())
             .subscribers(subscribers)
             .unknown_events(tidings::UnknownEvents::DeadLetter)
+            // An event whose writer's schema is in no store is retried
+            // (the schema may be on its way); one attempt dead-letters it.
+            .max_attempts(1)
             .connect()
             .await
             .unwrap();
