@@ -118,7 +118,14 @@ impl Schema {
                 schema.aliases = traced.aliases;
                 schema.fingerprint = schema.deep_fingerprint();
             }
-            Err(why) => schema.untraced = Some(why),
+            Err(why) => {
+                tracing::warn!(
+                    tag,
+                    version,
+                    "the schema of this event type cannot be traced: {why}; events of another shape will be refused under bincode rather than read by name"
+                );
+                schema.untraced = Some(why);
+            }
         }
         schema
     }

@@ -1,10 +1,9 @@
 //! Where schemas are kept: this process's own store (what `memory://` and
 //! transports without a store of their own use), and each bus's cache of
-//! the writers' schemas it looked up.
+//! the writers' schemas it found.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
 
 use super::Schema;
 use crate::event::Fingerprint;
@@ -16,19 +15,15 @@ pub(crate) fn local() -> &'static Mutex<HashMap<Fingerprint, Arc<Schema>>> {
     LOCAL.get_or_init(Mutex::default)
 }
 
-/// How long a fingerprint found in no store is not looked up again, so that
-/// a stream of events with made-up fingerprints does not read the store for
-/// each.
-const MISSING_FOR: Duration = Duration::from_secs(30);
-
-/// How many fingerprints a cache remembers.
+/// How many schemas a cache remembers.
 const CACHED: usize = 4096;
 
-/// A bus's cache of writers' schemas.
+/// A bus's cache of the writers' schemas it found. What is not found is
+/// asked of the transport again next time (the schema may be on its way);
+/// the transport bounds how often that costs a read of its store.
 #[derive(Debug, Default)]
 pub(crate) struct SchemaCache {
     found: Mutex<HashMap<Fingerprint, Arc<Schema>>>,
-    missing: Mutex<HashMap<Fingerprint, Instant>>,
 }
 
 impl SchemaCache {
@@ -42,12 +37,6 @@ impl SchemaCache {
         if let Some(schema) = lock(&self.found).get(&fingerprint) {
             return Some(schema.clone());
         }
-        if lock(&self.missing)
-            .get(&fingerprint)
-            .is_some_and(|since| since.elapsed() < MISSING_FOR)
-        {
-            return None;
-        }
         let found = match transport.find_schema(fingerprint).await {
             Ok(found) => found.filter(|schema| schema.fingerprint() == fingerprint),
             Err(e) => {
@@ -55,23 +44,12 @@ impl SchemaCache {
                 None
             }
         };
-        match &found {
-            Some(schema) => {
-                let mut cache = lock(&self.found);
-                if cache.len() >= CACHED {
-                    cache.clear();
-                }
-                cache.insert(fingerprint, schema.clone());
+        if let Some(schema) = &found {
+            let mut cache = lock(&self.found);
+            if cache.len() >= CACHED {
+                cache.clear();
             }
-            None => {
-                let mut missing = lock(&self.missing);
-                if missing.len() >= CACHED {
-                    missing.retain(|_, since| since.elapsed() < MISSING_FOR);
-                }
-                if missing.len() < CACHED {
-                    missing.insert(fingerprint, Instant::now());
-                }
-            }
+            cache.insert(fingerprint, schema.clone());
         }
         found
     }

@@ -16,6 +16,7 @@ mod handler_timeout;
 mod proxy;
 mod rejections;
 mod roundtrip;
+mod schema_store;
 mod send_sync;
 mod settlement;
 mod versions;
