@@ -1,5 +1,7 @@
 //! Micro-benchmarks of the per-event work of tidings, with the std harness
-//! (no extra dependency): codec through typetag, local dispatch, headers.
+//! (no extra dependency): codec through typetag, the listener's decode path
+//! (schemas equal, and an event of another schema read by name), local
+//! dispatch, headers.
 //!
 //! Run: `cargo bench --bench micro`. Prints nanoseconds per operation, the
 //! median of 7 rounds.
@@ -8,7 +10,8 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use tidings::{Bincode, Codec, Event, EventType, Json, Subscribers};
+use tidings::__private::ListenerDecoder;
+use tidings::{Bincode, Codec, Event, EventType, Fingerprint, Json, Schema, Subscribers};
 
 #[derive(Event, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[event(name = "micro.order")]
@@ -17,6 +20,16 @@ struct Order {
     customer: String,
     lines: Vec<(String, u32)>,
     note: Option<String>,
+}
+
+/// Another build's `Order`: a field renamed with an alias, one added.
+#[derive(Serialize, Deserialize)]
+struct TheirOrder {
+    id: u64,
+    customer: String,
+    lines: Vec<(String, u32)>,
+    note: Option<String>,
+    coupon: Option<String>,
 }
 
 /// Median nanoseconds per call of `f` over 7 rounds of `n` calls.
@@ -82,6 +95,7 @@ fn main() {
             println!("{label:<52} {ns:>10.0}");
         }
     }
+    decode_path(&order);
     for handlers in [1usize, 10] {
         let subscribers = Subscribers::new();
         for _ in 0..handlers {
@@ -103,4 +117,81 @@ fn main() {
         black_box(Order::schema().fingerprint().to_string());
     });
     println!("{:<52} {ns:>10.0}", "fingerprint header text");
+}
+
+/// The listener's decode path: schemas equal (the fast path) against the
+/// bare codec, and an event of another build's schema read by name.
+fn decode_path(order: &Order) {
+    let decoder = ListenerDecoder::default();
+    let theirs = Schema::trace::<TheirOrder>("micro.order", 1, &[], Fingerprint::from_u64(0));
+    decoder.store(&theirs);
+    let ours = Order::schema().fingerprint().to_string();
+    let their_fingerprint = theirs.fingerprint().to_string();
+    let their_order = std::collections::BTreeMap::from([(
+        "micro.order",
+        TheirOrder {
+            id: order.id,
+            customer: order.customer.clone(),
+            lines: order.lines.clone(),
+            note: order.note.clone(),
+            coupon: Some("XMAS".into()),
+        },
+    )]);
+    for (name, codec, content_type) in [
+        (
+            "bincode",
+            &Bincode as &dyn Codec,
+            tidings::BINCODE_CONTENT_TYPE,
+        ),
+        ("json", &Json as &dyn Codec, tidings::JSON_CONTENT_TYPE),
+    ] {
+        let event: Box<dyn Event> = Box::new(order.clone());
+        let body = codec.encode(&event).unwrap();
+        let their_body = codec.encode(&their_order).unwrap();
+        let decode = |body: &Vec<u8>, fingerprint: &str| {
+            decoder
+                .decode(
+                    body.clone(),
+                    content_type,
+                    "micro.order",
+                    fingerprint.to_owned(),
+                )
+                .unwrap()
+        };
+        assert_eq!(decode(&their_body, &their_fingerprint).tag(), "micro.order");
+        let bare = time(100_000, || {
+            black_box(codec.decode::<Box<dyn Event>>(black_box(&body)).unwrap());
+        });
+        let fast = time(100_000, || {
+            black_box(decode(black_box(&body), &ours));
+        });
+        let resolved = time(100_000, || {
+            black_box(decode(black_box(&their_body), &their_fingerprint));
+        });
+        // Building the message and refusing it at the tag (with its error
+        // text): an upper bound of what the rows above spend outside the
+        // decode path itself.
+        let harness = time(100_000, || {
+            let refused = decoder.decode(body.clone(), content_type, "micro.unknown", ours.clone());
+            black_box(refused.unwrap_err());
+        });
+        println!(
+            "{:<52} {bare:>10.0}",
+            format!("{name}: bare codec decode (reference)")
+        );
+        println!(
+            "{:<52} {harness:>10.0}",
+            format!("{name}: message built, refused at the tag")
+        );
+        println!(
+            "{:<52} {fast:>10.0}  {:.2}x the bare decode",
+            format!("{name}: listener decode, same schema"),
+            fast / bare
+        );
+        println!(
+            "{:<52} {resolved:>10.0}  {:.2}x the same-schema decode",
+            format!("{name}: listener decode, another schema by name"),
+            resolved / fast
+        );
+    }
 }

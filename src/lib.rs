@@ -147,6 +147,7 @@ pub mod __private {
     pub use serde;
     pub use typetag;
 
+    pub use crate::bus::decode::ListenerDecoder;
     pub use crate::event::UpcastFn;
     pub use crate::schema::Value;
     use crate::{Event, EventType};

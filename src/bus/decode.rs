@@ -254,6 +254,77 @@ fn text_header<'a>(incoming: &'a dyn Received, name: &str) -> Result<Option<&'a 
     }
 }
 
+/// **Decodes messages as a listener does**, without a queue: for the
+/// benchmark of the decode path (the fast path, and reading another
+/// schema). Not public API.
+#[doc(hidden)]
+#[allow(missing_debug_implementations)]
+pub struct ListenerDecoder {
+    decoder: Decoder,
+    counters: Counters,
+    transport: Box<dyn Transport>,
+}
+
+impl Default for ListenerDecoder {
+    fn default() -> Self {
+        Self::with_max_size(64 * 1024 * 1024)
+    }
+}
+
+impl ListenerDecoder {
+    /// A decoder that refuses bodies over `max_message_size`.
+    #[must_use]
+    pub fn with_max_size(max_message_size: usize) -> Self {
+        Self {
+            decoder: Decoder::new(
+                Codecs::new(Arc::new(crate::codec::Bincode)),
+                max_message_size,
+            ),
+            counters: Counters::default(),
+            transport: crate::transport::test_transport(),
+        }
+    }
+
+    /// Keeps a writer's schema where this decoder finds it.
+    pub fn store(&self, schema: &crate::schema::Schema) {
+        crate::schema::store::local()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(schema.fingerprint(), Arc::new(schema.clone()));
+    }
+
+    /// Decodes one message with these contents.
+    ///
+    /// # Errors
+    ///
+    /// The reason and detail of a refusal.
+    pub fn decode(
+        &self,
+        body: Vec<u8>,
+        content_type: &'static str,
+        tag: &'static str,
+        fingerprint: String,
+    ) -> Result<Arc<dyn Event>, String> {
+        let incoming = crate::transport::test_message(body, content_type, tag, fingerprint);
+        self.decode_received(&*incoming)
+            .map_err(|(reason, detail)| format!("{reason}: {detail}"))
+    }
+
+    /// Decodes one received message; the memory transport's schema store
+    /// answers at once, so this never waits.
+    pub(crate) fn decode_received(
+        &self,
+        incoming: &dyn Received,
+    ) -> Result<Arc<dyn Event>, Refusal> {
+        crate::runtime::now_or_never(self.decoder.decode(
+            incoming,
+            &self.counters,
+            &*self.transport,
+        ))
+        .unwrap_or_else(|| Err((RejectReason::Decode, "the decoder waited".to_owned())))
+    }
+}
+
 /// Feeds the whole receive-side decode path with malformed input: valid
 /// encodings mutated (bit flips, truncation, inserted length prefixes that
 /// claim huge sizes) and random bytes, under both codecs and with right,
@@ -301,34 +372,9 @@ mod fuzz {
         }
     }
 
-    /// The decoder under test, with the counters it adds to.
-    struct Shared {
-        decoder: Decoder,
-        counters: Counters,
-        transport: Box<dyn Transport>,
-    }
-
-    impl Shared {
-        fn decode(
-            &self,
-            incoming: &dyn Received,
-        ) -> Result<Arc<dyn Event>, (RejectReason, String)> {
-            // The memory transport's schema store answers at once.
-            crate::runtime::now_or_never(self.decoder.decode(
-                incoming,
-                &self.counters,
-                &*self.transport,
-            ))
-            .expect("the decoder waited on a memory transport")
-        }
-    }
-
-    fn shared() -> Shared {
-        Shared {
-            decoder: Decoder::new(Codecs::new(Arc::new(Bincode)), 64 * 1024),
-            counters: Counters::default(),
-            transport: crate::transport::test_transport(),
-        }
+    /// The decoder under test.
+    fn shared() -> ListenerDecoder {
+        ListenerDecoder::with_max_size(64 * 1024)
     }
 
     fn mutate(rng: &mut Rng, valid: &[u8]) -> Vec<u8> {
@@ -447,7 +493,7 @@ mod fuzz {
             let tag = TAGS[rng.below(TAGS.len())];
             let fingerprint = fingerprint(&mut rng);
             let what = format!("case {case}: {content_type:?} {tag:?} {fingerprint:?} {body:?}");
-            match shared.decode(&*incoming(body, content_type, tag, fingerprint)) {
+            match shared.decode_received(&*incoming(body, content_type, tag, fingerprint)) {
                 Ok(event) => assert_eq!(event.tag(), tag, "{what}"),
                 Err((_, detail)) => assert!(!detail.is_empty(), "{what}"),
             }
@@ -479,7 +525,8 @@ mod fuzz {
                 "0123456789abcdef".to_owned()
             };
             let what = format!("case {case}: {content_type} {damages:?} {fingerprint}");
-            match shared.decode(&*incoming(body, content_type, "fuzz.order", fingerprint)) {
+            match shared.decode_received(&*incoming(body, content_type, "fuzz.order", fingerprint))
+            {
                 Ok(event) => assert_eq!(event.tag(), "fuzz.order", "{what}"),
                 Err((reason, detail)) => {
                     assert!(!detail.is_empty(), "{what}");
@@ -527,7 +574,7 @@ mod fuzz {
             };
             let tag = ["fuzz.order", "fuzz.order", "unknown.tag", ""][rng.below(4)];
             let incoming = incoming(body, content_type, tag, fingerprint);
-            match shared.decode(&*incoming) {
+            match shared.decode_received(&*incoming) {
                 Ok(event) => {
                     decoded += 1;
                     assert_eq!(event.tag(), "fuzz.order");

@@ -2,7 +2,7 @@
 //! receiving process decodes it and dispatches it to its local subscribers.
 
 pub(crate) mod context;
-mod decode;
+pub(crate) mod decode;
 mod dedup;
 pub(crate) mod listener;
 pub(crate) mod settings;

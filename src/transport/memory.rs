@@ -179,8 +179,7 @@ impl Inbox for MemoryInbox {
 }
 
 /// A received message with these contents, on a queue of its own (for
-/// tests of the decode path).
-#[cfg(test)]
+/// tests and benchmarks of the decode path).
 pub(crate) fn test_message(
     body: Vec<u8>,
     content_type: &'static str,

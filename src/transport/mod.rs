@@ -12,8 +12,8 @@ pub(crate) mod memory;
 pub(crate) mod schema_stream;
 pub(crate) mod seam;
 
-/// A received message with these contents (for tests of the decode path).
-#[cfg(test)]
+/// A received message with these contents (for tests and benchmarks of
+/// the decode path).
 pub(crate) fn test_message(
     body: Vec<u8>,
     content_type: &'static str,
@@ -23,9 +23,8 @@ pub(crate) fn test_message(
     memory::test_message(body, content_type, tag, fingerprint)
 }
 
-/// A transport for tests of the decode path: a memory one, whose schema
-/// store answers at once.
-#[cfg(test)]
+/// A transport for tests and benchmarks of the decode path: a memory one,
+/// whose schema store answers at once.
 pub(crate) fn test_transport() -> Box<dyn seam::Transport> {
     Box::new(memory::MemoryTransport::named("test"))
 }
