@@ -279,7 +279,7 @@ impl Contract {
         let defs: serde_json::Map<String, serde_json::Value> = self
             .events
             .iter()
-            .map(|s| (wire_name(s), s.to_json_schema()))
+            .map(|s| (s.wire_name(), s.to_json_schema()))
             .collect();
         json!({
             "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -295,7 +295,7 @@ impl Contract {
         let mut messages = BTreeMap::new();
         let mut refs = serde_json::Map::new();
         for schema in &self.events {
-            let name = wire_name(schema);
+            let name = schema.wire_name();
             let mut headers = json!({
                 "type": "object",
                 "properties": {
@@ -330,8 +330,8 @@ impl Contract {
                 }),
             );
             refs.insert(
-                wire_name(schema),
-                json!({"$ref": format!("#/components/messages/{}", wire_name(schema))}),
+                schema.wire_name(),
+                json!({"$ref": format!("#/components/messages/{}", schema.wire_name())}),
             );
         }
         json!({
@@ -346,14 +346,5 @@ impl Contract {
             },
             "components": {"messages": messages},
         })
-    }
-}
-
-/// The name an event's body carries it under.
-fn wire_name(schema: &Schema) -> String {
-    if schema.version() == 1 {
-        schema.tag().to_owned()
-    } else {
-        format!("{}@v{}", schema.tag(), schema.version())
     }
 }

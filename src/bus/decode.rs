@@ -332,8 +332,6 @@ impl ListenerDecoder {
 /// come back as an event or a reason.
 #[cfg(test)]
 mod fuzz {
-    use std::sync::Arc;
-
     use serde::{Deserialize, Serialize};
 
     use super::*;

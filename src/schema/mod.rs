@@ -161,6 +161,16 @@ impl Schema {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
+    /// The name an event's body carries it under: the tag for version 1,
+    /// `<tag>@v<N>` after (as `#[derive(Event)]` registers it).
+    pub(crate) fn wire_name(&self) -> String {
+        if self.version == 1 {
+            self.tag.clone()
+        } else {
+            format!("{}@v{}", self.tag, self.version)
+        }
+    }
+
     /// The wire tag.
     #[must_use]
     pub fn tag(&self) -> &str {

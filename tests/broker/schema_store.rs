@@ -45,11 +45,7 @@ async fn an_event_that_arrives_before_its_schema_is_retried_then_read() {
     let theirs =
         Schema::trace::<TheirReading>("schema_store.reading", 1, &[], Fingerprint::from_u64(0));
     let conn = tidings::Connection::connect(&props).await.unwrap();
-    let channel = conn.channel().await.unwrap();
-    channel
-        .confirm_select(tidings::lapin::options::ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    let channel = common::confirming_channel(&conn).await;
     let text = |s: &str| AMQPValue::LongString(s.into());
     let mut headers = FieldTable::default();
     headers.insert(tidings::TAG_HEADER.into(), text("schema_store.reading"));

@@ -122,11 +122,7 @@ async fn a_newer_version_is_refused_not_misread() {
     let _cleanup = common::Cleanup::new(&props);
     let bus = Bus::with_props(props.clone()).connect().await.unwrap();
     let conn = tidings::Connection::connect(&props).await.unwrap();
-    let channel = conn.channel().await.unwrap();
-    channel
-        .confirm_select(tidings::lapin::options::ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    let channel = common::confirming_channel(&conn).await;
     let mut headers = FieldTable::default();
     let text = |s: &str| AMQPValue::LongString(s.into());
     headers.insert(tidings::TAG_HEADER.into(), text("versions.refunded"));

@@ -168,6 +168,16 @@ pub async fn raw_publish(
         .expect("raw publish was not confirmed");
 }
 
+/// A channel of `conn` with publisher confirms on, for [`raw_publish`].
+pub async fn confirming_channel(conn: &Connection) -> lapin::Channel {
+    let channel = conn.channel().await.unwrap();
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    channel
+}
+
 /// Takes the next message of `queue` without declaring it (basic.get,
 /// acknowledged); `None` when it is empty.
 pub async fn raw_get(conn: &Connection, queue: &str) -> Option<lapin::message::BasicGetMessage> {
