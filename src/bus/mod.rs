@@ -108,8 +108,10 @@ struct Inner {
     shared: Arc<Shared>,
     transport: Arc<dyn Transport>,
     sequence: AtomicU64,
-    /// The fingerprints whose schemas this bus stored already.
+    /// The fingerprints whose schemas this bus stored, or is storing.
     stored_schemas: Mutex<HashSet<Fingerprint>>,
+    /// The schema stores still running, which `close` waits for.
+    storing: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     closed: AtomicBool,
     close_timeout: Duration,
 }
@@ -311,6 +313,7 @@ impl BusBuilder {
                 transport,
                 sequence: AtomicU64::new(0),
                 stored_schemas: Mutex::default(),
+                storing: Mutex::default(),
                 closed: AtomicBool::new(false),
                 close_timeout: self.close_timeout,
             }),
@@ -500,9 +503,10 @@ impl Bus {
 
     /// Stores the schema of `event`'s type when it is first published, so
     /// that a receiver with another schema can read it: in the background,
-    /// retried until it is stored or the bus closes, so that publishing
-    /// never waits for it (nor fails with it during an outage). A receiver
-    /// that gets the event first retries it until the schema is there.
+    /// retried until it is stored, so that publishing never waits for it
+    /// (nor fails with it during an outage); `close` waits for it as for
+    /// confirms. A receiver that gets the event first retries it until the
+    /// schema is there.
     fn store_schema(&self, event: &dyn Event, fingerprint: Fingerprint) -> Result<()> {
         let inner = &*self.inner;
         if !inner
@@ -518,11 +522,11 @@ impl Bus {
         };
         let schema = registration.schema();
         let bus = Arc::downgrade(&self.inner);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let mut delay = Duration::from_millis(100);
             loop {
-                let Some(inner) = bus.upgrade().filter(|i| !i.closed.load(Ordering::Relaxed))
-                else {
+                // A bus dropped without `close` stops trying.
+                let Some(inner) = bus.upgrade() else {
                     return;
                 };
                 let transport = inner.transport.clone();
@@ -537,6 +541,9 @@ impl Bus {
                 delay = (delay * 2).min(Duration::from_secs(30));
             }
         });
+        let mut storing = inner.storing.lock().unwrap_or_else(|p| p.into_inner());
+        storing.retain(|task| !task.is_finished());
+        storing.push(task);
         Ok(())
     }
 
@@ -617,6 +624,25 @@ impl Bus {
         }
         let mut result = Ok(());
         let transport = &inner.transport;
+        // The schemas of what was published, so that readers of another
+        // schema can read it after this process is gone.
+        let storing = std::mem::take(&mut *inner.storing.lock().unwrap_or_else(|p| p.into_inner()));
+        let aborts: Vec<_> = storing
+            .iter()
+            .map(tokio::task::JoinHandle::abort_handle)
+            .collect();
+        let stored = async {
+            for task in storing {
+                let _ = task.await;
+            }
+        };
+        if tokio::time::timeout(inner.close_timeout, stored)
+            .await
+            .is_err()
+        {
+            aborts.iter().for_each(tokio::task::AbortHandle::abort);
+            warn!(timeout = ?inner.close_timeout, "schemas of published event types were not stored within the close timeout; receivers of another schema cannot read those events");
+        }
         if tokio::time::timeout(inner.close_timeout, transport.flush())
             .await
             .is_err()
