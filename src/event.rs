@@ -176,7 +176,6 @@ pub struct Registration {
     tag: &'static str,
     version: u32,
     type_name: &'static str,
-    written: Fingerprint,
     wire_name: &'static str,
     schema: fn() -> &'static Schema,
     read: ReadFn,
@@ -203,7 +202,6 @@ impl Registration {
         tag: &'static str,
         version: u32,
         type_name: &'static str,
-        written: Fingerprint,
         wire_name: &'static str,
         schema: fn() -> &'static Schema,
         read: ReadFn,
@@ -213,7 +211,6 @@ impl Registration {
             tag,
             version,
             type_name,
-            written,
             wire_name,
             schema,
             read,
@@ -249,12 +246,6 @@ impl Registration {
     #[must_use]
     pub fn schema(&self) -> &'static Schema {
         (self.schema)()
-    }
-
-    /// The fingerprint of the type's fields as written, which tidings
-    /// before schemas sent: an event carrying it has this very shape.
-    pub(crate) fn written_fingerprint(&self) -> Fingerprint {
-        self.written
     }
 
     /// The name the body carries the event under: the tag for version 1,

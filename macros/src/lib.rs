@@ -29,8 +29,7 @@ use syn::{Data, DeriveInput, Fields, GenericParam, LitInt, LitStr, Token, parse_
 ///
 /// The deep schema fingerprint is traced at run time (tidings' `Schema`);
 /// the one computed here, of the fields as written (the crate's `shape`
-/// function), stands in for a type whose format cannot be traced and is
-/// what tidings before schemas sent.
+/// function), stands in for a type whose format cannot be traced.
 #[proc_macro_derive(Event, attributes(event))]
 pub fn derive_event(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
@@ -217,7 +216,6 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
                     #tag,
                     #version,
                     ::core::concat!(::core::module_path!(), "::", #type_name),
-                    ::tidings::Fingerprint::from_u64(#written),
                     #wire_name,
                     schema,
                     ::tidings::__private::read_event::<#ident>,

@@ -95,19 +95,18 @@ impl Decoder {
         let theirs =
             text_header(incoming, FINGERPRINT_HEADER)?.and_then(|t| t.parse::<Fingerprint>().ok());
         let ours = registered.fingerprint();
-        let event: Box<dyn Event> =
-            if theirs == Some(ours) || theirs == Some(registered.written_fingerprint()) {
-                codec
-                    .decode(body)
-                    .map_err(|e| (RejectReason::Decode, format!("event {tag:?}: {e}")))?
-            } else {
-                Counters::add(&counters.fingerprint_mismatches);
-                let event = self
-                    .resolve(body, codec, registered, theirs, transport)
-                    .await?;
-                Counters::add(&counters.schemas_resolved);
-                event
-            };
+        let event: Box<dyn Event> = if theirs == Some(ours) {
+            codec
+                .decode(body)
+                .map_err(|e| (RejectReason::Decode, format!("event {tag:?}: {e}")))?
+        } else {
+            Counters::add(&counters.fingerprint_mismatches);
+            let event = self
+                .resolve(body, codec, registered, theirs, transport)
+                .await?;
+            Counters::add(&counters.schemas_resolved);
+            event
+        };
         if event.tag() != tag {
             return Err((
                 RejectReason::TagMismatch,
