@@ -148,6 +148,17 @@ pub(crate) fn bincode_seed<'de, S: DeserializeSeed<'de>>(
     bincode_decode_within(claim, bytes, seed)
 }
 
+/// The name a bincode event body carries its event under (typetag's
+/// one-entry map, `{name: event}`), without reading the event; `None` when
+/// the body does not start so.
+pub(crate) fn bincode_event_name(body: &[u8]) -> Option<String> {
+    let config = bincode::config::standard().with_limit::<1024>();
+    match bincode::serde::decode_from_slice::<(u64, String), _>(body, config) {
+        Ok(((1, name), _)) => Some(name),
+        _ => None,
+    }
+}
+
 /// Decodes with the smallest compiled-in claim limit at least `claim`:
 /// bincode takes its limit as a const generic, so runtime sizes map to tiers.
 fn bincode_decode_within<'de, S: DeserializeSeed<'de>>(

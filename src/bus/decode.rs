@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::stats::{Counters, RejectReason};
 use super::text::bounded;
-use crate::codec::{Codec, Codecs, JSON_CONTENT_TYPE};
+use crate::codec::{BINCODE_CONTENT_TYPE, Codec, Codecs, JSON_CONTENT_TYPE, bincode_event_name};
 use crate::event::{Event, EventRegistry, Fingerprint, Registration, registered_events};
 use crate::headers::{FINGERPRINT_HEADER, TAG_HEADER, VERSION_HEADER};
 use crate::schema::store::SchemaCache;
@@ -96,9 +96,7 @@ impl Decoder {
             text_header(incoming, FINGERPRINT_HEADER)?.and_then(|t| t.parse::<Fingerprint>().ok());
         let ours = registered.fingerprint();
         let event: Box<dyn Event> = if theirs == Some(ours) {
-            codec
-                .decode(body)
-                .map_err(|e| (RejectReason::Decode, format!("event {tag:?}: {e}")))?
+            read_own(body, codec, registered, tag)?
         } else {
             Counters::add(&counters.fingerprint_mismatches);
             let event = self
@@ -210,6 +208,39 @@ impl Decoder {
             )
         })
     }
+}
+
+/// Decodes an event of this process's own schema. Under bincode a traced
+/// type is read by its schema into its concrete type: depth-limited (bincode
+/// has no limit, and through typetag's erased serde an error deep inside
+/// grew with every level: a recursive event 40 levels deep took gigabytes),
+/// and cheaper than typetag's erased path. Otherwise through typetag.
+fn read_own(
+    body: &[u8],
+    codec: &dyn Codec,
+    registered: &Registration,
+    tag: &str,
+) -> Result<Box<dyn Event>, Refusal> {
+    let decode_error = |e: String| (RejectReason::Decode, format!("event {tag:?}: {e}"));
+    let ours = registered.schema();
+    if codec.content_type() != BINCODE_CONTENT_TYPE || !ours.is_traced() {
+        return codec.decode(body).map_err(|e| decode_error(e.to_string()));
+    }
+    if let Some(name) = bincode_event_name(body)
+        && name != registered.wire_name()
+    {
+        return Err((
+            RejectReason::TagMismatch,
+            format!(
+                "body holds event {:?} but the {TAG_HEADER} header says {tag:?}",
+                bounded(&name)
+            ),
+        ));
+    }
+    let value = ours
+        .read(body, codec, registered.wire_name())
+        .map_err(decode_error)?;
+    registered.read(value, false).map_err(decode_error)
 }
 
 /// The type registered for `tag` at `version`, or why there is none.
@@ -351,6 +382,82 @@ mod fuzz {
     enum State {
         Open,
         Closed { reason: String },
+    }
+
+    /// An event that contains itself: the wire decides how deep.
+    #[derive(crate::Event, Serialize, Deserialize, Debug, Clone, PartialEq)]
+    #[event(name = "fuzz.thread")]
+    struct Thread {
+        id: u64,
+        replies: Vec<Thread>,
+    }
+
+    /// A bincode `Thread` nested `depth` deep, cut off at the bottom.
+    fn nested_thread(depth: usize) -> Vec<u8> {
+        let mut body = vec![1u8, 11];
+        body.extend(b"fuzz.thread");
+        for _ in 0..depth {
+            body.extend([0, 1]); // id 0, one reply
+        }
+        body
+    }
+
+    /// A recursive event nested deeper than any honest one, under bincode
+    /// (which has no depth limit of its own): refused with a short reason,
+    /// in bounded memory, at every depth. Through erased serde an
+    /// error deep inside was wrapped once per level, doubling its text:
+    /// 40 levels took gigabytes.
+    #[test]
+    fn deeply_nested_events_are_refused_cheaply() {
+        let shared = ListenerDecoder::with_max_size(1 << 20);
+        let fingerprint = Thread::schema().fingerprint().to_string();
+        for depth in [10, 40, 127, 129, 1_000, 100_000] {
+            let body = nested_thread(depth);
+            let refused = shared.decode_received(&*incoming(
+                body,
+                crate::codec::BINCODE_CONTENT_TYPE,
+                "fuzz.thread",
+                fingerprint.clone(),
+            ));
+            let (reason, detail) = refused.expect_err("a cut-off body is refused");
+            assert_eq!(reason, RejectReason::Decode, "depth {depth}: {detail}");
+            assert!(
+                detail.len() < 4096,
+                "depth {depth}: a {} byte reason",
+                detail.len()
+            );
+        }
+        // JSON has serde_json's own limit of 128.
+        for depth in [10, 127, 129, 100_000] {
+            let body = format!(
+                r#"{{"fuzz.thread":{}"#,
+                r#"{"id":0,"replies":["#.repeat(depth)
+            );
+            let refused = shared.decode_received(&*incoming(
+                body.into_bytes(),
+                JSON_CONTENT_TYPE,
+                "fuzz.thread",
+                fingerprint.clone(),
+            ));
+            let (_, detail) = refused.expect_err("a cut-off body is refused");
+            assert!(
+                detail.len() < 4096,
+                "json depth {depth}: a {} byte reason",
+                detail.len()
+            );
+        }
+        // An honest depth decodes.
+        let mut body = nested_thread(100); // 200 levels: a struct and a sequence each
+        body.extend([0, 0]);
+        let event = shared
+            .decode_received(&*incoming(
+                body,
+                crate::codec::BINCODE_CONTENT_TYPE,
+                "fuzz.thread",
+                fingerprint,
+            ))
+            .unwrap();
+        assert_eq!(event.tag(), "fuzz.thread");
     }
 
     /// xorshift64*: deterministic, no dependency.

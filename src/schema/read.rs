@@ -7,8 +7,9 @@ use super::format::{ContainerFormat, Containers, Format, Named, VariantFormat};
 use super::value::Value;
 use serde::de::{self, DeserializeSeed, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor};
 
-/// How deep a value may nest; as serde_json's own limit.
-const MAX_DEPTH: usize = 128;
+/// How deep a value may nest, counting every struct, sequence, option and
+/// newtype on the way (serde_json allows 128 arrays and objects).
+const MAX_DEPTH: usize = 256;
 
 /// Elements preallocated at most, whatever a length prefix claims.
 const MAX_PREALLOCATED: usize = 1024;
