@@ -108,13 +108,13 @@ pub use bus::{Bus, BusBuilder};
 pub use codec::{BINCODE_CONTENT_TYPE, Bincode, Codec, DecodeVisitor, JSON_CONTENT_TYPE, Json};
 pub use contract::{Contract, UPDATE_CONTRACT_ENV};
 pub use error::{Error, ErrorKind, Result};
-pub use event::{Event, EventRegistry, EventType, Fingerprint, Registration, registered_events};
+pub use event::{Event, EventRegistry, EventType, Registration, registered_events};
 #[doc(no_inline)]
 pub use headers::{
     ATTEMPT_HEADER, BODY_DROPPED_HEADER, ERROR_HEADER, FINGERPRINT_HEADER, ORIGIN_HEADER,
     QUEUE_HEADER, REASON_HEADER, ROUTING_KEY_HEADER, TAG_HEADER, TRIMMED_HEADER, VERSION_HEADER,
 };
-pub use schema::{Incompatible, Schema};
+pub use schema::{Fingerprint, Incompatible, Schema};
 /// Derives [`Event`] and [`EventType`] for a struct or enum that also
 /// derives serde's `Serialize` and `Deserialize`.
 ///

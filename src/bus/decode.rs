@@ -4,12 +4,13 @@
 
 use std::sync::Arc;
 
+use super::schemas::SchemaCache;
 use super::stats::{Counters, RejectReason};
 use super::text::bounded;
 use crate::codec::{BINCODE_CONTENT_TYPE, Codec, Codecs, JSON_CONTENT_TYPE, bincode_event_name};
-use crate::event::{Event, EventRegistry, Fingerprint, Registration, registered_events};
+use crate::event::{Event, EventRegistry, Registration, registered_events};
 use crate::headers::{FINGERPRINT_HEADER, TAG_HEADER, VERSION_HEADER};
-use crate::schema::store::SchemaCache;
+use crate::schema::Fingerprint;
 use crate::transport::seam::{Header, Received, Transport};
 
 /// What a message must pass to be decoded.

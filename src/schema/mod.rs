@@ -8,6 +8,7 @@
 //! fingerprint differs from their own, and lock files keep them in a repo.
 
 mod compat;
+mod fingerprint;
 mod format;
 mod read;
 mod sample;
@@ -22,10 +23,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub use compat::Incompatible;
+pub use fingerprint::Fingerprint;
 #[doc(hidden)]
 pub use value::Value;
 
-use crate::event::Fingerprint;
 use format::{ContainerFormat, Containers, Format};
 pub(crate) use value::ValueDeserializer;
 

@@ -1,60 +1,14 @@
-//! Where schemas are kept: this process's own store (what `memory://` and
-//! transports without a store of their own use), and each bus's cache of
-//! the writers' schemas it found.
+//! This process's own store of schemas: what `memory://` and transports
+//! without a store of their own use.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use super::Fingerprint;
 use super::Schema;
-use crate::event::Fingerprint;
-use crate::transport::seam::Transport;
 
 /// The schemas stored in this process, by fingerprint.
 pub(crate) fn local() -> &'static Mutex<HashMap<Fingerprint, Arc<Schema>>> {
     static LOCAL: OnceLock<Mutex<HashMap<Fingerprint, Arc<Schema>>>> = OnceLock::new();
     LOCAL.get_or_init(Mutex::default)
-}
-
-/// How many schemas a cache remembers.
-const CACHED: usize = 4096;
-
-/// A bus's cache of the writers' schemas it found. What is not found is
-/// asked of the transport again next time (the schema may be on its way);
-/// the transport bounds how often that costs a read of its store.
-#[derive(Debug, Default)]
-pub(crate) struct SchemaCache {
-    found: Mutex<HashMap<Fingerprint, Arc<Schema>>>,
-}
-
-impl SchemaCache {
-    /// The writer's schema of `fingerprint`, from the cache or the
-    /// transport's store; `None` when no store has it.
-    pub(crate) async fn find(
-        &self,
-        fingerprint: Fingerprint,
-        transport: &dyn Transport,
-    ) -> Option<Arc<Schema>> {
-        if let Some(schema) = lock(&self.found).get(&fingerprint) {
-            return Some(schema.clone());
-        }
-        let found = match transport.find_schema(fingerprint).await {
-            Ok(found) => found.filter(|schema| schema.fingerprint() == fingerprint),
-            Err(e) => {
-                tracing::warn!(%fingerprint, error = %e, "the schema store could not be read");
-                None
-            }
-        };
-        if let Some(schema) = &found {
-            let mut cache = lock(&self.found);
-            if cache.len() >= CACHED {
-                cache.clear();
-            }
-            cache.insert(fingerprint, schema.clone());
-        }
-        found
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }

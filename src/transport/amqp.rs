@@ -25,11 +25,11 @@ use crate::amqp::props::AmqpProps;
 use crate::amqp::queue::Queue;
 use crate::codec::Codec;
 use crate::error::{Error, ErrorKind, Result};
-use crate::event::Fingerprint;
 use crate::headers::{
     ATTEMPT_HEADER, BODY_DROPPED_HEADER, ERROR_HEADER, FINGERPRINT_HEADER, ORIGIN_HEADER,
     QUEUE_HEADER, REASON_HEADER, ROUTING_KEY_HEADER, TAG_HEADER, VERSION_HEADER,
 };
+use crate::schema::Fingerprint;
 use crate::schema::Schema;
 use crate::transport::listen::Listen;
 use crate::transport::schema_stream::SchemaStream;

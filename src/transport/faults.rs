@@ -328,7 +328,7 @@ impl Transport for Faults {
 
     fn find_schema(
         &self,
-        fingerprint: crate::event::Fingerprint,
+        fingerprint: crate::schema::Fingerprint,
     ) -> BoxFuture<'_, Result<Option<Arc<crate::schema::Schema>>>> {
         self.inner.find_schema(fingerprint)
     }

@@ -26,8 +26,8 @@ use tokio_stream::StreamExt;
 use crate::amqp::connection::{Connection, short};
 use crate::amqp::props::AmqpProps;
 use crate::error::{Error, ErrorKind, Result};
-use crate::event::Fingerprint;
 use crate::headers::{FINGERPRINT_HEADER, TAG_HEADER};
+use crate::schema::Fingerprint;
 use crate::schema::Schema;
 
 /// The stream of an exchange's schemas.

@@ -22,7 +22,7 @@ use crate::amqp::connection_event::ConnectionEvents;
 pub(crate) use crate::amqp::outbox::PublishCounters;
 use crate::codec::Codec;
 use crate::error::Result;
-use crate::event::Fingerprint;
+use crate::schema::Fingerprint;
 use crate::schema::Schema;
 use crate::transport::listen::Listen;
 
