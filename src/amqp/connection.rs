@@ -114,6 +114,17 @@ impl Connection {
     /// Cancel safe: tidings keeps nothing of a connection whose opening was
     /// dropped.
     pub async fn connect(props: &AmqpProps) -> Result<Self> {
+        Self::establish(props, true).await
+    }
+
+    /// Connects without declaring the props' exchange: for a connection
+    /// that only works with queues by name (the schema stream), which must
+    /// not bring an exchange back that its bus's owner deleted.
+    pub(crate) async fn connect_without_exchange(props: &AmqpProps) -> Result<Self> {
+        Self::establish(props, false).await
+    }
+
+    async fn establish(props: &AmqpProps, declare_exchange: bool) -> Result<Self> {
         props.validate()?;
         let instance_id = uuid::Uuid::new_v4().to_string();
         let connection_name = props
@@ -138,7 +149,7 @@ impl Connection {
                 admin: tokio::sync::Mutex::new(None),
             }),
         };
-        if let Err(e) = conn.declare_exchange().await {
+        if declare_exchange && let Err(e) = conn.declare_exchange().await {
             let _ = amqp
                 .close(200, "declaring the exchange failed".into())
                 .await;

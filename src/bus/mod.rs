@@ -675,6 +675,15 @@ impl Drop for Inner {
         if !self.closed.load(Ordering::Relaxed) {
             self.subscribers.detach();
         }
+        // A bus dropped without `close` stores no more schemas.
+        for task in self
+            .storing
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            task.abort();
+        }
         // The producer ends once what it holds is settled; the listeners on
         // this.
         for listener in self

@@ -70,7 +70,7 @@ impl SchemaStream {
 
     /// Appends `schema` to the stream, on a connection of its own.
     pub(crate) async fn store(&self, schema: &Schema) -> Result<()> {
-        let conn = Connection::connect(&self.props).await?;
+        let conn = Connection::connect_without_exchange(&self.props).await?;
         let stored = store(&conn, self.props.exchange(), schema).await;
         let _ = conn.close().await;
         stored
@@ -89,7 +89,7 @@ impl SchemaStream {
         if scanned.is_some_and(|at| at.elapsed() < RESCAN_AFTER) {
             return Ok(None);
         }
-        let conn = Connection::connect(&self.props).await?;
+        let conn = Connection::connect_without_exchange(&self.props).await?;
         let read = read_all(&conn, self.props.exchange()).await;
         let _ = conn.close().await;
         *scanned = Some(Instant::now());
