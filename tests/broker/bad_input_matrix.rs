@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lapin::BasicProperties;
-use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use serde::{Deserialize, Serialize};
 use tidings::{
@@ -325,20 +324,7 @@ async fn every_bad_input_from_raw_lapin_is_dead_lettered_counted_and_passed_over
         }
         let channel = channel.clone();
         let exchange = props.exchange().to_owned();
-        async move {
-            channel
-                .basic_publish(
-                    exchange.as_str().into(),
-                    "".into(),
-                    BasicPublishOptions::default(),
-                    &body,
-                    properties,
-                )
-                .await
-                .unwrap()
-                .await
-                .unwrap();
-        }
+        async move { common::raw_publish(&channel, &exchange, "", &body, properties).await }
     };
 
     let mut wrong = Vec::new();

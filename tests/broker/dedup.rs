@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lapin::BasicProperties;
-use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use serde::{Deserialize, Serialize};
 use tidings::{Bincode, Bus, Codec, Connection, Event, EventType, ExchangeKind, Subscribers};
@@ -36,20 +35,8 @@ async fn publish_as(conn: &Connection, exchange: &str, event: &Transfer, message
         .with_content_type("application/x-bincode".into())
         .with_message_id(message_id.into())
         .with_headers(headers);
-    conn.channel()
-        .await
-        .unwrap()
-        .basic_publish(
-            exchange.into(),
-            "".into(),
-            BasicPublishOptions::default(),
-            &body,
-            properties,
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let channel = conn.channel().await.unwrap();
+    common::raw_publish(&channel, exchange, "", &body, properties).await;
 }
 
 async fn handled_with_window(window: usize) -> (Vec<u64>, tidings::Stats) {

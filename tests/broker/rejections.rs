@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use lapin::BasicProperties;
-use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use serde::{Deserialize, Serialize};
 use tidings::{
@@ -123,18 +122,7 @@ impl Raw {
             .with_message_id(common::unique("raw").into())
             .with_headers(table);
         let channel = self.conn.channel().await.unwrap();
-        channel
-            .basic_publish(
-                self.exchange.as_str().into(),
-                "".into(),
-                BasicPublishOptions::default(),
-                body,
-                properties,
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        common::raw_publish(&channel, &self.exchange, "", body, properties).await;
     }
 }
 
