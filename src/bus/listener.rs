@@ -257,6 +257,14 @@ async fn run(
     source.close(delete).await
 }
 
+/// The tag header of a delivery, or nothing.
+fn tag_of(incoming: &dyn Received) -> &str {
+    match incoming.header(TAG_HEADER) {
+        Header::Text(tag) => tag,
+        _ => "",
+    }
+}
+
 /// What is left to do with a delivery once handled.
 enum Outcome {
     /// Acknowledge it (perhaps with others).
@@ -277,32 +285,21 @@ impl Shared {
             Err((RejectReason::UnknownTag, _))
                 if self.settings.unknown_events == UnknownEvents::Acknowledge =>
             {
-                let tag = match incoming.header(TAG_HEADER) {
-                    Header::Text(tag) => tag,
-                    _ => "",
-                };
+                let tag = tag_of(incoming);
                 if self.counters.unknown(tag) {
                     info!(tag = %bounded(tag), "events of a type this process does not know arrive; acknowledging and counting them (logged once per tag)");
                 }
                 return Outcome::Ack;
             }
-            // The writer's schema may not be stored yet (it is stored in
-            // the background when a type is first published): try again.
-            Err((RejectReason::UnknownSchema, detail))
-                if incoming.attempt() < self.settings.max_attempts =>
+            // What may pass goes the way of a failed handler: retried,
+            // dead-lettered after the last attempt.
+            Err((reason, detail))
+                if reason.may_pass() && incoming.attempt() < self.settings.max_attempts =>
             {
-                let tag = match incoming.header(TAG_HEADER) {
-                    Header::Text(tag) => tag,
-                    _ => "",
-                };
-                debug!(tag = %bounded(tag), attempt = incoming.attempt(), "{}; retrying later", bounded(&detail));
-                self.settle_failure(
-                    incoming,
-                    &bounded(tag),
-                    RejectReason::UnknownSchema.as_str(),
-                    detail,
-                )
-                .await;
+                let tag = bounded(tag_of(incoming));
+                debug!(tag = %tag, attempt = incoming.attempt(), "{}; retrying later", bounded(&detail));
+                self.settle_failure(incoming, &tag, reason.as_str(), detail)
+                    .await;
                 return Outcome::Settled;
             }
             Err((reason, detail)) => {

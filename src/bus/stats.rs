@@ -79,6 +79,13 @@ impl RejectReason {
         }
     }
 
+    /// Whether the refusal may pass if the message is tried again later:
+    /// the writer's schema may not be stored yet (it is stored in the
+    /// background when a type is first published).
+    pub(crate) fn may_pass(self) -> bool {
+        self == Self::UnknownSchema
+    }
+
     fn index(self) -> usize {
         self as usize
     }
