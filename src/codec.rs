@@ -151,9 +151,9 @@ pub(crate) fn bincode_seed<'de, S: DeserializeSeed<'de>>(
 /// The name a bincode event body carries its event under (typetag's
 /// one-entry map, `{name: event}`), without reading the event; `None` when
 /// the body does not start so.
-pub(crate) fn bincode_event_name(body: &[u8]) -> Option<String> {
+pub(crate) fn bincode_event_name(body: &[u8]) -> Option<&str> {
     let config = bincode::config::standard().with_limit::<1024>();
-    match bincode::serde::decode_from_slice::<(u64, String), _>(body, config) {
+    match bincode::serde::borrow_decode_from_slice::<(u64, &str), _>(body, config) {
         Ok(((1, name), _)) => Some(name),
         _ => None,
     }

@@ -234,7 +234,7 @@ fn read_own(
             RejectReason::TagMismatch,
             format!(
                 "body holds event {:?} but the {TAG_HEADER} header says {tag:?}",
-                bounded(&name)
+                bounded(name)
             ),
         ));
     }
