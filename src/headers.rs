@@ -27,3 +27,38 @@ pub const BODY_DROPPED_HEADER: &str = "x-tidings-body-dropped";
 /// Dead-letter and retry header: the foreign headers dropped so that the
 /// message fits the broker's frame limit, comma-separated.
 pub const TRIMMED_HEADER: &str = "x-tidings-trimmed";
+/// The conversation an event belongs to: the message id of the event that
+/// started it. Absent when the event starts its own conversation (its
+/// correlation id is then its message id).
+pub const CORRELATION_HEADER: &str = "x-correlation-id";
+/// The message id of the event whose handler published this one; absent
+/// at the start of a conversation.
+pub const CAUSATION_HEADER: &str = "x-causation-id";
+/// When the event was published, in microseconds since the Unix epoch (a
+/// decimal string): the start of the end-to-end latency a receiver
+/// measures. Optional.
+pub const SENT_AT_HEADER: &str = "x-tidings-sent-at";
+/// W3C trace context: the publishing span (`00-<trace>-<span>-<flags>`),
+/// sent with the `opentelemetry` feature.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+/// W3C trace context: vendor-specific trace state, with `traceparent`.
+pub const TRACESTATE_HEADER: &str = "tracestate";
+
+/// Whether a header is one tidings sets itself (an application header may
+/// not use the name): `x-tidings-*`, the origin, correlation, causation and
+/// trace context; in any case.
+#[must_use]
+pub fn is_reserved(name: &str) -> bool {
+    const PREFIX: &str = "x-tidings-";
+    name.get(..PREFIX.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(PREFIX))
+        || [
+            ORIGIN_HEADER,
+            CORRELATION_HEADER,
+            CAUSATION_HEADER,
+            TRACEPARENT_HEADER,
+            TRACESTATE_HEADER,
+        ]
+        .iter()
+        .any(|reserved| reserved.eq_ignore_ascii_case(name))
+}

@@ -86,6 +86,8 @@ pub mod headers;
 pub mod log;
 mod runtime;
 mod schema;
+mod telemetry;
+mod trace_context;
 mod transport;
 
 pub use amqp::connection::{Connection, DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_MESSAGES};
@@ -98,9 +100,11 @@ pub use amqp::producer::{Confirm, Producer, Publish};
 pub use amqp::props::{AmqpProps, ExchangeKind, WhenFull};
 pub use amqp::queue::Queue;
 pub use bus::context::Context;
+pub use bus::health::{Health, ListenerHealth};
 pub use bus::listener::Listener;
+pub use bus::publish_options::PublishOptions;
 pub use bus::settings::UnknownEvents;
-pub use bus::stats::{OTHER_TAGS, RejectReason, Stats};
+pub use bus::stats::{OTHER_TAGS, RejectReason, Stats, TagStats};
 pub use bus::subscribers::{
     Dispatch, EventStream, HandlerError, HandlerOutput, Lagged, Poller, Subscribers, Subscription,
 };
@@ -111,8 +115,10 @@ pub use error::{Error, ErrorKind, Result};
 pub use event::{Event, EventRegistry, EventType, Registration, registered_events};
 #[doc(no_inline)]
 pub use headers::{
-    ATTEMPT_HEADER, BODY_DROPPED_HEADER, ERROR_HEADER, FINGERPRINT_HEADER, ORIGIN_HEADER,
-    QUEUE_HEADER, REASON_HEADER, ROUTING_KEY_HEADER, TAG_HEADER, TRIMMED_HEADER, VERSION_HEADER,
+    ATTEMPT_HEADER, BODY_DROPPED_HEADER, CAUSATION_HEADER, CORRELATION_HEADER, ERROR_HEADER,
+    FINGERPRINT_HEADER, ORIGIN_HEADER, QUEUE_HEADER, REASON_HEADER, ROUTING_KEY_HEADER,
+    SENT_AT_HEADER, TAG_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER, TRIMMED_HEADER,
+    VERSION_HEADER,
 };
 pub use schema::{Fingerprint, Incompatible, Schema};
 /// Derives [`Event`] and [`EventType`] for a struct or enum that also

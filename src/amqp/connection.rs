@@ -620,6 +620,7 @@ impl Supervised for Inner {
 
     fn recovered(&self) {
         self.reconnects.fetch_add(1, Ordering::Relaxed);
+        crate::telemetry::count("tidings_reconnects_total", "", "");
     }
 
     /// A new underlying connection with the topology declared again.

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
@@ -25,6 +25,7 @@ use crate::amqp::connection::{Connection, Link, gone};
 use crate::amqp::header_frame;
 use crate::amqp::props::WhenFull;
 use crate::error::{Error, ErrorKind, Result};
+use crate::telemetry;
 
 /// Publishes sent and not yet confirmed, per producer. Enough to keep the
 /// broker busy; it also bounds lapin's own frame queue.
@@ -49,6 +50,8 @@ pub(crate) struct Message {
     pub(crate) counted: bool,
     /// Channels lost while this message was the only one in flight.
     pub(crate) strikes: u8,
+    /// When it was accepted, for the publish-to-confirm latency.
+    pub(crate) accepted: Instant,
 }
 
 // One per message, moved and never copied; boxing the large variant would
@@ -180,6 +183,7 @@ impl Outbox {
         }
         if message.counted {
             self.counters.buffered.fetch_add(1, Ordering::Relaxed);
+            telemetry::gauge("tidings_buffered_events", 1.0);
         }
         let counted = message.counted;
         self.commands.send(Command::Publish(message)).map_err(|_| {
@@ -187,6 +191,7 @@ impl Outbox {
             self.bytes.add_permits(bytes as usize);
             if counted {
                 self.counters.buffered.fetch_sub(1, Ordering::Relaxed);
+                telemetry::gauge("tidings_buffered_events", -1.0);
             }
             self.closed()
         })
@@ -385,6 +390,7 @@ impl Engine {
                 };
                 if again && message.counted {
                     self.counters.republished.fetch_add(1, Ordering::Relaxed);
+                    telemetry::count("tidings_republished_total", "", "");
                 }
                 self.in_flight.push_back(InFlight::start(channel, message));
             }
@@ -513,6 +519,12 @@ impl Engine {
         let counters = &self.counters;
         if message.counted {
             counters.buffered.fetch_sub(1, Ordering::Relaxed);
+            telemetry::gauge("tidings_buffered_events", -1.0);
+            telemetry::time(
+                "tidings_publish_confirm_seconds",
+                "",
+                message.accepted.elapsed(),
+            );
             counters.settled(&outcome);
         }
         if outcome.is_err() {
@@ -627,10 +639,14 @@ impl PublishCounters {
     ///
     /// [`ErrorKind::Unroutable`]: crate::ErrorKind::Unroutable
     pub fn settled(&self, outcome: &Result<()>) {
-        match outcome {
-            Ok(()) => Self::add(&self.confirmed),
-            Err(e) if e.kind() == ErrorKind::Unroutable => Self::add(&self.returned),
-            Err(_) => Self::add(&self.failed),
-        }
+        let (counter, metric) = match outcome {
+            Ok(()) => (&self.confirmed, "tidings_confirmed_total"),
+            Err(e) if e.kind() == ErrorKind::Unroutable => {
+                (&self.returned, "tidings_returned_total")
+            }
+            Err(_) => (&self.failed, "tidings_publish_failed_total"),
+        };
+        Self::add(counter);
+        telemetry::count(metric, "", "");
     }
 }

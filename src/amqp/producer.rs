@@ -5,7 +5,7 @@ use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -311,6 +311,7 @@ impl Producer {
             done: Some(done),
             counted: true,
             strikes: 0,
+            accepted: Instant::now(),
         };
         self.inner
             .outbox
@@ -345,6 +346,7 @@ impl Producer {
             done,
             counted: true,
             strikes: 0,
+            accepted: Instant::now(),
         };
         self.inner
             .outbox
@@ -373,6 +375,7 @@ impl Producer {
             done: Some(done),
             counted: false,
             strikes: 0,
+            accepted: Instant::now(),
         };
         self.inner.outbox.submit(message, WhenFull::Wait).await?;
         Confirm {

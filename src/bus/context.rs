@@ -1,12 +1,29 @@
-//! `Context`: what a handler may want to know about the event it handles.
+//! `Context`: what a handler may want to know about the event it handles,
+//! and the context of the event a task is handling now, which the events it
+//! publishes carry on (correlation and causation).
 
 use std::fmt;
+use std::future::Future;
 use std::sync::{Arc, LazyLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::headers::{CAUSATION_HEADER, CORRELATION_HEADER, SENT_AT_HEADER, is_reserved};
+use crate::transport::seam::{Header, Received};
+
+tokio::task_local! {
+    /// The event the current task is handling.
+    static HANDLING: Context;
+}
 
 /// **Where an event came from**: routing key, message id, publishing
-/// instance, delivery attempt. Handlers subscribed with
+/// instance, delivery attempt, the conversation it belongs to, and the
+/// application's headers. Handlers subscribed with
 /// [`subscribe_with`](crate::Subscribers::subscribe_with) or
-/// [`subscribe_async`](crate::Subscribers::subscribe_async) receive it.
+/// [`subscribe_async`](crate::Subscribers::subscribe_async) receive it;
+/// [`Context::current`] finds it from anywhere in the handling task.
+///
+/// Events a handler publishes carry the conversation on: their correlation
+/// id is this event's, their causation id this event's message id.
 ///
 /// A cheap handle: clones share one allocation.
 #[derive(Clone)]
@@ -23,6 +40,13 @@ struct Inner {
     attempt: u32,
     redelivered: bool,
     remote: bool,
+    queue: String,
+    /// The correlation header, when the event did not start its conversation.
+    correlation_id: Option<String>,
+    causation_id: Option<String>,
+    sent_at: Option<SystemTime>,
+    /// The application's string headers.
+    headers: Vec<(String, String)>,
 }
 
 static LOCAL: LazyLock<Context> = LazyLock::new(|| Context {
@@ -38,25 +62,51 @@ impl Context {
         LOCAL.clone()
     }
 
-    pub(crate) fn remote(
-        routing_key: &str,
-        message_id: Option<&str>,
-        origin: Option<&str>,
-        timestamp: Option<u64>,
-        redelivered: bool,
-        attempt: u32,
-    ) -> Self {
+    /// The context of a message received from `queue`.
+    pub(crate) fn remote(incoming: &dyn Received, queue: &str) -> Self {
+        let mut inner = Inner {
+            routing_key: incoming.routing_key().to_owned(),
+            message_id: incoming.message_id().map(str::to_owned),
+            origin: incoming.origin().map(str::to_owned),
+            timestamp: incoming.timestamp(),
+            attempt: incoming.attempt(),
+            redelivered: incoming.redelivered(),
+            remote: true,
+            queue: queue.to_owned(),
+            ..Inner::default()
+        };
+        incoming.visit_headers(&mut |name, header| {
+            let Header::Text(value) = header else { return };
+            match name {
+                CORRELATION_HEADER => inner.correlation_id = Some(value.to_owned()),
+                CAUSATION_HEADER => inner.causation_id = Some(value.to_owned()),
+                SENT_AT_HEADER => {
+                    inner.sent_at = value
+                        .parse()
+                        .ok()
+                        .and_then(|micros| UNIX_EPOCH.checked_add(Duration::from_micros(micros)));
+                }
+                _ if is_reserved(name) => {}
+                _ => inner.headers.push((name.to_owned(), value.to_owned())),
+            }
+        });
         Self {
-            inner: Arc::new(Inner {
-                routing_key: routing_key.to_owned(),
-                message_id: message_id.map(str::to_owned),
-                origin: origin.map(str::to_owned),
-                timestamp,
-                attempt,
-                redelivered,
-                remote: true,
-            }),
+            inner: Arc::new(inner),
         }
+    }
+
+    /// **The context of the event this task is handling**, if it is
+    /// handling one: inside a handler, and in what it awaits. A task the
+    /// handler spawns does not inherit it; hand it over, or pass it to
+    /// [`PublishOptions::caused_by`](crate::PublishOptions::caused_by).
+    #[must_use]
+    pub fn current() -> Option<Context> {
+        HANDLING.try_with(Context::clone).ok()
+    }
+
+    /// Runs `future` as the handling of this event.
+    pub(crate) async fn scope<F: Future>(self, future: F) -> F::Output {
+        HANDLING.scope(self, future).await
     }
 
     /// The routing key (the topic) the event was published with; empty for
@@ -84,6 +134,13 @@ impl Context {
         self.inner.timestamp
     }
 
+    /// When the event was published, to the microsecond, if the publisher
+    /// said so (tidings does, in `x-tidings-sent-at`).
+    #[must_use]
+    pub fn sent_at(&self) -> Option<SystemTime> {
+        self.inner.sent_at
+    }
+
     /// Which delivery attempt this is, starting at 1.
     #[must_use]
     pub fn attempt(&self) -> u32 {
@@ -101,6 +158,51 @@ impl Context {
     pub fn is_remote(&self) -> bool {
         self.inner.remote
     }
+
+    /// The queue the event was received from; empty for a local notify.
+    #[must_use]
+    pub fn queue(&self) -> &str {
+        &self.inner.queue
+    }
+
+    /// **The conversation this event belongs to**: the message id of the
+    /// event that started it, which is this event's own when it started
+    /// one. `None` for a local notify.
+    #[must_use]
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.inner
+            .correlation_id
+            .as_deref()
+            .or(self.inner.message_id.as_deref())
+    }
+
+    /// The message id of the event whose handler published this one;
+    /// `None` at the start of a conversation.
+    #[must_use]
+    pub fn causation_id(&self) -> Option<&str> {
+        self.inner.causation_id.as_deref()
+    }
+
+    /// An application header the publisher set
+    /// ([`PublishOptions::header`](crate::PublishOptions::header)), if it
+    /// is a string. tidings' own headers are not among them.
+    #[must_use]
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.inner
+            .headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// Every application header with a string value, in no particular
+    /// order.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.inner
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+    }
 }
 
 impl fmt::Debug for Context {
@@ -112,6 +214,10 @@ impl fmt::Debug for Context {
             .field("attempt", &self.inner.attempt)
             .field("redelivered", &self.inner.redelivered)
             .field("remote", &self.inner.remote)
+            .field("queue", &self.inner.queue)
+            .field("correlation_id", &self.correlation_id())
+            .field("causation_id", &self.inner.causation_id)
+            .field("headers", &self.inner.headers)
             .finish()
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::schemas::SchemaCache;
-use super::stats::{Counters, RejectReason};
+use super::stats::{Count, Counters, RejectReason};
 use super::text::bounded;
 use crate::codec::{BINCODE_CONTENT_TYPE, Codec, Codecs, JSON_CONTENT_TYPE, bincode_event_name};
 use crate::event::{Event, EventRegistry, Registration, registered_events};
@@ -99,11 +99,11 @@ impl Decoder {
         let event: Box<dyn Event> = if theirs == Some(ours) {
             read_own(body, codec, registered, tag)?
         } else {
-            Counters::add(&counters.fingerprint_mismatches);
+            counters.count(Count::FingerprintMismatches, tag, "");
             let event = self
                 .resolve(body, codec, registered, theirs, transport)
                 .await?;
-            Counters::add(&counters.schemas_resolved);
+            counters.count(Count::SchemasResolved, tag, "");
             event
         };
         if event.tag() != tag {
@@ -133,7 +133,7 @@ impl Decoder {
                     format!("event {tag:?} version {at}: {e}"),
                 )
             })?;
-            Counters::add(&counters.upcasts);
+            counters.count(Count::Upcasts, tag, "");
             at += 1;
         }
         Ok(event)

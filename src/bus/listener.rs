@@ -2,23 +2,27 @@
 //! skip own and duplicate events, dispatch to the subscribers, settle.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, debug_span, info, info_span, trace, warn};
 
 use super::context::Context;
 use super::decode::Decoder;
 use super::dedup::Recent;
+use super::health::ListenerHealth;
 use super::settings::{Settings, UnknownEvents};
-use super::stats::{Counters, RejectReason};
+use super::stats::{Count, Counters, RejectReason};
 use super::subscribers::Subscribers;
 use super::text::bounded;
 use crate::error::Result;
 use crate::headers::TAG_HEADER;
 use crate::runtime::now_or_never;
+use crate::telemetry;
+use crate::trace_context;
 use crate::transport::listen::{Listen, Mode};
 use crate::transport::seam::{DeadLetter, Header, Inbox, Received, Transport};
 
@@ -43,12 +47,19 @@ pub struct Listener {
 
 struct State {
     queue: String,
+    /// Whether the loop runs, stopped when asked, or ended by itself.
+    phase: Arc<AtomicU8>,
     /// Whether the queue belongs to this listener alone (broadcast), so
     /// cancelling deletes it and its bindings.
     owned: bool,
     stop: watch::Sender<Stop>,
     task: Mutex<Option<JoinHandle<Result<()>>>>,
 }
+
+/// The phases of a listener's loop.
+const RUNNING: u8 = 0;
+const STOPPED: u8 = 1;
+const FAILED: u8 = 2;
 
 /// What the dispatch loop is told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,10 +78,27 @@ impl Listener {
         let queue = inbox.queue().to_owned();
         let (stop, stopped) = watch::channel(Stop::Running);
         let span = info_span!("listener", instance = %shared.instance_id, queue = %queue);
-        let task = tokio::spawn(run(shared, inbox, stopped).instrument(span));
+        let phase = Arc::new(AtomicU8::new(RUNNING));
+        let ended = phase.clone();
+        let task = tokio::spawn(
+            async move {
+                let asked = stopped.clone();
+                let result = run(shared, inbox, stopped).await;
+                let how = if *asked.borrow() == Stop::Running {
+                    warn!("the listener's queue closed for good; it receives no more");
+                    FAILED
+                } else {
+                    STOPPED
+                };
+                ended.store(how, Ordering::Relaxed);
+                result
+            }
+            .instrument(span),
+        );
         Ok(Self {
             state: Arc::new(State {
                 queue,
+                phase,
                 owned,
                 stop,
                 task: Mutex::new(Some(task)),
@@ -82,6 +110,20 @@ impl Listener {
     #[must_use]
     pub fn queue(&self) -> &str {
         &self.state.queue
+    }
+
+    /// Its part of the bus's health; `None` once it was stopped on request.
+    pub(crate) fn health(&self, connected: bool) -> Option<ListenerHealth> {
+        let phase = self.state.phase.load(Ordering::Relaxed);
+        let asked = *self.state.stop.borrow() != Stop::Running;
+        if phase == STOPPED || (asked && phase == RUNNING) {
+            return None;
+        }
+        Some(ListenerHealth {
+            queue: self.state.queue.clone(),
+            consuming: phase == RUNNING && connected,
+            failed: phase == FAILED,
+        })
     }
 
     /// **Stops listening** while the bus goes on: the handlers running now
@@ -199,6 +241,7 @@ async fn run(
     mut stopped: watch::Receiver<Stop>,
 ) -> Result<()> {
     let mut running = JoinSet::new();
+    let queue: Arc<str> = source.queue().into();
     let mut batch = AckBatch::new(shared.transport.prefetch());
     loop {
         while running.len() >= shared.settings.concurrency {
@@ -239,13 +282,14 @@ async fn run(
         };
         let Some(incoming) = next else { break };
         if shared.settings.concurrency == 1 {
-            if let Outcome::Ack = shared.handle(&*incoming).await {
+            if let Outcome::Ack = shared.handle(&*incoming, &queue).await {
                 batch.add(&shared, incoming).await;
             }
         } else {
             let shared = shared.clone();
+            let queue = queue.clone();
             running.spawn(async move {
-                if let Outcome::Ack = shared.handle(&*incoming).await {
+                if let Outcome::Ack = shared.handle(&*incoming, &queue).await {
                     shared.settled(incoming.ack().await);
                 }
             });
@@ -274,8 +318,30 @@ enum Outcome {
 }
 
 impl Shared {
-    async fn handle(&self, incoming: &dyn Received) -> Outcome {
-        Counters::add(&self.counters.delivered);
+    /// Handles one delivery in a span of its own (a root, or the child of
+    /// the publisher's span with trace context), counting it as unacked
+    /// until its outcome is decided.
+    async fn handle(&self, incoming: &dyn Received, queue: &str) -> Outcome {
+        let span = debug_span!(
+            parent: None,
+            "handle",
+            otel.kind = "consumer",
+            messaging.system = "rabbitmq",
+            tag = %bounded(tag_of(incoming)),
+            message_id = %bounded(incoming.message_id().unwrap_or("")),
+            origin = %bounded(incoming.origin().unwrap_or("")),
+            attempt = incoming.attempt(),
+            queue,
+        );
+        trace_context::extract(&span, incoming);
+        telemetry::gauge("tidings_unacked_deliveries", 1.0);
+        let outcome = self.handle_in_span(incoming, queue).instrument(span).await;
+        telemetry::gauge("tidings_unacked_deliveries", -1.0);
+        outcome
+    }
+
+    async fn handle_in_span(&self, incoming: &dyn Received, queue: &str) -> Outcome {
+        self.counters.count(Count::Delivered, "", "");
         let event = match self
             .decoder
             .decode(incoming, &self.counters, &*self.transport)
@@ -289,6 +355,10 @@ impl Shared {
                 if self.counters.unknown(tag) {
                     info!(tag = %bounded(tag), "events of a type this process does not know arrive; acknowledging and counting them (logged once per tag)");
                 }
+                debug!(
+                    outcome = "acked",
+                    "an event of an unknown type, acknowledged"
+                );
                 return Outcome::Ack;
             }
             // What may pass goes the way of a failed handler: retried,
@@ -313,12 +383,14 @@ impl Shared {
                 } else {
                     letter
                 };
-                self.dead_letter(incoming, letter).await;
+                self.dead_letter(incoming, "", letter).await;
                 return Outcome::Settled;
             }
         };
+        let tag = event.tag();
         if !self.settings.self_delivery && incoming.origin() == Some(self.instance_id.as_str()) {
-            Counters::add(&self.counters.own_skipped);
+            self.counters.count(Count::OwnSkipped, "", "");
+            trace!(outcome = "acked", "own event skipped");
             return Outcome::Ack;
         }
         // No copy of the id, one hash of it per event, and no lock at all
@@ -330,19 +402,19 @@ impl Shared {
         if let Some(key) = dedup_key
             && self.recent.contains(key)
         {
-            Counters::add(&self.counters.deduplicated);
+            self.counters.count(Count::Deduplicated, "", "");
+            debug!(
+                outcome = "acked",
+                "a duplicate of an event handled lately, acknowledged"
+            );
             return Outcome::Ack;
         }
-        let context = Context::remote(
-            incoming.routing_key(),
-            incoming.message_id(),
-            incoming.origin(),
-            incoming.timestamp(),
-            incoming.redelivered(),
-            incoming.attempt(),
-        );
+        let context = Context::remote(incoming, queue);
+        let sent_at = context.sent_at();
         let started = Instant::now();
-        let dispatching = self.subscribers.dispatch(&event, &context);
+        let dispatching = context
+            .clone()
+            .scope(self.subscribers.dispatch(&event, &context));
         let dispatch = match self.settings.handler_timeout {
             None => Some(dispatching.await),
             // A sync handler cannot be interrupted: one that overran is
@@ -352,31 +424,41 @@ impl Shared {
                 .ok()
                 .filter(|_| started.elapsed() <= limit),
         };
-        Counters::add(&self.counters.dispatched);
+        telemetry::time("tidings_handler_seconds", tag, started.elapsed());
+        if let Some(latency) = sent_at.and_then(|sent| SystemTime::now().duration_since(sent).ok())
+        {
+            telemetry::time("tidings_end_to_end_seconds", tag, latency);
+        }
+        self.counters.count(Count::Dispatched, "", "");
         let Some(dispatch) = dispatch else {
             let limit = self.settings.handler_timeout.unwrap_or_default();
             let error = format!("handlers did not finish within {limit:?}");
-            Counters::add(&self.counters.handler_timeouts);
-            Counters::add(&self.counters.handler_failures);
-            warn!(tag = event.tag(), message_id = %bounded(incoming.message_id().unwrap_or("")), attempt = incoming.attempt(), error = %error, "event handlers timed out");
-            self.settle_failure(incoming, event.tag(), "handler_failed", error)
+            self.counters.count(Count::HandlerTimeouts, tag, "");
+            self.counters.count(Count::HandlerFailures, tag, "");
+            warn!(tag, message_id = %bounded(incoming.message_id().unwrap_or("")), attempt = incoming.attempt(), error = %error, "event handlers timed out");
+            self.settle_failure(incoming, tag, "handler_failed", error)
                 .await;
             return Outcome::Settled;
         };
         if dispatch.is_ok() {
-            Counters::add(&self.counters.handled);
+            self.counters.count(Count::Handled, tag, "");
             // Remembered once handled: a failed attempt must come back.
             if let Some(key) = dedup_key {
                 self.recent.remember(key, self.settings.dedup_window);
             }
+            debug!(
+                outcome = "acked",
+                handlers = dispatch.handled(),
+                "event handled"
+            );
             return Outcome::Ack;
         }
         for _ in dispatch.failures() {
-            Counters::add(&self.counters.handler_failures);
+            self.counters.count(Count::HandlerFailures, tag, "");
         }
         // Each failure was logged with the tag, message id and attempt.
         let error = bounded(&dispatch.failures().join("; ")).into_owned();
-        self.settle_failure(incoming, event.tag(), "handler_failed", error)
+        self.settle_failure(incoming, tag, "handler_failed", error)
             .await;
         Outcome::Settled
     }

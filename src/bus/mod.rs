@@ -4,7 +4,9 @@
 pub(crate) mod context;
 pub(crate) mod decode;
 mod dedup;
+pub(crate) mod health;
 pub(crate) mod listener;
+pub(crate) mod publish_options;
 mod schemas;
 pub(crate) mod settings;
 mod settle;
@@ -12,30 +14,45 @@ pub(crate) mod stats;
 pub(crate) mod subscribers;
 pub(crate) mod text;
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, debug_span, trace, warn};
 
 use crate::amqp::connection_event::ConnectionEvents;
 use crate::amqp::props::AmqpProps;
+use crate::bus::context::Context;
 use crate::bus::decode::Decoder;
 use crate::bus::dedup::Recent;
+use crate::bus::health::{Health, Link};
 use crate::bus::listener::{Listener, Shared};
+use crate::bus::publish_options::PublishOptions;
 use crate::bus::settings::{Settings, UnknownEvents};
-use crate::bus::stats::{Counters, Stats};
+use crate::bus::stats::{Count, Counters, Stats};
 use crate::bus::subscribers::Subscribers;
 use crate::codec::{Codec, Codecs};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Event, registered_events};
+use crate::headers::{CAUSATION_HEADER, CORRELATION_HEADER, SENT_AT_HEADER};
 use crate::schema::Fingerprint;
+use crate::telemetry;
+use crate::trace_context;
 use crate::transport::drivers;
 use crate::transport::listen::Listen;
 use crate::transport::seam::{Endpoint, Outgoing, Transport};
+
+/// The options of a plain publish.
+static NO_OPTIONS: PublishOptions = PublishOptions {
+    headers: Vec::new(),
+    correlation_id: None,
+    causation_id: None,
+    confirm: false,
+};
 
 /// How long `close` waits for the broker to confirm what was published.
 const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -116,6 +133,8 @@ struct Inner {
     storing: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     closed: AtomicBool,
     close_timeout: Duration,
+    /// The connection's state, for [`Bus::health`].
+    link: Arc<Mutex<Link>>,
 }
 
 /// **How to connect a [`Bus`]**: where, what to listen to, which
@@ -275,6 +294,7 @@ impl BusBuilder {
     pub async fn connect(self) -> Result<Bus> {
         let events = registered_events()?;
         debug!(types = events.len(), "event types registered");
+        telemetry::describe();
         let listens = self.listens.unwrap_or_else(|| vec![Listen::broadcast()]);
         let endpoint = |url: String| {
             let mut endpoint = Endpoint::new(url);
@@ -294,6 +314,7 @@ impl BusBuilder {
         let codec = transport.codec();
         let content_type: Arc<str> = codec.content_type().into();
         let counters = Arc::new(Counters::default());
+        let link = health::follow(transport.events());
         let shared = Arc::new(Shared {
             recent: Recent::default(),
             decoder: Decoder::new(Codecs::new(codec.clone()), transport.max_message_size()),
@@ -318,6 +339,7 @@ impl BusBuilder {
                 storing: Mutex::default(),
                 closed: AtomicBool::new(false),
                 close_timeout: self.close_timeout,
+                link,
             }),
         };
         bus.inner.subscribers.attach();
@@ -429,7 +451,7 @@ impl Bus {
     /// in the buffer, the event was not accepted; once accepted, it is sent
     /// whatever happens to the future.
     pub async fn publish(&self, event: &dyn Event) -> Result<()> {
-        self.send(event, None, None).await
+        self.send(event, None, &NO_OPTIONS, None).await
     }
 
     /// **Publishes an event and waits for the broker's confirm.**
@@ -446,7 +468,32 @@ impl Bus {
     /// awaited.
     pub async fn publish_confirmed(&self, event: &dyn Event) -> Result<()> {
         let (done, confirmed) = oneshot::channel();
-        self.send(event, None, Some(done)).await?;
+        self.send(event, None, &NO_OPTIONS, Some(done)).await?;
+        confirmed.await.map_err(|_| closed())?
+    }
+
+    /// **Publishes an event with options**: headers of the application's
+    /// own, its conversation, waiting for the confirm (see
+    /// [`PublishOptions`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`publish`](Bus::publish) (and, with
+    /// [`confirm`](PublishOptions::confirm), as
+    /// [`publish_confirmed`](Bus::publish_confirmed));
+    /// [`ErrorKind::InvalidConfig`] for a header name tidings uses itself,
+    /// or one that is empty or longer than 255 bytes.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`publish_confirmed`](Bus::publish_confirmed).
+    pub async fn publish_with(&self, event: &dyn Event, options: &PublishOptions) -> Result<()> {
+        options.check()?;
+        if !options.confirm {
+            return self.send(event, None, options, None).await;
+        }
+        let (done, confirmed) = oneshot::channel();
+        self.send(event, None, options, Some(done)).await?;
         confirmed.await.map_err(|_| closed())?
     }
 
@@ -465,7 +512,8 @@ impl Bus {
     /// does not withdraw an accepted event.
     pub async fn send_to(&self, queue: &str, event: &dyn Event) -> Result<()> {
         let (done, confirmed) = oneshot::channel();
-        self.send(event, Some(queue.to_owned()), Some(done)).await?;
+        self.send(event, Some(queue.to_owned()), &NO_OPTIONS, Some(done))
+            .await?;
         confirmed.await.map_err(|_| closed())?
     }
 
@@ -473,6 +521,7 @@ impl Bus {
         &self,
         event: &dyn Event,
         to_queue: Option<String>,
+        options: &PublishOptions,
         done: Option<oneshot::Sender<Result<()>>>,
     ) -> Result<()> {
         let inner = &*self.inner;
@@ -483,23 +532,42 @@ impl Bus {
         let fingerprint = event.fingerprint();
         self.store_schema(event, fingerprint)?;
         let sequence = inner.sequence.fetch_add(1, Ordering::Relaxed);
+        let tag = event.tag();
+        let message_id = format!("{}-{sequence}", inner.instance_id);
+        let span = debug_span!(
+            "publish",
+            otel.kind = "producer",
+            messaging.system = "rabbitmq",
+            tag,
+            message_id = %message_id,
+            routing_key = event.routing_key(),
+            exchange = inner.transport.exchange(),
+        );
         let out = Outgoing {
             body: Arc::new(body),
             content_type: inner.content_type.clone(),
-            tag: event.tag(),
+            tag,
             fingerprint,
             version: event.version(),
             routing_key: event.routing_key(),
-            message_id: format!("{}-{sequence}", inner.instance_id),
+            headers: headers(options, &span),
+            message_id,
             to_queue,
         };
         // Counted before the transport may confirm it, so that confirmed
         // never runs ahead of published; taken back if it is not accepted.
-        Counters::add(&inner.counters.published);
-        if let Err(e) = inner.transport.publish(out, done).await {
-            inner.counters.published.fetch_sub(1, Ordering::Relaxed);
+        inner.counters.count(Count::Published, tag, "");
+        if let Err(e) = inner
+            .transport
+            .publish(out, done)
+            .instrument(span.clone())
+            .await
+        {
+            inner.counters.uncount(Count::Published, tag);
+            debug!(parent: &span, error = %e, "the event was not accepted for publishing");
             return Err(e);
         }
+        trace!(parent: &span, "accepted for publishing");
         Ok(())
     }
 
@@ -583,6 +651,33 @@ impl Bus {
     #[must_use]
     pub fn unknown_events(&self) -> std::collections::BTreeMap<String, u64> {
         self.inner.counters.unknown_tags()
+    }
+
+    /// **Whether the bus is connected and consuming**, for readiness and
+    /// liveness probes (see [`Health`]). Cheap: no call to the broker.
+    #[must_use]
+    pub fn health(&self) -> Health {
+        let inner = &*self.inner;
+        let link = inner.link.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let closed = inner.closed.load(Ordering::Relaxed);
+        let connected = link.connected && !closed;
+        let listeners = inner
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(|listener| listener.health(connected))
+            .collect();
+        Health {
+            connected,
+            since: link.since,
+            blocked: link.blocked,
+            buffered: inner.transport.counters().buffered.load(Ordering::Relaxed),
+            buffer_capacity: inner.transport.buffer_capacity(),
+            listeners,
+            last_error: link.last_error,
+            closed,
+        }
     }
 
     /// **A snapshot of the bus's counters**: cheap (relaxed atomic loads),
@@ -704,6 +799,35 @@ impl fmt::Debug for Bus {
             .field("transport", &self.inner.transport)
             .finish_non_exhaustive()
     }
+}
+
+/// The headers an event is published with besides its own: its
+/// conversation (the options', else the handled event's), when it was
+/// sent, the application's, and the trace context of `span`.
+fn headers(options: &PublishOptions, span: &tracing::Span) -> Vec<(Cow<'static, str>, String)> {
+    let mut headers = Vec::with_capacity(options.headers.len() + 4);
+    let (mut correlation, mut causation) =
+        (options.correlation_id.clone(), options.causation_id.clone());
+    if correlation.is_none()
+        && causation.is_none()
+        && let Some(handling) = Context::current()
+    {
+        correlation = handling.correlation_id().map(str::to_owned);
+        causation = handling.message_id().map(str::to_owned);
+    }
+    if let Some(id) = correlation {
+        headers.push((Cow::Borrowed(CORRELATION_HEADER), id));
+    }
+    if let Some(id) = causation {
+        headers.push((Cow::Borrowed(CAUSATION_HEADER), id));
+    }
+    let sent_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_micros());
+    headers.push((Cow::Borrowed(SENT_AT_HEADER), sent_at.to_string()));
+    headers.extend(options.headers.iter().cloned());
+    trace_context::inject(span, &mut headers);
+    headers
 }
 
 pub(crate) fn closed() -> Error {

@@ -4,7 +4,7 @@
 use tracing::{debug, error, warn};
 
 use super::listener::Shared;
-use super::stats::Counters;
+use super::stats::Count;
 use super::text::bounded;
 use crate::error::Result;
 use crate::transport::seam::{DeadLetter, Received};
@@ -24,12 +24,12 @@ impl Shared {
         if attempt >= self.settings.max_attempts {
             warn!(tag, message_id = %message_id, attempt, reason, error = %error, "failed on the last attempt; dead-lettering");
             return self
-                .dead_letter(incoming, DeadLetter::new(reason, &error))
+                .dead_letter(incoming, tag, DeadLetter::new(reason, &error))
                 .await;
         }
         let delay = self.settings.retry_delay(attempt);
-        debug!(tag, message_id = %message_id, attempt, reason, delay = ?delay, "retrying after a delay");
-        Counters::add(&self.counters.retried);
+        debug!(tag, message_id = %message_id, attempt, reason, delay = ?delay, outcome = "retried", "retrying after a delay");
+        self.counters.count(Count::Retried, tag, reason);
         match incoming.retry(attempt + 1, delay).await {
             Ok(()) => self.settled(incoming.ack().await),
             Err(e) => {
@@ -54,14 +54,28 @@ impl Shared {
         }
     }
 
-    /// Sends a message to the dead letters, then acks it; if that fails,
-    /// rejects it (the transport drops it), counts it and says so.
-    pub(super) async fn dead_letter(&self, incoming: &dyn Received, letter: DeadLetter<'_>) {
-        Counters::add(&self.counters.dead_lettered);
+    /// Sends a message (of event type `tag`, if known) to the dead
+    /// letters, then acks it; if that fails, rejects it (the transport
+    /// drops it), counts it and says so.
+    pub(super) async fn dead_letter(
+        &self,
+        incoming: &dyn Received,
+        tag: &str,
+        letter: DeadLetter<'_>,
+    ) {
+        self.counters.count(Count::DeadLettered, tag, letter.reason);
         match incoming.dead_letter(letter).await {
-            Ok(()) => self.settled(incoming.ack().await),
+            Ok(()) => {
+                debug!(
+                    outcome = "dead_lettered",
+                    reason = letter.reason,
+                    "sent to the dead letters"
+                );
+                self.settled(incoming.ack().await);
+            }
             Err(e) => {
-                Counters::add(&self.counters.dead_letters_dropped);
+                self.counters
+                    .count(Count::DeadLettersDropped, "", letter.reason);
                 error!(error = %e, reason = letter.reason, message_id = %bounded(incoming.message_id().unwrap_or("")), "dead-lettering failed (is the dead-letter queue full?); the message is dropped");
                 if let Err(e) = incoming.reject().await {
                     warn!(error = %e, "rejecting a message failed");

@@ -1,10 +1,15 @@
 //! Counters of a bus: cheap atomics, read as a `Stats` snapshot.
 
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
+
+use crate::telemetry;
 use crate::transport::seam::PublishCounters;
 
 /// **Why a received message was rejected** instead of dispatched.
@@ -97,27 +102,99 @@ impl fmt::Display for RejectReason {
     }
 }
 
+/// **What a bus counts**, each also a metric `tidings_<name>_total` (with
+/// the `metrics` feature).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Count {
+    Published,
+    Delivered,
+    Dispatched,
+    Handled,
+    HandlerFailures,
+    HandlerTimeouts,
+    OwnSkipped,
+    FingerprintMismatches,
+    SchemasResolved,
+    Upcasts,
+    Retried,
+    DeadLettered,
+    Deduplicated,
+    DeadLettersDropped,
+    UnknownEvents,
+}
+
+impl Count {
+    const ALL: [Count; 15] = [
+        Self::Published,
+        Self::Delivered,
+        Self::Dispatched,
+        Self::Handled,
+        Self::HandlerFailures,
+        Self::HandlerTimeouts,
+        Self::OwnSkipped,
+        Self::FingerprintMismatches,
+        Self::SchemasResolved,
+        Self::Upcasts,
+        Self::Retried,
+        Self::DeadLettered,
+        Self::Deduplicated,
+        Self::DeadLettersDropped,
+        Self::UnknownEvents,
+    ];
+
+    /// The metric's name.
+    pub(crate) fn metric(self) -> &'static str {
+        match self {
+            Self::Published => "tidings_published_total",
+            Self::Delivered => "tidings_delivered_total",
+            Self::Dispatched => "tidings_dispatched_total",
+            Self::Handled => "tidings_handled_total",
+            Self::HandlerFailures => "tidings_handler_failures_total",
+            Self::HandlerTimeouts => "tidings_handler_timeouts_total",
+            Self::OwnSkipped => "tidings_own_skipped_total",
+            Self::FingerprintMismatches => "tidings_fingerprint_mismatches_total",
+            Self::SchemasResolved => "tidings_schemas_resolved_total",
+            Self::Upcasts => "tidings_upcasts_total",
+            Self::Retried => "tidings_retried_total",
+            Self::DeadLettered => "tidings_dead_lettered_total",
+            Self::Deduplicated => "tidings_deduplicated_total",
+            Self::DeadLettersDropped => "tidings_dead_letters_dropped_total",
+            Self::UnknownEvents => "tidings_unknown_events_total",
+        }
+    }
+
+    /// Counted per tag in [`Stats::by_tag`] too.
+    fn by_tag(self) -> bool {
+        matches!(
+            self,
+            Self::Published
+                | Self::Handled
+                | Self::HandlerFailures
+                | Self::Retried
+                | Self::DeadLettered
+        )
+    }
+}
+
 /// The live counters of a bus.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) published: AtomicU64,
-    pub(crate) delivered: AtomicU64,
-    pub(crate) dispatched: AtomicU64,
-    pub(crate) handled: AtomicU64,
-    pub(crate) handler_failures: AtomicU64,
-    pub(crate) handler_timeouts: AtomicU64,
-    pub(crate) own_skipped: AtomicU64,
-    pub(crate) fingerprint_mismatches: AtomicU64,
-    pub(crate) schemas_resolved: AtomicU64,
-    pub(crate) upcasts: AtomicU64,
-    pub(crate) retried: AtomicU64,
-    pub(crate) dead_lettered: AtomicU64,
-    pub(crate) deduplicated: AtomicU64,
-    pub(crate) dead_letters_dropped: AtomicU64,
-    pub(crate) unknown_events: AtomicU64,
+    counts: [AtomicU64; Count::ALL.len()],
+    /// Counts of the event types this bus published or handled, by tag.
+    tags: RwLock<HashMap<String, Arc<TagCounters>>>,
     /// Unknown events by tag, for at most [`UNKNOWN_TAGS`] tags.
     unknown_tags: Mutex<BTreeMap<String, u64>>,
     rejected: [AtomicU64; RejectReason::ALL.len()],
+}
+
+/// The per-tag counters of one event type.
+#[derive(Debug, Default)]
+struct TagCounters {
+    published: AtomicU64,
+    handled: AtomicU64,
+    handler_failures: AtomicU64,
+    retried: AtomicU64,
+    dead_lettered: AtomicU64,
 }
 
 /// How many distinct unknown tags are counted one by one; the rest are
@@ -127,25 +204,65 @@ const UNKNOWN_TAGS: usize = 256;
 pub const OTHER_TAGS: &str = "(other tags)";
 
 impl Counters {
-    pub(crate) fn add(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    /// Counts one of `what`, for event type `tag` (empty when not known)
+    /// and `reason` (empty when none), in the stats and as a metric.
+    pub(crate) fn count(&self, what: Count, tag: &str, reason: &str) {
+        self.counts[what as usize].fetch_add(1, Ordering::Relaxed);
+        if what.by_tag() && !tag.is_empty() {
+            let counters = self.tag(tag);
+            let counter = match what {
+                Count::Published => &counters.published,
+                Count::Handled => &counters.handled,
+                Count::HandlerFailures => &counters.handler_failures,
+                Count::Retried => &counters.retried,
+                _ => &counters.dead_lettered,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        telemetry::count(what.metric(), tag, reason);
+    }
+
+    /// Takes back a count (a publish the transport did not accept).
+    pub(crate) fn uncount(&self, what: Count, tag: &str) {
+        self.counts[what as usize].fetch_sub(1, Ordering::Relaxed);
+        if what == Count::Published && !tag.is_empty() {
+            self.tag(tag).published.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn get(&self, what: Count) -> u64 {
+        self.counts[what as usize].load(Ordering::Relaxed)
+    }
+
+    fn tag(&self, tag: &str) -> Arc<TagCounters> {
+        if let Some(found) = self.tags.read().unwrap_or_else(|p| p.into_inner()).get(tag) {
+            return found.clone();
+        }
+        self.tags
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(tag.to_owned())
+            .or_default()
+            .clone()
     }
 
     pub(crate) fn reject(&self, reason: RejectReason) {
         self.rejected[reason.index()].fetch_add(1, Ordering::Relaxed);
+        telemetry::count("tidings_rejected_total", "", reason.as_str());
     }
 
     /// Counts an event of a type this process does not know; true the
     /// first time this tag is seen (to log it once).
     pub(crate) fn unknown(&self, tag: &str) -> bool {
-        Self::add(&self.unknown_events);
+        // Tags come from the wire: keep at most 255 bytes of one, and
+        // label no metric with them.
+        self.count(Count::UnknownEvents, "", "");
         let mut tags = self.unknown_tags.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(count) = tags.get_mut(tag) {
             *count += 1;
             return false;
         }
         let key = if tags.len() < UNKNOWN_TAGS {
-            // Tags come from the wire: keep at most 255 bytes of one.
             let mut end = tag.len().min(255);
             while !tag.is_char_boundary(end) {
                 end -= 1;
@@ -170,35 +287,55 @@ impl Counters {
     /// The bus's counters with its transport's publish counters.
     pub(crate) fn snapshot(&self, publish: &PublishCounters) -> Stats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let count = |what: Count| self.get(what);
+        let by_tag = self
+            .tags
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(tag, c)| {
+                let counts = TagStats {
+                    published: get(&c.published),
+                    handled: get(&c.handled),
+                    handler_failures: get(&c.handler_failures),
+                    retried: get(&c.retried),
+                    dead_lettered: get(&c.dead_lettered),
+                };
+                (tag.clone(), counts)
+            })
+            .collect();
         Stats {
-            published: get(&self.published),
+            published: count(Count::Published),
             confirmed: get(&publish.confirmed),
             returned: get(&publish.returned),
             publish_failed: get(&publish.failed),
             buffered: get(&publish.buffered),
             republished: get(&publish.republished),
             reconnects: 0,
-            delivered: get(&self.delivered),
-            dispatched: get(&self.dispatched),
-            handled: get(&self.handled),
-            handler_failures: get(&self.handler_failures),
-            handler_timeouts: get(&self.handler_timeouts),
-            own_skipped: get(&self.own_skipped),
-            fingerprint_mismatches: get(&self.fingerprint_mismatches),
-            schemas_resolved: get(&self.schemas_resolved),
-            upcasts: get(&self.upcasts),
-            retried: get(&self.retried),
-            dead_lettered: get(&self.dead_lettered),
-            deduplicated: get(&self.deduplicated),
-            dead_letters_dropped: get(&self.dead_letters_dropped),
-            unknown_events: get(&self.unknown_events),
+            delivered: count(Count::Delivered),
+            dispatched: count(Count::Dispatched),
+            handled: count(Count::Handled),
+            handler_failures: count(Count::HandlerFailures),
+            handler_timeouts: count(Count::HandlerTimeouts),
+            own_skipped: count(Count::OwnSkipped),
+            fingerprint_mismatches: count(Count::FingerprintMismatches),
+            schemas_resolved: count(Count::SchemasResolved),
+            upcasts: count(Count::Upcasts),
+            retried: count(Count::Retried),
+            dead_lettered: count(Count::DeadLettered),
+            deduplicated: count(Count::Deduplicated),
+            dead_letters_dropped: count(Count::DeadLettersDropped),
+            unknown_events: count(Count::UnknownEvents),
             rejected: Rejected(RejectReason::ALL.map(|r| get(&self.rejected[r.index()]))),
+            by_tag,
+            unknown_tags: self.unknown_tags(),
         }
     }
 }
 
-/// **A snapshot of a bus's counters.**
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// **A snapshot of a bus's counters.** Serializes (to JSON, say) with the
+/// rejections labelled by reason and the counts of each event type by tag.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct Stats {
     /// Events accepted by `publish` (not yet necessarily confirmed).
@@ -258,12 +395,45 @@ pub struct Stats {
     /// counted under [`UnknownEvents::Acknowledge`](crate::UnknownEvents)
     /// (by tag: [`Bus::unknown_events`](crate::Bus::unknown_events)).
     pub unknown_events: u64,
+    /// Messages rejected, by reason ([`Stats::rejected`]).
     rejected: Rejected,
+    /// The counts of each event type this bus published or handled, by tag.
+    pub by_tag: BTreeMap<String, TagStats>,
+    /// Events of types this process does not know, by tag (as
+    /// [`Bus::unknown_events`](crate::Bus::unknown_events)).
+    pub unknown_tags: BTreeMap<String, u64>,
+}
+
+/// **The counts of one event type**, in [`Stats::by_tag`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct TagStats {
+    /// Events of this type accepted by `publish`.
+    pub published: u64,
+    /// Events of this type whose handlers all succeeded.
+    pub handled: u64,
+    /// Handler calls for events of this type that failed or panicked.
+    pub handler_failures: u64,
+    /// Deliveries of this type parked to be retried.
+    pub retried: u64,
+    /// Events of this type sent to the dead letters after their handlers
+    /// failed.
+    pub dead_lettered: u64,
 }
 
 /// Rejection counts by reason, shown labelled.
 #[derive(Clone, Copy, Default, PartialEq, Eq)]
 struct Rejected([u64; RejectReason::ALL.len()]);
+
+impl Serialize for Rejected {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(RejectReason::ALL.len()))?;
+        for reason in RejectReason::ALL {
+            map.serialize_entry(reason.as_str(), &self.0[reason.index()])?;
+        }
+        map.end()
+    }
+}
 
 impl fmt::Debug for Rejected {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

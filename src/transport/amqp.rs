@@ -137,6 +137,14 @@ impl Transport for AmqpTransport {
         self.inner.conn.props().codec().clone()
     }
 
+    fn exchange(&self) -> &str {
+        self.inner.conn.props().exchange()
+    }
+
+    fn buffer_capacity(&self) -> Option<u64> {
+        Some(self.inner.conn.props().publish_buffer().0 as u64)
+    }
+
     fn max_message_size(&self) -> usize {
         self.inner.conn.props().max_message_size()
     }
@@ -267,6 +275,22 @@ impl Received for AmqpReceived {
             (None, _) => Header::Absent,
             (Some(_), Some(text)) => Header::Text(text),
             (Some(_), None) => Header::WrongType,
+        }
+    }
+
+    fn visit_headers(&self, visit: &mut dyn FnMut(&str, Header<'_>)) {
+        let Some(headers) = self.delivery.properties().headers() else {
+            return;
+        };
+        for (name, value) in headers.inner() {
+            let header = match value {
+                AMQPValue::LongString(s) => {
+                    std::str::from_utf8(s.as_bytes()).map_or(Header::WrongType, Header::Text)
+                }
+                AMQPValue::ShortString(s) => Header::Text(s.as_str()),
+                _ => Header::WrongType,
+            };
+            visit(name.as_str(), header);
         }
     }
 
@@ -401,6 +425,9 @@ impl Amqp {
                 VERSION_HEADER.into(),
                 AMQPValue::LongString(out.version.to_string().into()),
             );
+        }
+        for (name, value) in out.headers {
+            headers.insert(name.as_ref().into(), AMQPValue::LongString(value.into()));
         }
         let (exchange, routing_key, mandatory) = match &out.to_queue {
             Some(queue) => (Some(ShortString::from("")), short(queue)?, true),

@@ -364,6 +364,14 @@ impl Transport for Faults {
     fn dead_letter_queue(&self) -> Option<&str> {
         self.inner.dead_letter_queue()
     }
+
+    fn exchange(&self) -> &str {
+        self.inner.exchange()
+    }
+
+    fn buffer_capacity(&self) -> Option<u64> {
+        self.inner.buffer_capacity()
+    }
 }
 
 /// One received message, shared by its copies (a duplicate, a redelivery):
@@ -584,6 +592,10 @@ impl Received for Copy {
 
     fn header(&self, name: &str) -> Header<'_> {
         self.message().header(name)
+    }
+
+    fn visit_headers(&self, visit: &mut dyn FnMut(&str, Header<'_>)) {
+        self.message().visit_headers(visit);
     }
 
     fn routing_key(&self) -> &str {

@@ -1,6 +1,7 @@
 //! The in-memory transport: `memory://name` buses in one process share a
 //! hub of queues, routed like a topic exchange.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -67,6 +68,10 @@ impl Transport for MemoryTransport {
 
     fn codec(&self) -> Arc<dyn Codec> {
         Arc::new(Bincode)
+    }
+
+    fn exchange(&self) -> &str {
+        &self.name
     }
 
     fn max_message_size(&self) -> usize {
@@ -199,6 +204,7 @@ pub(crate) fn test_message(
             origin: "elsewhere".into(),
             timestamp: 0,
             attempt: 1,
+            headers: Vec::new(),
         }),
         queue: hub.queue(None, &[], false),
     })
@@ -228,7 +234,24 @@ impl Received for MemoryReceived {
                 .version
                 .as_deref()
                 .map_or(Header::Absent, Header::Text),
-            _ => Header::Absent,
+            _ => self
+                .message
+                .headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(Header::Absent, |(_, value)| Header::Text(value)),
+        }
+    }
+
+    fn visit_headers(&self, visit: &mut dyn FnMut(&str, Header<'_>)) {
+        let message = &*self.message;
+        visit(TAG_HEADER, Header::Text(message.tag));
+        visit(FINGERPRINT_HEADER, Header::Text(&message.fingerprint));
+        if let Some(version) = &message.version {
+            visit(VERSION_HEADER, Header::Text(version));
+        }
+        for (name, value) in &message.headers {
+            visit(name, Header::Text(value));
         }
     }
 
@@ -309,6 +332,8 @@ pub(crate) struct Message {
     pub(crate) origin: String,
     pub(crate) timestamp: u64,
     pub(crate) attempt: u32,
+    /// The application's and tidings' other headers.
+    pub(crate) headers: Vec<(Cow<'static, str>, String)>,
 }
 
 impl Message {
@@ -323,6 +348,7 @@ impl Message {
             message_id: self.message_id.clone(),
             origin: self.origin.clone(),
             attempt,
+            headers: self.headers.clone(),
             ..*self
         }
     }
@@ -444,6 +470,7 @@ impl Hub {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             attempt: 1,
+            headers: out.headers.clone(),
         });
         let targets: Vec<Arc<MemoryQueue>> = {
             let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());

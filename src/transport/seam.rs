@@ -9,6 +9,7 @@
 //! transport, registered for a URL scheme with
 //! [`register_driver`](crate::register_driver).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -53,6 +54,9 @@ pub struct Outgoing {
     pub message_id: String,
     /// Sent to this queue by name instead of through the exchange.
     pub to_queue: Option<String>,
+    /// More string headers: the application's own, correlation and
+    /// causation ids, trace context, the publish time.
+    pub headers: Vec<(Cow<'static, str>, String)>,
 }
 
 /// **A message header as received**: absent, a string, or of another type.
@@ -107,6 +111,8 @@ pub trait Received: Send + Sync {
     fn content_type(&self) -> Option<&str>;
     /// A header by name.
     fn header(&self, name: &str) -> Header<'_>;
+    /// Calls `visit` with each header, in no particular order.
+    fn visit_headers(&self, visit: &mut dyn FnMut(&str, Header<'_>));
     /// The routing key it was published with (also after retries).
     fn routing_key(&self) -> &str;
     /// Which delivery attempt this is, from 1.
@@ -160,6 +166,15 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
     fn instance_id(&self) -> &str;
     /// The codec events are encoded with.
     fn codec(&self) -> Arc<dyn Codec>;
+    /// Where events are published, for logs and traces: the exchange, the
+    /// hub's name.
+    fn exchange(&self) -> &str {
+        ""
+    }
+    /// How many events the publish buffer holds at most, if it is bounded.
+    fn buffer_capacity(&self) -> Option<u64> {
+        None
+    }
     /// The largest body a listener decodes.
     fn max_message_size(&self) -> usize;
     /// How many messages a listener holds unsettled at most.
