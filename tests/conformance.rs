@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tidings::{
     AmqpProps, Bus, BusBuilder, Context, Event, ExchangeKind, FaultPlan, Faults, Lagged, Listen,
-    Subscribers,
+    PublishOptions, Subscribers,
 };
 use tokio_stream::StreamExt;
 
@@ -798,6 +798,148 @@ async fn send_to_reaches_one_named_queue(meeting: Meeting) {
     }
 }
 
+/// What a handler saw of an event's context.
+#[derive(Debug, Clone, PartialEq)]
+struct Seen3 {
+    message_id: Option<String>,
+    correlation: Option<String>,
+    causation: Option<String>,
+    tenant: Option<String>,
+}
+
+impl Seen3 {
+    fn of(ctx: &Context) -> Self {
+        Self {
+            message_id: ctx.message_id().map(str::to_owned),
+            correlation: ctx.correlation_id().map(str::to_owned),
+            causation: ctx.causation_id().map(str::to_owned),
+            tenant: ctx.header("tenant").map(str::to_owned),
+        }
+    }
+}
+
+/// Application headers reach the handlers; an event published inside a
+/// handler continues the handled event's conversation (its correlation
+/// id, the handled event's message id as causation); an explicit
+/// correlation id starts one of the caller's choosing; tidings' own header
+/// names are refused.
+async fn headers_and_the_conversation_cross_with_the_event(meeting: Meeting) {
+    let _cleanup = meeting.cleanup();
+    let subscribers = Subscribers::new();
+    let placed = Seen::default();
+    let shipped = Seen::default();
+    let bus_slot: Arc<std::sync::OnceLock<Bus>> = Arc::default();
+    let (p, slot) = (placed.clone(), bus_slot.clone());
+    let _g1 = subscribers.subscribe_async(move |e: Arc<OrderPlaced>, ctx: Context| {
+        let (p, slot) = (p.clone(), slot.clone());
+        async move {
+            p.push(Seen3::of(&ctx));
+            assert_eq!(
+                Context::current().and_then(|c| c.message_id().map(str::to_owned)),
+                ctx.message_id().map(str::to_owned),
+                "Context::current inside a handler is the handled event's"
+            );
+            let bus = slot.get().expect("the bus is set before publishing");
+            bus.publish(&OrderShipped {
+                id: e.id,
+                carrier: None,
+            })
+            .await
+            .unwrap();
+        }
+    });
+    let s = shipped.clone();
+    let _g2 = subscribers.subscribe_with(move |_: &OrderShipped, ctx: &Context| {
+        s.push(Seen3::of(ctx));
+    });
+    let bus = meeting.bus(&subscribers).await;
+    bus_slot.set(bus.clone()).unwrap();
+
+    let refused = bus
+        .publish_with(
+            &OrderPlaced {
+                id: 0,
+                item: "x".into(),
+            },
+            &PublishOptions::new().header("x-correlation-id", "forged"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        tidings::ErrorKind::InvalidConfig,
+        "{refused}"
+    );
+
+    let tenant = PublishOptions::new().header("tenant", "acme").confirm(true);
+    bus.publish_with(
+        &OrderPlaced {
+            id: 1,
+            item: "tea".into(),
+        },
+        &tenant,
+    )
+    .await
+    .unwrap();
+    let first = placed.wait_for(1).await.remove(0);
+    assert_eq!(first.tenant.as_deref(), Some("acme"));
+    assert!(first.message_id.is_some());
+    assert_eq!(first.correlation, first.message_id, "a new conversation");
+    assert_eq!(first.causation, None);
+    let reaction = shipped.wait_for(1).await.remove(0);
+    assert_eq!(reaction.correlation, first.message_id);
+    assert_eq!(reaction.causation, first.message_id);
+    assert_eq!(
+        reaction.tenant, None,
+        "headers are the publisher's, per event"
+    );
+
+    let chosen = PublishOptions::new().correlation_id("checkout-7");
+    bus.publish_with(
+        &OrderPlaced {
+            id: 2,
+            item: "cake".into(),
+        },
+        &chosen,
+    )
+    .await
+    .unwrap();
+    let second = placed.wait_for(2).await.remove(1);
+    assert_eq!(second.correlation.as_deref(), Some("checkout-7"));
+    let reaction = shipped.wait_for(2).await.remove(1);
+    assert_eq!(reaction.correlation.as_deref(), Some("checkout-7"));
+    assert_eq!(reaction.causation, second.message_id);
+    bus.close().await.unwrap();
+}
+
+/// A connected bus is ready and live with its listener consuming; a
+/// cancelled listener is no longer listed; a closed bus is neither.
+async fn health_tells_connected_consuming_and_closed(meeting: Meeting) {
+    let _cleanup = meeting.cleanup();
+    let subscribers = Subscribers::new();
+    let bus = meeting.bus(&subscribers).await;
+    let health = bus.health();
+    assert!(health.is_ready(), "{health:?}");
+    assert!(health.is_live(), "{health:?}");
+    assert_eq!(health.listeners.len(), 1, "{health:?}");
+    assert!(health.listeners[0].consuming);
+    assert_eq!(health.last_error, None);
+    let extra = bus.listen(&Listen::broadcast()).await.unwrap();
+    assert_eq!(bus.health().listeners.len(), 2);
+    extra.cancel().await.unwrap();
+    assert_eq!(
+        bus.health().listeners.len(),
+        1,
+        "a cancelled listener is not listed"
+    );
+    bus.close().await.unwrap();
+    let health = bus.health();
+    assert!(
+        !health.is_ready() && !health.is_live() && health.closed,
+        "{health:?}"
+    );
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -850,6 +992,8 @@ conformance!(
     a_failing_handler_is_retried_with_the_attempt_count,
     a_cancelled_listener_stops_while_another_goes_on,
     send_to_reaches_one_named_queue,
+    headers_and_the_conversation_cross_with_the_event,
+    health_tells_connected_consuming_and_closed,
 );
 
 /// The fault injector on its own: with chaos on, each of 500 events is

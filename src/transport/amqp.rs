@@ -470,6 +470,7 @@ impl Amqp {
         let keep = [
             TAG_HEADER,
             FINGERPRINT_HEADER,
+            VERSION_HEADER,
             ATTEMPT_HEADER,
             ROUTING_KEY_HEADER,
             ORIGIN_HEADER,
