@@ -99,7 +99,7 @@ def _format(fmt: Any, types: dict, stack: list[str]) -> str:
     ((kind, inner),) = fmt.items()
     if kind == "type_name":
         if inner in stack:  # a type that contains itself: how many levels up
-            return f"^{len(stack) - max(i for i, n in enumerate(stack) if n == inner)}"
+            return f"^{len(stack) - stack.index(inner)}"
         if inner not in types:
             return f"?{inner}"
         stack.append(inner)
@@ -389,7 +389,9 @@ def _main(argv: list[str]) -> int:
                     continue
                 e = json.loads(line)
                 version = e.get("version", 1)
-                fingerprint = e.get("fingerprint") or fingerprint_of(contract or {}, e["tag"], version)
+                fingerprint = e.get("fingerprint")
+                if fingerprint is None and contract is not None:
+                    fingerprint = fingerprint_of(contract, e["tag"], version)
                 options = {k: e[k] for k in ("message_id", "routing_key", "correlation_id",
                                               "causation_id", "headers") if k in e}
                 message_id = publish(channel, args.exchange, e["tag"], e["payload"], version=version,
