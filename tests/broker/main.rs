@@ -14,6 +14,7 @@ mod derive;
 mod flow;
 mod handler_timeout;
 mod proxy;
+mod python_wire;
 mod rejections;
 mod roundtrip;
 mod schema_store;
