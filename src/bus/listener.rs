@@ -331,7 +331,7 @@ impl Shared {
             message_id = %bounded(incoming.message_id().unwrap_or("")),
             origin = %bounded(incoming.origin().unwrap_or("")),
             attempt = incoming.attempt(),
-            queue,
+            queue = %queue,
         );
         trace_context::extract(&span, incoming);
         telemetry::gauge("tidings_unacked_deliveries", 1.0);

@@ -538,10 +538,10 @@ impl Bus {
             "publish",
             otel.kind = "producer",
             messaging.system = "rabbitmq",
-            tag,
+            tag = %tag,
             message_id = %message_id,
-            routing_key = event.routing_key(),
-            exchange = inner.transport.exchange(),
+            routing_key = %event.routing_key(),
+            exchange = %inner.transport.exchange(),
         );
         let out = Outgoing {
             body: Arc::new(body),

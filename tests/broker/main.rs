@@ -20,4 +20,5 @@ mod roundtrip;
 mod schema_store;
 mod send_sync;
 mod settlement;
+mod spans;
 mod versions;

@@ -5,5 +5,6 @@ mod common;
 
 mod blocked;
 mod defects;
+mod health;
 mod private_node;
 mod recovery;
