@@ -4,6 +4,9 @@
 //! `amqp://127.0.0.1:5672/%2f`). Three "processes" (buses with their own
 //! connections) listen; each receives all three announcements.
 
+#[path = "logging/mod.rs"]
+mod logging;
+
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -19,6 +22,7 @@ struct ConfigChanged {
 /// Runs the example; a failure prints as `error: ...` (what went wrong, not a
 /// Debug dump) and exits 1.
 fn main() -> std::process::ExitCode {
+    logging::init();
     let result: Result<(), Box<dyn std::error::Error>> = tokio::runtime::Runtime::new()
         .map_err(Into::into)
         .and_then(|runtime| runtime.block_on(run()));

@@ -5,6 +5,9 @@
 //! Run: `cargo run --example group` (reads `AMQP_URL`, default
 //! `amqp://127.0.0.1:5672/%2f`).
 
+#[path = "logging/mod.rs"]
+mod logging;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -21,6 +24,7 @@ struct InvoiceDue {
 /// Runs the example; a failure prints as `error: ...` (what went wrong, not a
 /// Debug dump) and exits 1.
 fn main() -> std::process::ExitCode {
+    logging::init();
     let result: Result<(), Box<dyn std::error::Error>> = tokio::runtime::Runtime::new()
         .map_err(Into::into)
         .and_then(|runtime| runtime.block_on(run()));

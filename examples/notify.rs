@@ -16,6 +16,9 @@
 //! `listen --count N` exits after N events; `--exchange NAME` picks another
 //! exchange (default `tidings.notify`).
 
+#[path = "logging/mod.rs"]
+mod logging;
+
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
@@ -58,6 +61,7 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 /// Prints a failure as `error: ...` (what went wrong and what to do), never
 /// as a Debug dump, and exits 1.
 fn main() -> ExitCode {
+    logging::init();
     let result = tokio::runtime::Runtime::new()
         .map_err(Error::from)
         .and_then(|runtime| runtime.block_on(run()));

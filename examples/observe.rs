@@ -15,6 +15,9 @@
 //! server is a few lines of tokio: a real service would use its web
 //! framework's routes.
 
+#[path = "logging/mod.rs"]
+mod logging;
+
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -35,14 +38,8 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    // Logs: RUST_LOG, else info; lapin's frame logs capped (see the README).
-    let wanted = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
-    let filter: tracing_subscriber::filter::Targets =
-        format!("{wanted},{}", tidings::log::LAPIN_FRAMES_AT_DEBUG).parse()?;
-    use tracing_subscriber::prelude::*;
-    tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_filter(filter))
-        .init();
+    // Logs: RUST_LOG, else info, to stderr; lapin's frame logs capped.
+    logging::init();
     let once = std::env::args().any(|a| a == "--once");
 
     // Metrics: a Prometheus recorder for the `metrics` facade.

@@ -7,6 +7,9 @@
 //! Press Enter (or close stdin) to close the bus and exit; with `-- drop` it
 //! exits without closing, as a process that is killed mid-outage would.
 
+#[path = "logging/mod.rs"]
+mod logging;
+
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -23,6 +26,7 @@ struct Tick {
 /// Runs the example; a failure prints as `error: ...` (what went wrong, not a
 /// Debug dump) and exits 1.
 fn main() -> std::process::ExitCode {
+    logging::init();
     let result: Result<(), Box<dyn std::error::Error>> = tokio::runtime::Runtime::new()
         .map_err(Into::into)
         .and_then(|runtime| runtime.block_on(run()).map_err(Into::into));

@@ -4,6 +4,9 @@
 //! Run: `cargo run --example topic` (reads `AMQP_URL`, default
 //! `amqp://127.0.0.1:5672/%2f`).
 
+#[path = "logging/mod.rs"]
+mod logging;
+
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +27,7 @@ struct UserJoined {
 /// Runs the example; a failure prints as `error: ...` (what went wrong, not a
 /// Debug dump) and exits 1.
 fn main() -> std::process::ExitCode {
+    logging::init();
     let result: Result<(), Box<dyn std::error::Error>> = tokio::runtime::Runtime::new()
         .map_err(Into::into)
         .and_then(|runtime| runtime.block_on(run()));

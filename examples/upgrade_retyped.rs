@@ -3,6 +3,9 @@
 //! its events, naming the field, and count them; none is misread. See
 //! `upgrade_v1` and `upgrade_shared`.
 
+#[path = "logging/mod.rs"]
+mod logging;
+
 #[path = "upgrade_shared/mod.rs"]
 mod upgrade_shared;
 
@@ -23,6 +26,7 @@ fn subscribe(subscribers: &Subscribers) -> Vec<tidings::Subscription> {
 }
 
 fn main() -> tidings::Result<()> {
+    logging::init();
     upgrade_shared::main(upgrade_shared::Build {
         subscribe,
         publish: |bus, id| {

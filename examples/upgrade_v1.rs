@@ -3,6 +3,9 @@
 //! `tests/processes/rolling_upgrade.rs` beside `upgrade_v2` (the new build)
 //! and `upgrade_retyped` (a breaking change); see `upgrade_shared`.
 
+#[path = "logging/mod.rs"]
+mod logging;
+
 #[path = "upgrade_shared/mod.rs"]
 mod upgrade_shared;
 
@@ -34,6 +37,7 @@ fn subscribe(subscribers: &Subscribers) -> Vec<tidings::Subscription> {
 }
 
 fn main() -> tidings::Result<()> {
+    logging::init();
     upgrade_shared::main(upgrade_shared::Build {
         subscribe,
         publish: |bus, id| {

@@ -4,6 +4,9 @@
 //! changes incompatibly, so it is version 2 and upcasts from version 1.
 //! See `upgrade_v1` and `upgrade_shared`.
 
+#[path = "logging/mod.rs"]
+mod logging;
+
 #[path = "upgrade_shared/mod.rs"]
 mod upgrade_shared;
 
@@ -63,6 +66,7 @@ fn subscribe(subscribers: &Subscribers) -> Vec<tidings::Subscription> {
 }
 
 fn main() -> tidings::Result<()> {
+    logging::init();
     upgrade_shared::main(upgrade_shared::Build {
         subscribe,
         publish: |bus, id| {

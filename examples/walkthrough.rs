@@ -4,6 +4,9 @@
 //! Run: `cargo run --example walkthrough` (reads `AMQP_URL`, default
 //! `amqp://127.0.0.1:5672/%2f`).
 
+#[path = "logging/mod.rs"]
+mod logging;
+
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -20,6 +23,7 @@ struct Greeting {
 /// Runs the walkthrough; a failure prints as `error: ...` (what went wrong,
 /// not a Debug dump) and exits 1.
 fn main() -> std::process::ExitCode {
+    logging::init();
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -338,6 +338,24 @@ impl Bus {
         self.runtime.block_on(self.bus.publish_confirmed(event))?
     }
 
+    /// Publishes an event with options (headers, conversation, confirm);
+    /// see [`crate::Bus::publish_with`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Bus::publish_with`].
+    pub fn publish_with(&self, event: &dyn Event, options: &crate::PublishOptions) -> Result<()> {
+        self.runtime
+            .block_on(self.bus.publish_with(event, options))?
+    }
+
+    /// Whether the bus is connected and consuming; see
+    /// [`crate::Bus::health`].
+    #[must_use]
+    pub fn health(&self) -> crate::Health {
+        self.bus.health()
+    }
+
     /// Sends an event to one named queue and waits for the broker's
     /// confirm; see [`crate::Bus::send_to`].
     ///

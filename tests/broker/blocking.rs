@@ -141,3 +141,33 @@ async fn blocking_calls_inside_a_runtime_are_refused() {
     assert_eq!(err.kind(), ErrorKind::Usage);
     assert!(err.to_string().contains("async"), "{err}");
 }
+
+#[derive(tidings::Event, serde::Serialize, serde::Deserialize, Debug, Clone)]
+#[event(name = "blocking.noted")]
+struct Noted {
+    id: u64,
+}
+
+/// The blocking bus publishes with options and reports its health.
+#[test]
+fn a_blocking_bus_publishes_with_headers_and_is_healthy() {
+    let props = common::props(ExchangeKind::Fanout);
+    common::require_broker(&props);
+    let _cleanup = common::Cleanup::new(&props);
+    let subscribers = tidings::Subscribers::new();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _guard = subscribers.subscribe_with(move |n: &Noted, ctx: &tidings::Context| {
+        let _ = tx.send((n.id, ctx.header("source").map(str::to_owned)));
+    });
+    let bus =
+        tidings::blocking::Bus::connect(tidings::Bus::with_props(props).subscribers(subscribers))
+            .unwrap();
+    assert!(bus.health().is_ready(), "{:?}", bus.health());
+    let options = tidings::PublishOptions::new()
+        .header("source", "cron")
+        .confirm(true);
+    bus.publish_with(&Noted { id: 3 }, &options).unwrap();
+    let got = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(got, (3, Some("cron".to_owned())));
+    bus.close().unwrap();
+}
