@@ -88,7 +88,7 @@ use decode::Writers;
 /// }
 /// let letters = dead_letters.list(&DeadLetterFilter::new()).await?;
 /// assert_eq!(letters[0].reason(), Some("handler_failed"));
-/// assert_eq!(letters[0].error(), Some("payment service down"));
+/// assert!(letters[0].error().is_some_and(|e| e.contains("payment service down")));
 /// assert_eq!(letters[0].json(), Some(&serde_json::json!({"doc.refund": {"id": 7}})));
 ///
 /// // The service is back: replay to the queue the letter came from.
