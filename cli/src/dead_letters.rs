@@ -11,28 +11,45 @@ use crate::print::Shown;
 /// Progress is printed every this many letters.
 const PROGRESS_EVERY: u64 = 1000;
 
-pub(crate) async fn run(broker: &Broker, command: &DeadLettersCommand) -> tidings::Result<ExitCode> {
+pub(crate) async fn run(
+    broker: &Broker,
+    command: &DeadLettersCommand,
+) -> tidings::Result<ExitCode> {
     let dead_letters = DeadLetters::open(&broker.props)
         .await
         .map_err(|e| broker.explain(e))?
         .with_progress(print_progress);
     let done = match command {
-        DeadLettersCommand::List { filter, limit, json } => {
+        DeadLettersCommand::List {
+            filter,
+            limit,
+            json,
+        } => {
             let mut filter = to_filter(filter);
             if let Some(limit) = limit {
                 filter = filter.limit(*limit);
             }
             list(&dead_letters, &filter, *json).await
         }
-        DeadLettersCommand::Show { message_id, json } => show(&dead_letters, message_id, *json).await,
-        DeadLettersCommand::Replay { filter, to } => replay(&dead_letters, &to_filter(filter), *to).await,
-        DeadLettersCommand::Purge { filter, yes } => purge(&dead_letters, &to_filter(filter), *yes).await,
+        DeadLettersCommand::Show { message_id, json } => {
+            show(&dead_letters, message_id, *json).await
+        }
+        DeadLettersCommand::Replay { filter, to } => {
+            replay(&dead_letters, &to_filter(filter), *to).await
+        }
+        DeadLettersCommand::Purge { filter, yes } => {
+            purge(&dead_letters, &to_filter(filter), *yes).await
+        }
     };
     let _ = dead_letters.close().await;
     done
 }
 
-async fn list(dead_letters: &DeadLetters, filter: &DeadLetterFilter, json: bool) -> tidings::Result<ExitCode> {
+async fn list(
+    dead_letters: &DeadLetters,
+    filter: &DeadLetterFilter,
+    json: bool,
+) -> tidings::Result<ExitCode> {
     let letters = dead_letters.list(filter).await?;
     for letter in &letters {
         if json {
@@ -49,7 +66,11 @@ async fn list(dead_letters: &DeadLetters, filter: &DeadLetterFilter, json: bool)
     Ok(ExitCode::SUCCESS)
 }
 
-async fn show(dead_letters: &DeadLetters, message_id: &str, json: bool) -> tidings::Result<ExitCode> {
+async fn show(
+    dead_letters: &DeadLetters,
+    message_id: &str,
+    json: bool,
+) -> tidings::Result<ExitCode> {
     let Some(letter) = dead_letters.find(message_id).await? else {
         eprintln!(
             "tidings: no dead letter with message id {message_id:?} in {:?}; `tidings dead-letters list` shows the ids",
@@ -65,7 +86,11 @@ async fn show(dead_letters: &DeadLetters, message_id: &str, json: bool) -> tidin
     Ok(ExitCode::SUCCESS)
 }
 
-async fn replay(dead_letters: &DeadLetters, filter: &DeadLetterFilter, to: ReplayTo) -> tidings::Result<ExitCode> {
+async fn replay(
+    dead_letters: &DeadLetters,
+    filter: &DeadLetterFilter,
+    to: ReplayTo,
+) -> tidings::Result<ExitCode> {
     let to = match to {
         ReplayTo::Queue => tidings::ReplayTo::Queue,
         ReplayTo::Exchange => tidings::ReplayTo::Exchange,
@@ -92,7 +117,11 @@ async fn replay(dead_letters: &DeadLetters, filter: &DeadLetterFilter, to: Repla
     })
 }
 
-async fn purge(dead_letters: &DeadLetters, filter: &DeadLetterFilter, yes: bool) -> tidings::Result<ExitCode> {
+async fn purge(
+    dead_letters: &DeadLetters,
+    filter: &DeadLetterFilter,
+    yes: bool,
+) -> tidings::Result<ExitCode> {
     if !yes {
         let matching = if filter.is_everything() {
             dead_letters.count().await?
@@ -106,7 +135,10 @@ async fn purge(dead_letters: &DeadLetters, filter: &DeadLetterFilter, yes: bool)
         return Ok(ExitCode::FAILURE);
     }
     let purged = dead_letters.purge(filter).await?;
-    eprintln!("tidings: purged {purged} dead letters from {:?}", dead_letters.queue());
+    eprintln!(
+        "tidings: purged {purged} dead letters from {:?}",
+        dead_letters.queue()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -132,7 +164,9 @@ fn to_filter(filter: &Filter) -> DeadLetterFilter {
 
 fn print_progress(progress: &Progress) {
     let last = progress.examined == progress.total;
-    if progress.total >= PROGRESS_EVERY && (progress.examined % PROGRESS_EVERY == 0 || last) {
+    if progress.total >= PROGRESS_EVERY
+        && (progress.examined.is_multiple_of(PROGRESS_EVERY) || last)
+    {
         eprintln!(
             "tidings: {} of {} dead letters examined, {} taken",
             progress.examined, progress.total, progress.taken
@@ -154,8 +188,12 @@ fn line(letter: &DeadLetterMessage) -> String {
         or_dash(letter.message_id()),
         or_dash(letter.reason()),
         or_dash(letter.tag()),
-        letter.attempt().map_or_else(|| "-".to_owned(), |n| n.to_string()),
-        letter.timestamp().map_or_else(|| "-".to_owned(), crate::time::show),
+        letter
+            .attempt()
+            .map_or_else(|| "-".to_owned(), |n| n.to_string()),
+        letter
+            .timestamp()
+            .map_or_else(|| "-".to_owned(), crate::time::show),
         or_dash(letter.queue()),
         error
     )
@@ -165,7 +203,12 @@ fn shown(letter: &DeadLetterMessage) -> Shown {
     let mut extra = vec![
         ("reason", letter.reason().unwrap_or("-").to_owned()),
         ("error", letter.error().unwrap_or("-").to_owned()),
-        ("attempt", letter.attempt().map_or_else(|| "-".to_owned(), |n| n.to_string())),
+        (
+            "attempt",
+            letter
+                .attempt()
+                .map_or_else(|| "-".to_owned(), |n| n.to_string()),
+        ),
         ("queue", letter.queue().unwrap_or("-").to_owned()),
     ];
     if letter.body_dropped() {

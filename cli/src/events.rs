@@ -19,17 +19,24 @@ pub(crate) async fn run(cli: &Cli, events: &Events) -> tidings::Result<ExitCode>
         }
     };
     if events.json {
-        let json = serde_json::to_string_pretty(&contract)
-            .map_err(|e| Error::with_source(ErrorKind::Encode, format!("encoding the contract: {e}"), e))?;
+        let json = serde_json::to_string_pretty(&contract).map_err(|e| {
+            Error::with_source(ErrorKind::Encode, format!("encoding the contract: {e}"), e)
+        })?;
         println!("{json}");
     } else {
-        println!("{:<40} {:>7}  {:<16}  fields", "tag", "version", "fingerprint");
+        println!(
+            "{:<40} {:>7}  {:<16}  fields",
+            "tag", "version", "fingerprint"
+        );
         for schema in contract.events() {
             let fields = schema.fields().join(", ");
             let fields = if schema.is_traced() {
                 fields
             } else {
-                format!("(untraced: {})", schema.untraced_reason().unwrap_or("no format"))
+                format!(
+                    "(untraced: {})",
+                    schema.untraced_reason().unwrap_or("no format")
+                )
             };
             println!(
                 "{:<40} {:>7}  {:<16}  {fields}",

@@ -50,7 +50,10 @@ impl Shown {
         if let Some(at) = self.timestamp {
             out.push_str(&format!("  published:   {}\n", crate::time::show(at)));
         }
-        out.push_str(&format!("  content type: {}\n", or_none(&self.content_type)));
+        out.push_str(&format!(
+            "  content type: {}\n",
+            or_none(&self.content_type)
+        ));
         if !self.headers.is_empty() {
             out.push_str("  headers:\n");
             for (name, value) in &self.headers {

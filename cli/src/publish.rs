@@ -20,14 +20,18 @@ pub(crate) async fn run(broker: &Broker, publish: &Publish) -> tidings::Result<E
     } else {
         format!("{}@v{}", publish.tag, publish.version)
     };
-    let body = serde_json::to_vec(&serde_json::json!({ wire_name: fields }))
-        .map_err(|e| Error::with_source(ErrorKind::Encode, format!("encoding the event: {e}"), e))?;
+    let body = serde_json::to_vec(&serde_json::json!({ wire_name: fields })).map_err(|e| {
+        Error::with_source(ErrorKind::Encode, format!("encoding the event: {e}"), e)
+    })?;
     let routing_key = publish.routing_key.as_deref().unwrap_or(&publish.tag);
     let name = |what: &str, text: &str| {
         ShortString::try_new(text.to_owned()).map_err(|_| {
             Error::new(
                 ErrorKind::InvalidConfig,
-                format!("the {what} is {} bytes long; AMQP allows 255 at most", text.len()),
+                format!(
+                    "the {what} is {} bytes long; AMQP allows 255 at most",
+                    text.len()
+                ),
             )
         })
     };
@@ -40,12 +44,13 @@ pub(crate) async fn run(broker: &Broker, publish: &Publish) -> tidings::Result<E
     let fingerprint = stored
         .events()
         .iter()
-        .filter(|s| s.tag() == publish.tag && s.version() == publish.version)
-        .last()
+        .rfind(|s| s.tag() == publish.tag && s.version() == publish.version)
         .map(tidings::Schema::fingerprint);
 
     let origin = format!("tidings-cli-{}", std::process::id());
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let message_id = format!("{origin}-{}", now.as_nanos());
     let text = |s: &str| AMQPValue::LongString(s.into());
     let mut headers = FieldTable::default();
@@ -119,7 +124,11 @@ fn fields(arg: &str) -> tidings::Result<serde_json::Value> {
     let text = if arg == "-" {
         let mut text = String::new();
         std::io::stdin().read_to_string(&mut text).map_err(|e| {
-            Error::with_source(ErrorKind::InvalidConfig, format!("reading standard input: {e}"), e)
+            Error::with_source(
+                ErrorKind::InvalidConfig,
+                format!("reading standard input: {e}"),
+                e,
+            )
         })?;
         text
     } else {

@@ -54,16 +54,28 @@ pub(crate) async fn run(broker: &Broker, tail: &Tail) -> tidings::Result<ExitCod
 
 fn shown(delivery: &Delivery) -> Shown {
     let table = delivery.properties().headers().as_ref();
-    let is_json = delivery
-        .content_type()
-        .is_some_and(|t| t.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case(JSON_CONTENT_TYPE));
+    let is_json = delivery.content_type().is_some_and(|t| {
+        t.split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .eq_ignore_ascii_case(JSON_CONTENT_TYPE)
+    });
     let (body, note) = if is_json {
         match serde_json::from_slice(delivery.body()) {
             Ok(body) => (Some(body), None),
             Err(e) => (None, Some(format!("not valid JSON: {e}"))),
         }
     } else {
-        (None, Some(delivery.content_type().unwrap_or("no content type").to_owned()))
+        (
+            None,
+            Some(
+                delivery
+                    .content_type()
+                    .unwrap_or("no content type")
+                    .to_owned(),
+            ),
+        )
     };
     Shown {
         tag: header_text(table, TAG_HEADER),

@@ -103,7 +103,11 @@ impl DeadLetterFilter {
         is(&self.reason, letter.reason())
             && is(&self.tag, letter.tag())
             && is(&self.message_id, letter.message_id())
-            && self.since.is_none_or(|since| at.is_some_and(|at| at >= since))
-            && self.until.is_none_or(|until| at.is_some_and(|at| at < until))
+            && self
+                .since
+                .is_none_or(|since| at.is_some_and(|at| at >= since))
+            && self
+                .until
+                .is_none_or(|until| at.is_some_and(|at| at < until))
     }
 }

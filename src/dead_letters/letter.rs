@@ -254,8 +254,12 @@ fn json_of(value: &AMQPValue) -> serde_json::Value {
             Json::from(f64::from(v.value) / 10f64.powi(i32::from(v.scale)))
         }
         AMQPValue::ShortString(v) => Json::String(v.to_string()),
-        AMQPValue::LongString(v) => Json::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
-        AMQPValue::ByteArray(v) => Json::Array(v.as_slice().iter().map(|b| Json::from(*b)).collect()),
+        AMQPValue::LongString(v) => {
+            Json::String(String::from_utf8_lossy(v.as_bytes()).into_owned())
+        }
+        AMQPValue::ByteArray(v) => {
+            Json::Array(v.as_slice().iter().map(|b| Json::from(*b)).collect())
+        }
         AMQPValue::FieldArray(v) => Json::Array(v.as_slice().iter().map(json_of).collect()),
         AMQPValue::FieldTable(v) => Json::Object(
             v.inner()

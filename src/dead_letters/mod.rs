@@ -116,8 +116,11 @@ pub struct DeadLetters {
     queue: String,
     exchange: String,
     writers: Arc<Writers>,
-    progress: Option<Arc<dyn Fn(&Progress) + Send + Sync>>,
+    progress: Option<ProgressFn>,
 }
+
+/// The callback of [`DeadLetters::with_progress`].
+type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
 
 /// **How far a long operation on a [`DeadLetters`] queue is**, as given to
 /// the callback of [`DeadLetters::with_progress`] after each dead letter
@@ -303,7 +306,10 @@ impl DeadLetters {
                 match sent {
                     Ok(()) => {
                         acker.ack(BasicAckOptions::default()).await.map_err(|e| {
-                            Error::amqp("removing a replayed dead letter (it may be replayed again)", e)
+                            Error::amqp(
+                                "removing a replayed dead letter (it may be replayed again)",
+                                e,
+                            )
                         })?;
                         report.replayed += 1;
                     }
@@ -450,7 +456,7 @@ struct Scan {
     total: u64,
     examined: u64,
     taken: u64,
-    progress: Option<Arc<dyn Fn(&Progress) + Send + Sync>>,
+    progress: Option<ProgressFn>,
 }
 
 impl Scan {
@@ -495,6 +501,9 @@ impl Scan {
     /// Gives back what was not settled, in order: closing the channel
     /// makes the broker requeue it in place.
     async fn finish(self) {
-        let _ = self.channel.close(200, "dead letters examined".into()).await;
+        let _ = self
+            .channel
+            .close(200, "dead letters examined".into())
+            .await;
     }
 }

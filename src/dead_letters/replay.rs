@@ -116,10 +116,20 @@ pub(super) async fn send(
     let to = if exchange.as_str().is_empty() {
         format!("queue {:?}", key.as_str())
     } else {
-        format!("exchange {:?} with routing key {:?}", exchange.as_str(), key.as_str())
+        format!(
+            "exchange {:?} with routing key {:?}",
+            exchange.as_str(),
+            key.as_str()
+        )
     };
     let confirmation = channel
-        .basic_publish(exchange, key, options, letter.body(), letter.replay_properties())
+        .basic_publish(
+            exchange,
+            key,
+            options,
+            letter.body(),
+            letter.replay_properties(),
+        )
         .await
         .map_err(|e| Error::amqp(&format!("replaying a dead letter to {to}"), e))?
         .await

@@ -329,8 +329,12 @@ impl Value {
             Self::Bool(v) => Json::Bool(*v),
             Self::I64(v) => Json::from(*v),
             Self::U64(v) => Json::from(*v),
-            Self::I128(v) => i64::try_from(*v).map_or_else(|_| Json::String(v.to_string()), Json::from),
-            Self::U128(v) => u64::try_from(*v).map_or_else(|_| Json::String(v.to_string()), Json::from),
+            Self::I128(v) => {
+                i64::try_from(*v).map_or_else(|_| Json::String(v.to_string()), Json::from)
+            }
+            Self::U128(v) => {
+                u64::try_from(*v).map_or_else(|_| Json::String(v.to_string()), Json::from)
+            }
             Self::F64(v) => serde_json::Number::from_f64(*v).map_or(Json::Null, Json::Number),
             Self::Char(v) => Json::String(v.to_string()),
             Self::Str(v) => Json::String(v.clone()),
@@ -497,9 +501,15 @@ mod tests {
     fn values_show_as_the_json_serde_json_would_write() {
         let value = Value::Struct(vec![
             ("id".into(), Value::U64(7)),
-            ("note".into(), Value::Some(Box::new(Value::Str("hi".into())))),
+            (
+                "note".into(),
+                Value::Some(Box::new(Value::Str("hi".into()))),
+            ),
             ("none".into(), Value::None),
-            ("kind".into(), Value::Variant("One".into(), Box::new(Value::Unit))),
+            (
+                "kind".into(),
+                Value::Variant("One".into(), Box::new(Value::Unit)),
+            ),
             (
                 "two".into(),
                 Value::Variant("Two".into(), Box::new(Value::U64(2))),

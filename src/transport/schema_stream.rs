@@ -146,7 +146,10 @@ async fn stream_exists(conn: &Connection, exchange: &str) -> Result<bool> {
             Ok(true)
         }
         Err(e) if crate::error::is_not_found(&e) => Ok(false),
-        Err(e) => Err(Error::amqp(&format!("looking for the schema stream {name:?}"), e)),
+        Err(e) => Err(Error::amqp(
+            &format!("looking for the schema stream {name:?}"),
+            e,
+        )),
     }
 }
 

@@ -77,9 +77,12 @@ async fn replayed_to_their_queue_failed_events_are_handled_once_with_id_and_orig
         .await
         .unwrap();
     for id in 0..10 {
-        bus.publish_confirmed(&Invoice { id, cents: 100 * id })
-            .await
-            .unwrap();
+        bus.publish_confirmed(&Invoice {
+            id,
+            cents: 100 * id,
+        })
+        .await
+        .unwrap();
     }
 
     let dead_letters = DeadLetters::open(&props).await.unwrap();
@@ -147,7 +150,11 @@ async fn replayed_to_their_queue_failed_events_are_handled_once_with_id_and_orig
         assert_eq!(letter.body_note(), None);
     }
     let first = letters[0].message_id().unwrap();
-    let found = dead_letters.find(first).await.unwrap().expect("found by id");
+    let found = dead_letters
+        .find(first)
+        .await
+        .unwrap()
+        .expect("found by id");
     assert_eq!(found.message_id(), Some(first));
 
     // Fixed: every letter goes back to the group's queue.
@@ -169,7 +176,9 @@ async fn replayed_to_their_queue_failed_events_are_handled_once_with_id_and_orig
         assert_eq!((last.examined, last.total, last.taken), (10, 10, 10));
     }
     assert!(
-        common::eventually(Duration::from_secs(10), || handled.lock().unwrap().len() >= 10).await,
+        common::eventually(Duration::from_secs(10), || handled.lock().unwrap().len()
+            >= 10)
+        .await,
         "the replayed events were not handled: {:?}",
         handled.lock().unwrap()
     );
@@ -220,7 +229,9 @@ async fn filters_pick_by_reason_tag_time_and_id_and_purge_removes_what_they_pick
         .await
         .unwrap();
     for id in 0..3 {
-        bus.publish_confirmed(&Invoice { id, cents: 1 }).await.unwrap();
+        bus.publish_confirmed(&Invoice { id, cents: 1 })
+            .await
+            .unwrap();
     }
     for id in 0..2 {
         bus.publish_confirmed(&Refund { id }).await.unwrap();
@@ -251,7 +262,10 @@ async fn filters_pick_by_reason_tag_time_and_id_and_purge_removes_what_they_pick
         foreign("nobody.knows", "unknown-1"),
     )
     .await;
-    let big = format!(r#"{{"dead_letter_replay.refund":{{"id":9,"pad":"{}"}}}}"#, "x".repeat(400));
+    let big = format!(
+        r#"{{"dead_letter_replay.refund":{{"id":9,"pad":"{}"}}}}"#,
+        "x".repeat(400)
+    );
     common::raw_publish(
         &channel,
         props.exchange(),
@@ -275,7 +289,9 @@ async fn filters_pick_by_reason_tag_time_and_id_and_purge_removes_what_they_pick
                     format!(
                         "{}:{}",
                         l.reason().unwrap_or("?"),
-                        l.tag().unwrap_or("?").trim_start_matches("dead_letter_replay.")
+                        l.tag()
+                            .unwrap_or("?")
+                            .trim_start_matches("dead_letter_replay.")
                     )
                 })
                 .collect::<Vec<_>>()
@@ -284,12 +300,17 @@ async fn filters_pick_by_reason_tag_time_and_id_and_purge_removes_what_they_pick
     let reasons = list(DeadLetterFilter::new()).await;
     assert_eq!(reasons.len(), 7, "{reasons:?}");
     assert_eq!(
-        reasons.iter().filter(|r| *r == "handler_failed:invoice").count(),
+        reasons
+            .iter()
+            .filter(|r| *r == "handler_failed:invoice")
+            .count(),
         3,
         "{reasons:?}"
     );
     assert_eq!(
-        list(DeadLetterFilter::new().tag("dead_letter_replay.refund")).await.len(),
+        list(DeadLetterFilter::new().tag("dead_letter_replay.refund"))
+            .await
+            .len(),
         3,
         "two failed refunds and the oversized one"
     );
@@ -308,20 +329,44 @@ async fn filters_pick_by_reason_tag_time_and_id_and_purge_removes_what_they_pick
     );
     assert_eq!(list(DeadLetterFilter::new().limit(2)).await.len(), 2);
     let hour = Duration::from_secs(3600);
-    assert!(list(DeadLetterFilter::new().since(SystemTime::now() + hour)).await.is_empty());
-    assert_eq!(list(DeadLetterFilter::new().until(SystemTime::now() + hour)).await.len(), 7);
-    assert!(list(DeadLetterFilter::new().until(SystemTime::now() - hour)).await.is_empty());
+    assert!(
+        list(DeadLetterFilter::new().since(SystemTime::now() + hour))
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        list(DeadLetterFilter::new().until(SystemTime::now() + hour))
+            .await
+            .len(),
+        7
+    );
+    assert!(
+        list(DeadLetterFilter::new().until(SystemTime::now() - hour))
+            .await
+            .is_empty()
+    );
 
     // The oversized one tells what happened but cannot go back.
     let big_size = big.len();
-    let big = dead_letters.find("big-1").await.unwrap().expect("the oversized letter");
+    let big = dead_letters
+        .find("big-1")
+        .await
+        .unwrap()
+        .expect("the oversized letter");
     assert_eq!(big.reason(), Some("too_large"));
     assert!(big.body_dropped());
     assert_eq!(big.body_size(), big_size);
     assert!(big.body().is_empty());
-    assert!(big.body_note().unwrap().contains("dropped"), "{:?}", big.body_note());
+    assert!(
+        big.body_note().unwrap().contains("dropped"),
+        "{:?}",
+        big.body_note()
+    );
     let report = dead_letters
-        .replay(ReplayTo::Exchange, &DeadLetterFilter::new().message_id("big-1"))
+        .replay(
+            ReplayTo::Exchange,
+            &DeadLetterFilter::new().message_id("big-1"),
+        )
         .await
         .unwrap();
     assert_eq!((report.replayed, report.not_matching), (0, 6), "{report:?}");
@@ -331,7 +376,10 @@ async fn filters_pick_by_reason_tag_time_and_id_and_purge_removes_what_they_pick
     // An unknown tag is shown as its JSON, not decoded.
     let unknown = dead_letters.find("unknown-1").await.unwrap().unwrap();
     assert!(unknown.event().is_none());
-    assert_eq!(unknown.json(), Some(&serde_json::json!({"nobody.knows": {}})));
+    assert_eq!(
+        unknown.json(),
+        Some(&serde_json::json!({"nobody.knows": {}}))
+    );
 
     // Refunds fixed: replay only them, through the exchange.
     refunds_fixed.store(true, Ordering::SeqCst);
@@ -347,7 +395,9 @@ async fn filters_pick_by_reason_tag_time_and_id_and_purge_removes_what_they_pick
     assert_eq!((report.replayed, report.not_matching), (2, 5), "{report:?}");
     assert!(report.failed.is_empty(), "{report:?}");
     assert!(
-        common::eventually(Duration::from_secs(10), || refunded.lock().unwrap().len() == 2).await,
+        common::eventually(Duration::from_secs(10), || refunded.lock().unwrap().len()
+            == 2)
+        .await,
         "the replayed refunds were not handled"
     );
     assert_eq!(
@@ -365,7 +415,10 @@ async fn filters_pick_by_reason_tag_time_and_id_and_purge_removes_what_they_pick
     // Broadcast queues go with their bus: a replay to one says so.
     bus.close().await.unwrap();
     let report = dead_letters
-        .replay(ReplayTo::Queue, &DeadLetterFilter::new().reason("handler_failed"))
+        .replay(
+            ReplayTo::Queue,
+            &DeadLetterFilter::new().reason("handler_failed"),
+        )
         .await
         .unwrap();
     assert_eq!(report.replayed, 0);
@@ -382,7 +435,10 @@ async fn filters_pick_by_reason_tag_time_and_id_and_purge_removes_what_they_pick
         .unwrap();
     assert_eq!(purged, 1);
     assert_eq!(dead_letters.count().await.unwrap(), 4);
-    assert_eq!(dead_letters.purge(&DeadLetterFilter::new()).await.unwrap(), 4);
+    assert_eq!(
+        dead_letters.purge(&DeadLetterFilter::new()).await.unwrap(),
+        4
+    );
     assert_eq!(dead_letters.count().await.unwrap(), 0);
     dead_letters.close().await.unwrap();
     conn.close().await.unwrap();
