@@ -111,3 +111,73 @@ impl DeadLetterFilter {
                 .is_none_or(|until| at.is_some_and(|at| at < until))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use lapin::BasicProperties;
+    use lapin::types::{AMQPValue, FieldTable};
+
+    use super::*;
+
+    fn letter(reason: &str, tag: &str, at: Option<u64>) -> DeadLetterMessage {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "x-tidings-reason".into(),
+            AMQPValue::LongString(reason.into()),
+        );
+        headers.insert("x-tidings-tag".into(), AMQPValue::LongString(tag.into()));
+        let mut properties = BasicProperties::default()
+            .with_message_id("m-1".into())
+            .with_headers(headers);
+        if let Some(at) = at {
+            properties = properties.with_timestamp(at);
+        }
+        DeadLetterMessage::new(properties, Vec::new())
+    }
+
+    #[test]
+    fn every_condition_given_must_hold() {
+        let letter = letter("handler_failed", "orders.placed", Some(1000));
+        let at = |secs| UNIX_EPOCH + Duration::from_secs(secs);
+        assert!(DeadLetterFilter::new().matches(&letter));
+        assert!(
+            DeadLetterFilter::new()
+                .reason("handler_failed")
+                .tag("orders.placed")
+                .matches(&letter)
+        );
+        assert!(
+            !DeadLetterFilter::new()
+                .reason("handler_failed")
+                .tag("other")
+                .matches(&letter)
+        );
+        assert!(DeadLetterFilter::new().message_id("m-1").matches(&letter));
+        assert!(!DeadLetterFilter::new().message_id("m-2").matches(&letter));
+        assert!(
+            DeadLetterFilter::new()
+                .since(at(1000))
+                .until(at(1001))
+                .matches(&letter)
+        );
+        assert!(!DeadLetterFilter::new().since(at(1001)).matches(&letter));
+        assert!(
+            !DeadLetterFilter::new().until(at(1000)).matches(&letter),
+            "until is exclusive"
+        );
+    }
+
+    #[test]
+    fn a_letter_without_a_timestamp_is_outside_every_time_range() {
+        let letter = letter("decode", "x", None);
+        assert!(!DeadLetterFilter::new().since(UNIX_EPOCH).matches(&letter));
+        assert!(
+            !DeadLetterFilter::new()
+                .until(SystemTime::now())
+                .matches(&letter)
+        );
+        assert!(DeadLetterFilter::new().reason("decode").matches(&letter));
+    }
+}

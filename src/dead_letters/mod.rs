@@ -230,6 +230,11 @@ impl DeadLetters {
     /// # Errors
     ///
     /// As [`count`](Self::count).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropped half way, the letters it held go back to the
+    /// queue in their places (its channel closes).
     pub async fn list(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetterMessage>> {
         let mut scan = self.scan().await?;
         let listed = async {
@@ -280,6 +285,12 @@ impl DeadLetters {
     /// [`ReplayTo::Exchange`] when the exchange does not exist; when the
     /// connection fails half way, the letters replayed so far are out and
     /// the others stay.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropped half way, the letters it held go back to the
+    /// queue in their places (its channel closes); one replayed but not
+    /// yet removed may be replayed again.
     pub async fn replay(&self, to: ReplayTo, filter: &DeadLetterFilter) -> Result<ReplayReport> {
         if to == ReplayTo::Exchange {
             self.check_exchange().await?;
@@ -345,6 +356,11 @@ impl DeadLetters {
     /// # Errors
     ///
     /// As [`count`](Self::count).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropped half way, the letters it held go back to the
+    /// queue in their places (its channel closes).
     pub async fn purge(&self, filter: &DeadLetterFilter) -> Result<u64> {
         if filter.is_everything() {
             let channel = self.conn.channel().await?;

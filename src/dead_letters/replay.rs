@@ -150,3 +150,90 @@ pub(super) async fn send(
         )),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use lapin::BasicProperties;
+    use lapin::types::{AMQPValue, FieldTable};
+
+    use super::*;
+    use crate::headers::{FINGERPRINT_HEADER, ORIGIN_HEADER, TAG_HEADER};
+
+    fn letter(extra: &[(&str, &str)]) -> DeadLetterMessage {
+        let mut headers = FieldTable::default();
+        for (name, value) in [
+            (TAG_HEADER, "orders.placed"),
+            (FINGERPRINT_HEADER, "00000000000000ff"),
+            (ORIGIN_HEADER, "instance-1"),
+            (REASON_HEADER, "handler_failed"),
+            (ERROR_HEADER, "boom"),
+            (ATTEMPT_HEADER, "5"),
+            (ROUTING_KEY_HEADER, "orders.eu"),
+            (QUEUE_HEADER, "orders.billing"),
+            (TRIMMED_HEADER, "x-big"),
+            ("x-tenant", "acme"),
+        ]
+        .iter()
+        .chain(extra)
+        {
+            headers.insert((*name).into(), AMQPValue::LongString((*value).into()));
+        }
+        let properties = BasicProperties::default()
+            .with_message_id("instance-1-7".into())
+            .with_content_type("application/json".into())
+            .with_timestamp(1_700_000_000)
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        DeadLetterMessage::new(properties, b"{}".to_vec())
+    }
+
+    #[test]
+    fn a_replay_starts_again_and_keeps_what_the_event_came_with() {
+        let replayed = letter(&[]).replay_properties();
+        let headers = replayed.headers().clone().unwrap_or_default();
+        let names: Vec<&str> = headers.inner().keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [ORIGIN_HEADER, "x-tenant", FINGERPRINT_HEADER, TAG_HEADER],
+            "dead-letter and retry headers are gone, the rest kept"
+        );
+        assert_eq!(
+            replayed.message_id().as_ref().map(|s| s.as_str()),
+            Some("instance-1-7")
+        );
+        assert_eq!(replayed.timestamp(), &Some(1_700_000_000));
+        assert_eq!(replayed.delivery_mode(), &Some(2));
+        assert_eq!(
+            replayed.content_type().as_ref().map(|s| s.as_str()),
+            Some("application/json")
+        );
+    }
+
+    #[test]
+    fn destinations_follow_the_headers() {
+        let letter = letter(&[]);
+        let (exchange, key) = destination(&letter, ReplayTo::Queue, "orders").unwrap();
+        assert_eq!((exchange.as_str(), key.as_str()), ("", "orders.billing"));
+        let (exchange, key) = destination(&letter, ReplayTo::Exchange, "orders").unwrap();
+        assert_eq!((exchange.as_str(), key.as_str()), ("orders", "orders.eu"));
+    }
+
+    #[test]
+    fn a_letter_without_its_body_or_its_queue_is_not_replayed() {
+        let dropped = letter(&[(BODY_DROPPED_HEADER, "9000000")]);
+        assert!(dropped.body_dropped());
+        assert_eq!(dropped.body_size(), 9_000_000);
+        let why = destination(&dropped, ReplayTo::Queue, "orders").unwrap_err();
+        assert!(
+            why.contains("9000000 bytes") && why.contains("dropped"),
+            "{why}"
+        );
+
+        let mut bare = letter(&[]);
+        bare.properties = BasicProperties::default();
+        let why = destination(&bare, ReplayTo::Queue, "orders").unwrap_err();
+        assert!(why.contains("replay it to the exchange instead"), "{why}");
+        let why = destination(&bare, ReplayTo::Exchange, "orders").unwrap_err();
+        assert!(why.contains("replay it to its queue instead"), "{why}");
+    }
+}
