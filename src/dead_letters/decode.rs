@@ -74,12 +74,20 @@ impl Writers {
                 serde_json::from_slice(&letter.body)
                     .map_err(|e| format!("the body is not valid JSON: {e}"))?,
             );
-            if ours.is_some() {
-                letter.event = Some(
-                    codec
-                        .decode::<Box<dyn Event>>(&letter.body)
-                        .map_err(|e| e.to_string())?,
-                );
+            if let Some(ours) = ours {
+                let event = codec
+                    .decode::<Box<dyn Event>>(&letter.body)
+                    .map_err(|e| e.to_string())?;
+                if event.tag() != ours.tag() || event.version() != ours.version() {
+                    return Err(format!(
+                        "the body holds {:?} version {}, not the {:?} version {} its headers say",
+                        event.tag(),
+                        event.version(),
+                        ours.tag(),
+                        ours.version()
+                    ));
+                }
+                letter.event = Some(event);
             }
             return Ok(());
         }
