@@ -30,11 +30,11 @@ pub(crate) const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub(crate) struct Cli {
     /// The broker: amqp://user:password@host:port/vhost, or amqps:// for
     /// TLS; ?exchange=NAME picks the exchange.
-    #[arg(long, global = true, env = "AMQP_URL", default_value = DEFAULT_URL, hide_env_values = true)]
+    #[arg(long, global = true, env = "AMQP_URL", default_value = DEFAULT_URL, hide_env_values = true, display_order = 100)]
     pub(crate) url: String,
 
     /// The exchange to work on (overrides the URL's ?exchange=).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, display_order = 101)]
     pub(crate) exchange: Option<String>,
 
     #[command(subcommand)]
