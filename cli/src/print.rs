@@ -41,19 +41,19 @@ impl Shown {
             self.tag.as_deref().unwrap_or("(no tag)"),
             self.size
         ));
+        let mut field = |label: &str, value: &str| {
+            out.push_str(&format!("  {:<13} {value}\n", format!("{label}:")))
+        };
         for (name, value) in &self.extra {
-            out.push_str(&format!("  {name}: {value}\n"));
+            field(name, value);
         }
-        out.push_str(&format!("  routing key: {}\n", or_none(&self.routing_key)));
-        out.push_str(&format!("  message id:  {}\n", or_none(&self.message_id)));
-        out.push_str(&format!("  origin:      {}\n", or_none(&self.origin)));
+        field("routing key", &or_none(&self.routing_key));
+        field("message id", &or_none(&self.message_id));
+        field("origin", &or_none(&self.origin));
         if let Some(at) = self.timestamp {
-            out.push_str(&format!("  published:   {}\n", crate::time::show(at)));
+            field("published", &crate::time::show(at));
         }
-        out.push_str(&format!(
-            "  content type: {}\n",
-            or_none(&self.content_type)
-        ));
+        field("content type", &or_none(&self.content_type));
         if !self.headers.is_empty() {
             out.push_str("  headers:\n");
             for (name, value) in &self.headers {

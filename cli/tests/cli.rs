@@ -355,9 +355,9 @@ async fn dead_letters_are_listed_shown_replayed_and_purged() {
     );
     let id = first["message_id"].as_str().unwrap().to_owned();
     let show = ok(&props, &["dead-letters", "show", &id]).await;
-    assert!(show.contains("reason: handler_failed"), "{show}");
+    assert!(show.contains("reason:       handler_failed"), "{show}");
     assert!(show.contains(r#""item": "pie 0""#), "{show}");
-    assert!(show.contains(&format!("message id:  {id}")), "{show}");
+    assert!(show.contains(&format!("message id:   {id}")), "{show}");
     let missing = run(&props, &["dead-letters", "show", "no-such-id"]).await;
     assert!(!missing.status.success());
     assert!(text(&missing.stderr).contains("no dead letter with message id"));
