@@ -9,6 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::amqp::props::AmqpProps;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::registered_events;
 use crate::schema::{Incompatible, Schema};
@@ -74,6 +75,42 @@ impl Contract {
         let events = registered_events()?;
         Ok(Self::new(
             events.all().into_iter().map(|r| r.schema().clone()),
+        ))
+    }
+
+    /// **What publishers stored on the broker**: the schemas in the schema
+    /// stream `<exchange>.schemas` of the exchange of `props`, which every
+    /// bus appends its event types to when it first publishes them. One
+    /// entry per fingerprint: a tag and version can appear more than once
+    /// when its shape changed compatibly between deploys (in the order they
+    /// were stored). Empty when no bus has published on the exchange; the
+    /// stream is then not created.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn example() -> tidings::Result<()> {
+    /// use tidings::{AmqpProps, Contract};
+    ///
+    /// let props = AmqpProps::from_env()?.with_exchange("doc.contract", tidings::ExchangeKind::Topic);
+    /// for schema in Contract::from_broker(&props).await?.events() {
+    ///     println!("{} v{} {} {:?}", schema.tag(), schema.version(), schema.fingerprint(), schema.fields());
+    /// }
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(example()).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`Connection::connect`](crate::Connection::connect),
+    /// and [`ErrorKind::Broker`] when the stream cannot be read.
+    pub async fn from_broker(props: &AmqpProps) -> Result<Self> {
+        let mut seen = std::collections::HashSet::new();
+        let stored = crate::transport::schema_stream::read_stored(props).await?;
+        Ok(Self::new(
+            stored
+                .into_iter()
+                .filter(|schema| seen.insert(schema.fingerprint())),
         ))
     }
 

@@ -257,6 +257,14 @@ fn tls_cause(text: &str) -> Option<ConnectCause> {
     }
 }
 
+/// Whether the broker answered that the queue or exchange asked for does
+/// not exist (404 NOT_FOUND, which closes the channel).
+pub(crate) fn is_not_found(err: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(err.kind(), lapin::ErrorKind::ProtocolError(e)
+        if e.kind() == &AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
+}
+
 fn amqp_kind(err: &lapin::Error) -> ErrorKind {
     use lapin::ErrorKind as L;
     match err.kind() {

@@ -80,6 +80,7 @@ pub mod blocking;
 mod bus;
 mod codec;
 mod contract;
+mod dead_letters;
 mod error;
 mod event;
 pub mod headers;
@@ -111,6 +112,10 @@ pub use bus::subscribers::{
 pub use bus::{Bus, BusBuilder};
 pub use codec::{BINCODE_CONTENT_TYPE, Bincode, Codec, DecodeVisitor, JSON_CONTENT_TYPE, Json};
 pub use contract::{Contract, UPDATE_CONTRACT_ENV};
+pub use dead_letters::{
+    DeadLetterFilter, DeadLetterMessage, DeadLetters, Progress, ReplayFailure, ReplayReport,
+    ReplayTo,
+};
 pub use error::{Error, ErrorKind, Result};
 pub use event::{Event, EventRegistry, EventType, Registration, registered_events};
 #[doc(no_inline)]

@@ -117,10 +117,20 @@ impl Connection {
         Self::establish(props, true).await
     }
 
-    /// Connects without declaring the props' exchange: for a connection
-    /// that only works with queues by name (the schema stream), which must
-    /// not bring an exchange back that its bus's owner deleted.
-    pub(crate) async fn connect_without_exchange(props: &AmqpProps) -> Result<Self> {
+    /// **Connects without declaring the props' exchange**: for a
+    /// connection that only works with queues by name (the schema stream,
+    /// the dead letters) or with an exchange that must exist already (a
+    /// tool inspecting it), which must not create one or bring back one
+    /// that its owner deleted.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Connection::connect), less the exchange's.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`connect`](Connection::connect).
+    pub async fn connect_without_exchange(props: &AmqpProps) -> Result<Self> {
         Self::establish(props, false).await
     }
 

@@ -317,6 +317,60 @@ impl From<serde_json::Value> for Value {
     }
 }
 
+impl Value {
+    /// The value as JSON, for showing an event whose type this process
+    /// does not know: structs are objects, enum variants `"Unit"` or
+    /// `{"Variant": content}` (as serde_json writes them), map keys text,
+    /// integers beyond JSON's numbers strings.
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as Json;
+        match self {
+            Self::Unit | Self::None => Json::Null,
+            Self::Bool(v) => Json::Bool(*v),
+            Self::I64(v) => Json::from(*v),
+            Self::U64(v) => Json::from(*v),
+            Self::I128(v) => {
+                i64::try_from(*v).map_or_else(|_| Json::String(v.to_string()), Json::from)
+            }
+            Self::U128(v) => {
+                u64::try_from(*v).map_or_else(|_| Json::String(v.to_string()), Json::from)
+            }
+            Self::F64(v) => serde_json::Number::from_f64(*v).map_or(Json::Null, Json::Number),
+            Self::Char(v) => Json::String(v.to_string()),
+            Self::Str(v) => Json::String(v.clone()),
+            Self::Bytes(v) => Json::Array(v.iter().map(|b| Json::from(*b)).collect()),
+            Self::Some(v) => v.to_json(),
+            Self::Seq(values) => Json::Array(values.iter().map(Self::to_json).collect()),
+            Self::Map(entries) => Json::Object(
+                entries
+                    .iter()
+                    .map(|(k, v)| {
+                        let key = match k.to_json() {
+                            Json::String(text) => text,
+                            other => other.to_string(),
+                        };
+                        (key, v.to_json())
+                    })
+                    .collect(),
+            ),
+            Self::Struct(fields) => Json::Object(
+                fields
+                    .iter()
+                    .map(|(name, v)| (name.clone(), v.to_json()))
+                    .collect(),
+            ),
+            Self::Variant(name, content) => match **content {
+                Self::Unit => Json::String(name.clone()),
+                ref content => {
+                    let mut object = serde_json::Map::new();
+                    object.insert(name.clone(), content.to_json());
+                    Json::Object(object)
+                }
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -440,6 +494,38 @@ mod tests {
                 y: Kind::One,
                 z: None
             }
+        );
+    }
+
+    #[test]
+    fn values_show_as_the_json_serde_json_would_write() {
+        let value = Value::Struct(vec![
+            ("id".into(), Value::U64(7)),
+            (
+                "note".into(),
+                Value::Some(Box::new(Value::Str("hi".into()))),
+            ),
+            ("none".into(), Value::None),
+            (
+                "kind".into(),
+                Value::Variant("One".into(), Box::new(Value::Unit)),
+            ),
+            (
+                "two".into(),
+                Value::Variant("Two".into(), Box::new(Value::U64(2))),
+            ),
+            ("big".into(), Value::U128(u128::MAX)),
+            (
+                "map".into(),
+                Value::Map(vec![(Value::U64(1), Value::Bool(true))]),
+            ),
+        ]);
+        assert_eq!(
+            value.to_json(),
+            serde_json::json!({
+                "id": 7, "note": "hi", "none": null, "kind": "One", "two": {"Two": 2},
+                "big": u128::MAX.to_string(), "map": {"1": true}
+            })
         );
     }
 }

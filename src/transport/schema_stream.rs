@@ -112,6 +112,47 @@ impl SchemaStream {
     }
 }
 
+/// **Every schema stored in the exchange's schema stream**, in the order
+/// stored, on a connection of its own; nothing when there is no stream
+/// (no bus has published on the exchange), which is then not created.
+pub(crate) async fn read_stored(props: &AmqpProps) -> Result<Vec<Schema>> {
+    let conn = Connection::connect_without_exchange(props).await?;
+    let read = async {
+        if !stream_exists(&conn, props.exchange()).await? {
+            return Ok(Vec::new());
+        }
+        read_all(&conn, props.exchange()).await
+    }
+    .await;
+    let _ = conn.close().await;
+    read
+}
+
+/// Whether the exchange's schema stream exists (a passive declare, on a
+/// channel of its own since a missing queue closes it).
+async fn stream_exists(conn: &Connection, exchange: &str) -> Result<bool> {
+    let name = schema_stream(exchange);
+    let channel = conn.channel().await?;
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    match channel
+        .queue_declare(short(&name)?, options, FieldTable::default())
+        .await
+    {
+        Ok(_) => {
+            let _ = channel.close(200, "checked".into()).await;
+            Ok(true)
+        }
+        Err(e) if crate::error::is_not_found(&e) => Ok(false),
+        Err(e) => Err(Error::amqp(
+            &format!("looking for the schema stream {name:?}"),
+            e,
+        )),
+    }
+}
+
 async fn declare(channel: &lapin::Channel, name: &str) -> Result<()> {
     let mut arguments = FieldTable::default();
     arguments.insert(

@@ -8,6 +8,7 @@ mod bad_input_matrix;
 mod blocking;
 mod confirms;
 mod contract;
+mod dead_letter_replay;
 mod dead_letters;
 mod dedup;
 mod derive;
