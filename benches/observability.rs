@@ -141,7 +141,10 @@ async fn main() {
         );
         // A publish and a handle span per event, every round.
         let exported = exporter.0.load(Ordering::Relaxed);
-        assert!(exported >= 2 * EVENTS * ROUNDS as u64, "{exported} spans exported");
+        assert!(
+            exported >= 2 * EVENTS * ROUNDS as u64,
+            "{exported} spans exported"
+        );
     }
     #[cfg(feature = "metrics")]
     {
