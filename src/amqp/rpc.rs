@@ -155,41 +155,37 @@ impl Requester {
             return Ok(open.clone());
         }
         let timeout = self.conn.props().connect_timeout();
-        let link = self.conn.link();
-        let amqp = match tokio::time::timeout(timeout, self.conn.up()).await {
-            Ok(Some(amqp)) => amqp,
-            Ok(None) => return Err(Error::new(ErrorKind::Closed, "the connection is closed")),
-            Err(_) => {
-                return Err(Error::new(
-                    ErrorKind::ConnectionLost,
-                    format!(
-                        "the connection to the broker is down and was not recovered within {timeout:?}; the request was not sent"
-                    ),
-                ));
+        let deadline = tokio::time::Instant::now() + timeout;
+        let down = || {
+            Error::new(
+                ErrorKind::ConnectionLost,
+                format!(
+                    "the connection to the broker is down and was not recovered within {timeout:?}; the request was not sent"
+                ),
+            )
+        };
+        let (amqp, link, channel, mut replies) = loop {
+            let link = self.conn.link();
+            let amqp = match tokio::time::timeout_at(deadline, self.conn.up()).await {
+                Ok(Some(amqp)) => amqp,
+                Ok(None) => return Err(Error::new(ErrorKind::Closed, "the connection is closed")),
+                Err(_) => return Err(down()),
+            };
+            match open_reply_channel(&amqp).await {
+                Ok((channel, replies)) => break (amqp, link, channel, replies),
+                // Lost, and not yet noticed by the supervisor: wait for the
+                // next connection.
+                Err(_) if !amqp.status().connected() => {
+                    if tokio::time::timeout_at(deadline, gone(link, &amqp))
+                        .await
+                        .is_err()
+                    {
+                        return Err(down());
+                    }
+                }
+                Err(e) => return Err(e),
             }
         };
-        let channel = amqp
-            .create_channel()
-            .await
-            .map_err(|e| Error::amqp("opening the reply channel", e))?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| Error::amqp("turning on confirms on the reply channel", e))?;
-        // Direct reply-to: consume the pseudo-queue, with no acks, on the
-        // channel the requests go out on, before the first request.
-        let mut replies = channel
-            .basic_consume(
-                REPLY_TO.into(),
-                ShortString::from(""),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| Error::amqp("consuming direct replies (amq.rabbitmq.reply-to)", e))?;
         let pending = Arc::new(Pending {
             waiters: Mutex::new(Some(HashMap::new())),
         });
@@ -306,6 +302,33 @@ impl fmt::Debug for Call {
             .field("id", &self.id)
             .finish_non_exhaustive()
     }
+}
+
+/// A channel with confirms on, consuming direct replies: the consumer is
+/// started before any request goes out on the channel, as direct reply-to
+/// requires.
+async fn open_reply_channel(amqp: &lapin::Connection) -> Result<(lapin::Channel, lapin::Consumer)> {
+    let channel = amqp
+        .create_channel()
+        .await
+        .map_err(|e| Error::amqp("opening the reply channel", e))?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| Error::amqp("turning on confirms on the reply channel", e))?;
+    let replies = channel
+        .basic_consume(
+            REPLY_TO.into(),
+            ShortString::from(""),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| Error::amqp("consuming direct replies (amq.rabbitmq.reply-to)", e))?;
+    Ok((channel, replies))
 }
 
 /// How long a request may wait in a server's queue: its timeout, as an
