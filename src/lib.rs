@@ -104,6 +104,7 @@ pub use bus::context::Context;
 pub use bus::health::{Health, ListenerHealth};
 pub use bus::listener::Listener;
 pub use bus::publish_options::PublishOptions;
+pub use bus::receipts::{Receipt, ReceiptOutcome, Receipts};
 pub use bus::serve::{ServeOptions, Server};
 pub use bus::settings::UnknownEvents;
 pub use bus::stats::{OTHER_TAGS, RejectReason, Stats, TagStats};

@@ -11,7 +11,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tidings::{
     AmqpProps, Bus, BusBuilder, CallOptions, Context, ErrorKind, Event, ExchangeKind, FaultPlan,
-    Faults, Lagged, Listen, PublishOptions, Request, ServeOptions, Server, Subscribers,
+    Faults, Lagged, Listen, PublishOptions, ReceiptOutcome, Request, ServeOptions, Server,
+    Subscribers,
 };
 use tokio_stream::StreamExt;
 
@@ -1274,6 +1275,80 @@ async fn dropping_a_call_cancels_it(meeting: Meeting) {
     server_bus.close().await.unwrap();
 }
 
+#[derive(Event, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[event(name = "conformance.rpc.flush_cache")]
+struct FlushCache {
+    generation: u64,
+}
+
+/// Three buses handle `FlushCache`, one of them is closed (in-process
+/// stand-in for a stopped process), one fails: the receipts name exactly
+/// the two that are up, with their outcomes, within the wait.
+async fn receipts_list_the_buses_that_handled_a_broadcast(meeting: Meeting) {
+    let _cleanup = meeting.cleanup();
+    let publisher = rpc_bus(&meeting).await;
+    let mut buses = Vec::new();
+    let mut guards = Vec::new();
+    for n in 0..3u64 {
+        let subscribers = Subscribers::new();
+        guards.push(subscribers.subscribe(move |e: &FlushCache| {
+            if n == 1 && e.generation == 2 {
+                Err("cache is locked")
+            } else {
+                Ok(())
+            }
+        }));
+        buses.push(
+            meeting
+                .builder(&subscribers)
+                .max_attempts(1)
+                .connect()
+                .await
+                .unwrap(),
+        );
+    }
+    let stopped = buses.pop().unwrap();
+    stopped.close().await.unwrap();
+    let started = std::time::Instant::now();
+    let receipts = publisher
+        .publish_with_receipts(&FlushCache { generation: 1 }, Duration::from_millis(1500))
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_millis(2500), "waited {waited:?}");
+    let mut up: Vec<&str> = buses.iter().map(Bus::instance_id).collect();
+    up.sort_unstable();
+    assert_eq!(receipts.handled_by(), up, "{receipts:?}");
+    assert_eq!(receipts.receipts.len(), 2, "{receipts:?}");
+    assert!(
+        receipts
+            .receipts
+            .iter()
+            .all(|r| r.instance_id != stopped.instance_id())
+    );
+    // A failing handler answers with its error.
+    let receipts = publisher
+        .publish_with_receipts(&FlushCache { generation: 2 }, Duration::from_millis(1500))
+        .await
+        .unwrap();
+    let failed: Vec<_> = receipts
+        .receipts
+        .iter()
+        .filter_map(|r| match &r.outcome {
+            ReceiptOutcome::Failed(why) => Some((r.instance_id.as_str(), why.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed.len(), 1, "{receipts:?}");
+    assert_eq!(failed[0].0, buses[1].instance_id());
+    assert!(failed[0].1.contains("cache is locked"), "{failed:?}");
+    assert_eq!(receipts.handled_by(), vec![buses[0].instance_id()]);
+    publisher.close().await.unwrap();
+    for bus in buses {
+        bus.close().await.unwrap();
+    }
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -1336,6 +1411,7 @@ conformance!(
     a_failing_server_is_a_remote_error,
     a_call_times_out_and_the_late_reply_is_counted,
     dropping_a_call_cancels_it,
+    receipts_list_the_buses_that_handled_a_broadcast,
 );
 
 /// The fault injector on its own: with chaos on, each of 500 events is

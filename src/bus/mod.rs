@@ -8,6 +8,7 @@ mod dedup;
 pub(crate) mod health;
 pub(crate) mod listener;
 pub(crate) mod publish_options;
+pub(crate) mod receipts;
 mod schemas;
 pub(crate) mod serve;
 pub(crate) mod settings;
