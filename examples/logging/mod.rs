@@ -8,7 +8,7 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
 /// Installs the examples' subscriber.
-pub fn init() {
+pub(crate) fn init() {
     let wanted = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
     let filter = format!("{wanted},{}", tidings::log::LAPIN_FRAMES_AT_DEBUG)
         .parse::<Targets>()

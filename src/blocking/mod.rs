@@ -354,7 +354,7 @@ impl Bus {
     ///
     /// # Errors
     ///
-    /// As [`crate::Bus::call`]; [`ErrorKind::Usage`](crate::ErrorKind::Usage)
+    /// As [`crate::Bus::call`]; [`ErrorKind::Usage`]
     /// when called from inside an async runtime.
     pub fn call<R: crate::Request>(&self, request: &R) -> Result<R::Reply> {
         self.runtime.block_on(self.bus.call(request))?
