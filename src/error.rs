@@ -33,6 +33,8 @@ pub struct Error {
     message: String,
     #[source]
     source: Option<Source>,
+    /// For [`ErrorKind::Remote`]: the type of the server's error.
+    remote_type: Option<Box<str>>,
 }
 
 /// **What kind of failure an [`Error`] is.**
@@ -89,6 +91,17 @@ pub enum ErrorKind {
     /// The broker has blocked the connection (a memory or disk alarm) and
     /// the props say to fail rather than wait.
     Blocked,
+    /// A [call](crate::Bus::call) found no server: no bus serves that
+    /// request type (or no server of that name runs). Reported at once,
+    /// not after the call's timeout.
+    NoResponder,
+    /// A [call](crate::Bus::call)'s server failed to handle the request:
+    /// the message says what the server's handler said, and
+    /// [`Error::remote_type`] the type of its error.
+    Remote,
+    /// The connection was lost while a call waited for its reply: the
+    /// request may or may not have been handled.
+    ConnectionLost,
 }
 
 impl Error {
@@ -109,7 +122,25 @@ impl Error {
             kind,
             message: message.into(),
             source: None,
+            remote_type: None,
         }
+    }
+
+    /// An [`ErrorKind::Remote`] error: the server's `message`, and the type
+    /// of its error.
+    pub(crate) fn remote(message: impl Into<String>, remote_type: &str) -> Self {
+        Self {
+            remote_type: Some(remote_type.into()),
+            ..Self::new(ErrorKind::Remote, message)
+        }
+    }
+
+    /// For an [`ErrorKind::Remote`] error, **the type of the error the
+    /// server's handler returned** (such as `"my_service::OutOfStock"`, or
+    /// `"panic"` when it panicked); `None` for other errors.
+    #[must_use]
+    pub fn remote_type(&self) -> Option<&str> {
+        self.remote_type.as_deref()
     }
 
     /// An error of this kind with this message, caused by `source`.
@@ -123,6 +154,7 @@ impl Error {
             kind,
             message: message.into(),
             source: Some(source.into()),
+            remote_type: None,
         }
     }
 
@@ -282,6 +314,9 @@ impl fmt::Debug for Error {
         s.field("kind", &self.kind).field("message", &self.message);
         if let Some(source) = &self.source {
             s.field("source", source);
+        }
+        if let Some(remote_type) = &self.remote_type {
+            s.field("remote_type", remote_type);
         }
         s.finish()
     }

@@ -38,6 +38,16 @@ pub const CAUSATION_HEADER: &str = "x-causation-id";
 /// decimal string): the start of the end-to-end latency a receiver
 /// measures. Optional.
 pub const SENT_AT_HEADER: &str = "x-tidings-sent-at";
+/// A reply from a server whose handler failed: what it said (the reply
+/// has an empty body).
+pub const REPLY_ERROR_HEADER: &str = "x-tidings-reply-error";
+/// With [`REPLY_ERROR_HEADER`]: the type of the server's error.
+pub const REPLY_ERROR_TYPE_HEADER: &str = "x-tidings-reply-error-type";
+/// On a published event: the publisher waits for receipts, sent to the
+/// message's `reply-to` by every bus that handled it.
+pub const RECEIPT_HEADER: &str = "x-tidings-receipt";
+/// On a receipt: `handled`, or `failed` with [`ERROR_HEADER`].
+pub const OUTCOME_HEADER: &str = "x-tidings-outcome";
 /// W3C trace context: the publishing span (`00-<trace>-<span>-<flags>`),
 /// sent with the `opentelemetry` feature.
 pub const TRACEPARENT_HEADER: &str = "traceparent";

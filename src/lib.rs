@@ -100,10 +100,13 @@ pub use amqp::outbox::PublishCounters;
 pub use amqp::producer::{Confirm, Producer, Publish};
 pub use amqp::props::{AmqpProps, ExchangeKind, WhenFull};
 pub use amqp::queue::Queue;
+pub use bus::call::{CallOptions, Request};
 pub use bus::context::Context;
 pub use bus::health::{Health, ListenerHealth};
 pub use bus::listener::Listener;
 pub use bus::publish_options::PublishOptions;
+pub use bus::receipts::{Receipt, ReceiptOutcome, Receipts};
+pub use bus::serve::{ServeOptions, Server};
 pub use bus::settings::UnknownEvents;
 pub use bus::stats::{OTHER_TAGS, RejectReason, Stats, TagStats};
 pub use bus::subscribers::{
@@ -121,9 +124,9 @@ pub use event::{Event, EventRegistry, EventType, Registration, registered_events
 #[doc(no_inline)]
 pub use headers::{
     ATTEMPT_HEADER, BODY_DROPPED_HEADER, CAUSATION_HEADER, CORRELATION_HEADER, ERROR_HEADER,
-    FINGERPRINT_HEADER, ORIGIN_HEADER, QUEUE_HEADER, REASON_HEADER, ROUTING_KEY_HEADER,
-    SENT_AT_HEADER, TAG_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER, TRIMMED_HEADER,
-    VERSION_HEADER,
+    FINGERPRINT_HEADER, ORIGIN_HEADER, OUTCOME_HEADER, QUEUE_HEADER, REASON_HEADER, RECEIPT_HEADER,
+    REPLY_ERROR_HEADER, REPLY_ERROR_TYPE_HEADER, ROUTING_KEY_HEADER, SENT_AT_HEADER, TAG_HEADER,
+    TRACEPARENT_HEADER, TRACESTATE_HEADER, TRIMMED_HEADER, VERSION_HEADER,
 };
 pub use schema::{Fingerprint, Incompatible, Schema};
 /// Derives [`Event`] and [`EventType`] for a struct or enum that also
@@ -142,7 +145,8 @@ pub use transport::listen::Listen;
 pub use transport::memory::MemoryTransport;
 pub use transport::schema_stream::schema_stream;
 pub use transport::seam::{
-    BoxFuture, DeadLetter, Endpoint, Header, Inbox, Outgoing, Received, Settlement, Transport,
+    BoxFuture, DeadLetter, Endpoint, Header, Inbox, Outgoing, Received, Replies, Settlement,
+    Transport,
 };
 
 /// lapin, whose types appear in the AMQP core's API ([`Delivery::header`],

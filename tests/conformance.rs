@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tidings::{
-    AmqpProps, Bus, BusBuilder, Context, Event, ExchangeKind, FaultPlan, Faults, Lagged, Listen,
-    PublishOptions, Subscribers,
+    AmqpProps, Bus, BusBuilder, CallOptions, Context, ErrorKind, Event, ExchangeKind, FaultPlan,
+    Faults, Lagged, Listen, PublishOptions, ReceiptOutcome, Request, ServeOptions, Server,
+    Subscribers,
 };
 use tokio_stream::StreamExt;
 
@@ -940,6 +941,414 @@ async fn health_tells_connected_consuming_and_closed(meeting: Meeting) {
     );
 }
 
+// Request and reply.
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[event(name = "conformance.rpc.add")]
+struct Add {
+    a: i64,
+    b: i64,
+}
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[event(name = "conformance.rpc.sum")]
+struct Sum {
+    value: i64,
+    by: String,
+}
+
+impl Request for Add {
+    type Reply = Sum;
+}
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[event(name = "conformance.rpc.slow")]
+struct Slow {
+    millis: u64,
+}
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[event(name = "conformance.rpc.done")]
+struct Done;
+
+impl Request for Slow {
+    type Reply = Done;
+}
+
+#[derive(Debug)]
+struct OutOfStock(String);
+
+impl std::fmt::Display for OutOfStock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "out of stock: {}", self.0)
+    }
+}
+
+/// A server of `Add` that says who it is and counts what it handled.
+async fn adder(bus: &Bus, options: ServeOptions, name: &str, count: Arc<AtomicUsize>) -> Server {
+    let name = name.to_owned();
+    bus.serve_with(options, move |add: Arc<Add>| {
+        let (name, count) = (name.clone(), count.clone());
+        async move {
+            count.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, OutOfStock>(Sum {
+                value: add.a + add.b,
+                by: name,
+            })
+        }
+    })
+    .await
+    .unwrap()
+}
+
+async fn rpc_bus(meeting: &Meeting) -> Bus {
+    meeting
+        .builder(&Subscribers::new())
+        .publish_only()
+        .connect()
+        .await
+        .unwrap()
+}
+
+async fn a_call_gets_the_typed_reply(meeting: Meeting) {
+    let _cleanup = meeting.cleanup();
+    let (server_bus, caller) = (rpc_bus(&meeting).await, rpc_bus(&meeting).await);
+    let _server = adder(&server_bus, ServeOptions::new(), "s", Arc::default()).await;
+    let sum = caller.call(&Add { a: 40, b: 2 }).await.unwrap();
+    assert_eq!(
+        sum,
+        Sum {
+            value: 42,
+            by: "s".into()
+        }
+    );
+    caller.close().await.unwrap();
+    server_bus.close().await.unwrap();
+}
+
+async fn a_hundred_concurrent_calls_are_matched(meeting: Meeting) {
+    let _cleanup = meeting.cleanup();
+    let (server_bus, caller) = (rpc_bus(&meeting).await, rpc_bus(&meeting).await);
+    let _server = adder(&server_bus, ServeOptions::new(), "s", Arc::default()).await;
+    let mut calls = tokio::task::JoinSet::new();
+    for n in 0..100i64 {
+        let caller = caller.clone();
+        calls.spawn(async move { (n, caller.call(&Add { a: n, b: 1000 }).await) });
+    }
+    let mut answered = 0;
+    while let Some(done) = calls.join_next().await {
+        let (n, sum) = done.unwrap();
+        assert_eq!(sum.unwrap().value, n + 1000, "call {n} got another's reply");
+        answered += 1;
+    }
+    assert_eq!(answered, 100);
+    caller.close().await.unwrap();
+    server_bus.close().await.unwrap();
+}
+
+async fn two_servers_share_the_load(meeting: Meeting) {
+    let _cleanup = meeting.cleanup();
+    let (one, two, caller) = (
+        rpc_bus(&meeting).await,
+        rpc_bus(&meeting).await,
+        rpc_bus(&meeting).await,
+    );
+    let (count_one, count_two) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let _s1 = adder(
+        &one,
+        ServeOptions::new().concurrency(1),
+        "one",
+        count_one.clone(),
+    )
+    .await;
+    let _s2 = adder(
+        &two,
+        ServeOptions::new().concurrency(1),
+        "two",
+        count_two.clone(),
+    )
+    .await;
+    let mut calls = tokio::task::JoinSet::new();
+    for n in 0..200i64 {
+        let caller = caller.clone();
+        calls.spawn(async move { caller.call(&Add { a: n, b: 0 }).await.unwrap().by });
+    }
+    let mut by = std::collections::HashMap::<String, usize>::new();
+    while let Some(done) = calls.join_next().await {
+        *by.entry(done.unwrap()).or_default() += 1;
+    }
+    assert_eq!(by.values().sum::<usize>(), 200);
+    assert!(by.get("one").copied().unwrap_or(0) > 0, "{by:?}");
+    assert!(by.get("two").copied().unwrap_or(0) > 0, "{by:?}");
+    let handled = count_one.load(Ordering::SeqCst) + count_two.load(Ordering::SeqCst);
+    if meeting.faithful() {
+        assert_eq!(handled, 200, "each call handled once");
+    } else {
+        assert!(handled >= 200, "duplicated deliveries are handled again");
+    }
+    for bus in [caller, one, two] {
+        bus.close().await.unwrap();
+    }
+}
+
+async fn a_server_is_called_by_name(meeting: Meeting) {
+    let _cleanup = meeting.cleanup();
+    let (a, b, caller) = (
+        rpc_bus(&meeting).await,
+        rpc_bus(&meeting).await,
+        rpc_bus(&meeting).await,
+    );
+    let _sa = adder(&a, ServeOptions::new().name("a"), "a", Arc::default()).await;
+    let _sb = adder(
+        &b,
+        ServeOptions::new().name("b").shared(false),
+        "b",
+        Arc::default(),
+    )
+    .await;
+    for n in 0..20 {
+        let to_b = CallOptions::new().server("b");
+        assert_eq!(
+            caller
+                .call_with(&Add { a: n, b: 0 }, &to_b)
+                .await
+                .unwrap()
+                .by,
+            "b"
+        );
+        let to_a = CallOptions::new().server("a");
+        assert_eq!(
+            caller
+                .call_with(&Add { a: n, b: 0 }, &to_a)
+                .await
+                .unwrap()
+                .by,
+            "a"
+        );
+        // b serves its name only: the shared queue is a's.
+        assert_eq!(caller.call(&Add { a: n, b: 0 }).await.unwrap().by, "a");
+    }
+    let nobody = CallOptions::new().server("c");
+    let err = caller
+        .call_with(&Add { a: 1, b: 1 }, &nobody)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NoResponder, "{err}");
+    for bus in [caller, a, b] {
+        bus.close().await.unwrap();
+    }
+}
+
+async fn no_server_fails_at_once_with_no_responder(meeting: Meeting) {
+    let _cleanup = meeting.cleanup();
+    let caller = rpc_bus(&meeting).await;
+    // The first call opens the reply channel; time a later one too.
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let err = caller.call(&Add { a: 1, b: 2 }).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NoResponder, "{err}");
+        assert!(
+            err.to_string()
+                .contains("no server for conformance.rpc.add"),
+            "{err}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+    // A server that stopped leaves no queue behind to swallow calls.
+    let server_bus = rpc_bus(&meeting).await;
+    let server = adder(&server_bus, ServeOptions::new(), "s", Arc::default()).await;
+    assert_eq!(caller.call(&Add { a: 1, b: 2 }).await.unwrap().value, 3);
+    server.stop().await;
+    let started = std::time::Instant::now();
+    let err = caller.call(&Add { a: 1, b: 2 }).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NoResponder, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "took {:?}",
+        started.elapsed()
+    );
+    caller.close().await.unwrap();
+    server_bus.close().await.unwrap();
+}
+
+async fn a_failing_server_is_a_remote_error(meeting: Meeting) {
+    let _cleanup = meeting.cleanup();
+    let (server_bus, caller) = (rpc_bus(&meeting).await, rpc_bus(&meeting).await);
+    let _server = server_bus
+        .serve(|add: Arc<Add>| async move {
+            if add.a < 0 {
+                panic!("secret internals {}", add.a);
+            }
+            Err::<Sum, _>(OutOfStock(format!("sku {}", add.a)))
+        })
+        .await
+        .unwrap();
+    let err = caller.call(&Add { a: 7, b: 0 }).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Remote, "{err}");
+    assert!(err.to_string().contains("out of stock: sku 7"), "{err}");
+    assert!(
+        err.remote_type().unwrap().ends_with("OutOfStock"),
+        "{err:?}"
+    );
+    let err = caller.call(&Add { a: -1, b: 0 }).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Remote, "{err}");
+    assert_eq!(err.remote_type(), Some("panic"));
+    assert!(
+        !err.to_string().contains("secret"),
+        "a panic's payload leaked: {err}"
+    );
+    // The server goes on.
+    let err = caller.call(&Add { a: 8, b: 0 }).await.unwrap_err();
+    assert!(err.to_string().contains("sku 8"), "{err}");
+    caller.close().await.unwrap();
+    server_bus.close().await.unwrap();
+}
+
+async fn serve_slow(bus: &Bus) -> Server {
+    bus.serve(|slow: Arc<Slow>| async move {
+        tokio::time::sleep(Duration::from_millis(slow.millis)).await;
+        Ok::<_, OutOfStock>(Done)
+    })
+    .await
+    .unwrap()
+}
+
+async fn a_call_times_out_and_the_late_reply_is_counted(meeting: Meeting) {
+    let _cleanup = meeting.cleanup();
+    let (server_bus, caller) = (rpc_bus(&meeting).await, rpc_bus(&meeting).await);
+    let _server = serve_slow(&server_bus).await;
+    let started = std::time::Instant::now();
+    let quick = CallOptions::new().timeout(Duration::from_millis(100));
+    let err = caller
+        .call_with(&Slow { millis: 400 }, &quick)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(100) && took < Duration::from_millis(300),
+        "{took:?}"
+    );
+    assert!(
+        common::eventually(Duration::from_secs(5), || caller.stats().late_replies >= 1).await,
+        "the late reply was not counted"
+    );
+    // The bus still calls.
+    assert_eq!(caller.call(&Slow { millis: 1 }).await.unwrap(), Done);
+    caller.close().await.unwrap();
+    server_bus.close().await.unwrap();
+}
+
+async fn dropping_a_call_cancels_it(meeting: Meeting) {
+    let _cleanup = meeting.cleanup();
+    let (server_bus, caller) = (rpc_bus(&meeting).await, rpc_bus(&meeting).await);
+    let started = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (s, r) = (started.clone(), release.clone());
+    let _server = server_bus
+        .serve(move |_: Arc<Slow>| {
+            let (s, r) = (s.clone(), r.clone());
+            async move {
+                s.notify_one();
+                r.notified().await;
+                Ok::<_, OutOfStock>(Done)
+            }
+        })
+        .await
+        .unwrap();
+    let call = caller.call(&Slow { millis: 0 });
+    tokio::select! {
+        _ = call => panic!("the call finished before the server answered"),
+        () = started.notified() => {}
+    }
+    // The call future is dropped: the reply that comes is late.
+    release.notify_one();
+    assert!(
+        common::eventually(Duration::from_secs(5), || caller.stats().late_replies >= 1).await,
+        "the reply to a dropped call was not dropped and counted"
+    );
+    caller.close().await.unwrap();
+    server_bus.close().await.unwrap();
+}
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[event(name = "conformance.rpc.flush_cache")]
+struct FlushCache {
+    generation: u64,
+}
+
+/// Three buses handle `FlushCache`, one of them is closed (in-process
+/// stand-in for a stopped process), one fails: the receipts name exactly
+/// the two that are up, with their outcomes, within the wait.
+async fn receipts_list_the_buses_that_handled_a_broadcast(meeting: Meeting) {
+    let _cleanup = meeting.cleanup();
+    let publisher = rpc_bus(&meeting).await;
+    let mut buses = Vec::new();
+    let mut guards = Vec::new();
+    for n in 0..3u64 {
+        let subscribers = Subscribers::new();
+        guards.push(subscribers.subscribe(move |e: &FlushCache| {
+            if n == 1 && e.generation == 2 {
+                Err("cache is locked")
+            } else {
+                Ok(())
+            }
+        }));
+        buses.push(
+            meeting
+                .builder(&subscribers)
+                .max_attempts(1)
+                .connect()
+                .await
+                .unwrap(),
+        );
+    }
+    let stopped = buses.pop().unwrap();
+    stopped.close().await.unwrap();
+    let started = std::time::Instant::now();
+    let receipts = publisher
+        .publish_with_receipts(&FlushCache { generation: 1 }, Duration::from_millis(1500))
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_millis(2500), "waited {waited:?}");
+    let mut up: Vec<&str> = buses.iter().map(Bus::instance_id).collect();
+    up.sort_unstable();
+    assert_eq!(receipts.handled_by(), up, "{receipts:?}");
+    assert_eq!(receipts.receipts.len(), 2, "{receipts:?}");
+    assert!(
+        receipts
+            .receipts
+            .iter()
+            .all(|r| r.instance_id != stopped.instance_id())
+    );
+    // A failing handler answers with its error.
+    let receipts = publisher
+        .publish_with_receipts(&FlushCache { generation: 2 }, Duration::from_millis(1500))
+        .await
+        .unwrap();
+    let failed: Vec<_> = receipts
+        .receipts
+        .iter()
+        .filter_map(|r| match &r.outcome {
+            ReceiptOutcome::Failed(why) => Some((r.instance_id.as_str(), why.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed.len(), 1, "{receipts:?}");
+    assert_eq!(failed[0].0, buses[1].instance_id());
+    assert!(failed[0].1.contains("cache is locked"), "{failed:?}");
+    assert_eq!(receipts.handled_by(), vec![buses[0].instance_id()]);
+    publisher.close().await.unwrap();
+    for bus in buses {
+        bus.close().await.unwrap();
+    }
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -994,6 +1403,15 @@ conformance!(
     send_to_reaches_one_named_queue,
     headers_and_the_conversation_cross_with_the_event,
     health_tells_connected_consuming_and_closed,
+    a_call_gets_the_typed_reply,
+    a_hundred_concurrent_calls_are_matched,
+    two_servers_share_the_load,
+    a_server_is_called_by_name,
+    no_server_fails_at_once_with_no_responder,
+    a_failing_server_is_a_remote_error,
+    a_call_times_out_and_the_late_reply_is_counted,
+    dropping_a_call_cancels_it,
+    receipts_list_the_buses_that_handled_a_broadcast,
 );
 
 /// The fault injector on its own: with chaos on, each of 500 events is

@@ -452,7 +452,7 @@ impl Connection {
         let options = QueueDeclareOptions {
             passive: queue.is_existing(),
             durable: queue.is_durable(),
-            exclusive: !queue.is_durable(),
+            exclusive: !queue.is_durable() && !queue.is_shared(),
             auto_delete: !queue.is_durable(),
             ..QueueDeclareOptions::default()
         };

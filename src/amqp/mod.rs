@@ -14,4 +14,5 @@ pub(crate) mod producer;
 pub(crate) mod props;
 pub(crate) mod queue;
 pub(crate) mod recovery;
+pub(crate) mod rpc;
 pub(crate) mod topology;

@@ -334,9 +334,13 @@ impl Producer {
         message_id: ShortString,
         headers: FieldTable,
         mandatory: bool,
+        correlation_id: Option<ShortString>,
         done: Option<oneshot::Sender<Result<()>>>,
     ) -> Result<()> {
-        let properties = self.properties(message_id, headers).with_delivery_mode(2);
+        let mut properties = self.properties(message_id, headers).with_delivery_mode(2);
+        if let Some(id) = correlation_id {
+            properties = properties.with_correlation_id(id);
+        }
         let message = Message {
             exchange: exchange.unwrap_or_else(|| self.inner.exchange.clone()),
             routing_key,
@@ -390,7 +394,11 @@ impl Producer {
         ShortString::from(format!("{}-{sequence}", self.inner.instance_id))
     }
 
-    fn properties(&self, message_id: ShortString, mut headers: FieldTable) -> BasicProperties {
+    pub(crate) fn properties(
+        &self,
+        message_id: ShortString,
+        mut headers: FieldTable,
+    ) -> BasicProperties {
         let inner = &*self.inner;
         headers.insert(ORIGIN_HEADER.into(), inner.origin.clone());
         BasicProperties::default()

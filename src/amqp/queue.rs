@@ -43,6 +43,9 @@ pub struct Queue {
     expires: Option<u32>,
     /// Declared passively: it must exist, whatever its arguments.
     existing: bool,
+    /// Not durable yet shared by several consumers: deleted by the broker
+    /// once its last consumer goes.
+    shared: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +69,7 @@ impl Queue {
             message_ttl: None,
             expires: None,
             existing: false,
+            shared: false,
         }
     }
 
@@ -82,6 +86,7 @@ impl Queue {
             message_ttl: None,
             expires: None,
             existing: false,
+            shared: false,
         }
     }
 
@@ -143,7 +148,23 @@ impl Queue {
             message_ttl: Some(delay_ms),
             expires: Some(delay_ms.saturating_add(600_000)),
             existing: false,
+            shared: false,
         }
+    }
+
+    /// The queue of a request type's servers: not durable, not exclusive,
+    /// unbound, deleted by the broker with its last consumer.
+    pub(crate) fn service(name: String) -> Self {
+        Self {
+            shared: true,
+            durable: false,
+            ..Self::durable(name).unbound()
+        }
+    }
+
+    /// Shared by consumers yet deleted with the last of them.
+    pub(crate) fn is_shared(&self) -> bool {
+        self.shared
     }
 
     pub(crate) fn dead_letter_to(&self) -> Option<&str> {

@@ -349,6 +349,32 @@ impl Bus {
             .block_on(self.bus.publish_with(event, options))?
     }
 
+    /// **Calls a server** and blocks until its reply; see
+    /// [`crate::Bus::call`].
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Bus::call`]; [`ErrorKind::Usage`]
+    /// when called from inside an async runtime.
+    pub fn call<R: crate::Request>(&self, request: &R) -> Result<R::Reply> {
+        self.runtime.block_on(self.bus.call(request))?
+    }
+
+    /// **Calls a server with options** (a timeout, a server by name); see
+    /// [`crate::Bus::call_with`].
+    ///
+    /// # Errors
+    ///
+    /// As [`call`](Bus::call).
+    pub fn call_with<R: crate::Request>(
+        &self,
+        request: &R,
+        options: &crate::CallOptions,
+    ) -> Result<R::Reply> {
+        self.runtime
+            .block_on(self.bus.call_with(request, options))?
+    }
+
     /// Whether the bus is connected and consuming; see
     /// [`crate::Bus::health`].
     #[must_use]

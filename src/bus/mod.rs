@@ -1,13 +1,16 @@
 //! `Bus`: the remote-event layer. Publishing an event broadcasts it; every
 //! receiving process decodes it and dispatches it to its local subscribers.
 
+pub(crate) mod call;
 pub(crate) mod context;
 pub(crate) mod decode;
 mod dedup;
 pub(crate) mod health;
 pub(crate) mod listener;
 pub(crate) mod publish_options;
+pub(crate) mod receipts;
 mod schemas;
+pub(crate) mod serve;
 pub(crate) mod settings;
 mod settle;
 pub(crate) mod stats;
@@ -135,6 +138,10 @@ struct Inner {
     close_timeout: Duration,
     /// The connection's state, for [`Bus::health`].
     link: Arc<Mutex<Link>>,
+    /// The servers started by [`Bus::serve`], which `close` stops.
+    servers: Mutex<Vec<serve::Server>>,
+    /// How long a call waits for its reply by default.
+    call_timeout: Duration,
 }
 
 /// **How to connect a [`Bus`]**: where, what to listen to, which
@@ -146,6 +153,7 @@ pub struct BusBuilder {
     listens: Option<Vec<Listen>>,
     settings: Settings,
     close_timeout: Duration,
+    call_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -277,6 +285,14 @@ impl BusBuilder {
         self
     }
 
+    /// How long a [call](Bus::call) waits for its reply unless its
+    /// [`CallOptions`](crate::CallOptions) say otherwise (default 10 s).
+    #[must_use]
+    pub fn call_timeout(mut self, limit: Duration) -> Self {
+        self.call_timeout = limit;
+        self
+    }
+
     /// **Connects**: checks the registered event types, opens the
     /// transport, starts the listeners and the background publisher.
     ///
@@ -340,6 +356,8 @@ impl BusBuilder {
                 closed: AtomicBool::new(false),
                 close_timeout: self.close_timeout,
                 link,
+                servers: Mutex::default(),
+                call_timeout: self.call_timeout,
             }),
         };
         bus.inner.subscribers.attach();
@@ -401,6 +419,7 @@ impl Bus {
             listens: None,
             settings: Settings::default(),
             close_timeout: DEFAULT_CLOSE_TIMEOUT,
+            call_timeout: call::DEFAULT_CALL_TIMEOUT,
         }
     }
 
@@ -525,6 +544,34 @@ impl Bus {
         done: Option<oneshot::Sender<Result<()>>>,
     ) -> Result<()> {
         let inner = &*self.inner;
+        let (out, span) = self.prepare(event, to_queue, options)?;
+        let tag = out.tag;
+        // Counted before the transport may confirm it, so that confirmed
+        // never runs ahead of published; taken back if it is not accepted.
+        inner.counters.count(Count::Published, tag, "");
+        if let Err(e) = inner
+            .transport
+            .publish(out, done)
+            .instrument(span.clone())
+            .await
+        {
+            inner.counters.uncount(Count::Published, tag);
+            debug!(parent: &span, error = %e, "the event was not accepted for publishing");
+            return Err(e);
+        }
+        trace!(parent: &span, "accepted for publishing");
+        Ok(())
+    }
+
+    /// Encodes `event` for the transport, with its headers, and the span
+    /// of its publishing.
+    pub(crate) fn prepare(
+        &self,
+        event: &dyn Event,
+        to_queue: Option<String>,
+        options: &PublishOptions,
+    ) -> Result<(Outgoing, tracing::Span)> {
+        let inner = &*self.inner;
         if inner.closed.load(Ordering::Relaxed) {
             return Err(closed());
         }
@@ -553,22 +600,28 @@ impl Bus {
             headers: headers(options, &span),
             message_id,
             to_queue,
+            correlation_id: None,
         };
-        // Counted before the transport may confirm it, so that confirmed
-        // never runs ahead of published; taken back if it is not accepted.
-        inner.counters.count(Count::Published, tag, "");
-        if let Err(e) = inner
-            .transport
-            .publish(out, done)
-            .instrument(span.clone())
-            .await
-        {
-            inner.counters.uncount(Count::Published, tag);
-            debug!(parent: &span, error = %e, "the event was not accepted for publishing");
-            return Err(e);
+        Ok((out, span))
+    }
+
+    /// A message with an empty body and no event in it (an error reply, a
+    /// receipt), tagged `tag`.
+    pub(crate) fn bare(&self, tag: &'static str, routing_key: &'static str) -> Outgoing {
+        let inner = &*self.inner;
+        let sequence = inner.sequence.fetch_add(1, Ordering::Relaxed);
+        Outgoing {
+            body: Arc::new(Vec::new()),
+            content_type: inner.content_type.clone(),
+            tag,
+            fingerprint: Fingerprint::from_u64(0),
+            version: 1,
+            routing_key,
+            message_id: format!("{}-{sequence}", inner.instance_id),
+            to_queue: None,
+            headers: Vec::new(),
+            correlation_id: None,
         }
-        trace!(parent: &span, "accepted for publishing");
-        Ok(())
     }
 
     /// Stores the schema of `event`'s type when it is first published, so
@@ -687,6 +740,7 @@ impl Bus {
         let transport = &self.inner.transport;
         let mut stats = self.inner.counters.snapshot(transport.counters());
         stats.reconnects = transport.reconnects();
+        stats.late_replies = transport.late_replies();
         stats
     }
 
@@ -718,6 +772,10 @@ impl Bus {
             std::mem::take(&mut *inner.listeners.lock().unwrap_or_else(|p| p.into_inner()));
         for listener in &listeners {
             listener.request_stop();
+        }
+        let servers = std::mem::take(&mut *inner.servers.lock().unwrap_or_else(|p| p.into_inner()));
+        for server in &servers {
+            server.request_stop();
         }
         let mut result = Ok(());
         let transport = &inner.transport;
@@ -758,6 +816,9 @@ impl Bus {
         for listener in listeners {
             listener.stop().await;
         }
+        for server in servers {
+            server.stop().await;
+        }
         // Streams and pollers end once no bus feeds them.
         inner.subscribers.detach();
         transport.close().await?;
@@ -788,6 +849,14 @@ impl Drop for Inner {
             .iter()
         {
             listener.request_stop();
+        }
+        for server in self
+            .servers
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            server.request_stop();
         }
     }
 }

@@ -312,6 +312,7 @@ impl Counters {
             buffered: get(&publish.buffered),
             republished: get(&publish.republished),
             reconnects: 0,
+            late_replies: 0,
             delivered: count(Count::Delivered),
             dispatched: count(Count::Dispatched),
             handled: count(Count::Handled),
@@ -395,6 +396,9 @@ pub struct Stats {
     /// counted under [`UnknownEvents::Acknowledge`](crate::UnknownEvents)
     /// (by tag: [`Bus::unknown_events`](crate::Bus::unknown_events)).
     pub unknown_events: u64,
+    /// Replies that came after their [call](crate::Bus::call) had timed
+    /// out or was dropped, and were dropped.
+    pub late_replies: u64,
     /// Messages rejected, by reason ([`Stats::rejected`]).
     rejected: Rejected,
     /// The counts of each event type this bus published or handled, by tag.

@@ -12,7 +12,7 @@ use tokio_stream::StreamExt;
 use tracing::warn;
 
 use super::seam::{
-    BoxFuture, DeadLetter, Endpoint, Header, Inbox, Outgoing, PublishCounters, Received,
+    BoxFuture, DeadLetter, Endpoint, Header, Inbox, Outgoing, PublishCounters, Received, Replies,
     Settlement, Transport,
 };
 use crate::amqp::connection::{Connection, short};
@@ -23,6 +23,7 @@ use crate::amqp::header_frame;
 use crate::amqp::producer::Producer;
 use crate::amqp::props::AmqpProps;
 use crate::amqp::queue::Queue;
+use crate::amqp::rpc::{self, Requester};
 use crate::codec::Codec;
 use crate::error::{Error, ErrorKind, Result};
 use crate::headers::{
@@ -60,6 +61,8 @@ struct Amqp {
     retry_queues: Mutex<HashMap<String, Instant>>,
     /// The exchange's schema stream.
     schemas: SchemaStream,
+    /// Requests, their replies by direct reply-to.
+    requester: Requester,
 }
 
 /// How long a retry queue is trusted to exist after its declaration; it
@@ -96,7 +99,7 @@ impl AmqpTransport {
         let producer = Producer::with_counters(&conn, true, counters.clone())?;
         let transport = Self {
             inner: Arc::new(Amqp {
-                conn,
+                conn: conn.clone(),
                 producer,
                 counters,
                 dead_letter_exchange: tokio::sync::OnceCell::new(),
@@ -105,6 +108,7 @@ impl AmqpTransport {
                 consumed: Mutex::default(),
                 retry_queues: Mutex::default(),
                 schemas: SchemaStream::new(conn_props),
+                requester: Requester::new(conn.clone()),
             }),
         };
         if !endpoint.publish_only {
@@ -155,6 +159,46 @@ impl Transport for AmqpTransport {
 
     fn publish(&self, out: Outgoing, done: Option<Settlement>) -> BoxFuture<'_, Result<()>> {
         Box::pin(self.inner.publish(out, done))
+    }
+
+    fn request(
+        &self,
+        out: Outgoing,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'_, Result<Box<dyn Replies>>> {
+        Box::pin(async move {
+            let (exchange, routing_key) = match &out.to_queue {
+                Some(queue) => (ShortString::from(""), short(queue)?),
+                None => (
+                    short(self.inner.conn.props().exchange())?,
+                    ShortString::from(out.routing_key),
+                ),
+            };
+            let body = out.body.clone();
+            let message_id = ShortString::from(out.message_id.clone());
+            let properties = self
+                .inner
+                .producer
+                .properties(message_id, event_headers(out));
+            let properties = match ttl {
+                Some(ttl) => properties.with_expiration(rpc::expiration(ttl)),
+                None => properties.with_delivery_mode(2),
+            };
+            let call = self
+                .inner
+                .requester
+                .request(exchange, routing_key, &body, properties)
+                .await?;
+            let replies: Box<dyn Replies> = Box::new(AmqpReplies {
+                call,
+                amqp: self.inner.clone(),
+            });
+            Ok(replies)
+        })
+    }
+
+    fn late_replies(&self) -> u64 {
+        self.inner.requester.late_replies()
     }
 
     fn listen<'a>(&'a self, listen: &'a Listen) -> BoxFuture<'a, Result<Box<dyn Inbox>>> {
@@ -322,6 +366,16 @@ impl Received for AmqpReceived {
         self.delivery.redelivered()
     }
 
+    fn reply_to(&self) -> Option<&str> {
+        let reply_to = self.delivery.properties().reply_to().as_ref()?;
+        Some(reply_to.as_str())
+    }
+
+    fn correlation_id(&self) -> Option<&str> {
+        let id = self.delivery.properties().correlation_id().as_ref()?;
+        Some(id.as_str())
+    }
+
     fn ack(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(self.delivery.ack())
     }
@@ -414,33 +468,26 @@ impl Amqp {
     /// Sent to a queue by name it is mandatory, so a missing queue is
     /// reported instead of dropped.
     async fn publish(&self, out: Outgoing, done: Option<Settlement>) -> Result<()> {
-        let mut headers = FieldTable::default();
-        headers.insert(TAG_HEADER.into(), AMQPValue::LongString(out.tag.into()));
-        headers.insert(
-            FINGERPRINT_HEADER.into(),
-            AMQPValue::LongString(out.fingerprint.to_string().into()),
-        );
-        if out.version != 1 {
-            headers.insert(
-                VERSION_HEADER.into(),
-                AMQPValue::LongString(out.version.to_string().into()),
-            );
-        }
-        for (name, value) in out.headers {
-            headers.insert(name.as_ref().into(), AMQPValue::LongString(value.into()));
-        }
+        // A reply goes to a caller that may be gone: not an error.
+        let correlation_id = out.correlation_id.as_deref().map(short).transpose()?;
         let (exchange, routing_key, mandatory) = match &out.to_queue {
-            Some(queue) => (Some(ShortString::from("")), short(queue)?, true),
+            Some(queue) => (
+                Some(ShortString::from("")),
+                short(queue)?,
+                correlation_id.is_none(),
+            ),
             None => (None, ShortString::from(out.routing_key), self.mandatory),
         };
+        let (body, message_id) = (out.body.clone(), ShortString::from(out.message_id.clone()));
         self.producer
             .send_event(
                 exchange,
-                out.body,
+                body,
                 routing_key,
-                ShortString::from(out.message_id),
-                headers,
+                message_id,
+                event_headers(out),
                 mandatory,
+                correlation_id,
                 done,
             )
             .await
@@ -550,6 +597,156 @@ impl Amqp {
                 "the message's own properties are too large for a frame even without foreign headers",
             )
         })
+    }
+}
+
+/// The headers of an outgoing event: its tag, fingerprint, version and
+/// the others it carries.
+fn event_headers(out: Outgoing) -> FieldTable {
+    let mut headers = FieldTable::default();
+    headers.insert(TAG_HEADER.into(), AMQPValue::LongString(out.tag.into()));
+    headers.insert(
+        FINGERPRINT_HEADER.into(),
+        AMQPValue::LongString(out.fingerprint.to_string().into()),
+    );
+    if out.version != 1 {
+        headers.insert(
+            VERSION_HEADER.into(),
+            AMQPValue::LongString(out.version.to_string().into()),
+        );
+    }
+    for (name, value) in out.headers {
+        headers.insert(name.as_ref().into(), AMQPValue::LongString(value.into()));
+    }
+    headers
+}
+
+/// The replies to one request, by direct reply-to.
+struct AmqpReplies {
+    call: rpc::Call,
+    amqp: Arc<Amqp>,
+}
+
+impl Replies for AmqpReplies {
+    fn next(&mut self) -> BoxFuture<'_, Result<Box<dyn Received>>> {
+        Box::pin(async move {
+            let delivery = self.call.next().await?;
+            let received: Box<dyn Received> = Box::new(AmqpReply {
+                queue: self.amqp.conn.props().exchange().to_owned(),
+                delivery,
+            });
+            Ok(received)
+        })
+    }
+}
+
+/// A reply: received without acknowledgement, so settling it does nothing.
+struct AmqpReply {
+    queue: String,
+    delivery: lapin::message::Delivery,
+}
+
+impl AmqpReply {
+    fn header_value(&self, name: &str) -> Option<&AMQPValue> {
+        self.delivery
+            .properties
+            .headers()
+            .as_ref()?
+            .inner()
+            .get(name)
+    }
+
+    fn text(&self, name: &str) -> Option<&str> {
+        match self.header_value(name)? {
+            AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+            AMQPValue::ShortString(s) => Some(s.as_str()),
+            _ => None,
+        }
+    }
+}
+
+impl Received for AmqpReply {
+    fn body(&self) -> &[u8] {
+        &self.delivery.data
+    }
+
+    fn content_type(&self) -> Option<&str> {
+        let content_type = self.delivery.properties.content_type().as_ref()?;
+        Some(content_type.as_str())
+    }
+
+    fn header(&self, name: &str) -> Header<'_> {
+        match (self.header_value(name), self.text(name)) {
+            (None, _) => Header::Absent,
+            (Some(_), Some(text)) => Header::Text(text),
+            (Some(_), None) => Header::WrongType,
+        }
+    }
+
+    fn visit_headers(&self, visit: &mut dyn FnMut(&str, Header<'_>)) {
+        let Some(headers) = self.delivery.properties.headers() else {
+            return;
+        };
+        for (name, value) in headers.inner() {
+            let header = match value {
+                AMQPValue::LongString(s) => {
+                    std::str::from_utf8(s.as_bytes()).map_or(Header::WrongType, Header::Text)
+                }
+                AMQPValue::ShortString(s) => Header::Text(s.as_str()),
+                _ => Header::WrongType,
+            };
+            visit(name.as_str(), header);
+        }
+    }
+
+    fn routing_key(&self) -> &str {
+        &self.queue
+    }
+
+    fn attempt(&self) -> u32 {
+        1
+    }
+
+    fn message_id(&self) -> Option<&str> {
+        let id = self.delivery.properties.message_id().as_ref()?;
+        Some(id.as_str())
+    }
+
+    fn origin(&self) -> Option<&str> {
+        self.text(ORIGIN_HEADER)
+    }
+
+    fn timestamp(&self) -> Option<u64> {
+        *self.delivery.properties.timestamp()
+    }
+
+    fn redelivered(&self) -> bool {
+        false
+    }
+
+    fn correlation_id(&self) -> Option<&str> {
+        let id = self.delivery.properties.correlation_id().as_ref()?;
+        Some(id.as_str())
+    }
+
+    fn ack(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn retry(&self, _attempt: u32, _delay: Duration) -> BoxFuture<'_, Result<()>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn dead_letter<'a>(&'a self, _letter: DeadLetter<'a>) -> BoxFuture<'a, Result<()>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn requeue(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn reject(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(std::future::ready(Ok(())))
     }
 }
 

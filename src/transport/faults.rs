@@ -322,6 +322,18 @@ impl Transport for Faults {
         self.inner.flush()
     }
 
+    fn request(
+        &self,
+        out: Outgoing,
+        ttl: Option<std::time::Duration>,
+    ) -> BoxFuture<'_, Result<Box<dyn crate::transport::seam::Replies>>> {
+        self.inner.request(out, ttl)
+    }
+
+    fn late_replies(&self) -> u64 {
+        self.inner.late_replies()
+    }
+
     fn store_schema(&self, schema: &'static crate::schema::Schema) -> BoxFuture<'_, Result<()>> {
         self.inner.store_schema(schema)
     }
@@ -620,6 +632,14 @@ impl Received for Copy {
 
     fn redelivered(&self) -> bool {
         self.redelivered || self.message().redelivered()
+    }
+
+    fn reply_to(&self) -> Option<&str> {
+        self.message().reply_to()
+    }
+
+    fn correlation_id(&self) -> Option<&str> {
+        self.message().correlation_id()
     }
 
     fn ack(&self) -> BoxFuture<'_, Result<()>> {

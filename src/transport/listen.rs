@@ -47,6 +47,10 @@ pub(crate) enum Mode {
     Broadcast,
     Group(String),
     Queue(String),
+    /// The queue of a request type's servers: shared by them, unbound,
+    /// and gone with its last consumer (so a call finds no queue, and
+    /// says so at once, when no server runs).
+    Service(String),
 }
 
 impl Listen {
@@ -74,6 +78,15 @@ impl Listen {
     pub fn queue(name: impl Into<String>) -> Self {
         Self {
             mode: Mode::Queue(name.into()),
+            keys: Vec::new(),
+        }
+    }
+
+    /// The queue of the servers of one request type (or of one named
+    /// server), for [`Bus::serve`](crate::Bus::serve).
+    pub(crate) fn service(name: impl Into<String>) -> Self {
+        Self {
+            mode: Mode::Service(name.into()),
             keys: Vec::new(),
         }
     }
@@ -107,6 +120,7 @@ impl Listen {
             Mode::Broadcast => Queue::exclusive(),
             Mode::Group(group) => Queue::durable(format!("{exchange}.{group}")),
             Mode::Queue(name) => return Queue::durable(name.clone()).unbound(),
+            Mode::Service(name) => return Queue::service(name.clone()),
         };
         self.keys
             .iter()

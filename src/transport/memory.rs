@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,7 +12,7 @@ use tokio::sync::{broadcast, mpsc};
 use tracing::warn;
 
 use super::seam::{
-    BoxFuture, DeadLetter, Header, Inbox, Outgoing, PublishCounters, Received, Settlement,
+    BoxFuture, DeadLetter, Header, Inbox, Outgoing, PublishCounters, Received, Replies, Settlement,
     Transport,
 };
 use crate::amqp::connection_event::{ConnectionEvent, ConnectionEvents};
@@ -20,6 +20,10 @@ use crate::codec::{Bincode, Codec};
 use crate::error::{Error, ErrorKind, Result};
 use crate::headers::{FINGERPRINT_HEADER, TAG_HEADER, VERSION_HEADER};
 use crate::transport::listen::{Listen, Mode};
+
+/// Where replies to the requests of the memory transport `<instance>` go:
+/// `memory.reply-to.<instance>`.
+const REPLY_TO: &str = "memory.reply-to.";
 
 /// The largest body a memory bus decodes.
 const MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
@@ -35,20 +39,34 @@ pub struct MemoryTransport {
     counters: PublishCounters,
     events: broadcast::Sender<ConnectionEvent>,
     closed: AtomicBool,
+    /// Where the replies to this transport's requests go.
+    replier: Arc<Replier>,
 }
 
 impl MemoryTransport {
     /// A transport on the hub `name` (`memory://name`).
     #[must_use]
     pub fn named(name: &str) -> Self {
+        let hub = Hub::named(name);
+        let instance_id = uuid::Uuid::new_v4().to_string();
+        let replier = Arc::new(Replier::default());
+        hub.repliers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(format!("{REPLY_TO}{instance_id}"), replier.clone());
         Self {
-            hub: Hub::named(name),
+            hub,
             name: name.to_owned(),
-            instance_id: uuid::Uuid::new_v4().to_string(),
+            instance_id,
             counters: PublishCounters::default(),
             events: broadcast::channel(4).0,
             closed: AtomicBool::new(false),
+            replier,
         }
+    }
+
+    fn closed_error() -> Error {
+        Error::new(ErrorKind::Closed, "the memory transport is closed")
     }
 }
 
@@ -85,12 +103,13 @@ impl Transport for MemoryTransport {
     fn publish(&self, out: Outgoing, done: Option<Settlement>) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             if self.closed.load(Ordering::Relaxed) {
-                return Err(Error::new(
-                    ErrorKind::Closed,
-                    "the memory transport is closed",
-                ));
+                return Err(Self::closed_error());
             }
-            let sent = self.hub.publish(&out, &self.instance_id).await;
+            let sent = self
+                .hub
+                .publish(&out, &self.instance_id, None)
+                .await
+                .map(drop);
             self.counters.settled(&sent);
             match (done, sent) {
                 (Some(done), sent) => {
@@ -103,18 +122,70 @@ impl Transport for MemoryTransport {
         })
     }
 
+    fn request(
+        &self,
+        out: Outgoing,
+        _ttl: Option<Duration>,
+    ) -> BoxFuture<'_, Result<Box<dyn Replies>>> {
+        Box::pin(async move {
+            if self.closed.load(Ordering::Relaxed) {
+                return Err(Self::closed_error());
+            }
+            let id = self
+                .replier
+                .next_id
+                .fetch_add(1, Ordering::Relaxed)
+                .to_string();
+            let (sender, replies) = mpsc::unbounded_channel();
+            self.replier.lock().insert(id.clone(), sender);
+            let replies = MemoryReplies {
+                id: id.clone(),
+                replier: self.replier.clone(),
+                replies,
+            };
+            let reply_to = (format!("{REPLY_TO}{}", self.instance_id), id);
+            // Mandatory: a request no queue takes fails at once.
+            match self
+                .hub
+                .publish(&out, &self.instance_id, Some(reply_to))
+                .await?
+            {
+                0 => Err(Error::new(
+                    ErrorKind::Unroutable,
+                    format!(
+                        "no memory queue takes the request (routing key {:?})",
+                        out.to_queue.as_deref().unwrap_or(out.routing_key)
+                    ),
+                )),
+                _ => {
+                    let replies: Box<dyn Replies> = Box::new(replies);
+                    Ok(replies)
+                }
+            }
+        })
+    }
+
+    fn late_replies(&self) -> u64 {
+        self.replier.late.load(Ordering::Relaxed)
+    }
+
     fn listen<'a>(&'a self, listen: &'a Listen) -> BoxFuture<'a, Result<Box<dyn Inbox>>> {
         Box::pin(async move {
             let (name, bound) = match listen.mode() {
                 Mode::Broadcast => (None, true),
                 Mode::Group(group) => (Some(format!("{}.{group}", self.name)), true),
-                Mode::Queue(name) => (Some(name.clone()), false),
+                Mode::Queue(name) | Mode::Service(name) => (Some(name.clone()), false),
             };
             let queue = self.hub.queue(name.as_deref(), listen.keys(), bound);
+            let service = matches!(listen.mode(), Mode::Service(_));
+            if service {
+                queue.consumers.fetch_add(1, Ordering::SeqCst);
+            }
             let label = name.unwrap_or_else(|| format!("{}.{}", self.name, self.instance_id));
             let inbox: Box<dyn Inbox> = Box::new(MemoryInbox {
                 label,
                 owned: matches!(listen.mode(), Mode::Broadcast),
+                service,
                 queue,
                 hub: self.hub.clone(),
             });
@@ -132,6 +203,13 @@ impl Transport for MemoryTransport {
         Box::pin(async {
             if !self.closed.swap(true, Ordering::Relaxed) {
                 let _ = self.events.send(ConnectionEvent::Closed);
+                self.hub
+                    .repliers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&format!("{REPLY_TO}{}", self.instance_id));
+                // Calls waiting now end: their transport is closed.
+                self.replier.lock().clear();
             }
             Ok(())
         })
@@ -153,6 +231,8 @@ struct MemoryInbox {
     label: String,
     /// A broadcast queue: it goes when the listener stops.
     owned: bool,
+    /// A service queue: it goes when its last listener stops.
+    service: bool,
     queue: Arc<MemoryQueue>,
     hub: Arc<Hub>,
 }
@@ -175,7 +255,8 @@ impl Inbox for MemoryInbox {
 
     fn close(self: Box<Self>, _delete: bool) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move {
-            if self.owned {
+            let last = self.service && self.queue.consumers.fetch_sub(1, Ordering::SeqCst) == 1;
+            if self.owned || last {
                 self.hub.remove(&self.queue);
             }
             Ok(())
@@ -205,6 +286,8 @@ pub(crate) fn test_message(
             timestamp: 0,
             attempt: 1,
             headers: Vec::new(),
+            reply_to: None,
+            correlation_id: None,
         }),
         queue: hub.queue(None, &[], false),
     })
@@ -279,6 +362,14 @@ impl Received for MemoryReceived {
         false
     }
 
+    fn reply_to(&self) -> Option<&str> {
+        self.message.reply_to.as_deref()
+    }
+
+    fn correlation_id(&self) -> Option<&str> {
+        self.message.correlation_id.as_deref()
+    }
+
     fn ack(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async { Ok(()) })
     }
@@ -334,6 +425,10 @@ pub(crate) struct Message {
     pub(crate) attempt: u32,
     /// The application's and tidings' other headers.
     pub(crate) headers: Vec<(Cow<'static, str>, String)>,
+    /// Where replies go, for a request.
+    pub(crate) reply_to: Option<String>,
+    /// The request's id, on it and on its replies.
+    pub(crate) correlation_id: Option<String>,
 }
 
 impl Message {
@@ -349,6 +444,8 @@ impl Message {
             origin: self.origin.clone(),
             attempt,
             headers: self.headers.clone(),
+            reply_to: self.reply_to.clone(),
+            correlation_id: self.correlation_id.clone(),
             ..*self
         }
     }
@@ -359,6 +456,8 @@ pub(crate) struct MemoryQueue {
     id: u64,
     name: Option<String>,
     bindings: Mutex<Vec<String>>,
+    /// How many servers consume it (a service queue).
+    consumers: AtomicUsize,
     sender: mpsc::Sender<Arc<Message>>,
     receiver: tokio::sync::Mutex<mpsc::Receiver<Arc<Message>>>,
 }
@@ -386,6 +485,56 @@ impl MemoryQueue {
 pub(crate) struct Hub {
     queues: Mutex<Vec<Arc<MemoryQueue>>>,
     next_id: AtomicU64,
+    /// Where replies go, by reply-to address (one per transport).
+    repliers: Mutex<HashMap<String, Arc<Replier>>>,
+}
+
+type Waiters = HashMap<String, mpsc::UnboundedSender<Arc<Message>>>;
+
+/// The calls of one memory transport waiting for replies.
+#[derive(Default)]
+struct Replier {
+    waiters: Mutex<Waiters>,
+    next_id: AtomicU64,
+    late: AtomicU64,
+}
+
+impl Replier {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiters> {
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The replies to one memory request.
+struct MemoryReplies {
+    id: String,
+    replier: Arc<Replier>,
+    replies: mpsc::UnboundedReceiver<Arc<Message>>,
+}
+
+impl Replies for MemoryReplies {
+    fn next(&mut self) -> BoxFuture<'_, Result<Box<dyn Received>>> {
+        Box::pin(async move {
+            let message = self.replies.recv().await.ok_or_else(|| {
+                Error::new(
+                    ErrorKind::ConnectionLost,
+                    "the memory transport was closed while waiting for the reply",
+                )
+            })?;
+            let hub = Hub::default();
+            let received: Box<dyn Received> = Box::new(MemoryReceived {
+                message,
+                queue: hub.queue(None, &[], false),
+            });
+            Ok(received)
+        })
+    }
+}
+
+impl Drop for MemoryReplies {
+    fn drop(&mut self) {
+        self.replier.lock().remove(&self.id);
+    }
 }
 
 static HUBS: LazyLock<Mutex<HashMap<String, Weak<Hub>>>> = LazyLock::new(Default::default);
@@ -434,6 +583,7 @@ impl Hub {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             name: name.map(str::to_owned),
             bindings: Mutex::new(keys),
+            consumers: AtomicUsize::new(0),
             sender,
             receiver: tokio::sync::Mutex::new(receiver),
         });
@@ -455,8 +605,18 @@ impl Hub {
     }
 
     /// Routes an event to every queue bound to its routing key, or to the
-    /// named queue, waiting while a queue is full.
-    pub(crate) async fn publish(&self, out: &Outgoing, origin: &str) -> Result<()> {
+    /// named queue, waiting while a queue is full; a request carries
+    /// `reply` (where to, and its id). How many queues took it.
+    pub(crate) async fn publish(
+        &self,
+        out: &Outgoing,
+        origin: &str,
+        reply: Option<(String, String)>,
+    ) -> Result<usize> {
+        let (reply_to, correlation_id) = match reply {
+            Some((to, id)) => (Some(to), Some(id)),
+            None => (None, out.correlation_id.clone()),
+        };
         let message = Arc::new(Message {
             body: out.body.clone(),
             content_type: out.content_type.clone(),
@@ -471,7 +631,33 @@ impl Hub {
                 .map_or(0, |d| d.as_secs()),
             attempt: 1,
             headers: out.headers.clone(),
+            reply_to,
+            correlation_id,
         });
+        if let Some(to) = out
+            .to_queue
+            .as_deref()
+            .filter(|to| to.starts_with(REPLY_TO))
+        {
+            let replier = self
+                .repliers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(to)
+                .cloned();
+            if let Some(replier) = replier {
+                let id = message.correlation_id.as_deref().unwrap_or("");
+                let waiter = replier.lock().get(id).cloned();
+                match waiter {
+                    Some(waiter) if waiter.send(message).is_ok() => {}
+                    _ => {
+                        replier.late.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            // Like RabbitMQ: a reply to a caller that is gone vanishes.
+            return Ok(1);
+        }
         let targets: Vec<Arc<MemoryQueue>> = {
             let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
             match &out.to_queue {
@@ -493,10 +679,11 @@ impl Hub {
                 format!("no memory queue named {name:?}; a listener must declare it first"),
             ));
         }
+        let taken = targets.len();
         for queue in targets {
             let _ = queue.sender.send(message.clone()).await;
         }
-        Ok(())
+        Ok(taken)
     }
 }
 

@@ -57,6 +57,10 @@ pub struct Outgoing {
     /// More string headers: the application's own, correlation and
     /// causation ids, trace context, the publish time.
     pub headers: Vec<(Cow<'static, str>, String)>,
+    /// For a reply (sent to the request's [`Received::reply_to`]): the
+    /// request's [`Received::correlation_id`], which the caller matches
+    /// replies by. Not the conversation header `x-correlation-id`.
+    pub correlation_id: Option<String>,
 }
 
 /// **A message header as received**: absent, a string, or of another type.
@@ -125,6 +129,16 @@ pub trait Received: Send + Sync {
     fn timestamp(&self) -> Option<u64>;
     /// Whether the transport delivered it before (its settlement was lost).
     fn redelivered(&self) -> bool;
+    /// Where replies to it go (a request, or an event whose publisher
+    /// waits for receipts), if anywhere: a queue name to
+    /// [`Outgoing::to_queue`].
+    fn reply_to(&self) -> Option<&str> {
+        None
+    }
+    /// The id its replies carry in [`Outgoing::correlation_id`].
+    fn correlation_id(&self) -> Option<&str> {
+        None
+    }
     /// Acknowledges it: handled.
     fn ack(&self) -> BoxFuture<'_, Result<()>>;
     /// Acknowledges it and every message received before it on its inbox.
@@ -156,6 +170,21 @@ pub trait Inbox: Send {
     fn close(self: Box<Self>, delete: bool) -> BoxFuture<'static, Result<()>>;
 }
 
+/// **The replies to one [request](Transport::request)**, as they come.
+/// Dropping it stops waiting: later replies are dropped and counted in
+/// [`Transport::late_replies`].
+pub trait Replies: Send {
+    /// The next reply. Fails with [`ErrorKind::Unroutable`] when the
+    /// request reached no queue, [`ErrorKind::ConnectionLost`] when the
+    /// connection was lost before the reply came.
+    ///
+    /// Cancel safe: a reply is never lost by dropping the future.
+    ///
+    /// [`ErrorKind::Unroutable`]: crate::ErrorKind::Unroutable
+    /// [`ErrorKind::ConnectionLost`]: crate::ErrorKind::ConnectionLost
+    fn next(&mut self) -> BoxFuture<'_, Result<Box<dyn Received>>>;
+}
+
 /// **What carries a bus's events**: RabbitMQ, the in-process hub, a fault
 /// injector around either, or a transport of your own.
 ///
@@ -182,6 +211,31 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
     /// **Accepts an event** (waiting for room while a buffer is full); its
     /// outcome goes to `done`, or, without it, is counted and logged.
     fn publish(&self, out: Outgoing, done: Option<Settlement>) -> BoxFuture<'_, Result<()>>;
+    /// **Sends a request that waits for replies**: `out` goes to its
+    /// [`to_queue`](Outgoing::to_queue) (a server's queue) or, without
+    /// one, through the exchange; it is mandatory and, with a `ttl`, not
+    /// persistent and discarded unhandled after it. Receivers see a
+    /// [`reply_to`](Received::reply_to) and a
+    /// [`correlation_id`](Received::correlation_id) to reply with. On
+    /// RabbitMQ, replies come by direct reply-to: no queue per call.
+    ///
+    /// By default a transport cannot: [`ErrorKind::Usage`](crate::ErrorKind::Usage).
+    fn request(
+        &self,
+        out: Outgoing,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'_, Result<Box<dyn Replies>>> {
+        let _ = (out, ttl);
+        Box::pin(std::future::ready(Err(crate::error::Error::new(
+            crate::error::ErrorKind::Usage,
+            "this transport does not support requests; use amqp:// or memory://",
+        ))))
+    }
+    /// Replies that came after their caller stopped waiting (timed out or
+    /// cancelled), dropped.
+    fn late_replies(&self) -> u64 {
+        0
+    }
     /// **Starts receiving** the way `listen` says.
     fn listen<'a>(&'a self, listen: &'a Listen) -> BoxFuture<'a, Result<Box<dyn Inbox>>>;
     /// Waits until every event accepted so far is settled; how many failed

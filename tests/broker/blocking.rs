@@ -171,3 +171,44 @@ fn a_blocking_bus_publishes_with_headers_and_is_healthy() {
     assert_eq!(got, (3, Some("cron".to_owned())));
     bus.close().unwrap();
 }
+
+#[derive(tidings::Event, serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+#[event(name = "blocking.rpc.double")]
+struct Double(u64);
+
+#[derive(tidings::Event, serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+#[event(name = "blocking.rpc.doubled")]
+struct Doubled(u64);
+
+impl tidings::Request for Double {
+    type Reply = Doubled;
+}
+
+/// Plain code calls a server (served by an async bus on its own runtime).
+#[test]
+fn a_blocking_bus_calls_a_server() {
+    let props = common::props(ExchangeKind::Topic);
+    common::require_broker(&props);
+    let _cleanup = common::Cleanup::new(&props);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server_bus = runtime.block_on(async {
+        let bus = tidings::Bus::with_props(props.clone())
+            .publish_only()
+            .connect()
+            .await
+            .unwrap();
+        bus.serve(
+            |d: std::sync::Arc<Double>| async move { Ok::<_, std::io::Error>(Doubled(d.0 * 2)) },
+        )
+        .await
+        .unwrap();
+        bus
+    });
+    let caller = blocking::Bus::connect(tidings::Bus::with_props(props).publish_only()).unwrap();
+    assert_eq!(caller.call(&Double(21)).unwrap(), Doubled(42));
+    let nobody = tidings::CallOptions::new().server("nobody");
+    let err = caller.call_with(&Double(1), &nobody).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NoResponder, "{err}");
+    caller.close().unwrap();
+    runtime.block_on(server_bus.close()).unwrap();
+}

@@ -8,3 +8,4 @@ mod defects;
 mod health;
 mod private_node;
 mod recovery;
+mod rpc;

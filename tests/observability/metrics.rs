@@ -109,7 +109,7 @@ async fn a_hundred_events_with_failures_are_counted_timed_and_labelled() {
     // Every tenth event fails on both of its attempts.
     let _guard = subscribers.subscribe(move |m: &Metered| {
         a.fetch_add(1, Ordering::SeqCst);
-        if m.id % 10 == 0 {
+        if m.id.is_multiple_of(10) {
             return Err(HandlerError::from(format!("event {} is cursed", m.id)));
         }
         Ok(())
