@@ -444,7 +444,13 @@ impl Shared {
             (!dispatch.is_ok()).then(|| bounded(&dispatch.failures().join("; ")).into_owned());
         // A bus with no handler of the type handled nothing: no receipt.
         if failed.is_some() || dispatch.handled() > 0 {
-            crate::bus::receipts::send_receipt(self, incoming, failed.as_deref()).await;
+            crate::bus::receipts::send_receipt(
+                &*self.transport,
+                &self.instance_id,
+                incoming,
+                failed.as_deref(),
+            )
+            .await;
         }
         if dispatch.is_ok() {
             self.counters.count(Count::Handled, tag, "");

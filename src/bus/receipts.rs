@@ -9,13 +9,12 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug};
 
 use crate::bus::Bus;
-use crate::bus::listener::Shared;
 use crate::bus::publish_options::PublishOptions;
 use crate::error::{ErrorKind, Result};
 use crate::event::Event;
 use crate::headers::{ERROR_HEADER, OUTCOME_HEADER, RECEIPT_HEADER};
 use crate::schema::Fingerprint;
-use crate::transport::seam::{Header, Outgoing, Received};
+use crate::transport::seam::{Header, Outgoing, Received, Transport};
 
 /// The tag of a receipt message (it carries no event).
 const RECEIPT_TAG: &str = "tidings.receipt";
@@ -170,9 +169,15 @@ fn read_receipt(reply: &dyn Received) -> Option<Receipt> {
     })
 }
 
-/// Sends a receipt for `incoming` if its publisher asked for one: handled,
-/// or failed with `error`.
-pub(crate) async fn send_receipt(shared: &Shared, incoming: &dyn Received, error: Option<&str>) {
+/// Sends a receipt for `incoming` through `transport`, from the bus
+/// `instance_id`, if its publisher asked for one: handled, or failed with
+/// `error`.
+pub(crate) async fn send_receipt(
+    transport: &dyn Transport,
+    instance_id: &str,
+    incoming: &dyn Received,
+    error: Option<&str>,
+) {
     if !matches!(incoming.header(RECEIPT_HEADER), Header::Text(_)) {
         return;
     }
@@ -189,17 +194,17 @@ pub(crate) async fn send_receipt(shared: &Shared, incoming: &dyn Received, error
     }
     let out = Outgoing {
         body: Arc::new(Vec::new()),
-        content_type: shared.transport.codec().content_type().into(),
+        content_type: transport.codec().content_type().into(),
         tag: RECEIPT_TAG,
         fingerprint: Fingerprint::from_u64(0),
         version: 1,
         routing_key: RECEIPT_TAG,
-        message_id: format!("{}-receipt-{correlation_id}", shared.instance_id),
+        message_id: format!("{instance_id}-receipt-{correlation_id}"),
         to_queue: Some(reply_to.to_owned()),
         headers,
         correlation_id: Some(correlation_id.to_owned()),
     };
-    if let Err(e) = shared.transport.publish(out, None).await {
+    if let Err(e) = transport.publish(out, None).await {
         debug!(error = %e, "a receipt could not be sent");
     }
 }

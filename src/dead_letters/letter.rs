@@ -195,22 +195,6 @@ impl DeadLetterMessage {
     pub fn body_note(&self) -> Option<&str> {
         self.note.as_deref()
     }
-
-    /// The properties to replay it with: the same, less the headers of
-    /// dead-lettering and retries, so the attempt count starts again;
-    /// message id, origin, tag, fingerprint, version, content type,
-    /// timestamp and persistence kept.
-    pub(super) fn replay_properties(&self) -> BasicProperties {
-        let mut headers = FieldTable::default();
-        if let Some(table) = self.properties.headers() {
-            for (name, value) in table.inner() {
-                if !super::replay::DROPPED_ON_REPLAY.contains(&name.as_str()) {
-                    headers.insert(name.clone(), value.clone());
-                }
-            }
-        }
-        self.properties.clone().with_headers(headers)
-    }
 }
 
 impl fmt::Debug for DeadLetterMessage {
