@@ -38,6 +38,11 @@ pub const CAUSATION_HEADER: &str = "x-causation-id";
 /// decimal string): the start of the end-to-end latency a receiver
 /// measures. Optional.
 pub const SENT_AT_HEADER: &str = "x-tidings-sent-at";
+/// The id of the key an event is signed with (see [`Signing`](crate::Signing)).
+pub const KEY_ID_HEADER: &str = "x-tidings-key-id";
+/// An event's signature: HMAC-SHA256 in 64 lowercase hex digits over the
+/// bytes `docs/signing.md` describes (see [`Signing`](crate::Signing)).
+pub const SIGNATURE_HEADER: &str = "x-tidings-signature";
 /// W3C trace context: the publishing span (`00-<trace>-<span>-<flags>`),
 /// sent with the `opentelemetry` feature.
 pub const TRACEPARENT_HEADER: &str = "traceparent";

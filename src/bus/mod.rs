@@ -10,6 +10,7 @@ pub(crate) mod publish_options;
 mod schemas;
 pub(crate) mod settings;
 mod settle;
+pub(crate) mod signing;
 pub(crate) mod stats;
 pub(crate) mod subscribers;
 pub(crate) mod text;
@@ -33,6 +34,7 @@ use crate::bus::health::{Health, Link};
 use crate::bus::listener::{Listener, Shared};
 use crate::bus::publish_options::PublishOptions;
 use crate::bus::settings::{Settings, UnknownEvents};
+use crate::bus::signing::Signing;
 use crate::bus::stats::{Count, Counters, Stats};
 use crate::bus::subscribers::Subscribers;
 use crate::codec::{Codec, Codecs};
@@ -135,6 +137,8 @@ struct Inner {
     close_timeout: Duration,
     /// The connection's state, for [`Bus::health`].
     link: Arc<Mutex<Link>>,
+    /// Signs what is published, if set.
+    signing: Option<Signing>,
 }
 
 /// **How to connect a [`Bus`]**: where, what to listen to, which
@@ -146,6 +150,7 @@ pub struct BusBuilder {
     listens: Option<Vec<Listen>>,
     settings: Settings,
     close_timeout: Duration,
+    signing: Option<Signing>,
 }
 
 #[derive(Debug, Clone)]
@@ -266,6 +271,15 @@ impl BusBuilder {
         self
     }
 
+    /// **Signs what this bus publishes and checks what it receives** with
+    /// these keys (see [`Signing`]; default: neither). Clones of the
+    /// `Signing` share its keys, so keys can rotate while the bus runs.
+    #[must_use]
+    pub fn signing(mut self, signing: Signing) -> Self {
+        self.signing = Some(signing);
+        self
+    }
+
     /// How long [`close`](Bus::close) waits for the broker to confirm what
     /// was published (default 30 s); what is still unconfirmed then is
     /// reported failed. The size of the publish buffer and what happens
@@ -323,6 +337,7 @@ impl BusBuilder {
             instance_id: transport.instance_id().to_owned(),
             settings: self.settings,
             transport: transport.clone(),
+            signing: self.signing.clone(),
         });
         let bus = Bus {
             inner: Arc::new(Inner {
@@ -340,6 +355,7 @@ impl BusBuilder {
                 closed: AtomicBool::new(false),
                 close_timeout: self.close_timeout,
                 link,
+                signing: self.signing,
             }),
         };
         bus.inner.subscribers.attach();
@@ -401,6 +417,7 @@ impl Bus {
             listens: None,
             settings: Settings::default(),
             close_timeout: DEFAULT_CLOSE_TIMEOUT,
+            signing: None,
         }
     }
 
@@ -543,7 +560,7 @@ impl Bus {
             routing_key = %event.routing_key(),
             exchange = %inner.transport.exchange(),
         );
-        let out = Outgoing {
+        let mut out = Outgoing {
             body: Arc::new(body),
             content_type: inner.content_type.clone(),
             tag,
@@ -554,6 +571,9 @@ impl Bus {
             message_id,
             to_queue,
         };
+        if let Some(signing) = &inner.signing {
+            signing.sign(&mut out, &inner.instance_id);
+        }
         // Counted before the transport may confirm it, so that confirmed
         // never runs ahead of published; taken back if it is not accepted.
         inner.counters.count(Count::Published, tag, "");
