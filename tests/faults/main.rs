@@ -6,5 +6,6 @@ mod common;
 mod blocked;
 mod defects;
 mod health;
+mod least_privilege;
 mod private_node;
 mod recovery;
