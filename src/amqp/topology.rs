@@ -187,8 +187,8 @@ mod tests {
     #[test]
     fn records_replace_and_removals_forget() {
         let mut topology = Topology::default();
-        topology.exchange("ex".into(), lapin::ExchangeKind::Fanout);
-        topology.exchange("ex".into(), lapin::ExchangeKind::Fanout);
+        topology.exchange("ex".into(), lapin::ExchangeKind::Fanout, false);
+        topology.exchange("ex".into(), lapin::ExchangeKind::Fanout, false);
         topology.queue(queue("q", "ex"));
         topology.queue(queue("q", "ex"));
         topology.queue(queue("r", "other"));

@@ -9,3 +9,4 @@ mod health;
 mod least_privilege;
 mod private_node;
 mod recovery;
+mod tls;
