@@ -155,7 +155,7 @@ pub mod __private {
     pub use typetag;
 
     pub use crate::bus::decode::ListenerDecoder;
-    pub use crate::bus::signing::signed_bytes;
+    pub use crate::bus::signing::{SigningProbe, signed_bytes};
     pub use crate::event::UpcastFn;
     pub use crate::schema::Value;
     use crate::{Event, EventType};
