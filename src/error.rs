@@ -262,6 +262,57 @@ fn connect_cause(tls: bool, err: &lapin::Error) -> Option<ConnectCause> {
 /// Recognizes a TLS failure by the text of the TLS library's error (rustls
 /// is not a direct dependency, so its error type cannot be matched).
 fn tls_cause(text: &str) -> Option<ConnectCause> {
+    let certificate_refused = |what| {
+        Some(ConnectCause::Other {
+            what,
+            todo: "check the client certificate (certfile and keyfile, or with_client_cert) is signed by a CA the broker trusts (its ssl_options.cacertfile), has not expired, and is the one meant for this client",
+        })
+    };
+    // The broker refused this client's certificate (mutual TLS): a TLS
+    // alert naming the certificate.
+    if text.contains("received fatal alert: CertificateRequired") {
+        return certificate_refused(
+            "the broker requires a client certificate (mutual TLS) and none was given",
+        );
+    }
+    if [
+        "received fatal alert: BadCertificate",
+        "received fatal alert: UnknownCA",
+        "received fatal alert: CertificateUnknown",
+        "received fatal alert: CertificateExpired",
+        "received fatal alert: UnsupportedCertificate",
+    ]
+    .iter()
+    .any(|alert| text.contains(alert))
+    {
+        return certificate_refused("the broker refused this client's TLS certificate");
+    }
+    let specific = if text.contains("UnknownIssuer") {
+        Some((
+            "the broker's TLS certificate was not accepted: it is signed by a CA this client does not trust",
+            "check the CA file (cacertfile or with_ca_file) holds the CA that signed the broker's certificate",
+        ))
+    } else if text.contains("NotValidForName") || text.contains("not valid for name") {
+        Some((
+            "the broker's TLS certificate was not accepted: it does not name the host connected to",
+            "connect with a host name the certificate names (in its subjectAltName), or have the broker's certificate reissued for this one; check the CA file too",
+        ))
+    } else if text.contains("Expired") || text.contains("certificate expired") {
+        Some((
+            "the broker's TLS certificate was not accepted: it has expired",
+            "renew the broker's certificate, or check this machine's clock; check the CA file too",
+        ))
+    } else if text.contains("NotValidYet") || text.contains("not valid yet") {
+        Some((
+            "the broker's TLS certificate was not accepted: it is not valid yet",
+            "check this machine's clock, or the broker certificate's start date; check the CA file too",
+        ))
+    } else {
+        None
+    };
+    if let Some((what, todo)) = specific {
+        return Some(ConnectCause::Other { what, todo });
+    }
     if text.contains("certificate") {
         // rustls: "invalid peer certificate: UnknownIssuer", "...: NotValidForName",
         // "...: Expired", "peer sent no certificates".
@@ -350,6 +401,13 @@ mod tests {
             "invalid peer certificate: BadSignature",
             "peer sent no certificates",
         ] {
+            // Each also says which is wrong with the certificate.
+            let which = match text {
+                t if t.contains("UnknownIssuer") => "a CA this client does not trust",
+                t if t.contains("NotValidForName") => "does not name the host",
+                t if t.contains("Expired") => "it has expired",
+                _ => "",
+            };
             let err = Error::connect("amqps://u:***@mq:5671/%2F", true, io(text));
             assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
             let message = err.to_string();
@@ -358,6 +416,7 @@ mod tests {
                 "{message}"
             );
             assert!(message.contains(text), "{message}");
+            assert!(message.contains(which), "{message}");
             assert!(message.contains("check the CA file"), "{message}");
             assert!(!message.contains("broker is running"), "{message}");
         }

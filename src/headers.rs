@@ -48,6 +48,11 @@ pub const REPLY_ERROR_TYPE_HEADER: &str = "x-tidings-reply-error-type";
 pub const RECEIPT_HEADER: &str = "x-tidings-receipt";
 /// On a receipt: `handled`, or `failed` with [`ERROR_HEADER`].
 pub const OUTCOME_HEADER: &str = "x-tidings-outcome";
+/// The id of the key an event is signed with (see [`Signing`](crate::Signing)).
+pub const KEY_ID_HEADER: &str = "x-tidings-key-id";
+/// An event's signature: HMAC-SHA256 in 64 lowercase hex digits over the
+/// bytes `docs/signing.md` describes (see [`Signing`](crate::Signing)).
+pub const SIGNATURE_HEADER: &str = "x-tidings-signature";
 /// W3C trace context: the publishing span (`00-<trace>-<span>-<flags>`),
 /// sent with the `opentelemetry` feature.
 pub const TRACEPARENT_HEADER: &str = "traceparent";

@@ -108,6 +108,7 @@ pub use bus::publish_options::PublishOptions;
 pub use bus::receipts::{Receipt, ReceiptOutcome, Receipts};
 pub use bus::serve::{ServeOptions, Server};
 pub use bus::settings::UnknownEvents;
+pub use bus::signing::Signing;
 pub use bus::stats::{OTHER_TAGS, RejectReason, Stats, TagStats};
 pub use bus::subscribers::{
     Dispatch, EventStream, HandlerError, HandlerOutput, Lagged, Poller, Subscribers, Subscription,
@@ -124,9 +125,10 @@ pub use event::{Event, EventRegistry, EventType, Registration, registered_events
 #[doc(no_inline)]
 pub use headers::{
     ATTEMPT_HEADER, BODY_DROPPED_HEADER, CAUSATION_HEADER, CORRELATION_HEADER, ERROR_HEADER,
-    FINGERPRINT_HEADER, ORIGIN_HEADER, OUTCOME_HEADER, QUEUE_HEADER, REASON_HEADER, RECEIPT_HEADER,
-    REPLY_ERROR_HEADER, REPLY_ERROR_TYPE_HEADER, ROUTING_KEY_HEADER, SENT_AT_HEADER, TAG_HEADER,
-    TRACEPARENT_HEADER, TRACESTATE_HEADER, TRIMMED_HEADER, VERSION_HEADER,
+    FINGERPRINT_HEADER, KEY_ID_HEADER, ORIGIN_HEADER, OUTCOME_HEADER, QUEUE_HEADER, REASON_HEADER,
+    RECEIPT_HEADER, REPLY_ERROR_HEADER, REPLY_ERROR_TYPE_HEADER, ROUTING_KEY_HEADER,
+    SENT_AT_HEADER, SIGNATURE_HEADER, TAG_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER,
+    TRIMMED_HEADER, VERSION_HEADER,
 };
 pub use schema::{Fingerprint, Incompatible, Schema};
 /// Derives [`Event`] and [`EventType`] for a struct or enum that also
@@ -163,6 +165,7 @@ pub mod __private {
     pub use typetag;
 
     pub use crate::bus::decode::ListenerDecoder;
+    pub use crate::bus::signing::{SigningProbe, signed_bytes};
     pub use crate::event::UpcastFn;
     pub use crate::schema::Value;
     use crate::{Event, EventType};

@@ -342,8 +342,9 @@ impl Connection {
         };
         let name = short(props.exchange())?;
         let channel = self.admin_channel().await?;
-        topology::declare_exchange(&channel, name.clone(), kind.clone()).await?;
-        self.topology().exchange(name, kind);
+        let passive = props.passive();
+        topology::declare_exchange(&channel, name.clone(), kind.clone(), passive).await?;
+        self.topology().exchange(name, kind, passive);
         debug!(exchange = %props.exchange(), kind = %props.exchange_kind(), "exchange declared");
         Ok(())
     }
@@ -382,8 +383,9 @@ impl Connection {
         check_name("dead-letter exchange name", &name)?;
         let channel = self.admin_channel().await?;
         let kind = lapin::ExchangeKind::Fanout;
-        topology::declare_exchange(&channel, short(&name)?, kind.clone()).await?;
-        self.topology().exchange(short(&name)?, kind);
+        let passive = self.inner.props.passive();
+        topology::declare_exchange(&channel, short(&name)?, kind.clone(), passive).await?;
+        self.topology().exchange(short(&name)?, kind, passive);
         let limit = |n: u64| AMQPValue::LongLongInt(i64::try_from(n).unwrap_or(i64::MAX));
         let mut arguments = FieldTable::default();
         arguments.insert("x-max-length".into(), limit(max_messages));
@@ -396,6 +398,7 @@ impl Connection {
             name: short(&name)?,
             options: QueueDeclareOptions {
                 durable: true,
+                passive,
                 ..QueueDeclareOptions::default()
             },
             arguments,
@@ -450,7 +453,9 @@ impl Connection {
         // An exclusive queue goes with its connection or its last consumer;
         // it is declared again by name after a reconnect.
         let options = QueueDeclareOptions {
-            passive: queue.is_existing(),
+            // Least privilege: what is shared is only checked; a queue of
+            // this connection alone cannot exist before it.
+            passive: queue.is_existing() || (props.passive() && queue.is_durable()),
             durable: queue.is_durable(),
             exclusive: !queue.is_durable() && !queue.is_shared(),
             auto_delete: !queue.is_durable(),
@@ -736,10 +741,58 @@ fn tls_config(props: &AmqpProps) -> Result<lapin::tcp::OwnedTLSConfig> {
         Some(path) => Some(read_ca_file(path)?),
         None => None,
     };
+    let identity = match props.client_cert() {
+        Some((cert, key)) => Some(read_client_cert(cert, key)?),
+        None => None,
+    };
     Ok(lapin::tcp::OwnedTLSConfig {
-        identity: None,
+        identity,
         cert_chain,
     })
+}
+
+/// Reads the client's certificate chain and private key (both PEM) for
+/// mutual TLS, and checks each holds what it should: the TLS layer would
+/// otherwise fail later with less to say.
+fn read_client_cert(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<lapin::tcp::OwnedIdentity> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let config = |message: String| Error::new(ErrorKind::InvalidConfig, message);
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path).map_err(|e| {
+            Error::with_source(
+                ErrorKind::InvalidConfig,
+                format!("cannot read the client {what} file {}: {e}", path.display()),
+                e,
+            )
+        })
+    };
+    let pem = read(cert, "certificate")?;
+    let certificates = CertificateDer::pem_slice_iter(&pem)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| {
+            config(format!(
+                "the client certificate file {} is not valid PEM ({e})",
+                cert.display()
+            ))
+        })?;
+    if certificates.is_empty() {
+        return Err(config(format!(
+            "the client certificate file {} holds no certificate; give a PEM file with the client's certificate (-----BEGIN CERTIFICATE-----)",
+            cert.display()
+        )));
+    }
+    let key_pem = read(key, "key")?;
+    PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        config(format!(
+            "the client key file {} holds no private key ({e}); give a PEM file with the key (-----BEGIN PRIVATE KEY-----, RSA or EC)",
+            key.display()
+        ))
+    })?;
+    Ok(lapin::tcp::OwnedIdentity::PKCS8 { pem, key: key_pem })
 }
 
 /// Reads a PEM CA file and checks it holds at least one certificate: the TLS

@@ -64,6 +64,14 @@ pub struct AmqpProps {
     vhost: String,
     tls: bool,
     ca_file: Option<PathBuf>,
+    /// The client's certificate chain and key (PEM), for mutual TLS.
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    /// Log in with the client certificate (SASL EXTERNAL) instead of a
+    /// password.
+    external_auth: bool,
+    /// Declare nothing shared: check that it exists (least privilege).
+    passive: bool,
     exchange: String,
     kind: ExchangeKind,
     heartbeat: Option<Duration>,
@@ -168,6 +176,10 @@ impl Default for AmqpProps {
             vhost: "/".to_owned(),
             tls: false,
             ca_file: None,
+            cert_file: None,
+            key_file: None,
+            external_auth: false,
+            passive: false,
             exchange: DEFAULT_EXCHANGE.to_owned(),
             kind: ExchangeKind::Fanout,
             heartbeat: Some(Duration::from_secs(60)),
@@ -203,6 +215,10 @@ impl AmqpProps {
     /// | `max_message_size` | largest body sent or accepted, in bytes | `4194304` |
     /// | `codec` | `bincode` or `json` | `json` |
     /// | `cacertfile` | PEM file of the CA that signed the broker's certificate | `/etc/ssl/ca.pem` |
+    /// | `certfile` | PEM file of the client's certificate (chain), for mutual TLS | `/etc/ssl/app.pem` |
+    /// | `keyfile` | PEM file of the client certificate's private key | `/etc/ssl/app.key` |
+    /// | `auth_mechanism` | `plain` (user and password, the default) or `external` (the client certificate) | `external` |
+    /// | `passive` | `true`: declare nothing, only check that the exchanges and queues exist | `true` |
     /// | `buffer_events` | events a producer holds until the broker confirms them | `8192` |
     /// | `buffer_bytes` | bytes a producer holds until the broker confirms them | `67108864` |
     /// | `when_full` | `wait` or `fail` when the buffer is full or the broker blocks | `fail` |
@@ -226,7 +242,7 @@ impl AmqpProps {
     /// assert_eq!(props.vhost(), "prod");
     ///
     /// let err = AmqpProps::from_url("amqp://localhost?colour=blue").unwrap_err();
-    /// assert_eq!(err.to_string(), "unknown query key \"colour\" in AMQP URL; known keys: exchange, kind, heartbeat, prefetch, connection_name, connection_timeout, max_message_size, codec, cacertfile, buffer_events, buffer_bytes, when_full, reconnect_min, reconnect_max");
+    /// assert_eq!(err.to_string(), "unknown query key \"colour\" in AMQP URL; known keys: exchange, kind, heartbeat, prefetch, connection_name, connection_timeout, max_message_size, codec, cacertfile, certfile, keyfile, auth_mechanism, passive, buffer_events, buffer_bytes, when_full, reconnect_min, reconnect_max");
     /// # Ok::<(), tidings::Error>(())
     /// ```
     pub fn from_url(url: &str) -> Result<Self> {
@@ -336,6 +352,36 @@ impl AmqpProps {
                 self.ca_file = Some(PathBuf::from(value));
                 self.tls = true;
             }
+            "certfile" => {
+                self.cert_file = Some(PathBuf::from(value));
+                self.tls = true;
+            }
+            "keyfile" => {
+                self.key_file = Some(PathBuf::from(value));
+                self.tls = true;
+            }
+            "auth_mechanism" => {
+                self.external_auth = match value.to_ascii_lowercase().as_str() {
+                    "plain" => false,
+                    "external" => true,
+                    other => {
+                        return Err(config_error(format!(
+                            "unknown auth_mechanism {other:?}; use plain or external"
+                        )));
+                    }
+                }
+            }
+            "passive" => {
+                self.passive = match value {
+                    "true" => true,
+                    "false" => false,
+                    other => {
+                        return Err(config_error(format!(
+                            "passive is {other:?}; use true or false"
+                        )));
+                    }
+                }
+            }
             "buffer_events" => self.buffer_events = parse_number(key, value)?,
             "buffer_bytes" => self.buffer_bytes = parse_number(key, value)?,
             "when_full" => self.when_full = value.parse()?,
@@ -347,7 +393,7 @@ impl AmqpProps {
             }
             other => {
                 return Err(config_error(format!(
-                    "unknown query key {other:?} in AMQP URL; known keys: exchange, kind, heartbeat, prefetch, connection_name, connection_timeout, max_message_size, codec, cacertfile, buffer_events, buffer_bytes, when_full, reconnect_min, reconnect_max"
+                    "unknown query key {other:?} in AMQP URL; known keys: exchange, kind, heartbeat, prefetch, connection_name, connection_timeout, max_message_size, codec, cacertfile, certfile, keyfile, auth_mechanism, passive, buffer_events, buffer_bytes, when_full, reconnect_min, reconnect_max"
                 )));
             }
         }
@@ -405,6 +451,29 @@ impl AmqpProps {
                 "a CA file is set but TLS is off; use amqps:// or with_tls(true)",
             ));
         }
+        match (&self.cert_file, &self.key_file) {
+            (Some(_), None) => {
+                return Err(config_error(
+                    "a client certificate file is set without its key file; set keyfile too",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(config_error(
+                    "a client key file is set without its certificate file; set certfile too",
+                ));
+            }
+            (Some(_), Some(_)) if !self.tls => {
+                return Err(config_error(
+                    "a client certificate is set but TLS is off; use amqps:// or with_tls(true)",
+                ));
+            }
+            _ => {}
+        }
+        if self.external_auth && self.cert_file.is_none() {
+            return Err(config_error(
+                "auth_mechanism external logs in with the client certificate, and none is set; set certfile and keyfile",
+            ));
+        }
         Ok(())
     }
 
@@ -454,6 +523,48 @@ impl AmqpProps {
     pub fn with_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.ca_file = Some(path.into());
         self.tls = true;
+        self
+    }
+
+    /// **Presents this client certificate** (mutual TLS): `cert` is a PEM
+    /// file with the certificate (and any intermediates), `key` a PEM file
+    /// with its private key (PKCS#8, PKCS#1 or SEC1). Turns TLS on. The
+    /// broker still takes the user and password, unless
+    /// [`with_external_auth`](Self::with_external_auth) logs in with the
+    /// certificate.
+    #[must_use]
+    pub fn with_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.cert_file = Some(cert.into());
+        self.key_file = Some(key.into());
+        self.tls = true;
+        self
+    }
+
+    /// **Logs in with the client certificate** (SASL EXTERNAL, RabbitMQ's
+    /// `rabbitmq_auth_mechanism_ssl` plugin) instead of a user and
+    /// password: the broker takes the user name from the certificate (by
+    /// default its subject's distinguished name, or its common name with
+    /// `ssl_cert_login_from = common_name`). Needs
+    /// [`with_client_cert`](Self::with_client_cert).
+    #[must_use]
+    pub fn with_external_auth(mut self, on: bool) -> Self {
+        self.external_auth = on;
+        self
+    }
+
+    /// **Declares nothing shared** (default `false`): the exchange, the
+    /// dead-letter exchange and queue, group and named queues, their retry
+    /// queues and the schema stream are only checked to exist (passive
+    /// declares), so the user needs no `configure` permission on them. A
+    /// missing one fails with its name. Queues of one connection alone (a
+    /// broadcast listener's, and its retry queues) cannot exist beforehand
+    /// and are still declared: grant `configure` on their names, or listen
+    /// with groups. Bindings are still made (they need `write` on the
+    /// queue and `read` on the exchange). See the README's "Least
+    /// privilege".
+    #[must_use]
+    pub fn with_passive(mut self, on: bool) -> Self {
+        self.passive = on;
         self
     }
 
@@ -604,6 +715,24 @@ impl AmqpProps {
         self.ca_file.as_deref()
     }
 
+    /// The client certificate and key files, if set.
+    #[must_use]
+    pub fn client_cert(&self) -> Option<(&Path, &Path)> {
+        self.cert_file.as_deref().zip(self.key_file.as_deref())
+    }
+
+    /// Whether the login is with the client certificate (SASL EXTERNAL).
+    #[must_use]
+    pub fn external_auth(&self) -> bool {
+        self.external_auth
+    }
+
+    /// Whether shared exchanges and queues are only checked, not declared.
+    #[must_use]
+    pub fn passive(&self) -> bool {
+        self.passive
+    }
+
     /// The exchange name.
     #[must_use]
     pub fn exchange(&self) -> &str {
@@ -700,6 +829,9 @@ impl AmqpProps {
                 connection_timeout: Some(
                     u64::try_from(self.connect_timeout.as_millis()).unwrap_or(u64::MAX),
                 ),
+                auth_mechanism: self
+                    .external_auth
+                    .then_some(lapin::uri::SASLMechanism::External),
                 ..AMQPQueryString::default()
             },
         }
@@ -726,6 +858,19 @@ impl AmqpProps {
         if let Some(path) = &self.ca_file {
             url.push_str(&format!("&cacertfile={}", enc(&path.to_string_lossy())));
         }
+        if let Some((cert, key)) = self.client_cert() {
+            url.push_str(&format!(
+                "&certfile={}&keyfile={}",
+                enc(&cert.to_string_lossy()),
+                enc(&key.to_string_lossy())
+            ));
+        }
+        if self.external_auth {
+            url.push_str("&auth_mechanism=external");
+        }
+        if self.passive {
+            url.push_str("&passive=true");
+        }
         url
     }
 }
@@ -740,6 +885,10 @@ impl fmt::Debug for AmqpProps {
             .field("vhost", &self.vhost)
             .field("tls", &self.tls)
             .field("ca_file", &self.ca_file)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("external_auth", &self.external_auth)
+            .field("passive", &self.passive)
             .field("exchange", &self.exchange)
             .field("kind", &self.kind)
             .field("heartbeat", &self.heartbeat)

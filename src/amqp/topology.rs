@@ -19,6 +19,7 @@ pub(crate) struct Topology {
 struct ExchangeDecl {
     name: ShortString,
     kind: lapin::ExchangeKind,
+    passive: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -32,9 +33,13 @@ pub(crate) struct QueueDecl {
 
 impl Topology {
     /// Records a durable exchange (declared or found already there).
-    pub(crate) fn exchange(&mut self, name: ShortString, kind: lapin::ExchangeKind) {
+    pub(crate) fn exchange(&mut self, name: ShortString, kind: lapin::ExchangeKind, passive: bool) {
         self.exchanges.retain(|e| e.name != name);
-        self.exchanges.push(ExchangeDecl { name, kind });
+        self.exchanges.push(ExchangeDecl {
+            name,
+            kind,
+            passive,
+        });
     }
 
     /// Records a queue with its bindings, replacing an earlier record.
@@ -66,7 +71,13 @@ impl Topology {
     /// their bindings.
     pub(crate) async fn replay(&self, channel: &lapin::Channel) -> Result<()> {
         for exchange in &self.exchanges {
-            declare_exchange(channel, exchange.name.clone(), exchange.kind.clone()).await?;
+            declare_exchange(
+                channel,
+                exchange.name.clone(),
+                exchange.kind.clone(),
+                exchange.passive,
+            )
+            .await?;
         }
         for queue in &self.queues {
             declare_queue(channel, queue).await?;
@@ -75,30 +86,65 @@ impl Topology {
     }
 }
 
-/// Declares a durable exchange.
+/// Declares a durable exchange, or, `passive`, checks that it exists.
 pub(crate) async fn declare_exchange(
     channel: &lapin::Channel,
     name: ShortString,
     kind: lapin::ExchangeKind,
+    passive: bool,
 ) -> Result<()> {
     let options = ExchangeDeclareOptions {
         durable: true,
+        passive,
         ..ExchangeDeclareOptions::default()
     };
-    let what = format!("declaring {kind:?} exchange {:?}", name.as_str());
+    let what = if passive {
+        format!("checking that exchange {:?} exists", name.as_str())
+    } else {
+        format!("declaring {kind:?} exchange {:?}", name.as_str())
+    };
+    let exchange = format!("exchange {:?}", name.as_str());
     channel
         .exchange_declare(name, kind, options, FieldTable::default())
         .await
-        .map_err(|e| Error::amqp(&what, e))
+        .map_err(|e| declare_error(&what, &exchange, passive, e))
+}
+
+/// An error of declaring `thing` (`exchange "x"`, `queue "q"`) that says
+/// what to do when it is missing or the user may not declare it.
+pub(crate) fn declare_error(what: &str, thing: &str, passive: bool, err: lapin::Error) -> Error {
+    let code = match err.kind() {
+        lapin::ErrorKind::ProtocolError(e) => Some(e.get_id()),
+        _ => None,
+    };
+    let message = match code {
+        Some(404) if passive => format!(
+            "{thing} does not exist (the broker said: {err}); with passive declarations tidings declares nothing shared, so an administrator must declare it first (see the README's \"Least privilege\")"
+        ),
+        Some(403) if passive => format!(
+            "{what} failed: the user lacks a permission on {thing} (the broker said: {err}); a bus with passive declarations needs read and write (no configure) on what it uses, and configure on the queues of its own connection (broadcast listeners)"
+        ),
+        Some(403) => format!(
+            "{what} failed: the user lacks a permission on {thing} (the broker said: {err}); declaring needs configure permission: grant it, or let an administrator declare the topology and connect with passive declarations (AmqpProps::with_passive, `passive=true`)"
+        ),
+        _ => return Error::amqp(what, err),
+    };
+    Error::with_source(crate::error::ErrorKind::Broker, message, err)
 }
 
 /// Declares a queue and binds it.
 pub(crate) async fn declare_queue(channel: &lapin::Channel, queue: &QueueDecl) -> Result<()> {
     let name = queue.name.as_str();
+    let passive = queue.options.passive;
+    let what = if passive {
+        format!("checking that queue {name:?} exists")
+    } else {
+        format!("declaring queue {name:?}")
+    };
     channel
         .queue_declare(queue.name.clone(), queue.options, queue.arguments.clone())
         .await
-        .map_err(|e| Error::amqp(&format!("declaring queue {name:?}"), e))?;
+        .map_err(|e| declare_error(&what, &format!("queue {name:?}"), passive, e))?;
     for (exchange, key) in &queue.bindings {
         channel
             .queue_bind(
@@ -110,12 +156,14 @@ pub(crate) async fn declare_queue(channel: &lapin::Channel, queue: &QueueDecl) -
             )
             .await
             .map_err(|e| {
-                Error::amqp(
+                declare_error(
                     &format!(
                         "binding queue {name:?} to {:?} with key {:?}",
                         exchange.as_str(),
                         key.as_str()
                     ),
+                    &format!("queue {name:?} or exchange {:?}", exchange.as_str()),
+                    passive,
                     e,
                 )
             })?;
@@ -139,8 +187,8 @@ mod tests {
     #[test]
     fn records_replace_and_removals_forget() {
         let mut topology = Topology::default();
-        topology.exchange("ex".into(), lapin::ExchangeKind::Fanout);
-        topology.exchange("ex".into(), lapin::ExchangeKind::Fanout);
+        topology.exchange("ex".into(), lapin::ExchangeKind::Fanout, false);
+        topology.exchange("ex".into(), lapin::ExchangeKind::Fanout, false);
         topology.queue(queue("q", "ex"));
         topology.queue(queue("q", "ex"));
         topology.queue(queue("r", "other"));

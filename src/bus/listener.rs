@@ -15,6 +15,7 @@ use super::decode::Decoder;
 use super::dedup::Recent;
 use super::health::ListenerHealth;
 use super::settings::{Settings, UnknownEvents};
+use super::signing::Signing;
 use super::stats::{Count, Counters, RejectReason};
 use super::subscribers::Subscribers;
 use super::text::bounded;
@@ -35,6 +36,8 @@ pub(crate) struct Shared {
     pub(crate) instance_id: String,
     pub(crate) settings: Settings,
     pub(crate) transport: Arc<dyn Transport>,
+    /// Checks signatures, if set.
+    pub(crate) signing: Option<Signing>,
 }
 
 /// **One way a [`Bus`](crate::Bus) listens**, returned by
@@ -318,6 +321,15 @@ enum Outcome {
 }
 
 impl Shared {
+    /// How much longer than the signing window a delivery at `attempt` may
+    /// have been on its way: the delays of its retries (bounded by
+    /// `max_attempts`, since the attempt header is not signed).
+    fn retry_allowance(&self, attempt: u32) -> Duration {
+        (1..attempt.min(self.settings.max_attempts))
+            .map(|a| self.settings.retry_delay(a))
+            .sum()
+    }
+
     /// Handles one delivery in a span of its own (a root, or the child of
     /// the publisher's span with trace context), counting it as unacked
     /// until its outcome is decided.
@@ -342,11 +354,20 @@ impl Shared {
 
     async fn handle_in_span(&self, incoming: &dyn Received, queue: &str) -> Outcome {
         self.counters.count(Count::Delivered, "", "");
-        let event = match self
-            .decoder
-            .decode(incoming, &self.counters, &*self.transport)
-            .await
-        {
+        // The signature first: nothing unauthenticated is decoded.
+        let verified = match &self.signing {
+            Some(signing) => signing.verify(incoming, self.retry_allowance(incoming.attempt())),
+            None => Ok(()),
+        };
+        let decoded = match verified {
+            Ok(()) => {
+                self.decoder
+                    .decode(incoming, &self.counters, &*self.transport)
+                    .await
+            }
+            Err(refusal) => Err(refusal),
+        };
+        let event = match decoded {
             Ok(event) => event,
             Err((RejectReason::UnknownTag, _))
                 if self.settings.unknown_events == UnknownEvents::Acknowledge =>

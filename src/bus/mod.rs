@@ -13,6 +13,7 @@ mod schemas;
 pub(crate) mod serve;
 pub(crate) mod settings;
 mod settle;
+pub(crate) mod signing;
 pub(crate) mod stats;
 pub(crate) mod subscribers;
 pub(crate) mod text;
@@ -36,6 +37,7 @@ use crate::bus::health::{Health, Link};
 use crate::bus::listener::{Listener, Shared};
 use crate::bus::publish_options::PublishOptions;
 use crate::bus::settings::{Settings, UnknownEvents};
+use crate::bus::signing::Signing;
 use crate::bus::stats::{Count, Counters, Stats};
 use crate::bus::subscribers::Subscribers;
 use crate::codec::{Codec, Codecs};
@@ -142,6 +144,8 @@ struct Inner {
     servers: Mutex<Vec<serve::Server>>,
     /// How long a call waits for its reply by default.
     call_timeout: Duration,
+    /// Signs what is published, if set.
+    signing: Option<Signing>,
 }
 
 /// **How to connect a [`Bus`]**: where, what to listen to, which
@@ -154,6 +158,7 @@ pub struct BusBuilder {
     settings: Settings,
     close_timeout: Duration,
     call_timeout: Duration,
+    signing: Option<Signing>,
 }
 
 #[derive(Debug, Clone)]
@@ -274,6 +279,15 @@ impl BusBuilder {
         self
     }
 
+    /// **Signs what this bus publishes and checks what it receives** with
+    /// these keys (see [`Signing`]; default: neither). Clones of the
+    /// `Signing` share its keys, so keys can rotate while the bus runs.
+    #[must_use]
+    pub fn signing(mut self, signing: Signing) -> Self {
+        self.signing = Some(signing);
+        self
+    }
+
     /// How long [`close`](Bus::close) waits for the broker to confirm what
     /// was published (default 30 s); what is still unconfirmed then is
     /// reported failed. The size of the publish buffer and what happens
@@ -339,6 +353,7 @@ impl BusBuilder {
             instance_id: transport.instance_id().to_owned(),
             settings: self.settings,
             transport: transport.clone(),
+            signing: self.signing.clone(),
         });
         let bus = Bus {
             inner: Arc::new(Inner {
@@ -358,6 +373,7 @@ impl BusBuilder {
                 link,
                 servers: Mutex::default(),
                 call_timeout: self.call_timeout,
+                signing: self.signing,
             }),
         };
         bus.inner.subscribers.attach();
@@ -420,6 +436,7 @@ impl Bus {
             settings: Settings::default(),
             close_timeout: DEFAULT_CLOSE_TIMEOUT,
             call_timeout: call::DEFAULT_CALL_TIMEOUT,
+            signing: None,
         }
     }
 
@@ -590,7 +607,7 @@ impl Bus {
             routing_key = %event.routing_key(),
             exchange = %inner.transport.exchange(),
         );
-        let out = Outgoing {
+        let mut out = Outgoing {
             body: Arc::new(body),
             content_type: inner.content_type.clone(),
             tag,
@@ -602,6 +619,9 @@ impl Bus {
             to_queue,
             correlation_id: None,
         };
+        if let Some(signing) = &inner.signing {
+            signing.sign(&mut out, &inner.instance_id);
+        }
         Ok((out, span))
     }
 

@@ -46,11 +46,23 @@ pub enum RejectReason {
     /// a field's type changed, a required field is missing. The detail
     /// names the field.
     IncompatibleSchema,
+    /// The bus [requires signed events](crate::Signing::require_signed)
+    /// and this one carries no signature.
+    Unsigned,
+    /// The signature does not match the event: forged, or altered on the
+    /// way.
+    BadSignature,
+    /// The event is signed with a key id this bus does not hold (or
+    /// without one).
+    UnknownKey,
+    /// The event's signed send time is outside the bus's
+    /// [window](crate::Signing::with_max_age): a replay, or a clock far off.
+    Stale,
 }
 
 impl RejectReason {
     /// Every reason, in a fixed order.
-    pub const ALL: [RejectReason; 12] = [
+    pub const ALL: [RejectReason; 16] = [
         Self::TooLarge,
         Self::ContentType,
         Self::MissingTag,
@@ -63,6 +75,10 @@ impl RejectReason {
         Self::UnknownVersion,
         Self::UnknownSchema,
         Self::IncompatibleSchema,
+        Self::Unsigned,
+        Self::BadSignature,
+        Self::UnknownKey,
+        Self::Stale,
     ];
 
     /// A short snake_case name, used in logs and headers.
@@ -81,6 +97,10 @@ impl RejectReason {
             Self::UnknownVersion => "unknown_version",
             Self::UnknownSchema => "unknown_schema",
             Self::IncompatibleSchema => "incompatible_schema",
+            Self::Unsigned => "unsigned",
+            Self::BadSignature => "bad_signature",
+            Self::UnknownKey => "unknown_key",
+            Self::Stale => "stale",
         }
     }
 

@@ -27,8 +27,9 @@ use crate::amqp::rpc::{self, Requester};
 use crate::codec::Codec;
 use crate::error::{Error, ErrorKind, Result};
 use crate::headers::{
-    ATTEMPT_HEADER, BODY_DROPPED_HEADER, ERROR_HEADER, FINGERPRINT_HEADER, ORIGIN_HEADER,
-    QUEUE_HEADER, REASON_HEADER, ROUTING_KEY_HEADER, TAG_HEADER, VERSION_HEADER,
+    ATTEMPT_HEADER, BODY_DROPPED_HEADER, CAUSATION_HEADER, CORRELATION_HEADER, ERROR_HEADER,
+    FINGERPRINT_HEADER, KEY_ID_HEADER, ORIGIN_HEADER, QUEUE_HEADER, REASON_HEADER,
+    ROUTING_KEY_HEADER, SENT_AT_HEADER, SIGNATURE_HEADER, TAG_HEADER, VERSION_HEADER,
 };
 use crate::schema::Fingerprint;
 use crate::schema::Schema;
@@ -521,6 +522,12 @@ impl Amqp {
             ATTEMPT_HEADER,
             ROUTING_KEY_HEADER,
             ORIGIN_HEADER,
+            // What a signature covers, and the signature.
+            SENT_AT_HEADER,
+            CORRELATION_HEADER,
+            CAUSATION_HEADER,
+            KEY_ID_HEADER,
+            SIGNATURE_HEADER,
         ];
         let properties = self.fit(properties, &keep)?;
         let retry_queue = self.retry_queue(delivery.queue(), delay).await?;

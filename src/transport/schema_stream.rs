@@ -153,7 +153,7 @@ async fn stream_exists(conn: &Connection, exchange: &str) -> Result<bool> {
     }
 }
 
-async fn declare(channel: &lapin::Channel, name: &str) -> Result<()> {
+async fn declare(channel: &lapin::Channel, name: &str, passive: bool) -> Result<()> {
     let mut arguments = FieldTable::default();
     arguments.insert(
         "x-queue-type".into(),
@@ -169,6 +169,7 @@ async fn declare(channel: &lapin::Channel, name: &str) -> Result<()> {
     );
     let options = QueueDeclareOptions {
         durable: true,
+        passive,
         ..QueueDeclareOptions::default()
     };
     channel
@@ -176,10 +177,12 @@ async fn declare(channel: &lapin::Channel, name: &str) -> Result<()> {
         .await
         .map(drop)
         .map_err(|e| {
-            Error::amqp(
+            crate::amqp::topology::declare_error(
                 &format!(
                     "declaring the schema stream {name:?} (RabbitMQ 3.9 or later has streams)"
                 ),
+                &format!("the schema stream {name:?}"),
+                passive,
                 e,
             )
         })
@@ -191,7 +194,7 @@ async fn store(conn: &Connection, exchange: &str, schema: &Schema) -> Result<()>
     let name = schema_stream(exchange);
     let channel = conn.channel().await?;
     let stored = async {
-        declare(&channel, &name).await?;
+        declare(&channel, &name, conn.props().passive()).await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
@@ -243,7 +246,7 @@ async fn read_all(conn: &Connection, exchange: &str) -> Result<Vec<Schema>> {
     let name = schema_stream(exchange);
     let channel = conn.channel().await?;
     let read = async {
-        declare(&channel, &name).await?;
+        declare(&channel, &name, conn.props().passive()).await?;
         channel
             .basic_qos(256, BasicQosOptions::default())
             .await

@@ -21,5 +21,6 @@ mod roundtrip;
 mod schema_store;
 mod send_sync;
 mod settlement;
+mod signing;
 mod spans;
 mod versions;

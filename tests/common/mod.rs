@@ -285,6 +285,12 @@ impl PrivateNode {
     /// Starts a fresh node with this `rabbitmq.conf` (for example
     /// `max_message_size = 16777216`).
     pub fn start_with(conf: &str) -> Self {
+        Self::start_with_plugins(conf, &[])
+    }
+
+    /// Starts a fresh node with this `rabbitmq.conf` and these plugins
+    /// enabled (for example `rabbitmq_auth_mechanism_ssl`).
+    pub fn start_with_plugins(conf: &str, plugins: &[&str]) -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let id = format!(
             "{}-{}",
@@ -297,7 +303,11 @@ impl PrivateNode {
         for sub in ["home", "mnesia", "log"] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
         }
-        std::fs::write(dir.join("enabled_plugins"), "[].").unwrap();
+        std::fs::write(
+            dir.join("enabled_plugins"),
+            format!("[{}].", plugins.join(",")),
+        )
+        .unwrap();
         std::fs::write(dir.join("rabbitmq.conf"), conf).unwrap();
         std::fs::write(dir.join("rabbitmq-env.conf"), "").unwrap();
         let mut node = Self {
@@ -432,7 +442,8 @@ impl Drop for PrivateNode {
     }
 }
 
-fn free_port() -> u16 {
+/// A TCP port free on 127.0.0.1 now.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -6,6 +6,8 @@ mod common;
 mod blocked;
 mod defects;
 mod health;
+mod least_privilege;
 mod private_node;
 mod recovery;
 mod rpc;
+mod tls;
