@@ -29,14 +29,28 @@ impl Shared {
         }
         let delay = self.settings.retry_delay(attempt);
         debug!(tag, message_id = %message_id, attempt, reason, delay = ?delay, outcome = "retried", "retrying after a delay");
-        self.counters.count(Count::Retried, tag, reason);
         match incoming.retry(attempt + 1, delay).await {
-            Ok(()) => self.settled(incoming.ack().await),
-            Err(e) => {
-                warn!(error = %e, tag, message_id = %message_id, "parking a failed delivery for retry failed; requeueing it");
+            Ok(()) => {
+                self.counters.count(Count::Retried, tag, reason);
+                self.settled(incoming.ack().await);
+            }
+            // The connection went: the broker gives the delivery back by
+            // itself, after recovery, and nothing loops meanwhile.
+            Err(e) if e.is_closed() || e.is_connect() => {
+                debug!(error = %e, tag, message_id = %message_id, "parking a failed delivery for retry failed with the connection; the broker will redeliver it");
                 if let Err(e) = incoming.requeue().await {
-                    warn!(error = %e, "requeueing a delivery failed");
+                    debug!(error = %e, "requeueing a delivery failed");
                 }
+            }
+            // Anything else (a retry queue that cannot be declared or is
+            // missing, as under passive mode without it) would fail the same
+            // way at once: requeueing would make the delivery loop, so it
+            // goes to the dead letters with both errors.
+            Err(e) => {
+                let error = format!("parking it for a retry failed ({e}) after: {error}");
+                warn!(tag, message_id = %message_id, attempt, reason, error = %error, "cannot retry; dead-lettering");
+                self.dead_letter(incoming, tag, DeadLetter::new("retry_failed", &error))
+                    .await;
             }
         }
     }
