@@ -5,5 +5,6 @@ mod common;
 
 mod bench_counts;
 mod exit_during_reconnect;
+mod receipts;
 mod rolling_upgrade;
 mod three_processes;
