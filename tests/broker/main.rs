@@ -18,6 +18,7 @@ mod proxy;
 mod python_wire;
 mod rejections;
 mod roundtrip;
+mod rpc_bad_reply;
 mod schema_store;
 mod send_sync;
 mod settlement;
