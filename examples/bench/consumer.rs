@@ -355,9 +355,11 @@ async fn bus_consumer(
             }
         })
         .forget();
-    Ok(Bus::with_props(props)
-        .subscribers(subscribers)
-        .listen(listen)
-        .connect()
-        .await?)
+    Ok(crate::signed(
+        Bus::with_props(props)
+            .subscribers(subscribers)
+            .listen(listen),
+    )?
+    .connect()
+    .await?)
 }

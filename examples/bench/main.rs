@@ -4,9 +4,11 @@
 //!
 //! Run: `cargo run --release --example bench` (reads `AMQP_URL`, default
 //! `amqp://127.0.0.1:5672/%2f`). Options: `--events N` events per row
-//! (default 20,000); `--no-python` skips the pika row; `--soak N` runs only
-//! the soak instead (e.g. `--soak 1000000`: a slow tidings consumer over N
-//! events, its RSS printed every 100,000).
+//! (default 20,000); `--confirmed` runs only the confirmed 100 B fanout-1
+//! scenario; `TIDINGS_BENCH_SIGNING=1` signs the tidings rows' events and
+//! makes their consumers require signatures; `--no-python` skips the pika
+//! row; `--soak N` runs only the soak instead (e.g. `--soak 1000000`: a
+//! slow tidings consumer over N events, its RSS printed every 100,000).
 //!
 //! Rows of each scenario: raw lapin "naive" (one publish at a time, each
 //! confirm awaited before the next in a confirmed scenario; ack every
@@ -151,8 +153,12 @@ async fn run() -> Result<(), Error> {
         Scenario::new(100, Shape::Group(2), true),
         Scenario::new(10_000, Shape::Fanout(1), true),
     ];
+    let only_confirmed = args.iter().any(|a| a == "--confirmed");
     let mut tidings_plain = None;
     for scenario in scenarios {
+        if only_confirmed && scenario != Scenario::new(100, Shape::Fanout(1), true) {
+            continue;
+        }
         let naive = row(&url, events, scenario, Kind::Naive).await?;
         let tuned = row(&url, events, scenario, Kind::Tuned).await?;
         let ours = row(&url, events, scenario, Kind::Tidings).await?;
@@ -181,6 +187,9 @@ async fn run() -> Result<(), Error> {
         }
     }
     println!();
+    if only_confirmed {
+        return Ok(());
+    }
     match pika::pika(&url, events) {
         Ok(rate) => {
             println!(
@@ -225,6 +234,18 @@ async fn run() -> Result<(), Error> {
         );
     }
     Ok(())
+}
+
+/// Under `TIDINGS_BENCH_SIGNING=1` (inherited by the consumer processes),
+/// the tidings rows sign what they publish and require signatures.
+pub(crate) fn signed(builder: tidings::BusBuilder) -> Result<tidings::BusBuilder, Error> {
+    if std::env::var("TIDINGS_BENCH_SIGNING").is_ok_and(|v| v == "1") {
+        let signing = tidings::Signing::new()
+            .with_signing_key("bench", b"a bench secret of 32 bytes......")?
+            .require_signed(true);
+        return Ok(builder.signing(signing));
+    }
+    Ok(builder)
 }
 
 /// `12345.6` as `12,346`.
@@ -378,8 +399,7 @@ async fn row(url: &str, events: u64, scenario: Scenario, kind: Kind) -> Result<F
     }
     let bus_publisher = match kind {
         Kind::Tidings => Some(
-            Bus::with_props(props.clone())
-                .publish_only()
+            signed(Bus::with_props(props.clone()).publish_only())?
                 .connect()
                 .await?,
         ),

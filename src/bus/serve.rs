@@ -92,23 +92,60 @@ impl ServeOptions {
 }
 
 type Handler<R> =
-    Arc<dyn Fn(Arc<R>) -> futures_lite::BoxedReply<<R as Request>::Reply> + Send + Sync + 'static>;
+    Arc<dyn Fn(Arc<R>) -> handler_future::Boxed<<R as Request>::Reply> + Send + Sync + 'static>;
 
-/// Boxed handler futures, without a futures dependency.
-mod futures_lite {
+/// Boxed handler futures, and running one on the server's task with its
+/// panics caught (no task of its own per request).
+mod handler_future {
+    use std::any::Any;
     use std::future::Future;
+    use std::panic::{AssertUnwindSafe, catch_unwind};
     use std::pin::Pin;
+    use std::task::{Context, Poll};
 
-    /// What a type-erased handler returns: the reply, or the error's
-    /// message and type.
-    pub(super) type BoxedReply<T> =
-        Pin<Box<dyn Future<Output = Result<T, (String, &'static str)>> + Send>>;
+    /// The reply, or the error's message and type.
+    pub(super) type Outcome<T> = Result<T, (String, &'static str)>;
 
-    pub(super) fn boxed<T, F>(future: F) -> BoxedReply<T>
+    /// What a type-erased handler returns.
+    pub(super) type Boxed<T> = Pin<Box<dyn Future<Output = Outcome<T>> + Send>>;
+
+    pub(super) fn boxed<T, F>(future: F) -> Boxed<T>
     where
-        F: Future<Output = Result<T, (String, &'static str)>> + Send + 'static,
+        F: Future<Output = Outcome<T>> + Send + 'static,
     {
         Box::pin(future)
+    }
+
+    /// Calls a handler and polls its future, a panic in either becoming
+    /// `Err` with its payload.
+    pub(super) struct CatchPanic<T> {
+        future: Option<Boxed<T>>,
+    }
+
+    impl<T> CatchPanic<T> {
+        pub(super) fn call(start: impl FnOnce() -> Boxed<T>) -> Result<Self, Box<dyn Any + Send>> {
+            catch_unwind(AssertUnwindSafe(start)).map(|future| Self {
+                future: Some(future),
+            })
+        }
+    }
+
+    impl<T> Future for CatchPanic<T> {
+        type Output = Result<Outcome<T>, Box<dyn Any + Send>>;
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            let Some(future) = self.future.as_mut() else {
+                return Poll::Pending;
+            };
+            match catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+                Ok(Poll::Ready(outcome)) => Poll::Ready(Ok(outcome)),
+                Ok(Poll::Pending) => Poll::Pending,
+                Err(panic) => {
+                    self.future = None;
+                    Poll::Ready(Err(panic))
+                }
+            }
+        }
     }
 }
 
@@ -236,7 +273,7 @@ impl Bus {
         }
         let handler: Handler<R> = Arc::new(move |request: Arc<R>| {
             let future = handler(request);
-            futures_lite::boxed(async move {
+            handler_future::boxed(async move {
                 future
                     .await
                     .map_err(|e| (e.to_string(), std::any::type_name::<E>()))
@@ -348,11 +385,18 @@ impl<R: Request> Serving<R> {
                 )),
                 Ok(request) => {
                     let context = Context::remote(incoming, queue);
-                    let handling = tokio::spawn(context.scope((self.handler)(request)));
-                    match handling.await {
+                    // On this task, inside the request's context.
+                    let handling = context
+                        .scope(async {
+                            match handler_future::CatchPanic::call(|| (self.handler)(request)) {
+                                Ok(handling) => handling.await,
+                                Err(panic) => Err(panic),
+                            }
+                        })
+                        .await;
+                    match handling {
                         Ok(outcome) => outcome,
-                        Err(e) if e.is_panic() => {
-                            let payload = e.into_panic();
+                        Err(payload) => {
                             let said = payload
                                 .downcast_ref::<&str>()
                                 .map(|s| (*s).to_owned())
@@ -364,7 +408,6 @@ impl<R: Request> Serving<R> {
                             };
                             Err((message, "panic"))
                         }
-                        Err(_) => Err(("the handler was cancelled".to_owned(), "cancelled")),
                     }
                 }
             },
