@@ -144,6 +144,29 @@ impl Requester {
         Ok(call)
     }
 
+    /// **Publishes a reply** (or a receipt) to a `reply-to` address on the
+    /// reply channel, at once, without waiting for the broker's confirm.
+    pub(crate) async fn send(
+        &self,
+        routing_key: ShortString,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<()> {
+        let reply = self.channel().await?;
+        reply
+            .channel
+            .basic_publish(
+                ShortString::from(""),
+                routing_key,
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .map_err(|e| Error::amqp("publishing a reply", e))?;
+        Ok(())
+    }
+
     /// The reply channel: the open one, or a new one on the current
     /// connection (waiting at most the connect timeout for it).
     async fn channel(&self) -> Result<Arc<ReplyChannel>> {

@@ -204,7 +204,7 @@ pub(crate) async fn send_receipt(
         headers,
         correlation_id: Some(correlation_id.to_owned()),
     };
-    if let Err(e) = transport.publish(out, None).await {
+    if let Err(e) = transport.reply(out).await {
         debug!(error = %e, "a receipt could not be sent");
     }
 }

@@ -439,7 +439,7 @@ impl<R: Request> Serving<R> {
         };
         out.to_queue = Some(reply_to.to_owned());
         out.correlation_id = Some(correlation_id.to_owned());
-        if let Err(e) = self.shared.transport.publish(out, None).await {
+        if let Err(e) = self.shared.transport.reply(out).await {
             warn!(error = %e, "a reply could not be sent");
         }
     }

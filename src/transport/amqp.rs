@@ -202,6 +202,29 @@ impl Transport for AmqpTransport {
         self.inner.requester.late_replies()
     }
 
+    fn reply(&self, out: Outgoing) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let Some(queue) = out.to_queue.clone() else {
+                return self.publish(out, None).await;
+            };
+            let routing_key = short(&queue)?;
+            let message_id = ShortString::from(out.message_id.clone());
+            let correlation_id = out.correlation_id.clone();
+            let body = out.body.clone();
+            let mut properties = self
+                .inner
+                .producer
+                .properties(message_id, event_headers(out));
+            if let Some(id) = correlation_id {
+                properties = properties.with_correlation_id(id.into());
+            }
+            self.inner
+                .requester
+                .send(routing_key, &body, properties)
+                .await
+        })
+    }
+
     fn listen<'a>(&'a self, listen: &'a Listen) -> BoxFuture<'a, Result<Box<dyn Inbox>>> {
         Box::pin(async move {
             // A bus that was opened to publish only and listens after all

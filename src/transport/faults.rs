@@ -334,6 +334,10 @@ impl Transport for Faults {
         self.inner.late_replies()
     }
 
+    fn reply(&self, out: Outgoing) -> BoxFuture<'_, Result<()>> {
+        self.inner.reply(out)
+    }
+
     fn store_schema(&self, schema: &'static crate::schema::Schema) -> BoxFuture<'_, Result<()>> {
         self.inner.store_schema(schema)
     }

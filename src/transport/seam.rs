@@ -236,6 +236,14 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
     fn late_replies(&self) -> u64 {
         0
     }
+    /// **Sends a reply or a receipt** to its caller's `reply-to`
+    /// ([`Outgoing::to_queue`]), at once: not buffered through an outage
+    /// nor tracked to a confirm, since its caller gives up on a lost
+    /// connection anyway. By default, [`publish`](Transport::publish)
+    /// without a settlement.
+    fn reply(&self, out: Outgoing) -> BoxFuture<'_, Result<()>> {
+        self.publish(out, None)
+    }
     /// **Starts receiving** the way `listen` says.
     fn listen<'a>(&'a self, listen: &'a Listen) -> BoxFuture<'a, Result<Box<dyn Inbox>>>;
     /// Waits until every event accepted so far is settled; how many failed
