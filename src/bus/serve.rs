@@ -4,6 +4,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
@@ -365,12 +366,25 @@ impl<R: Request> Serving<R> {
             warn!(queue = %queue, "a message without reply-to or correlation id came to a server's queue; dropped");
             return;
         };
-        let outcome = match self
-            .shared
-            .decoder
-            .decode(incoming, &self.shared.counters, &*self.shared.transport)
-            .await
-        {
+        // As for events: nothing unauthenticated is decoded (a request is
+        // not retried, so no allowance past the window).
+        let verified = match &self.shared.signing {
+            Some(signing) => signing.verify(incoming, Duration::ZERO),
+            None => Ok(()),
+        };
+        let decoded = match verified {
+            Ok(()) => {
+                self.shared
+                    .decoder
+                    .decode(incoming, &self.shared.counters, &*self.shared.transport)
+                    .await
+            }
+            Err(refusal) => {
+                self.shared.counters.reject(refusal.0);
+                Err(refusal)
+            }
+        };
+        let outcome = match decoded {
             Err((reason, detail)) => Err((
                 format!(
                     "the server could not decode the request ({reason}: {})",

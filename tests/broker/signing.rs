@@ -613,3 +613,61 @@ async fn a_signed_event_retried_after_a_failed_handler_still_verifies() {
     bus.close().await.unwrap();
     receiver.close().await.unwrap();
 }
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone)]
+#[event(name = "signing.quote")]
+struct Quote {
+    sku: String,
+}
+
+#[derive(Event, Serialize, Deserialize, Debug, Clone)]
+#[event(name = "signing.quoted")]
+struct Quoted {
+    cents: u64,
+}
+
+impl tidings::Request for Quote {
+    type Reply = Quoted;
+}
+
+/// A server that requires signatures answers only signed requests: an
+/// unsigned call gets a remote error saying why, counted; a signed one its
+/// reply.
+#[tokio::test]
+async fn a_server_that_requires_signatures_refuses_unsigned_requests() {
+    let props = common::props(ExchangeKind::Topic);
+    common::require_broker(&props);
+    let _cleanup = common::Cleanup::new(&props);
+    let server = Bus::with_props(props.clone())
+        .publish_only()
+        .signing(receiving_keys())
+        .connect()
+        .await
+        .unwrap();
+    let _serving = server
+        .serve(|q: Arc<Quote>| async move {
+            Ok::<_, std::io::Error>(Quoted {
+                cents: q.sku.len() as u64,
+            })
+        })
+        .await
+        .unwrap();
+    let unsigned = Bus::with_props(props.clone())
+        .publish_only()
+        .connect()
+        .await
+        .unwrap();
+    let err = unsigned
+        .call(&Quote { sku: "tea".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), tidings::ErrorKind::Remote, "{err}");
+    assert!(err.to_string().contains("unsigned"), "{err}");
+    assert_eq!(server.stats().rejected(RejectReason::Unsigned), 1);
+    let signed = publisher(&props, Signing::new().with_signing_key("k1", K1).unwrap()).await;
+    let reply = signed.call(&Quote { sku: "cake".into() }).await.unwrap();
+    assert_eq!(reply.cents, 4);
+    for bus in [signed, unsigned, server] {
+        bus.close().await.unwrap();
+    }
+}
