@@ -347,19 +347,7 @@ impl Received for AmqpReceived {
     }
 
     fn visit_headers(&self, visit: &mut dyn FnMut(&str, Header<'_>)) {
-        let Some(headers) = self.delivery.properties().headers() else {
-            return;
-        };
-        for (name, value) in headers.inner() {
-            let header = match value {
-                AMQPValue::LongString(s) => {
-                    std::str::from_utf8(s.as_bytes()).map_or(Header::WrongType, Header::Text)
-                }
-                AMQPValue::ShortString(s) => Header::Text(s.as_str()),
-                _ => Header::WrongType,
-            };
-            visit(name.as_str(), header);
-        }
+        visit_table(self.delivery.properties().headers().as_ref(), visit);
     }
 
     fn routing_key(&self) -> &str {
@@ -714,19 +702,7 @@ impl Received for AmqpReply {
     }
 
     fn visit_headers(&self, visit: &mut dyn FnMut(&str, Header<'_>)) {
-        let Some(headers) = self.delivery.properties.headers() else {
-            return;
-        };
-        for (name, value) in headers.inner() {
-            let header = match value {
-                AMQPValue::LongString(s) => {
-                    std::str::from_utf8(s.as_bytes()).map_or(Header::WrongType, Header::Text)
-                }
-                AMQPValue::ShortString(s) => Header::Text(s.as_str()),
-                _ => Header::WrongType,
-            };
-            visit(name.as_str(), header);
-        }
+        visit_table(self.delivery.properties.headers().as_ref(), visit);
     }
 
     fn routing_key(&self) -> &str {
@@ -782,6 +758,21 @@ impl Received for AmqpReply {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Calls `visit` with each header of `headers`: strings as text, other
+/// AMQP types as of the wrong type.
+fn visit_table(headers: Option<&FieldTable>, visit: &mut dyn FnMut(&str, Header<'_>)) {
+    for (name, value) in headers.map(FieldTable::inner).into_iter().flatten() {
+        let header = match value {
+            AMQPValue::LongString(s) => {
+                std::str::from_utf8(s.as_bytes()).map_or(Header::WrongType, Header::Text)
+            }
+            AMQPValue::ShortString(s) => Header::Text(s.as_str()),
+            _ => Header::WrongType,
+        };
+        visit(name.as_str(), header);
+    }
 }
 
 fn headers_of(delivery: &Delivery) -> FieldTable {
