@@ -170,10 +170,11 @@ impl Error {
     }
 
     /// Classifies a lapin error from opening a connection to `url` (with
-    /// TLS when `tls`): refused credentials, a server that does not speak
+    /// TLS when `tls`, presenting a client certificate when
+    /// `client_cert`): refused credentials, a server that does not speak
     /// AMQP, a TLS certificate or handshake failure, or the generic cases.
-    pub(crate) fn connect(url: &str, tls: bool, err: lapin::Error) -> Self {
-        match connect_cause(tls, &err) {
+    pub(crate) fn connect(url: &str, tls: bool, client_cert: bool, err: lapin::Error) -> Self {
+        match connect_cause(tls, client_cert, &err) {
             Some(ConnectCause::Refused) => {
                 let message = format!(
                     "connecting to {url} failed: {err}; check the user name, password and virtual host"
@@ -236,7 +237,7 @@ enum ConnectCause {
     },
 }
 
-fn connect_cause(tls: bool, err: &lapin::Error) -> Option<ConnectCause> {
+fn connect_cause(tls: bool, client_cert: bool, err: &lapin::Error) -> Option<ConnectCause> {
     use lapin::ErrorKind as L;
     use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
     match err.kind() {
@@ -254,10 +255,28 @@ fn connect_cause(tls: bool, err: &lapin::Error) -> Option<ConnectCause> {
             what: "the server there is not an AMQP server (it answered with something other than AMQP 0-9-1)",
             todo: "check the host and port: RabbitMQ listens on 5672 for amqp:// and 5671 for amqps://",
         }),
-        L::IOError(io) if tls => tls_cause(&io.to_string()),
+        L::IOError(io) if tls => tls_cause(&io.to_string()).or_else(|| {
+            // Under TLS 1.3 a broker checks a client's certificate after
+            // the client finished its handshake: its refusal may arrive as
+            // an alert (above) or, racing the client's first bytes, as a
+            // closed connection.
+            let closed = matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::BrokenPipe
+            );
+            (client_cert && closed).then_some(ConnectCause::Other {
+                what: "the broker closed the connection right after the TLS handshake, as it does when it refuses this client's certificate",
+                todo: CLIENT_CERTIFICATE_TODO,
+            })
+        }),
         _ => None,
     }
 }
+
+/// What to check when the broker refuses a client certificate.
+const CLIENT_CERTIFICATE_TODO: &str = "check the client certificate (certfile and keyfile, or with_client_cert) is signed by a CA the broker trusts (its ssl_options.cacertfile), has not expired, and is the one meant for this client";
 
 /// Recognizes a TLS failure by the text of the TLS library's error (rustls
 /// is not a direct dependency, so its error type cannot be matched).
@@ -265,7 +284,7 @@ fn tls_cause(text: &str) -> Option<ConnectCause> {
     let certificate_refused = |what| {
         Some(ConnectCause::Other {
             what,
-            todo: "check the client certificate (certfile and keyfile, or with_client_cert) is signed by a CA the broker trusts (its ssl_options.cacertfile), has not expired, and is the one meant for this client",
+            todo: CLIENT_CERTIFICATE_TODO,
         })
     };
     // The broker refused this client's certificate (mutual TLS): a TLS
@@ -383,6 +402,22 @@ mod tests {
         assert_send_sync::<Error>();
     }
 
+    #[test]
+    fn a_reset_after_presenting_a_client_certificate_points_at_the_certificate() {
+        let reset = || -> lapin::Error {
+            lapin::ErrorKind::IOError(std::sync::Arc::new(std::io::Error::from(
+                std::io::ErrorKind::ConnectionReset,
+            )))
+            .into()
+        };
+        let with_cert = Error::connect("amqps://mq:5671", true, true, reset()).to_string();
+        assert!(with_cert.contains("client's certificate"), "{with_cert}");
+        assert!(with_cert.contains("certfile"), "{with_cert}");
+        assert!(!with_cert.contains("broker is running"), "{with_cert}");
+        let without = Error::connect("amqps://mq:5671", true, false, reset()).to_string();
+        assert!(without.contains("broker is running"), "{without}");
+    }
+
     fn io(text: &str) -> lapin::Error {
         lapin::ErrorKind::IOError(std::sync::Arc::new(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -408,7 +443,7 @@ mod tests {
                 t if t.contains("Expired") => "it has expired",
                 _ => "",
             };
-            let err = Error::connect("amqps://u:***@mq:5671/%2F", true, io(text));
+            let err = Error::connect("amqps://u:***@mq:5671/%2F", true, false, io(text));
             assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
             let message = err.to_string();
             assert!(
@@ -427,6 +462,7 @@ mod tests {
         let plain = Error::connect(
             "amqps://mq:5672",
             true,
+            false,
             io("received corrupt message of type InvalidContentType"),
         );
         assert!(
@@ -436,16 +472,17 @@ mod tests {
         let alert = Error::connect(
             "amqps://mq:5671",
             true,
+            false,
             io("received fatal alert: HandshakeFailure"),
         );
         assert!(alert.to_string().contains("TLS handshake"), "{alert}");
         // Without TLS the same words are not read as a TLS failure.
-        let refused = Error::connect("amqp://mq:5672", false, io("certificate"));
+        let refused = Error::connect("amqp://mq:5672", false, false, io("certificate"));
         assert!(
             refused.to_string().contains("broker is running"),
             "{refused}"
         );
-        let refused = Error::connect("amqps://mq:5671", true, io("Connection refused"));
+        let refused = Error::connect("amqps://mq:5671", true, false, io("Connection refused"));
         assert!(
             refused.to_string().contains("broker is running"),
             "{refused}"

@@ -691,7 +691,12 @@ async fn open(props: &AmqpProps, name: &str) -> Result<lapin::Connection> {
     let url = props.redacted_url();
     match tokio::time::timeout(props.connect_timeout(), connecting).await {
         Ok(Ok(amqp)) => Ok(amqp),
-        Ok(Err(e)) => Err(Error::connect(&url, props.tls(), e)),
+        Ok(Err(e)) => Err(Error::connect(
+            &url,
+            props.tls(),
+            props.client_cert().is_some(),
+            e,
+        )),
         Err(_) => Err(Error::new(
             ErrorKind::Connect,
             format!(
