@@ -241,13 +241,22 @@ async fn main() {
     let exchange = format!("tidings-test.bench-rpc-{}", &unique[..8]);
     let raw = lapin_rows(&url, &format!("{exchange}.raw")).await;
     let ours = tidings_rows(&url, &exchange).await;
-    // The exchange the tidings buses declared.
+    // What the tidings buses declared: the exchange, its dead letters and
+    // its schema stream.
     if let Ok(conn) = lapin::Connection::connect(&url, ConnectionProperties::default()).await
         && let Ok(channel) = conn.create_channel().await
     {
-        let _ = channel
-            .exchange_delete(exchange.as_str().into(), Default::default())
-            .await;
+        let dead_letters = format!("{exchange}.dead-letter");
+        for queue in [dead_letters.clone(), tidings::schema_stream(&exchange)] {
+            let _ = channel
+                .queue_delete(queue.as_str().into(), Default::default())
+                .await;
+        }
+        for name in [dead_letters.as_str(), exchange.as_str()] {
+            let _ = channel
+                .exchange_delete(name.into(), Default::default())
+                .await;
+        }
         let _ = conn.close(200, "done".into()).await;
     }
     println!("{CALLS} calls per row, one broker, same run");
