@@ -17,12 +17,14 @@
 
 #[path = "logging/mod.rs"]
 mod logging;
+#[path = "topology/mod.rs"]
+mod topology;
 
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
-use tidings::{AmqpProps, Bus, Connection, Event, ExchangeKind, Subscribers};
+use tidings::{AmqpProps, Bus, Event, ExchangeKind, Subscribers};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tracing::info;
@@ -83,13 +85,7 @@ async fn main() -> Result<(), Error> {
     }
     ticking.abort();
     bus.close().await?;
-    let conn = Connection::connect(&props).await?;
-    conn.delete_queue(&tidings::schema_stream(props.exchange()))
-        .await?;
-    conn.delete_queue("tidings.observe.dead-letter").await?;
-    conn.delete_exchange("tidings.observe.dead-letter").await?;
-    conn.delete_exchange(props.exchange()).await?;
-    conn.close().await?;
+    topology::delete(&props, &[]).await?;
     Ok(())
 }
 

@@ -7,6 +7,8 @@
 
 #[path = "logging/mod.rs"]
 mod logging;
+#[path = "topology/mod.rs"]
+mod topology;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,11 +61,17 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Runs the calls, then deletes what they declared, also when they failed.
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://127.0.0.1:5672/%2f".into());
     let props =
         AmqpProps::from_url(&url)?.with_exchange("tidings.example.rpc", ExchangeKind::Topic);
+    let called = calls(&props).await;
+    topology::delete(&props, &[]).await?;
+    called
+}
 
+async fn calls(props: &AmqpProps) -> Result<(), Box<dyn std::error::Error>> {
     // The server: prices by sku; an unknown one is an error the caller sees.
     let reloads = Subscribers::new();
     let _reloaded = reloads.subscribe(|_: &Reload| println!("server: prices reloaded"));
@@ -80,7 +88,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         })
         .await?;
 
-    let caller = Bus::with_props(props).publish_only().connect().await?;
+    let caller = Bus::with_props(props.clone())
+        .publish_only()
+        .connect()
+        .await?;
     let price = caller.call(&GetPrice { sku: "tea".into() }).await?;
     println!("caller: tea costs {} cents", price.cents);
 
