@@ -12,6 +12,10 @@
 
 use std::time::Duration;
 
+/// Whether metrics are compiled in: callers skip the work of measuring
+/// (reading clocks) when they are not.
+pub(crate) const ENABLED: bool = cfg!(feature = "metrics");
+
 /// The histograms, counters and gauges with a description, for exporters
 /// that show one (Prometheus' `# HELP`). Described once per process.
 #[cfg(feature = "metrics")]

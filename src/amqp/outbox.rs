@@ -520,11 +520,13 @@ impl Engine {
         if message.counted {
             counters.buffered.fetch_sub(1, Ordering::Relaxed);
             telemetry::gauge("tidings_buffered_events", -1.0);
-            telemetry::time(
-                "tidings_publish_confirm_seconds",
-                "",
-                message.accepted.elapsed(),
-            );
+            if telemetry::ENABLED {
+                telemetry::time(
+                    "tidings_publish_confirm_seconds",
+                    "",
+                    message.accepted.elapsed(),
+                );
+            }
             counters.settled(&outcome);
         }
         if outcome.is_err() {

@@ -40,7 +40,7 @@ struct Inner {
     attempt: u32,
     redelivered: bool,
     remote: bool,
-    queue: String,
+    queue: Arc<str>,
     /// The correlation header, when the event did not start its conversation.
     correlation_id: Option<String>,
     causation_id: Option<String>,
@@ -63,7 +63,7 @@ impl Context {
     }
 
     /// The context of a message received from `queue`.
-    pub(crate) fn remote(incoming: &dyn Received, queue: &str) -> Self {
+    pub(crate) fn remote(incoming: &dyn Received, queue: &Arc<str>) -> Self {
         let mut inner = Inner {
             routing_key: incoming.routing_key().to_owned(),
             message_id: incoming.message_id().map(str::to_owned),
@@ -72,7 +72,7 @@ impl Context {
             attempt: incoming.attempt(),
             redelivered: incoming.redelivered(),
             remote: true,
-            queue: queue.to_owned(),
+            queue: queue.clone(),
             ..Inner::default()
         };
         incoming.visit_headers(&mut |name, header| {

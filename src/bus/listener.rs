@@ -333,7 +333,7 @@ impl Shared {
     /// Handles one delivery in a span of its own (a root, or the child of
     /// the publisher's span with trace context), counting it as unacked
     /// until its outcome is decided.
-    async fn handle(&self, incoming: &dyn Received, queue: &str) -> Outcome {
+    async fn handle(&self, incoming: &dyn Received, queue: &Arc<str>) -> Outcome {
         let span = debug_span!(
             parent: None,
             "handle",
@@ -352,7 +352,7 @@ impl Shared {
         outcome
     }
 
-    async fn handle_in_span(&self, incoming: &dyn Received, queue: &str) -> Outcome {
+    async fn handle_in_span(&self, incoming: &dyn Received, queue: &Arc<str>) -> Outcome {
         self.counters.count(Count::Delivered, "", "");
         // The signature first: nothing unauthenticated is decoded.
         let verified = match &self.signing {
@@ -445,8 +445,12 @@ impl Shared {
                 .ok()
                 .filter(|_| started.elapsed() <= limit),
         };
-        telemetry::time("tidings_handler_seconds", tag, started.elapsed());
-        if let Some(latency) = sent_at.and_then(|sent| SystemTime::now().duration_since(sent).ok())
+        if telemetry::ENABLED {
+            telemetry::time("tidings_handler_seconds", tag, started.elapsed());
+        }
+        if telemetry::ENABLED
+            && let Some(latency) =
+                sent_at.and_then(|sent| SystemTime::now().duration_since(sent).ok())
         {
             telemetry::time("tidings_end_to_end_seconds", tag, latency);
         }

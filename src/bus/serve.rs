@@ -359,7 +359,7 @@ impl<R: Request> Serving<R> {
     }
 
     /// Handles one request and replies.
-    async fn handle(&self, incoming: &dyn Received, queue: &str) {
+    async fn handle(&self, incoming: &dyn Received, queue: &Arc<str>) {
         let (Some(reply_to), Some(correlation_id)) =
             (incoming.reply_to(), incoming.correlation_id())
         else {

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Mutex, RwLock};
 
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
@@ -201,7 +201,7 @@ impl Count {
 pub(crate) struct Counters {
     counts: [AtomicU64; Count::ALL.len()],
     /// Counts of the event types this bus published or handled, by tag.
-    tags: RwLock<HashMap<String, Arc<TagCounters>>>,
+    tags: RwLock<HashMap<String, TagCounters>>,
     /// Unknown events by tag, for at most [`UNKNOWN_TAGS`] tags.
     unknown_tags: Mutex<BTreeMap<String, u64>>,
     rejected: [AtomicU64; RejectReason::ALL.len()],
@@ -229,15 +229,16 @@ impl Counters {
     pub(crate) fn count(&self, what: Count, tag: &str, reason: &str) {
         self.counts[what as usize].fetch_add(1, Ordering::Relaxed);
         if what.by_tag() && !tag.is_empty() {
-            let counters = self.tag(tag);
-            let counter = match what {
-                Count::Published => &counters.published,
-                Count::Handled => &counters.handled,
-                Count::HandlerFailures => &counters.handler_failures,
-                Count::Retried => &counters.retried,
-                _ => &counters.dead_lettered,
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
+            self.with_tag(tag, |counters| {
+                let counter = match what {
+                    Count::Published => &counters.published,
+                    Count::Handled => &counters.handled,
+                    Count::HandlerFailures => &counters.handler_failures,
+                    Count::Retried => &counters.retried,
+                    _ => &counters.dead_lettered,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            });
         }
         telemetry::count(what.metric(), tag, reason);
     }
@@ -246,7 +247,9 @@ impl Counters {
     pub(crate) fn uncount(&self, what: Count, tag: &str) {
         self.counts[what as usize].fetch_sub(1, Ordering::Relaxed);
         if what == Count::Published && !tag.is_empty() {
-            self.tag(tag).published.fetch_sub(1, Ordering::Relaxed);
+            self.with_tag(tag, |counters| {
+                counters.published.fetch_sub(1, Ordering::Relaxed);
+            });
         }
     }
 
@@ -254,16 +257,19 @@ impl Counters {
         self.counts[what as usize].load(Ordering::Relaxed)
     }
 
-    fn tag(&self, tag: &str) -> Arc<TagCounters> {
+    /// Runs `change` on the counters of `tag`: under the read lock, once
+    /// they exist (the first event of a type adds them).
+    fn with_tag(&self, tag: &str, change: impl FnOnce(&TagCounters)) {
         if let Some(found) = self.tags.read().unwrap_or_else(|p| p.into_inner()).get(tag) {
-            return found.clone();
+            return change(found);
         }
-        self.tags
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(tag.to_owned())
-            .or_default()
-            .clone()
+        change(
+            self.tags
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(tag.to_owned())
+                .or_default(),
+        );
     }
 
     pub(crate) fn reject(&self, reason: RejectReason) {
