@@ -1,7 +1,11 @@
 //! **The names of the headers tidings reads and writes**, in one place:
 //! what a publisher in another language must send (`TAG`,
 //! `FINGERPRINT`, `ORIGIN` and a content type), and what a dead letter or
-//! a retry carries.
+//! a retry carries; and [`to_json`], to show a message's headers.
+
+use std::collections::BTreeMap;
+
+use lapin::types::{AMQPValue, FieldTable};
 
 /// The header that carries an event's wire tag.
 pub const TAG_HEADER: &str = "x-tidings-tag";
@@ -76,4 +80,56 @@ pub fn is_reserved(name: &str) -> bool {
         ]
         .iter()
         .any(|reserved| reserved.eq_ignore_ascii_case(name))
+}
+
+/// **A message's headers as JSON values**, for showing them: strings,
+/// numbers, booleans, arrays, and nested tables as objects; no headers, an
+/// empty map.
+#[must_use]
+pub fn to_json(headers: Option<&FieldTable>) -> BTreeMap<String, serde_json::Value> {
+    headers
+        .map(|table| {
+            table
+                .inner()
+                .iter()
+                .map(|(name, value)| (name.to_string(), json_of(value)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// An AMQP field value as JSON.
+fn json_of(value: &AMQPValue) -> serde_json::Value {
+    use serde_json::Value as Json;
+    match value {
+        AMQPValue::Boolean(v) => Json::Bool(*v),
+        AMQPValue::ShortShortInt(v) => Json::from(*v),
+        AMQPValue::ShortShortUInt(v) => Json::from(*v),
+        AMQPValue::ShortInt(v) => Json::from(*v),
+        AMQPValue::ShortUInt(v) => Json::from(*v),
+        AMQPValue::LongInt(v) => Json::from(*v),
+        AMQPValue::LongUInt(v) => Json::from(*v),
+        AMQPValue::LongLongInt(v) => Json::from(*v),
+        AMQPValue::Timestamp(v) => Json::from(*v),
+        AMQPValue::Float(v) => Json::from(*v),
+        AMQPValue::Double(v) => Json::from(*v),
+        AMQPValue::DecimalValue(v) => {
+            Json::from(f64::from(v.value) / 10f64.powi(i32::from(v.scale)))
+        }
+        AMQPValue::ShortString(v) => Json::String(v.to_string()),
+        AMQPValue::LongString(v) => {
+            Json::String(String::from_utf8_lossy(v.as_bytes()).into_owned())
+        }
+        AMQPValue::ByteArray(v) => {
+            Json::Array(v.as_slice().iter().map(|b| Json::from(*b)).collect())
+        }
+        AMQPValue::FieldArray(v) => Json::Array(v.as_slice().iter().map(json_of).collect()),
+        AMQPValue::FieldTable(v) => Json::Object(
+            v.inner()
+                .iter()
+                .map(|(name, value)| (name.to_string(), json_of(value)))
+                .collect(),
+        ),
+        AMQPValue::Void => Json::Null,
+    }
 }

@@ -103,52 +103,11 @@ impl Shown {
     }
 }
 
-/// A table of AMQP headers as JSON values.
-pub(crate) fn headers(table: Option<&FieldTable>) -> BTreeMap<String, Value> {
-    table
-        .map(|table| {
-            table
-                .inner()
-                .iter()
-                .map(|(name, value)| (name.to_string(), json_of(value)))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// A string header.
 pub(crate) fn header_text(table: Option<&FieldTable>, name: &str) -> Option<String> {
     match table?.inner().get(name)? {
         AMQPValue::LongString(text) => Some(String::from_utf8_lossy(text.as_bytes()).into_owned()),
         AMQPValue::ShortString(text) => Some(text.to_string()),
         _ => None,
-    }
-}
-
-fn json_of(value: &AMQPValue) -> Value {
-    match value {
-        AMQPValue::Boolean(v) => json!(v),
-        AMQPValue::ShortShortInt(v) => json!(v),
-        AMQPValue::ShortShortUInt(v) => json!(v),
-        AMQPValue::ShortInt(v) => json!(v),
-        AMQPValue::ShortUInt(v) => json!(v),
-        AMQPValue::LongInt(v) => json!(v),
-        AMQPValue::LongUInt(v) => json!(v),
-        AMQPValue::LongLongInt(v) => json!(v),
-        AMQPValue::Timestamp(v) => json!(v),
-        AMQPValue::Float(v) => json!(v),
-        AMQPValue::Double(v) => json!(v),
-        AMQPValue::DecimalValue(v) => json!(f64::from(v.value) / 10f64.powi(i32::from(v.scale))),
-        AMQPValue::ShortString(v) => json!(v.as_str()),
-        AMQPValue::LongString(v) => json!(String::from_utf8_lossy(v.as_bytes())),
-        AMQPValue::ByteArray(v) => json!(v.as_slice()),
-        AMQPValue::FieldArray(v) => Value::Array(v.as_slice().iter().map(json_of).collect()),
-        AMQPValue::FieldTable(v) => Value::Object(
-            v.inner()
-                .iter()
-                .map(|(name, value)| (name.to_string(), json_of(value)))
-                .collect(),
-        ),
-        AMQPValue::Void => Value::Null,
     }
 }

@@ -9,7 +9,7 @@ use tokio_stream::StreamExt;
 
 use crate::args::Tail;
 use crate::broker::Broker;
-use crate::print::{Shown, header_text, headers};
+use crate::print::{Shown, header_text};
 
 pub(crate) async fn run(broker: &Broker, tail: &Tail) -> tidings::Result<ExitCode> {
     let conn = broker.connect_to_exchange().await?;
@@ -89,7 +89,7 @@ fn shown(delivery: &Delivery) -> Shown {
             .timestamp()
             .and_then(|secs| UNIX_EPOCH.checked_add(Duration::from_secs(secs))),
         content_type: delivery.content_type().map(str::to_owned),
-        headers: headers(table),
+        headers: tidings::headers::to_json(table),
         size: delivery.body().len(),
         body,
         note,

@@ -128,17 +128,7 @@ impl DeadLetterMessage {
     /// Every header, as JSON values (strings, numbers, tables as objects).
     #[must_use]
     pub fn headers(&self) -> BTreeMap<String, serde_json::Value> {
-        self.properties
-            .headers()
-            .as_ref()
-            .map(|table| {
-                table
-                    .inner()
-                    .iter()
-                    .map(|(name, value)| (name.to_string(), json_of(value)))
-                    .collect()
-            })
-            .unwrap_or_default()
+        crate::headers::to_json(self.properties.headers().as_ref())
     }
 
     /// A string header, `None` when it is absent or not a string.
@@ -216,41 +206,5 @@ pub(super) fn header_text<'a>(table: &'a FieldTable, name: &str) -> Option<&'a s
         AMQPValue::LongString(text) => std::str::from_utf8(text.as_bytes()).ok(),
         AMQPValue::ShortString(text) => Some(text.as_str()),
         _ => None,
-    }
-}
-
-/// An AMQP field value as JSON.
-fn json_of(value: &AMQPValue) -> serde_json::Value {
-    use serde_json::Value as Json;
-    match value {
-        AMQPValue::Boolean(v) => Json::Bool(*v),
-        AMQPValue::ShortShortInt(v) => Json::from(*v),
-        AMQPValue::ShortShortUInt(v) => Json::from(*v),
-        AMQPValue::ShortInt(v) => Json::from(*v),
-        AMQPValue::ShortUInt(v) => Json::from(*v),
-        AMQPValue::LongInt(v) => Json::from(*v),
-        AMQPValue::LongUInt(v) => Json::from(*v),
-        AMQPValue::LongLongInt(v) => Json::from(*v),
-        AMQPValue::Timestamp(v) => Json::from(*v),
-        AMQPValue::Float(v) => Json::from(*v),
-        AMQPValue::Double(v) => Json::from(*v),
-        AMQPValue::DecimalValue(v) => {
-            Json::from(f64::from(v.value) / 10f64.powi(i32::from(v.scale)))
-        }
-        AMQPValue::ShortString(v) => Json::String(v.to_string()),
-        AMQPValue::LongString(v) => {
-            Json::String(String::from_utf8_lossy(v.as_bytes()).into_owned())
-        }
-        AMQPValue::ByteArray(v) => {
-            Json::Array(v.as_slice().iter().map(|b| Json::from(*b)).collect())
-        }
-        AMQPValue::FieldArray(v) => Json::Array(v.as_slice().iter().map(json_of).collect()),
-        AMQPValue::FieldTable(v) => Json::Object(
-            v.inner()
-                .iter()
-                .map(|(name, value)| (name.to_string(), json_of(value)))
-                .collect(),
-        ),
-        AMQPValue::Void => Json::Null,
     }
 }
