@@ -6,6 +6,8 @@
 
 #[path = "logging/mod.rs"]
 mod logging;
+#[path = "topology/mod.rs"]
+mod topology;
 
 use std::time::Duration;
 
@@ -35,9 +37,16 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Runs the demo, then deletes what its buses declared, also when it failed.
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let props =
         AmqpProps::from_env()?.with_exchange("tidings.example.broadcast", ExchangeKind::Fanout);
+    let shown = demo(&props).await;
+    topology::delete(&props, &[]).await?;
+    shown
+}
+
+async fn demo(props: &AmqpProps) -> Result<(), Box<dyn std::error::Error>> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut listeners = Vec::new();
     for name in ["api", "worker", "cron"] {
@@ -56,7 +65,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                 .await?,
         );
     }
-    let admin = Bus::with_props(props).publish_only().connect().await?;
+    let admin = Bus::with_props(props.clone())
+        .publish_only()
+        .connect()
+        .await?;
     for (key, value) in [
         ("log_level", "debug"),
         ("feature_x", "on"),

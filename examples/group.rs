@@ -7,6 +7,8 @@
 
 #[path = "logging/mod.rs"]
 mod logging;
+#[path = "topology/mod.rs"]
+mod topology;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,8 +39,15 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Runs the demo, then deletes what its buses declared, also when it failed.
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let props = AmqpProps::from_env()?.with_exchange("tidings.example.group", ExchangeKind::Fanout);
+    let shown = demo(&props).await;
+    topology::delete(&props, &["tidings.example.group.invoicing"]).await?;
+    shown
+}
+
+async fn demo(props: &AmqpProps) -> Result<(), Box<dyn std::error::Error>> {
     let billing = Bus::with_props(props.clone())
         .publish_only()
         .connect()

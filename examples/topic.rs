@@ -6,6 +6,8 @@
 
 #[path = "logging/mod.rs"]
 mod logging;
+#[path = "topology/mod.rs"]
+mod topology;
 
 use std::time::Duration;
 
@@ -40,8 +42,15 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Runs the demo, then deletes what its buses declared, also when it failed.
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let props = AmqpProps::from_env()?.with_exchange("tidings.example.topic", ExchangeKind::Topic);
+    let shown = demo(&props).await;
+    topology::delete(&props, &[]).await?;
+    shown
+}
+
+async fn demo(props: &AmqpProps) -> Result<(), Box<dyn std::error::Error>> {
     let subscribers = Subscribers::new();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     subscribers
@@ -55,7 +64,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .listen(Listen::broadcast().pattern("orders.*.placed"))
         .connect()
         .await?;
-    let shop = Bus::with_props(props).publish_only().connect().await?;
+    let shop = Bus::with_props(props.clone())
+        .publish_only()
+        .connect()
+        .await?;
     for id in 0..3 {
         shop.publish(&OrderPlaced { id }).await?;
         shop.publish(&UserJoined {

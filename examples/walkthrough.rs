@@ -6,6 +6,8 @@
 
 #[path = "logging/mod.rs"]
 mod logging;
+#[path = "topology/mod.rs"]
+mod topology;
 
 use std::sync::mpsc;
 use std::time::Duration;
@@ -41,10 +43,19 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     .with_exchange("tidings.walkthrough", ExchangeKind::Fanout)
     .with_connection_name("walkthrough");
     println!("props: {}", props.redacted_url());
+    let walked = walk(&props);
+    // The exchange goes too, also when the walk failed.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(topology::delete(&props, &[]))?;
+    walked
+}
 
+fn walk(props: &AmqpProps) -> Result<(), Box<dyn std::error::Error>> {
     // zamqp: AMQPThread(AMQPConsumer(queue, props, callback)).start()
     let (done_tx, done_rx) = mpsc::channel();
-    let consumer = ConsumerThread::spawn(&props, Queue::exclusive(), move |delivery| {
+    let consumer = ConsumerThread::spawn(props, Queue::exclusive(), move |delivery| {
         let greeting: Greeting = delivery.decode()?;
         println!(
             "received #{} from {}: {:?} ({} bytes, {})",
@@ -60,7 +71,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!("consumer thread listening on queue {}", consumer.queue());
 
     // zamqp: AMQPProducer(queue, props)(message)
-    let producer = blocking::Producer::connect(&props)?;
+    let producer = blocking::Producer::connect(props)?;
     for count in 1..=3 {
         let greeting = Greeting {
             from: "walkthrough".to_owned(),
