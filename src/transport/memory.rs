@@ -175,6 +175,12 @@ impl Transport for MemoryTransport {
                 Mode::Broadcast => (None, true),
                 Mode::Group(group) => (Some(format!("{}.{group}", self.name)), true),
                 Mode::Queue(name) | Mode::Service(name) => (Some(name.clone()), false),
+                Mode::Stream(_) => {
+                    return Err(Error::new(
+                        ErrorKind::Usage,
+                        "the memory transport has no streams; a stream listener needs amqp://",
+                    ));
+                }
             };
             let queue = self.hub.queue(name.as_deref(), listen.keys(), bound);
             let service = matches!(listen.mode(), Mode::Service(_));

@@ -1,14 +1,18 @@
 //! The transport seam: how a bus moves encoded events. `amqp` goes through
 //! RabbitMQ, `memory` stays inside the process with the same semantics,
 //! `faults` wraps either to inject outages, and `drivers` opens each by
-//! URL scheme. `schema_stream` keeps event schemas on the broker.
+//! URL scheme. `schema_stream` keeps event schemas on the broker;
+//! `amqp_stream` reads a stream listener's RabbitMQ stream, `replay` holds
+//! its settings.
 
 pub(crate) mod amqp;
+pub(crate) mod amqp_stream;
 pub(crate) mod drivers;
 pub(crate) mod faults;
 pub(crate) mod listen;
 
 pub(crate) mod memory;
+pub(crate) mod replay;
 pub(crate) mod schema_stream;
 pub(crate) mod seam;
 
