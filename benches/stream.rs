@@ -142,7 +142,7 @@ async fn raw_consumer(
         let mut n = 0u64;
         while let Some(Ok(delivery)) = consumer.next().await {
             n += 1;
-            if n % 100 == 0 {
+            if n.is_multiple_of(100) {
                 let _ = delivery.acker.ack(BasicAckOptions { multiple: true }).await;
             }
             count.fetch_add(1, Ordering::Relaxed);

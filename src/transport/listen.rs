@@ -106,8 +106,8 @@ impl Listen {
     /// dedup window recognises them by message id. A handler that fails
     /// is retried in the process (a stream cannot take an event back),
     /// then the event goes to the dead letters; the offset does not pass
-    /// an event still being retried. Only RabbitMQ (`amqp://`) has
-    /// streams; `memory://` refuses them.
+    /// an event still being retried. On `memory://` a stream is a log in
+    /// the hub, its offsets saved when a listener stops, with no retention.
     ///
     /// # Examples
     ///

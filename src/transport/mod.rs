@@ -12,6 +12,7 @@ pub(crate) mod faults;
 pub(crate) mod listen;
 
 pub(crate) mod memory;
+pub(crate) mod memory_stream;
 pub(crate) mod replay;
 pub(crate) mod schema_stream;
 pub(crate) mod seam;

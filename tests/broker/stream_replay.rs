@@ -283,14 +283,3 @@ async fn retention_settings_reach_the_broker() {
     }
     bus.close().await.unwrap();
 }
-
-#[tokio::test]
-async fn the_memory_transport_refuses_a_stream_listener() {
-    let bus = Bus::builder("memory://stream-replay")
-        .unwrap()
-        .listen(Listen::stream("audit"))
-        .connect()
-        .await
-        .unwrap_err();
-    assert_eq!(bus.kind(), ErrorKind::Usage, "{bus}");
-}
