@@ -45,6 +45,9 @@ use crate::transport::replay::{StreamSpec, StreamStart};
 const COMMIT_EVERY: Duration = Duration::from_millis(250);
 /// ...and also once this many events were settled since the last write.
 const COMMIT_EVENTS: u64 = 1_000;
+/// A write of the offset that takes longer is given up (the broker is
+/// unreachable): a listener's stop does not wait for a lost connection.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Starts a stream listener: declares the stream (bound like a group's
 /// queue) and its offset store, reads the saved offset, and consumes.
@@ -54,6 +57,12 @@ pub(super) async fn listen(
     spec: &StreamSpec,
 ) -> Result<Box<dyn Inbox>> {
     let conn = amqp.conn.clone();
+    if conn.props().prefetch() == 0 {
+        return Err(Error::new(
+            ErrorKind::InvalidConfig,
+            "a stream listener needs a prefetch (RabbitMQ refuses to consume a stream without one); set prefetch above 0",
+        ));
+    }
     let retention = spec.retention;
     let arguments = stream_arguments(
         retention.max_age_arg(),
@@ -82,7 +91,7 @@ pub(super) async fn listen(
         None => None,
     };
     debug!(stream = %stream, saved = ?saved, "reading a stream");
-    let prefetch = usize::from(conn.props().prefetch()).max(1);
+    let prefetch = usize::from(conn.props().prefetch());
     let state = Arc::new(State {
         tracker: Mutex::new(Tracker::new(saved, spec.start)),
         parked: Mutex::default(),
@@ -211,7 +220,9 @@ impl<T> Tracker<T> {
     fn at_time(&mut self, time: SystemTime) -> AMQPValue {
         let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
         self.since = Some(u64::try_from(since.as_micros()).unwrap_or(u64::MAX));
-        AMQPValue::Timestamp(since.as_secs())
+        // A second early: the broker's timestamps are whole seconds and
+        // its chunks coarse; what is earlier is skipped by `since`.
+        AMQPValue::Timestamp(since.as_secs().saturating_sub(1))
     }
 
     /// Whether a delivery at `offset`, sent at `sent_at`, is to be skipped:
@@ -291,11 +302,12 @@ async fn commit(state: Arc<State>, store: OffsetStore, mut written: Option<u64>)
             tracker.safe()
         };
         if let Some(offset) = safe.filter(|_| safe != written) {
-            match store.write(offset).await {
-                Ok(()) => written = Some(offset),
-                Err(e) => {
-                    debug!(error = %e, queue = %store.queue, "saving the stream offset failed; trying again")
+            match tokio::time::timeout(WRITE_TIMEOUT, store.write(offset)).await {
+                Ok(Ok(())) => written = Some(offset),
+                Ok(Err(e)) => {
+                    debug!(error = %e, queue = %store.queue, "saving the stream offset failed; trying again");
                 }
+                Err(_) => debug!(queue = %store.queue, "saving the stream offset timed out"),
             }
         }
         if closing {
@@ -677,7 +689,7 @@ mod tests {
         );
         let at = UNIX_EPOCH + Duration::from_micros(5_000_000);
         let mut time = Tracker::<()>::new(None, StreamStart::Time(at));
-        assert_eq!(time.subscribe(), AMQPValue::Timestamp(5));
+        assert_eq!(time.subscribe(), AMQPValue::Timestamp(4));
         assert!(time.skips(Some(0), Some(4_999_999)));
         assert!(!time.skips(Some(1), Some(5_000_000)));
         assert!(!time.skips(Some(2), Some(1)), "only until one passes");

@@ -283,3 +283,16 @@ async fn retention_settings_reach_the_broker() {
     }
     bus.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_stream_listener_without_a_prefetch_is_refused() {
+    let props = common::props(ExchangeKind::Fanout).with_prefetch(0);
+    let _cleanup = common::Cleanup::new(&props);
+    let refused = Bus::with_props(props.clone())
+        .listen(Listen::stream("unlimited"))
+        .connect()
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::InvalidConfig, "{refused}");
+    assert!(refused.to_string().contains("prefetch"), "{refused}");
+}
