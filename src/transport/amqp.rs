@@ -34,6 +34,7 @@ use crate::headers::{
 use crate::schema::Fingerprint;
 use crate::schema::Schema;
 use crate::transport::listen::{Listen, Mode};
+use crate::transport::lock;
 use crate::transport::schema_stream::SchemaStream;
 
 /// **The RabbitMQ transport** (`amqp://`, `amqps://`): one recovering
@@ -757,10 +758,6 @@ impl Received for AmqpReply {
     fn reject(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(std::future::ready(Ok(())))
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Calls `visit` with each header of `headers`: strings as text, other

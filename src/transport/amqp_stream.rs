@@ -31,6 +31,7 @@ use tokio_stream::StreamExt;
 use tracing::{debug, warn};
 
 use super::amqp::{Amqp, AmqpReceived};
+use super::lock;
 use super::seam::{BoxFuture, DeadLetter, Header, Inbox, Received};
 use crate::amqp::connection::{Connection, short};
 use crate::amqp::consumer::{ConsumeArguments, Consumer};
@@ -646,10 +647,6 @@ impl OffsetStore {
             )),
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

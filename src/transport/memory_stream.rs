@@ -10,6 +10,7 @@ use std::time::UNIX_EPOCH;
 
 use tokio::sync::Notify;
 
+use super::lock;
 use super::memory::{Hub, MemoryQueue, MemoryReceived, Message, topic_matches};
 use super::seam::{BoxFuture, Inbox, Received};
 use crate::error::Result;
@@ -175,8 +176,4 @@ impl Inbox for MemoryStreamInbox {
             Ok(())
         })
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }

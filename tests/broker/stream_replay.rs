@@ -24,6 +24,15 @@ async fn reader(
     props: &tidings::AmqpProps,
     listen: Listen,
 ) -> (Bus, Arc<Mutex<Vec<u64>>>, tidings::Subscription) {
+    reader_with(props, listen, 1).await
+}
+
+/// The same, handling up to `concurrency` events at once.
+async fn reader_with(
+    props: &tidings::AmqpProps,
+    listen: Listen,
+    concurrency: usize,
+) -> (Bus, Arc<Mutex<Vec<u64>>>, tidings::Subscription) {
     let subscribers = Subscribers::new();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s = seen.clone();
@@ -33,6 +42,7 @@ async fn reader(
         .listen(listen)
         // No dedup window: what is handled twice shows.
         .dedup_window(0)
+        .concurrency(concurrency)
         .connect()
         .await
         .unwrap();
@@ -66,6 +76,17 @@ fn stream_of(props: &tidings::AmqpProps, name: &str) -> String {
 
 #[tokio::test]
 async fn a_stopped_reader_handles_what_it_missed_in_order_once() {
+    stopped_reader_catches_up(1).await;
+}
+
+/// Handlers that finish out of order: the offset saved is still the last
+/// one with every event before it handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_concurrent_reader_handles_what_it_missed_once() {
+    stopped_reader_catches_up(8).await;
+}
+
+async fn stopped_reader_catches_up(concurrency: usize) {
     let props = common::props(ExchangeKind::Fanout);
     let cleanup = common::Cleanup::new(&props);
     let stream = stream_of(&props, "audit");
@@ -82,16 +103,22 @@ async fn a_stopped_reader_handles_what_it_missed_in_order_once() {
         .await
         .unwrap();
 
-    let (bus, seen, _g) = reader(&props, listen()).await;
+    let in_order = |mut seen: Vec<u64>| {
+        if concurrency > 1 {
+            seen.sort_unstable();
+        }
+        seen
+    };
+    let (bus, seen, _g) = reader_with(&props, listen(), concurrency).await;
     publish(&publisher, 0..10).await;
     assert!(has(&seen, 10).await, "handled {:?}", ticks(&seen));
     bus.close().await.unwrap();
-    assert_eq!(ticks(&seen), (0..10).collect::<Vec<_>>());
+    assert_eq!(in_order(ticks(&seen)), (0..10).collect::<Vec<_>>());
 
     // Published while the reader is away.
     publish(&publisher, 10..1010).await;
 
-    let (bus, seen, _g) = reader(&props, listen()).await;
+    let (bus, seen, _g) = reader_with(&props, listen(), concurrency).await;
     assert!(has(&seen, 1000).await, "handled {}", ticks(&seen).len());
     // A marker published after: once it is in, nothing else is coming.
     publisher
@@ -104,7 +131,7 @@ async fn a_stopped_reader_handles_what_it_missed_in_order_once() {
     let mut expected: Vec<u64> = (10..1010).collect();
     expected.push(5000);
     assert_eq!(
-        ticks(&seen),
+        in_order(ticks(&seen)),
         expected,
         "all 1,000 missed events, in order, once, and none handled before"
     );
