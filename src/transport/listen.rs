@@ -101,9 +101,12 @@ impl Listen {
     /// `<exchange>.<name>.offset.<consumer>` (one message: the offset of
     /// the last event handled, with all before it), written at most every
     /// 250 ms while it moves, every 1,000 events, and when the listener
-    /// stops. A listener that crashes resumes from its last write: the
-    /// events handled since come again (**at least once**), and the
-    /// dedup window recognises them by message id. A handler that fails
+    /// stops. A clean stop and start handles each event once. After a lost
+    /// connection, events that were in flight come again and the dedup
+    /// window drops them by message id; a process that crashes resumes
+    /// from its last write, and the events it handled since are handled
+    /// again by the new one (**at least once**: handlers must be
+    /// idempotent). A handler that fails
     /// is retried in the process (a stream cannot take an event back),
     /// then the event goes to the dead letters; the offset does not pass
     /// an event still being retried. On `memory://` a stream is a log in
