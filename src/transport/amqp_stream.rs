@@ -326,6 +326,16 @@ struct StreamInbox {
     committer: Option<tokio::task::JoinHandle<()>>,
 }
 
+impl Drop for StreamInbox {
+    /// Dropped without [`close`](Inbox::close): the offset stays where it
+    /// was last written.
+    fn drop(&mut self) {
+        if let Some(committer) = self.committer.take() {
+            committer.abort();
+        }
+    }
+}
+
 impl StreamInbox {
     /// A parked event that is due, or when the next one is.
     fn due(&self) -> (Option<Parked>, Option<Instant>, bool) {
@@ -390,9 +400,13 @@ impl Inbox for StreamInbox {
                     .header_str(SENT_AT_HEADER)
                     .and_then(|at| at.parse().ok());
                 if lock(&self.state.tracker).skips(offset, sent_at) {
-                    if let Err(e) = delivery.ack().await {
-                        debug!(error = %e, "acknowledging a skipped stream delivery failed");
-                    }
+                    // Acknowledged apart, so that dropping this future (it
+                    // is cancel safe) never leaves a delivery holding room.
+                    tokio::spawn(async move {
+                        if let Err(e) = delivery.ack().await {
+                            debug!(error = %e, "acknowledging a skipped stream delivery failed");
+                        }
+                    });
                     continue;
                 }
                 let inner = Arc::new(AmqpReceived {
