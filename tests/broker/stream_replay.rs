@@ -323,3 +323,39 @@ async fn a_stream_listener_without_a_prefetch_is_refused() {
     assert_eq!(refused.kind(), ErrorKind::InvalidConfig, "{refused}");
     assert!(refused.to_string().contains("prefetch"), "{refused}");
 }
+
+/// A reader starting at a time skips, one by one, the events the broker
+/// sends from before it: many more than its prefetch, without stalling.
+#[tokio::test]
+async fn a_reader_starting_at_a_time_skips_far_more_than_its_prefetch() {
+    let props = common::props(ExchangeKind::Fanout).with_prefetch(20);
+    let cleanup = common::Cleanup::new(&props);
+    cleanup.queue(&stream_of(&props, "skips"));
+    let publisher = Bus::with_props(props.clone())
+        .publish_only()
+        .connect()
+        .await
+        .unwrap();
+    let (first, _, _g0) = reader(&props, Listen::stream("skips")).await;
+    publish(&publisher, 0..2000).await;
+    let time = SystemTime::now();
+    publish(&publisher, 2000..2010).await;
+    let (at_time, from_time, _g1) = reader(
+        &props,
+        Listen::stream("skips").start(StreamStart::Time(time)),
+    )
+    .await;
+    assert!(has(&from_time, 10).await, "{:?}", ticks(&from_time));
+    publisher
+        .publish_confirmed(&Tick { n: 99_999 })
+        .await
+        .unwrap();
+    assert!(has(&from_time, 11).await);
+    for bus in [first, at_time, publisher] {
+        bus.close().await.unwrap();
+    }
+    assert_eq!(
+        ticks(&from_time),
+        (2000..2010).chain([99_999]).collect::<Vec<_>>()
+    );
+}
