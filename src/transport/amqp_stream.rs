@@ -75,11 +75,12 @@ pub(super) async fn listen(
         .declare_queue_with(&queue, &arguments)
         .await
         .map_err(|e| {
-            Error::with_source(
-                e.kind(),
-                format!("{e} (streams need RabbitMQ 3.9 or later)"),
-                e,
-            )
+            if e.to_string().contains("x-queue-type") {
+                let hint = format!("{e} (streams need RabbitMQ 3.9 or later)");
+                Error::with_source(e.kind(), hint, e)
+            } else {
+                e
+            }
         })?;
     let store = match &spec.consumer {
         Some(consumer) => {

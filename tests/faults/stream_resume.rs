@@ -189,3 +189,73 @@ async fn after_a_crash_a_stream_listener_resumes_from_its_last_write_without_gap
         "after the last saved offset, in order, once"
     );
 }
+
+/// On a private node restarted under it: the stream keeps its events, the
+/// listener consumes again from its offset, and the offset queue keeps
+/// the offset for the next process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_listener_and_its_offset_survive_a_broker_restart() {
+    let mut node = tokio::task::spawn_blocking(common::PrivateNode::start)
+        .await
+        .unwrap();
+    let props = node
+        .props(ExchangeKind::Fanout)
+        .with_reconnect_delay(Duration::from_millis(50), Duration::from_secs(1));
+    let publisher = Bus::with_props(props.clone())
+        .publish_only()
+        .connect()
+        .await
+        .unwrap();
+    let (bus, seen, _g) = reader(props.clone()).await;
+    publish(&publisher, 0..100).await;
+    assert!(has(&seen, 99).await);
+
+    let node = tokio::task::spawn_blocking(move || {
+        node.restart();
+        node
+    })
+    .await
+    .unwrap();
+    // A reader from the beginning: the stream is readable again.
+    let probe_subscribers = Subscribers::new();
+    let probe = Arc::new(Mutex::new(Vec::new()));
+    let p = probe.clone();
+    probe_subscribers
+        .subscribe(move |t: &Tick| p.lock().unwrap().push(t.n))
+        .forget();
+    // For some seconds after its node restarts a stream is down ("home
+    // node ... is down or inaccessible"), and the broker drops, yet
+    // confirms, what is routed to it: wait until a reader can declare it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let probe_bus = loop {
+        let probe = Bus::with_props(props.clone())
+            .subscribers(probe_subscribers.clone())
+            .listen(Listen::stream("resume").start(StreamStart::Beginning))
+            .connect()
+            .await;
+        match probe {
+            Ok(bus) => break bus,
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "{e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert!(has(&probe, 99).await, "the stream kept its events");
+    publish(&publisher, 100..200).await;
+    assert!(has(&seen, 199).await, "{}", seen.lock().unwrap().len());
+    probe_bus.close().await.unwrap();
+    bus.close().await.unwrap();
+    assert_eq!(*seen.lock().unwrap(), (0..200).collect::<Vec<_>>());
+
+    let (again, seen_again, _g2) = reader(props.clone()).await;
+    publisher
+        .publish_confirmed(&Tick { n: MARKER })
+        .await
+        .unwrap();
+    assert!(has(&seen_again, MARKER).await);
+    again.close().await.unwrap();
+    publisher.close().await.unwrap();
+    assert_eq!(*seen_again.lock().unwrap(), [MARKER]);
+    drop(node);
+}
