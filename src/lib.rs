@@ -145,6 +145,7 @@ pub use transport::drivers::{Driver, register_driver};
 pub use transport::faults::{FaultPlan, FaultStats, Faults};
 pub use transport::listen::Listen;
 pub use transport::memory::MemoryTransport;
+pub use transport::replay::{Retention, StreamStart};
 pub use transport::schema_stream::schema_stream;
 pub use transport::seam::{
     BoxFuture, DeadLetter, Endpoint, Header, Inbox, Outgoing, Received, Replies, Settlement,

@@ -1349,6 +1349,97 @@ async fn receipts_list_the_buses_that_handled_a_broadcast(meeting: Meeting) {
     }
 }
 
+/// A stream listener (`Listen::stream`): a reader that stops and comes
+/// back handles what was published meanwhile, once; a new reader starting
+/// at the beginning gets the whole history, one starting now only what
+/// comes after.
+async fn a_stream_reader_catches_up_and_new_readers_start_where_told(meeting: Meeting) {
+    let cleanup = meeting.cleanup_group("replay");
+    if let (Some(cleanup), Meeting::Amqp(props, _)) = (&cleanup, &meeting) {
+        cleanup.queue(&format!("{}.replay.offset.c1", props.exchange()));
+    }
+    let reader = |start| {
+        let subscribers = Subscribers::new();
+        let seen = Seen::default();
+        let s = seen.clone();
+        let guard = subscribers.subscribe(move |e: &OrderPaid| s.push(e.id));
+        let listen = Listen::stream("replay").start(start);
+        (subscribers, seen, guard, listen)
+    };
+    let publisher = meeting
+        .builder(&Subscribers::new())
+        .publish_only()
+        .connect()
+        .await
+        .unwrap();
+    let (subscribers, seen, _g1, listen) = reader(tidings::StreamStart::Beginning);
+    let first = meeting
+        .builder(&subscribers)
+        .listen(listen.consumer("c1"))
+        .connect()
+        .await
+        .unwrap();
+    for id in 0..20 {
+        publisher
+            .publish_confirmed(&OrderPaid { id })
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        meeting.as_ordered(seen.wait_for(20).await),
+        (0..20).collect::<Vec<_>>()
+    );
+    first.close().await.unwrap();
+    for id in 20..50 {
+        publisher
+            .publish_confirmed(&OrderPaid { id })
+            .await
+            .unwrap();
+    }
+    let (subscribers, again, _g2, listen) = reader(tidings::StreamStart::Beginning);
+    let second = meeting
+        .builder(&subscribers)
+        .listen(listen.consumer("c1"))
+        .connect()
+        .await
+        .unwrap();
+    let (subscribers, whole, _g3, listen) = reader(tidings::StreamStart::Beginning);
+    let everything = meeting
+        .builder(&subscribers)
+        .listen(listen)
+        .connect()
+        .await
+        .unwrap();
+    let (subscribers, fresh, _g4, listen) = reader(tidings::StreamStart::Now);
+    let now = meeting
+        .builder(&subscribers)
+        .listen(listen)
+        .connect()
+        .await
+        .unwrap();
+    // A marker: once a reader has it, nothing else is coming.
+    publisher
+        .publish_confirmed(&OrderPaid { id: 999 })
+        .await
+        .unwrap();
+    let with_marker = |ids: std::ops::Range<u64>| ids.chain([999]).collect::<Vec<_>>();
+    assert_eq!(
+        meeting.as_ordered(again.wait_for(31).await),
+        with_marker(20..50)
+    );
+    assert_eq!(
+        meeting.as_ordered(whole.wait_for(51).await),
+        with_marker(0..50)
+    );
+    assert_eq!(fresh.wait_for(1).await, [999]);
+    for bus in [second, everything, now, publisher] {
+        bus.close().await.unwrap();
+    }
+    assert_eq!(meeting.as_ordered(again.get()), with_marker(20..50));
+    assert_eq!(meeting.as_ordered(whole.get()), with_marker(0..50));
+    assert_eq!(fresh.get(), [999]);
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -1412,6 +1503,7 @@ conformance!(
     a_call_times_out_and_the_late_reply_is_counted,
     dropping_a_call_cancels_it,
     receipts_list_the_buses_that_handled_a_broadcast,
+    a_stream_reader_catches_up_and_new_readers_start_where_told,
 );
 
 /// The fault injector on its own: with chaos on, each of 500 events is

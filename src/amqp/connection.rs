@@ -310,7 +310,7 @@ impl Connection {
     }
 
     /// The channel for declarations: the open one, or a new one.
-    async fn admin_channel(&self) -> Result<lapin::Channel> {
+    pub(super) async fn admin_channel(&self) -> Result<lapin::Channel> {
         let mut admin = self.inner.admin.lock().await;
         if let Some(channel) = admin.as_ref().filter(|c| c.status().connected()) {
             return Ok(channel.clone());
@@ -433,7 +433,7 @@ impl Connection {
     }
 
     /// What declaring `queue` means on this connection.
-    fn queue_decl(&self, queue: &Queue) -> Result<QueueDecl> {
+    pub(super) fn queue_decl(&self, queue: &Queue) -> Result<QueueDecl> {
         queue.check()?;
         let props = &self.inner.props;
         let keys = queue.binding_keys(props.exchange_kind())?;
@@ -501,7 +501,7 @@ impl Connection {
         }
     }
 
-    fn topology(&self) -> std::sync::MutexGuard<'_, Topology> {
+    pub(super) fn topology(&self) -> std::sync::MutexGuard<'_, Topology> {
         self.inner
             .topology
             .lock()

@@ -53,7 +53,14 @@ pub struct Consumer {
     conn: Connection,
     shared: Arc<Shared>,
     state: State,
+    /// The consume arguments, asked again at each (re)subscription (a
+    /// stream's `x-stream-offset` moves on).
+    arguments: Option<ConsumeArguments>,
 }
+
+/// Gives the arguments of a `basic.consume`, each time the consumer
+/// subscribes.
+pub(crate) type ConsumeArguments = Arc<dyn Fn() -> FieldTable + Send + Sync>;
 
 enum State {
     Live(Box<Subscription>),
@@ -76,11 +83,20 @@ const RESUME_RETRY: Duration = Duration::from_millis(500);
 
 impl Consumer {
     pub(crate) async fn start(conn: Connection, queue: String) -> Result<Self> {
+        Self::start_with(conn, queue, None).await
+    }
+
+    /// Starts consuming with the arguments `arguments` gives.
+    pub(crate) async fn start_with(
+        conn: Connection,
+        queue: String,
+        arguments: Option<ConsumeArguments>,
+    ) -> Result<Self> {
         let amqp = conn
             .up()
             .await
             .ok_or_else(|| Error::new(crate::ErrorKind::Closed, "the connection is closed"))?;
-        let subscription = subscribe(&conn, &amqp, &queue).await?;
+        let subscription = subscribe(&conn, &amqp, &queue, arguments.as_ref()).await?;
         debug!(queue = %queue, "consuming");
         Ok(Self {
             shared: Arc::new(Shared {
@@ -90,6 +106,7 @@ impl Consumer {
             }),
             conn,
             state: State::Live(Box::new(subscription)),
+            arguments,
         })
     }
 
@@ -133,10 +150,11 @@ impl Consumer {
 
     fn resume(&self) -> State {
         let (conn, queue) = (self.conn.clone(), self.shared.queue.clone());
+        let arguments = self.arguments.clone();
         State::Resuming(Mutex::new(Box::pin(async move {
             loop {
                 let amqp = conn.up().await?;
-                match subscribe(&conn, &amqp, &queue).await {
+                match subscribe(&conn, &amqp, &queue, arguments.as_ref()).await {
                     Ok(subscription) => {
                         info!(queue = %queue, "consuming again");
                         return Some(subscription);
@@ -157,6 +175,7 @@ async fn subscribe(
     conn: &Connection,
     amqp: &Arc<lapin::Connection>,
     queue: &str,
+    arguments: Option<&ConsumeArguments>,
 ) -> Result<Subscription> {
     let channel = conn.consumer_channel(amqp).await?;
     conn.redeclare_queue(&channel, queue).await?;
@@ -167,7 +186,7 @@ async fn subscribe(
             short(queue)?,
             tag,
             BasicConsumeOptions::default(),
-            FieldTable::default(),
+            arguments.map(|arguments| arguments()).unwrap_or_default(),
         )
         .await
         .map_err(|e| Error::amqp(&format!("consuming from queue {queue:?}"), e))?;

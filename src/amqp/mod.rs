@@ -15,4 +15,5 @@ pub(crate) mod props;
 pub(crate) mod queue;
 pub(crate) mod recovery;
 pub(crate) mod rpc;
+pub(crate) mod stream;
 pub(crate) mod topology;

@@ -33,7 +33,8 @@ use crate::headers::{
 };
 use crate::schema::Fingerprint;
 use crate::schema::Schema;
-use crate::transport::listen::Listen;
+use crate::transport::listen::{Listen, Mode};
+use crate::transport::lock;
 use crate::transport::schema_stream::SchemaStream;
 
 /// **The RabbitMQ transport** (`amqp://`, `amqps://`): one recovering
@@ -44,8 +45,8 @@ pub struct AmqpTransport {
     inner: Arc<Amqp>,
 }
 
-struct Amqp {
-    conn: Connection,
+pub(super) struct Amqp {
+    pub(super) conn: Connection,
     producer: Producer,
     counters: Arc<PublishCounters>,
     /// The dead-letter exchange and queue, declared at open unless the bus
@@ -230,6 +231,9 @@ impl Transport for AmqpTransport {
             // A bus that was opened to publish only and listens after all
             // needs somewhere to put what it cannot handle.
             self.inner.dead_letters().await?;
+            if let Mode::Stream(spec) = listen.mode() {
+                return super::amqp_stream::listen(self.inner.clone(), listen, spec).await;
+            }
             let exchange = self.inner.conn.props().exchange();
             let consumer = self.inner.consume(&listen.queue_on(exchange)).await?;
             let inbox: Box<dyn Inbox> = Box::new(AmqpInbox {
@@ -324,9 +328,9 @@ impl Inbox for AmqpInbox {
 }
 
 /// One delivery, with the transport to settle it through.
-struct AmqpReceived {
-    delivery: Delivery,
-    amqp: Arc<Amqp>,
+pub(super) struct AmqpReceived {
+    pub(super) delivery: Delivery,
+    pub(super) amqp: Arc<Amqp>,
 }
 
 impl Received for AmqpReceived {
@@ -562,7 +566,7 @@ impl Amqp {
     /// Publishes a delivery to the dead-letter exchange with why; without
     /// its body unless the letter keeps it. Foreign headers are dropped, largest
     /// first, if the message would not fit a frame otherwise.
-    async fn dead_letter(
+    pub(super) async fn dead_letter(
         &self,
         delivery: &Delivery,
         routing_key: &str,
@@ -754,10 +758,6 @@ impl Received for AmqpReply {
     fn reject(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(std::future::ready(Ok(())))
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Calls `visit` with each header of `headers`: strings as text, other

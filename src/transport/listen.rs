@@ -2,6 +2,7 @@
 
 use crate::amqp::queue::Queue;
 use crate::event::EventType;
+use crate::transport::replay::{Retention, StreamSpec, StreamStart};
 
 /// **What a bus listens to**: a delivery model and the routing keys to bind.
 ///
@@ -14,6 +15,9 @@ use crate::event::EventType;
 /// - [`Listen::queue`]: a named queue not bound to the exchange, for events
 ///   sent to it by name ([`Bus::send_to`](crate::Bus::send_to)): point to
 ///   point.
+/// - [`Listen::stream`]: a durable RabbitMQ stream named
+///   `<exchange>.<name>` that every listener reads whole, from where it
+///   left off: a broadcast that a restarted process catches up on.
 ///
 /// [`event`](Listen::event) and [`pattern`](Listen::pattern) bind the queue
 /// to only those routing keys, so on a `direct` or `topic` exchange the
@@ -51,6 +55,8 @@ pub(crate) enum Mode {
     /// and gone with its last consumer (so a call finds no queue, and
     /// says so at once, when no server runs).
     Service(String),
+    /// A stream every listener reads whole, resuming at its saved offset.
+    Stream(Box<StreamSpec>),
 }
 
 impl Listen {
@@ -80,6 +86,86 @@ impl Listen {
             mode: Mode::Queue(name.into()),
             keys: Vec::new(),
         }
+    }
+
+    /// **Every listener reads every event, and catches up after a
+    /// restart**: a durable RabbitMQ stream `<exchange>.<name>` (an
+    /// append-only log bound to the exchange like a group's queue) read
+    /// from the listener's saved offset. Name the reader with
+    /// [`consumer`](Listen::consumer) to have its offset kept; choose where
+    /// a reader with no saved offset begins with
+    /// [`start`](Listen::start) (default: now), and how long events are
+    /// kept with [`retention`](Listen::retention).
+    ///
+    /// The offset is kept on the broker, in the queue
+    /// `<exchange>.<name>.offset.<consumer>` (one message: the offset of
+    /// the last event handled, with all before it), written at most every
+    /// 250 ms while it moves, every 1,000 events, and when the listener
+    /// stops. A clean stop and start handles each event once. After a lost
+    /// connection, events that were in flight come again and the dedup
+    /// window drops them by message id; a process that crashes resumes
+    /// from its last write, and the events it handled since are handled
+    /// again by the new one (**at least once**: handlers must be
+    /// idempotent). A handler that fails
+    /// is retried in the process (a stream cannot take an event back),
+    /// then the event goes to the dead letters; the offset does not pass
+    /// an event still being retried. On `memory://` a stream is a log in
+    /// the hub, its offsets saved when a listener stops, with no retention.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tidings::{Listen, StreamStart};
+    ///
+    /// // This process audits every event, including those published
+    /// // while it was down; on its first start, the whole history.
+    /// let audit = Listen::stream("audit").consumer("audit-eu-1").start(StreamStart::Beginning);
+    /// # let _ = audit;
+    /// ```
+    #[must_use]
+    pub fn stream(name: impl Into<String>) -> Self {
+        Self {
+            mode: Mode::Stream(Box::new(StreamSpec {
+                name: name.into(),
+                consumer: None,
+                start: StreamStart::default(),
+                retention: Retention::default(),
+            })),
+            keys: Vec::new(),
+        }
+    }
+
+    /// For a [stream](Listen::stream) listener: the name its offset is kept
+    /// under. Give each process its own, stable across its restarts (a
+    /// host or pod name); two running listeners with one name overwrite
+    /// each other's offset. Without one, nothing is kept and every start
+    /// begins at [`start`](Listen::start). Other listeners ignore it.
+    #[must_use]
+    pub fn consumer(mut self, name: impl Into<String>) -> Self {
+        if let Mode::Stream(spec) = &mut self.mode {
+            spec.consumer = Some(name.into());
+        }
+        self
+    }
+
+    /// For a [stream](Listen::stream) listener: where it begins when it has
+    /// no saved offset. Other listeners ignore it.
+    #[must_use]
+    pub fn start(mut self, start: StreamStart) -> Self {
+        if let Mode::Stream(spec) = &mut self.mode {
+            spec.start = start;
+        }
+        self
+    }
+
+    /// For a [stream](Listen::stream) listener: how long the stream keeps
+    /// events, sent when it is declared. Other listeners ignore it.
+    #[must_use]
+    pub fn retention(mut self, retention: Retention) -> Self {
+        if let Mode::Stream(spec) = &mut self.mode {
+            spec.retention = retention;
+        }
+        self
     }
 
     /// The queue of the servers of one request type (or of one named
@@ -121,6 +207,7 @@ impl Listen {
             Mode::Group(group) => Queue::durable(format!("{exchange}.{group}")),
             Mode::Queue(name) => return Queue::durable(name.clone()).unbound(),
             Mode::Service(name) => return Queue::service(name.clone()),
+            Mode::Stream(spec) => Queue::durable(format!("{exchange}.{}", spec.name)),
         };
         self.keys
             .iter()

@@ -20,6 +20,7 @@ use crate::codec::{Bincode, Codec};
 use crate::error::{Error, ErrorKind, Result};
 use crate::headers::{FINGERPRINT_HEADER, TAG_HEADER, VERSION_HEADER};
 use crate::transport::listen::{Listen, Mode};
+use crate::transport::memory_stream::{self, Streams};
 
 /// Where replies to the requests of the memory transport `<instance>` go:
 /// `memory.reply-to.<instance>`.
@@ -175,6 +176,10 @@ impl Transport for MemoryTransport {
                 Mode::Broadcast => (None, true),
                 Mode::Group(group) => (Some(format!("{}.{group}", self.name)), true),
                 Mode::Queue(name) | Mode::Service(name) => (Some(name.clone()), false),
+                Mode::Stream(spec) => {
+                    let label = format!("{}.{}", self.name, spec.name);
+                    return Ok(memory_stream::listen(&self.hub, label, listen.keys(), spec));
+                }
             };
             let queue = self.hub.queue(name.as_deref(), listen.keys(), bound);
             let service = matches!(listen.mode(), Mode::Service(_));
@@ -294,9 +299,16 @@ pub(crate) fn test_message(
 }
 
 /// One message of a memory queue.
-struct MemoryReceived {
+pub(crate) struct MemoryReceived {
     message: Arc<Message>,
     queue: Arc<MemoryQueue>,
+}
+
+impl MemoryReceived {
+    /// `message`, retried through `queue`.
+    pub(crate) fn new(message: Arc<Message>, queue: Arc<MemoryQueue>) -> Self {
+        Self { message, queue }
+    }
 }
 
 impl Received for MemoryReceived {
@@ -487,6 +499,8 @@ pub(crate) struct Hub {
     next_id: AtomicU64,
     /// Where replies go, by reply-to address (one per transport).
     repliers: Mutex<HashMap<String, Arc<Replier>>>,
+    /// The streams, and their readers' offsets.
+    pub(crate) streams: Streams,
 }
 
 type Waiters = HashMap<String, mpsc::UnboundedSender<Arc<Message>>>;
@@ -679,7 +693,10 @@ impl Hub {
                 format!("no memory queue named {name:?}; a listener must declare it first"),
             ));
         }
-        let taken = targets.len();
+        let mut taken = targets.len();
+        if out.to_queue.is_none() {
+            taken += self.streams.append(&message);
+        }
         for queue in targets {
             let _ = queue.sender.send(message.clone()).await;
         }

@@ -1,14 +1,19 @@
 //! The transport seam: how a bus moves encoded events. `amqp` goes through
 //! RabbitMQ, `memory` stays inside the process with the same semantics,
 //! `faults` wraps either to inject outages, and `drivers` opens each by
-//! URL scheme. `schema_stream` keeps event schemas on the broker.
+//! URL scheme. `schema_stream` keeps event schemas on the broker;
+//! `amqp_stream` reads a stream listener's RabbitMQ stream, `replay` holds
+//! its settings.
 
 pub(crate) mod amqp;
+pub(crate) mod amqp_stream;
 pub(crate) mod drivers;
 pub(crate) mod faults;
 pub(crate) mod listen;
 
 pub(crate) mod memory;
+pub(crate) mod memory_stream;
+pub(crate) mod replay;
 pub(crate) mod schema_stream;
 pub(crate) mod seam;
 
@@ -27,4 +32,9 @@ pub(crate) fn test_message(
 /// whose schema store answers at once.
 pub(crate) fn test_transport() -> Box<dyn seam::Transport> {
     Box::new(memory::MemoryTransport::named("test"))
+}
+
+/// Locks `mutex`, also after a panic while it was held.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }

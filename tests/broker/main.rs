@@ -24,4 +24,5 @@ mod send_sync;
 mod settlement;
 mod signing;
 mod spans;
+mod stream_replay;
 mod versions;

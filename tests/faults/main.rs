@@ -10,4 +10,5 @@ mod least_privilege;
 mod private_node;
 mod recovery;
 mod rpc;
+mod stream_resume;
 mod tls;
