@@ -79,6 +79,7 @@ mod amqp;
 pub mod blocking;
 mod bus;
 mod codec;
+mod compression;
 mod contract;
 mod dead_letters;
 mod error;
@@ -114,6 +115,7 @@ pub use bus::subscribers::{
     Dispatch, EventStream, HandlerError, HandlerOutput, Lagged, Poller, Subscribers, Subscription,
 };
 pub use bus::{Bus, BusBuilder};
+pub use compression::{Compression, DEFAULT_COMPRESSION_THRESHOLD};
 pub use codec::{BINCODE_CONTENT_TYPE, Bincode, Codec, DecodeVisitor, JSON_CONTENT_TYPE, Json};
 pub use contract::{Contract, UPDATE_CONTRACT_ENV};
 pub use dead_letters::{
@@ -147,7 +149,7 @@ pub use transport::listen::Listen;
 pub use transport::memory::MemoryTransport;
 pub use transport::schema_stream::schema_stream;
 pub use transport::seam::{
-    BoxFuture, DeadLetter, Endpoint, Header, Inbox, Outgoing, Received, Replies, Settlement,
+    BoxFuture, DeadLetter, DeliveryOptions, Endpoint, Header, Inbox, Outgoing, Received, Replies, Settlement,
     Transport,
 };
 

@@ -409,6 +409,51 @@ impl Connection {
         Ok(name)
     }
 
+    /// **Declares the delay queue for `delay_ms`** and the fanout exchange
+    /// in front of it, both `<exchange>.delay.<ms>`: a message published to
+    /// that exchange waits in the queue for the delay, then the broker
+    /// dead-letters it to the exchange of the props with its own routing
+    /// key (the retry queues' mechanism, no plugin). One queue per delay,
+    /// because messages expire only at a queue's head; durable, and
+    /// deleted by the broker once unused for ten minutes longer than its
+    /// delay (declaring it again is a use). Returns the exchange's name.
+    pub(crate) async fn declare_delay(&self, delay_ms: u32) -> Result<String> {
+        let props = &self.inner.props;
+        let name = format!("{}.delay.{delay_ms}", props.exchange());
+        check_name("delay queue name", &name)?;
+        let channel = self.admin_channel().await?;
+        let kind = lapin::ExchangeKind::Fanout;
+        let passive = props.passive();
+        topology::declare_exchange(&channel, short(&name)?, kind.clone(), passive).await?;
+        self.topology().exchange(short(&name)?, kind, passive);
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(props.exchange().into()),
+        );
+        arguments.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(delay_ms.into()),
+        );
+        arguments.insert(
+            "x-expires".into(),
+            AMQPValue::LongLongInt(i64::from(delay_ms) + 600_000),
+        );
+        let queue = QueueDecl {
+            name: short(&name)?,
+            options: QueueDeclareOptions {
+                durable: true,
+                passive,
+                ..QueueDeclareOptions::default()
+            },
+            arguments,
+            bindings: vec![(short(&name)?, ShortString::from(""))],
+        };
+        topology::declare_queue(&channel, &queue).await?;
+        self.topology().queue(queue);
+        Ok(name)
+    }
+
     /// **Declares a queue and binds it** to the exchange of the props;
     /// returns its name (chosen by tidings for an exclusive queue).
     ///

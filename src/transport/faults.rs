@@ -606,6 +606,10 @@ impl Received for Copy {
         self.message().content_type()
     }
 
+    fn content_encoding(&self) -> Option<&str> {
+        self.message().content_encoding()
+    }
+
     fn header(&self, name: &str) -> Header<'_> {
         self.message().header(name)
     }
