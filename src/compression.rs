@@ -220,14 +220,13 @@ pub(crate) fn decompress<'a>(
 ) -> std::result::Result<Cow<'a, [u8]>, Inflate> {
     // Text from the wire: at most 64 characters of it in an error.
     let shown = || encoding.unwrap_or("").chars().take(64).collect::<String>();
-    let algorithm = Compression::from_content_encoding(encoding)
-        .ok_or_else(|| {
-            Inflate::Unknown(format!(
-                "unknown content-encoding {:?}; this receiver reads {}",
-                shown(),
-                built_encodings()
-            ))
-        })?;
+    let algorithm = Compression::from_content_encoding(encoding).ok_or_else(|| {
+        Inflate::Unknown(format!(
+            "unknown content-encoding {:?}; this receiver reads {}",
+            shown(),
+            built_encodings()
+        ))
+    })?;
     if !algorithm.is_built() {
         return Err(Inflate::Unknown(format!(
             "content-encoding {:?} is not built into this receiver (cargo feature `{algorithm}`); it reads {}",
@@ -313,7 +312,10 @@ mod tests {
     #[test]
     fn unknown_and_corrupt_bodies_are_refused() {
         let e = decompress(b"x", Some("br"), 100).unwrap_err();
-        assert!(matches!(&e, Inflate::Unknown(m) if m.contains("\"br\"")), "{e:?}");
+        assert!(
+            matches!(&e, Inflate::Unknown(m) if m.contains("\"br\"")),
+            "{e:?}"
+        );
         let e = decompress(b"not gzip at all", Some("gzip"), 100).unwrap_err();
         assert!(matches!(e, Inflate::Corrupt(_)), "{e:?}");
         assert_eq!(&*decompress(b"x", Some("identity"), 100).unwrap(), b"x");

@@ -115,8 +115,8 @@ pub use bus::subscribers::{
     Dispatch, EventStream, HandlerError, HandlerOutput, Lagged, Poller, Subscribers, Subscription,
 };
 pub use bus::{Bus, BusBuilder};
-pub use compression::{Compression, DEFAULT_COMPRESSION_THRESHOLD};
 pub use codec::{BINCODE_CONTENT_TYPE, Bincode, Codec, DecodeVisitor, JSON_CONTENT_TYPE, Json};
+pub use compression::{Compression, DEFAULT_COMPRESSION_THRESHOLD};
 pub use contract::{Contract, UPDATE_CONTRACT_ENV};
 pub use dead_letters::{
     DeadLetterFilter, DeadLetterMessage, DeadLetters, Progress, ReplayFailure, ReplayReport,
@@ -149,8 +149,8 @@ pub use transport::listen::Listen;
 pub use transport::memory::MemoryTransport;
 pub use transport::schema_stream::schema_stream;
 pub use transport::seam::{
-    BoxFuture, DeadLetter, DeliveryOptions, Endpoint, Header, Inbox, Outgoing, Received, Replies, Settlement,
-    Transport,
+    BoxFuture, DeadLetter, DeliveryOptions, Endpoint, Header, Inbox, Outgoing, Received, Replies,
+    Settlement, Transport,
 };
 
 /// lapin, whose types appear in the AMQP core's API ([`Delivery::header`],
