@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tidings::{
-    AmqpProps, Bus, BusBuilder, CallOptions, Compression, Context, ErrorKind, Event, ExchangeKind, FaultPlan,
-    Faults, Lagged, Listen, PublishOptions, ReceiptOutcome, Request, ServeOptions, Server,
-    Subscribers,
+    AmqpProps, Bus, BusBuilder, CallOptions, Compression, Context, ErrorKind, Event, ExchangeKind,
+    FaultPlan, Faults, Lagged, Listen, PublishOptions, ReceiptOutcome, Request, ServeOptions,
+    Server, Subscribers,
 };
 use tokio_stream::StreamExt;
 
@@ -1500,7 +1500,10 @@ async fn publish_options_route_name_encode_and_delay_one_event(meeting: Meeting)
         .unwrap_err();
     assert_eq!(unroutable.kind(), ErrorKind::Unroutable, "{unroutable}");
     let too_long = publisher
-        .publish_with(&order(4), &PublishOptions::new().routing_key("k".repeat(256)))
+        .publish_with(
+            &order(4),
+            &PublishOptions::new().routing_key("k".repeat(256)),
+        )
         .await
         .unwrap_err();
     assert_eq!(too_long.kind(), ErrorKind::InvalidConfig, "{too_long}");

@@ -72,7 +72,11 @@ fn gzip(body: &[u8]) -> Vec<u8> {
 /// on the wire, far more once decompressed.
 fn gzip_bomb() -> Vec<u8> {
     let bomb = gzip(&vec![0; 256 * MAX_SIZE]);
-    assert!(bomb.len() < MAX_SIZE, "the bomb itself fits: {}", bomb.len());
+    assert!(
+        bomb.len() < MAX_SIZE,
+        "the bomb itself fits: {}",
+        bomb.len()
+    );
     bomb
 }
 
@@ -205,7 +209,11 @@ fn bad_message(
         ),
         "decompression_bomb" => (gzip_bomb(), bincode, good_headers),
         "unknown_content_encoding" => (valid, bincode, good_headers),
-        "corrupt_gzip" => (vec![0x1f, 0x8b, 8, 0, 0xFF, 0xFF, 0xFF], bincode, good_headers),
+        "corrupt_gzip" => (
+            vec![0x1f, 0x8b, 8, 0, 0xFF, 0xFF, 0xFF],
+            bincode,
+            good_headers,
+        ),
         other => panic!("no such case {other:?}"),
     }
 }
@@ -338,30 +346,27 @@ async fn every_bad_input_from_raw_lapin_is_dead_lettered_counted_and_passed_over
     let mut receiver = Receiver::start(&props).await;
     let publisher = Connection::connect(&props).await.unwrap();
     let channel = publisher.channel().await.unwrap();
-    let publish = |body: Vec<u8>,
-                   content_type: Option<&str>,
-                   encoding: Option<&str>,
-                   headers,
-                   id: String| {
-        let mut table = FieldTable::default();
-        for (name, value) in headers {
-            let name: &str = name;
-            let value: AMQPValue = value;
-            table.insert(name.into(), value);
-        }
-        let mut properties = BasicProperties::default()
-            .with_message_id(id.into())
-            .with_headers(table);
-        if let Some(content_type) = content_type {
-            properties = properties.with_content_type(content_type.into());
-        }
-        if let Some(encoding) = encoding {
-            properties = properties.with_content_encoding(encoding.into());
-        }
-        let channel = channel.clone();
-        let exchange = props.exchange().to_owned();
-        async move { common::raw_publish(&channel, &exchange, "", &body, properties).await }
-    };
+    let publish =
+        |body: Vec<u8>, content_type: Option<&str>, encoding: Option<&str>, headers, id: String| {
+            let mut table = FieldTable::default();
+            for (name, value) in headers {
+                let name: &str = name;
+                let value: AMQPValue = value;
+                table.insert(name.into(), value);
+            }
+            let mut properties = BasicProperties::default()
+                .with_message_id(id.into())
+                .with_headers(table);
+            if let Some(content_type) = content_type {
+                properties = properties.with_content_type(content_type.into());
+            }
+            if let Some(encoding) = encoding {
+                properties = properties.with_content_encoding(encoding.into());
+            }
+            let channel = channel.clone();
+            let exchange = props.exchange().to_owned();
+            async move { common::raw_publish(&channel, &exchange, "", &body, properties).await }
+        };
 
     let mut wrong = Vec::new();
     for (seq, (name, reason)) in CASES.iter().enumerate() {

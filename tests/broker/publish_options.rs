@@ -92,7 +92,9 @@ async fn the_options_of_one_publish_reach_the_wire() {
     bus.publish_with(&parcel(1), &options).await.unwrap();
     bus.publish_confirmed(&parcel(2)).await.unwrap();
 
-    let first = common::raw_get(&conn, &queue).await.expect("the first event");
+    let first = common::raw_get(&conn, &queue)
+        .await
+        .expect("the first event");
     let p = &first.delivery.properties;
     assert_eq!(*p.priority(), Some(7));
     assert_eq!(p.expiration().as_ref().map(|e| e.as_str()), Some("60000"));
@@ -121,7 +123,9 @@ async fn the_options_of_one_publish_reach_the_wire() {
         plain.len()
     );
 
-    let second = common::raw_get(&conn, &queue).await.expect("the second event");
+    let second = common::raw_get(&conn, &queue)
+        .await
+        .expect("the second event");
     let p = &second.delivery.properties;
     assert_eq!(*p.priority(), None);
     assert_eq!(*p.expiration(), None);
@@ -181,7 +185,9 @@ async fn an_expired_event_is_dropped_by_the_broker() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let kept = common::raw_get(&conn, &queue).await.expect("the second event");
+    let kept = common::raw_get(&conn, &queue)
+        .await
+        .expect("the second event");
     assert_eq!(
         *kept.delivery.properties.expiration(),
         None,
@@ -199,9 +205,7 @@ async fn a_delayed_event_waits_in_its_delay_queue_and_keeps_its_routing_key() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s = seen.clone();
     let _g = subscribers.subscribe_with(move |p: &Parcel, ctx: &Context| {
-        s.lock()
-            .unwrap()
-            .push((p.id, ctx.routing_key().to_owned()))
+        s.lock().unwrap().push((p.id, ctx.routing_key().to_owned()))
     });
     let receiver = Bus::with_props(props.clone())
         .subscribers(subscribers)
@@ -224,10 +228,8 @@ async fn a_delayed_event_waits_in_its_delay_queue_and_keeps_its_routing_key() {
         "confirmed once it waits in its delay queue"
     );
     assert!(seen.lock().unwrap().is_empty(), "not before the delay");
-    let arrived = common::eventually(Duration::from_secs(10), || {
-        !seen.lock().unwrap().is_empty()
-    })
-    .await;
+    let arrived =
+        common::eventually(Duration::from_secs(10), || !seen.lock().unwrap().is_empty()).await;
     assert!(arrived, "the delayed event never arrived");
     assert_eq!(*seen.lock().unwrap(), [(1, "later.eu".to_owned())]);
     assert_eq!(common::queue_depth(&conn, &delay_queue).await, 0);
@@ -247,9 +249,7 @@ async fn a_raw_producer_needs_the_tag_header_not_the_types_routing_key() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s = seen.clone();
     let _g = subscribers.subscribe_with(move |p: &Parcel, ctx: &Context| {
-        s.lock()
-            .unwrap()
-            .push((p.id, ctx.routing_key().to_owned()))
+        s.lock().unwrap().push((p.id, ctx.routing_key().to_owned()))
     });
     let receiver = Bus::with_props(props.clone())
         .subscribers(subscribers)
@@ -275,17 +275,18 @@ async fn a_raw_producer_needs_the_tag_header_not_the_types_routing_key() {
     let with_headers = Publish::new()
         .routing_key("elsewhere.two")
         .header(TAG_HEADER, Parcel::TAG)
-        .header(FINGERPRINT_HEADER, Parcel::schema().fingerprint().to_string());
+        .header(
+            FINGERPRINT_HEADER,
+            Parcel::schema().fingerprint().to_string(),
+        );
     producer
         .publish_with(&event, &with_headers)
         .await
         .unwrap()
         .await
         .unwrap();
-    let arrived = common::eventually(Duration::from_secs(10), || {
-        !seen.lock().unwrap().is_empty()
-    })
-    .await;
+    let arrived =
+        common::eventually(Duration::from_secs(10), || !seen.lock().unwrap().is_empty()).await;
     assert!(arrived, "{:?}", receiver.stats());
     assert_eq!(*seen.lock().unwrap(), [(2, "elsewhere.two".to_owned())]);
     receiver.close().await.unwrap();
