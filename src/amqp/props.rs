@@ -1080,6 +1080,17 @@ mod tests {
         assert!(err("amqp://localhost?prefetch=-1").contains("\"prefetch\""));
         assert!(err("amqp://localhost?heartbeat=70000").contains("\"heartbeat\""));
         assert!(err("amqp://localhost?codec=pickle").contains("unknown codec \"pickle\""));
+        assert!(
+            err("amqp://localhost?compression=brotli").contains("unknown compression \"brotli\"")
+        );
+        assert!(err("amqp://localhost?compression_threshold=x").contains("compression_threshold"));
+        let props =
+            AmqpProps::from_url("amqp://h?compression=gzip&compression_threshold=10").unwrap();
+        assert_eq!(props.compression(), (Compression::Gzip, 10));
+        assert_eq!(
+            AmqpProps::from_url("amqp://h").unwrap().compression(),
+            (Compression::None, DEFAULT_COMPRESSION_THRESHOLD)
+        );
         assert!(err("amqp://").contains("missing host"));
         assert!(err("localhost:5672").contains("scheme"));
         assert!(err("amqp://h/a/b").contains("%2f"));

@@ -272,6 +272,10 @@ impl Transport for Faults {
         self.inner.max_message_size()
     }
 
+    fn compression(&self) -> (crate::compression::Compression, usize) {
+        self.inner.compression()
+    }
+
     fn prefetch(&self) -> u16 {
         self.inner.prefetch()
     }

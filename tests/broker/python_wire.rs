@@ -593,7 +593,11 @@ async fn gzip_events_cross_between_python_and_a_rust_bus() {
     }
     for (order, payload) in &orders {
         let printed: Value = serde_json::from_str(&line(&mut lines, "an event").await).unwrap();
-        assert_eq!(&printed["payload"], payload, "order {}: {printed}", order.id);
+        assert_eq!(
+            &printed["payload"], payload,
+            "order {}: {printed}",
+            order.id
+        );
     }
     exits(reader).await;
 
