@@ -381,11 +381,6 @@ impl Connection {
     ) -> Result<String> {
         let name = format!("{}.dead-letter", self.inner.props.exchange());
         check_name("dead-letter exchange name", &name)?;
-        let channel = self.admin_channel().await?;
-        let kind = lapin::ExchangeKind::Fanout;
-        let passive = self.inner.props.passive();
-        topology::declare_exchange(&channel, short(&name)?, kind.clone(), passive).await?;
-        self.topology().exchange(short(&name)?, kind, passive);
         let limit = |n: u64| AMQPValue::LongLongInt(i64::try_from(n).unwrap_or(i64::MAX));
         let mut arguments = FieldTable::default();
         arguments.insert("x-max-length".into(), limit(max_messages));
@@ -394,19 +389,32 @@ impl Connection {
             "x-overflow".into(),
             AMQPValue::LongString("reject-publish".into()),
         );
+        self.declare_fanout_queue(&name, arguments).await?;
+        Ok(name)
+    }
+
+    /// Declares the durable fanout exchange `name` and the durable queue of
+    /// the same name bound to it, with `arguments` (or, passive, checks
+    /// that both exist).
+    async fn declare_fanout_queue(&self, name: &str, arguments: FieldTable) -> Result<()> {
+        let channel = self.admin_channel().await?;
+        let kind = lapin::ExchangeKind::Fanout;
+        let passive = self.inner.props.passive();
+        topology::declare_exchange(&channel, short(name)?, kind.clone(), passive).await?;
+        self.topology().exchange(short(name)?, kind, passive);
         let queue = QueueDecl {
-            name: short(&name)?,
+            name: short(name)?,
             options: QueueDeclareOptions {
                 durable: true,
                 passive,
                 ..QueueDeclareOptions::default()
             },
             arguments,
-            bindings: vec![(short(&name)?, ShortString::from(""))],
+            bindings: vec![(short(name)?, ShortString::from(""))],
         };
         topology::declare_queue(&channel, &queue).await?;
         self.topology().queue(queue);
-        Ok(name)
+        Ok(())
     }
 
     /// **Declares the delay queue for `delay_ms`** and the fanout exchange
@@ -421,11 +429,6 @@ impl Connection {
         let props = &self.inner.props;
         let name = format!("{}.delay.{delay_ms}", props.exchange());
         check_name("delay queue name", &name)?;
-        let channel = self.admin_channel().await?;
-        let kind = lapin::ExchangeKind::Fanout;
-        let passive = props.passive();
-        topology::declare_exchange(&channel, short(&name)?, kind.clone(), passive).await?;
-        self.topology().exchange(short(&name)?, kind, passive);
         let mut arguments = FieldTable::default();
         arguments.insert(
             "x-dead-letter-exchange".into(),
@@ -439,18 +442,7 @@ impl Connection {
             "x-expires".into(),
             AMQPValue::LongLongInt(i64::from(delay_ms) + 600_000),
         );
-        let queue = QueueDecl {
-            name: short(&name)?,
-            options: QueueDeclareOptions {
-                durable: true,
-                passive,
-                ..QueueDeclareOptions::default()
-            },
-            arguments,
-            bindings: vec![(short(&name)?, ShortString::from(""))],
-        };
-        topology::declare_queue(&channel, &queue).await?;
-        self.topology().queue(queue);
+        self.declare_fanout_queue(&name, arguments).await?;
         Ok(name)
     }
 

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tidings::{
     Bus, Codec, Compression, Connection, Context, Event, EventType, ExchangeKind,
     FINGERPRINT_HEADER, Json, Listen, Publish, PublishOptions, RejectReason, Subscribers,
-    TAG_HEADER,
+    Subscription, TAG_HEADER,
 };
 
 #[derive(Event, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -70,6 +70,28 @@ async fn publisher(props: &tidings::AmqpProps) -> Bus {
         .connect()
         .await
         .unwrap()
+}
+
+/// What a receiver saw: parcel ids and the routing keys they came with.
+type Seen = Arc<Mutex<Vec<(u64, String)>>>;
+
+/// A bus listening as `listen` says (one attempt per delivery), and what
+/// it handled.
+async fn receiver(props: &tidings::AmqpProps, listen: Listen) -> (Bus, Seen, Subscription) {
+    let subscribers = Subscribers::new();
+    let seen = Seen::default();
+    let s = seen.clone();
+    let guard = subscribers.subscribe_with(move |p: &Parcel, ctx: &Context| {
+        s.lock().unwrap().push((p.id, ctx.routing_key().to_owned()))
+    });
+    let bus = Bus::with_props(props.clone())
+        .subscribers(subscribers)
+        .listen(listen)
+        .max_attempts(1)
+        .connect()
+        .await
+        .unwrap();
+    (bus, seen, guard)
 }
 
 #[tokio::test]
@@ -201,18 +223,7 @@ async fn an_expired_event_is_dropped_by_the_broker() {
 async fn a_delayed_event_waits_in_its_delay_queue_and_keeps_its_routing_key() {
     let props = common::props(ExchangeKind::Topic);
     let _cleanup = common::Cleanup::new(&props);
-    let subscribers = Subscribers::new();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let s = seen.clone();
-    let _g = subscribers.subscribe_with(move |p: &Parcel, ctx: &Context| {
-        s.lock().unwrap().push((p.id, ctx.routing_key().to_owned()))
-    });
-    let receiver = Bus::with_props(props.clone())
-        .subscribers(subscribers)
-        .listen(Listen::broadcast().pattern("later.#"))
-        .connect()
-        .await
-        .unwrap();
+    let (receiver, seen, _g) = receiver(&props, Listen::broadcast().pattern("later.#")).await;
     let bus = publisher(&props).await;
     let conn = Connection::connect(&props).await.unwrap();
     let delay = Duration::from_millis(1500);
@@ -245,18 +256,7 @@ async fn a_delayed_event_waits_in_its_delay_queue_and_keeps_its_routing_key() {
 async fn a_raw_producer_needs_the_tag_header_not_the_types_routing_key() {
     let props = common::props(ExchangeKind::Topic);
     let _cleanup = common::Cleanup::new(&props);
-    let subscribers = Subscribers::new();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let s = seen.clone();
-    let _g = subscribers.subscribe_with(move |p: &Parcel, ctx: &Context| {
-        s.lock().unwrap().push((p.id, ctx.routing_key().to_owned()))
-    });
-    let receiver = Bus::with_props(props.clone())
-        .subscribers(subscribers)
-        .max_attempts(1)
-        .connect()
-        .await
-        .unwrap();
+    let (receiver, seen, _g) = receiver(&props, Listen::broadcast()).await;
     let conn = Connection::connect(&props).await.unwrap();
     let producer = conn.producer().await.unwrap();
     let event: Box<dyn Event> = Box::new(parcel(1));

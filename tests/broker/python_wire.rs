@@ -244,6 +244,28 @@ async fn python_publishes(props: &AmqpProps, contract: &Path, events: &[String])
     published
 }
 
+/// The helper consuming `count` events of the exchange through `queue`,
+/// ready, and the lines it prints.
+async fn python_reader(
+    props: &AmqpProps,
+    queue: &str,
+    count: usize,
+) -> (Child, Lines<BufReader<ChildStdout>>) {
+    let count = count.to_string();
+    let mut reader = python(&[
+        "consume",
+        &plain_url(),
+        props.exchange(),
+        "--count",
+        &count,
+        "--queue",
+        queue,
+    ]);
+    let mut lines = BufReader::new(reader.stdout.take().unwrap()).lines();
+    assert_eq!(line(&mut lines, "ready").await, "ready");
+    (reader, lines)
+}
+
 /// The fingerprint the helper computes for `tag` at `version`.
 async fn python_fingerprint(contract: &Path, tag: &str, version: u32) -> String {
     let child = python(&[
@@ -379,18 +401,7 @@ async fn python_reads_the_json_events_a_rust_bus_publishes() {
         .await
         .unwrap();
     let orders = orders();
-    let count = orders.len().to_string();
-    let mut reader = python(&[
-        "consume",
-        &plain_url(),
-        props.exchange(),
-        "--count",
-        &count,
-        "--queue",
-        &queue,
-    ]);
-    let mut lines = BufReader::new(reader.stdout.take().unwrap()).lines();
-    assert_eq!(line(&mut lines, "ready").await, "ready");
+    let (reader, mut lines) = python_reader(&props, &queue, orders.len()).await;
 
     for (order, _) in &orders {
         bus.publish_confirmed(order).await.unwrap();
@@ -576,18 +587,7 @@ async fn gzip_events_cross_between_python_and_a_rust_bus() {
         .await
         .unwrap();
     let orders = orders();
-    let count = orders.len().to_string();
-    let mut reader = python(&[
-        "consume",
-        &plain_url(),
-        props.exchange(),
-        "--count",
-        &count,
-        "--queue",
-        &queue,
-    ]);
-    let mut lines = BufReader::new(reader.stdout.take().unwrap()).lines();
-    assert_eq!(line(&mut lines, "ready").await, "ready");
+    let (reader, mut lines) = python_reader(&props, &queue, orders.len()).await;
     for (order, _) in &orders {
         bus.publish_confirmed(order).await.unwrap();
     }
