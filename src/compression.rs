@@ -262,6 +262,23 @@ pub(crate) fn decompress<'a>(
     Ok(Cow::Owned(out))
 }
 
+/// **Decompresses as a receiver does**, bounded by `limit`: for the
+/// benchmark of what decompression costs. Not public API.
+///
+/// # Errors
+///
+/// Why the body was refused.
+#[doc(hidden)]
+pub fn decompress_probe(
+    body: &[u8],
+    encoding: Option<&str>,
+    limit: usize,
+) -> std::result::Result<Vec<u8>, String> {
+    decompress(body, encoding, limit)
+        .map(Cow::into_owned)
+        .map_err(|e| format!("{e:?}"))
+}
+
 /// The encodings this build reads, for errors.
 fn built_encodings() -> String {
     [Compression::Gzip, Compression::Zstd, Compression::Lz4]

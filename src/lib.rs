@@ -168,6 +168,7 @@ pub mod __private {
 
     pub use crate::bus::decode::ListenerDecoder;
     pub use crate::bus::signing::{SigningProbe, signed_bytes};
+    pub use crate::compression::decompress_probe;
     pub use crate::event::UpcastFn;
     pub use crate::schema::Value;
     use crate::{Event, EventType};
