@@ -219,7 +219,10 @@ impl PublishOptions {
     /// delay never waits behind a long one; unused for ten minutes longer
     /// than its delay, the broker deletes it. On `memory://` the event is
     /// routed after the delay. A signed event's send time is the publish,
-    /// so a receiver's signing window must cover the delay.
+    /// so a receiver's signing window must cover the delay. The delay queue
+    /// is declared (again) at most once a minute, on the publishing path:
+    /// a delayed publish needs the broker then, where a plain one waits in
+    /// the publish buffer through an outage.
     #[must_use]
     pub fn delay(mut self, delay: Duration) -> Self {
         self.delay = Some(delay);
