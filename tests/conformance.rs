@@ -1410,6 +1410,14 @@ async fn compressed_events_round_trip_with_every_algorithm(meeting: Meeting) {
         .await
         .unwrap();
     sent.push(plain);
+    // 5 MiB that would compress to a few KiB: refused, since receivers
+    // refuse what decompresses past their maximum size (4 MiB).
+    let huge = OrderPlaced {
+        id: 5,
+        item: "z".repeat(5 << 20),
+    };
+    let refused = publisher.publish(&huge).await.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::MessageTooLarge, "{refused}");
     let mut got = seen.wait_for(sent.len()).await;
     got.sort_by_key(|e| e.id);
     sent.sort_by_key(|e| e.id);

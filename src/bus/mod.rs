@@ -645,6 +645,17 @@ impl Bus {
             },
             None => inner.compress,
         };
+        // Receivers refuse what decompresses past their maximum size.
+        let limit = inner.transport.max_message_size();
+        if compress.algorithm != Compression::None && body.len() > limit {
+            return Err(Error::new(
+                ErrorKind::MessageTooLarge,
+                format!(
+                    "event of {} bytes is over the maximum message size of {limit} bytes, which receivers apply to a body once decompressed too; raise max_message_size on every bus",
+                    body.len()
+                ),
+            ));
+        }
         let (body, content_encoding) = compress.apply(body)?;
         let fingerprint = event.fingerprint();
         self.store_schema(event, fingerprint)?;
