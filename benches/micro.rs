@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the per-event work of tidings, with the std harness
 //! (no extra dependency): codec through typetag, the listener's decode path
 //! (schemas equal, and an event of another schema read by name), local
-//! dispatch, headers.
+//! dispatch, headers, compression of a 10 KB JSON-ish body (each algorithm
+//! this build has: `cargo bench --bench micro --features zstd,lz4`).
 //!
 //! Run: `cargo bench --bench micro`. Prints nanoseconds per operation, the
 //! median of 7 rounds.
@@ -10,8 +11,10 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use tidings::__private::{ListenerDecoder, SigningProbe};
-use tidings::{Bincode, Codec, Event, EventType, Fingerprint, Json, Schema, Signing, Subscribers};
+use tidings::__private::{ListenerDecoder, SigningProbe, decompress_probe};
+use tidings::{
+    Bincode, Codec, Compression, Event, EventType, Fingerprint, Json, Schema, Signing, Subscribers,
+};
 
 #[derive(Event, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[event(name = "micro.order")]
@@ -97,6 +100,7 @@ fn main() {
     }
     decode_path(&order);
     signing(&(&Bincode as &dyn Codec).encode(&event).unwrap());
+    compression();
     for handlers in [1usize, 10] {
         let subscribers = Subscribers::new();
         for _ in 0..handlers {
@@ -223,6 +227,50 @@ fn signing(body: &[u8]) {
         println!(
             "{:<52} {verify:>10.0}",
             format!("signing: verify an event ({size} B body)")
+        );
+    }
+}
+
+/// What compressing and decompressing a 10 KB JSON-ish event body costs
+/// (order lines whose numbers and words vary), and what it saves.
+fn compression() {
+    let lines: Vec<serde_json::Value> = (0u64..160)
+        .map(|i| {
+            let spread = i.wrapping_mul(2_654_435_761) % 100_003;
+            let item = ["tea", "cake", "scone", "honey"][(spread % 4) as usize];
+            let note = ["green", "loose leaf", "gift box", "express"][(i % 4) as usize];
+            serde_json::json!({
+                "sku": format!("{item}-{}", spread % 9_973),
+                "qty": spread % 7 + 1,
+                "cents": spread,
+                "note": note,
+            })
+        })
+        .collect();
+    let body = serde_json::to_vec(&lines).unwrap();
+    for algorithm in [Compression::Gzip, Compression::Zstd, Compression::Lz4] {
+        if !algorithm.is_built() {
+            continue;
+        }
+        let packed = algorithm.compress(&body).unwrap();
+        let encoding = algorithm.content_encoding();
+        let compress = time(500, || {
+            black_box(algorithm.compress(black_box(&body)).unwrap());
+        });
+        let decompress = time(500, || {
+            black_box(decompress_probe(black_box(&packed), encoding, 1 << 20).unwrap());
+        });
+        println!(
+            "{:<52} {compress:>10.0}",
+            format!(
+                "{algorithm}: compress {} B to {} B",
+                body.len(),
+                packed.len()
+            )
+        );
+        println!(
+            "{:<52} {decompress:>10.0}",
+            format!("{algorithm}: decompress, bounded")
         );
     }
 }

@@ -21,6 +21,12 @@ The schema fingerprint a receiver compares with its own is computed from the
 event's schema in a contract file, exactly as tidings computes it
 (`fingerprint`). Needs Python 3.11 and pika; nothing else.
 
+Compression: `publish(..., compression="gzip")` gzips the body and sets the
+`content-encoding` (every bus reads gzip); `decode` reads gzip bodies, never
+inflating one past `max_size` (default 4 MiB, a bus's default limit). zstd
+and lz4 bodies (from a bus built with those features) raise `WireError`:
+Python's standard library has neither.
+
 As a program, for scripts and tests (see `python tidings_pika.py --help`):
 
     tidings_pika.py publish URL EXCHANGE --contract FILE   < events.jsonl
@@ -36,6 +42,7 @@ import json
 import sys
 import time
 import uuid
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -50,6 +57,9 @@ CORRELATION_HEADER = "x-correlation-id"
 CAUSATION_HEADER = "x-causation-id"
 SENT_AT_HEADER = "x-tidings-sent-at"
 ATTEMPT_HEADER = "x-tidings-attempt"
+
+#: The largest body `decode` reads, also once decompressed: a bus's default.
+MAX_SIZE = 4 * 1024 * 1024
 
 #: This process's instance id: the `x-origin` of what it publishes, and the
 #: prefix of its message ids.
@@ -228,12 +238,14 @@ def properties(tag: str, fingerprint: str, version: int = 1, *, message_id: str 
 
 def publish(channel, exchange: str, tag: str, payload: Any, *, version: int = 1,
             fingerprint: str | None = None, contract: dict | None = None,
-            routing_key: str | None = None, **options) -> str:
+            routing_key: str | None = None, compression: str | None = None,
+            **options) -> str:
     """Publishes one event; returns its message id.
 
     The fingerprint is given, or computed from `contract` (`load_contract`).
     The routing key is the tag unless given (a fanout exchange ignores it;
-    use the event's `#[event(routing_key = ..)]` if it has one). `options`:
+    use the event's `#[event(routing_key = ..)]` if it has one).
+    `compression="gzip"` gzips the body (`content-encoding: gzip`). `options`:
     `message_id`, `correlation_id`, `causation_id`, `headers`. With
     `channel.confirm_delivery()` on, returns once the broker has the event.
     """
@@ -242,9 +254,37 @@ def publish(channel, exchange: str, tag: str, payload: Any, *, version: int = 1,
             raise WireError("give the event's fingerprint or a contract to compute it from")
         fingerprint = fingerprint_of(contract, tag, version)
     props = properties(tag, fingerprint, version, **options)
-    channel.basic_publish(exchange, tag if routing_key is None else routing_key,
-                          encode(tag, payload, version), props)
+    body = encode(tag, payload, version)
+    if compression == "gzip":
+        body = _gzip(body)
+        props.content_encoding = "gzip"
+    elif compression is not None:
+        raise WireError(f"compression {compression!r}: this module writes gzip only")
+    channel.basic_publish(exchange, tag if routing_key is None else routing_key, body, props)
     return props.message_id
+
+
+def _gzip(body: bytes) -> bytes:
+    packer = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # gzip framing
+    return packer.compress(body) + packer.flush()
+
+
+def decompress(body: bytes, encoding: str | None, max_size: int = MAX_SIZE) -> bytes:
+    """A body as its `content-encoding` says, never inflated past
+    `max_size` bytes (a bomb raises `WireError` having used that much)."""
+    encoding = (encoding or "").strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "x-gzip"):
+        raise WireError(f"content-encoding {encoding!r} is not one this module reads (gzip)")
+    unpacker = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        plain = unpacker.decompress(body, max_size + 1)
+    except zlib.error as e:
+        raise WireError(f"the gzip body does not decompress: {e}") from None
+    if len(plain) > max_size:
+        raise WireError(f"the gzip body decompresses to more than {max_size} bytes")
+    return plain
 
 
 # ---------------------------------------------------------------- consuming
@@ -284,12 +324,17 @@ def _text(headers: dict, name: str) -> str | None:
     return value
 
 
-def decode(props: pika.BasicProperties, body: bytes, routing_key: str = "") -> Received:
-    """Reads a tidings JSON event; raises `WireError` when it is not one."""
+def decode(props: pika.BasicProperties, body: bytes, routing_key: str = "",
+           max_size: int = MAX_SIZE) -> Received:
+    """Reads a tidings JSON event, gzip-compressed or not; raises
+    `WireError` when it is not one."""
     content_type = (props.content_type or "").split(";")[0].strip().lower()
     if content_type != JSON_CONTENT_TYPE:
         raise WireError(f"content-type {props.content_type!r} is not {JSON_CONTENT_TYPE} "
                         "(bincode events need a bus with ?codec=json to be read here)")
+    if len(body) > max_size:
+        raise WireError(f"the body of {len(body)} bytes is over {max_size}")
+    body = decompress(body, props.content_encoding, max_size)
     headers = props.headers or {}
     tag = _text(headers, TAG_HEADER)
     if tag is None:
@@ -356,7 +401,8 @@ def _main(argv: list[str]) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     pub = commands.add_parser("publish", help="publish the JSON lines of stdin, each "
                               '{"tag", "payload", and optionally "version", "message_id", '
-                              '"routing_key", "fingerprint", "correlation_id", "causation_id", "headers"}; '
+                              '"routing_key", "fingerprint", "correlation_id", "causation_id", "headers", '
+                              '"compression" ("gzip")}; '
                               'prints {"message_id", "fingerprint"} per event once confirmed')
     pub.add_argument("url")
     pub.add_argument("exchange")
@@ -393,7 +439,7 @@ def _main(argv: list[str]) -> int:
                 if fingerprint is None and contract is not None:
                     fingerprint = fingerprint_of(contract, e["tag"], version)
                 options = {k: e[k] for k in ("message_id", "routing_key", "correlation_id",
-                                              "causation_id", "headers") if k in e}
+                                              "causation_id", "headers", "compression") if k in e}
                 message_id = publish(channel, args.exchange, e["tag"], e["payload"], version=version,
                                      fingerprint=fingerprint, **options)
                 print(json.dumps({"message_id": message_id, "fingerprint": fingerprint}), flush=True)

@@ -12,9 +12,12 @@ TAG and FINGERPRINT are the event type's wire tag and schema fingerprint
 Reads one line per case from stdin: `CASE SEQ`. Publishes the bad message of
 CASE (message id `pika-bad-SEQ-CASE`), then a good event
 `{TAG: {"sensor": "pika", "value": SEQ}}` (message id `pika-good-SEQ`), both
-confirmed by the broker, and prints `ok BAD_MESSAGE_ID`. An unknown case
+confirmed by the broker, and prints `ok BAD_MESSAGE_ID`. After every other
+case (odd SEQ) the good event is gzip-compressed (`content-encoding: gzip`),
+as a Python publisher saving bandwidth would send it. An unknown case
 prints `error ...` and exits with status 2.
 """
+import gzip
 import json
 import sys
 
@@ -60,7 +63,18 @@ def case(name):
         return valid_bincode, BINCODE, {"x-tidings-tag": 7, "x-tidings-fingerprint": fingerprint}
     if name == "fingerprint_header_integer":
         return valid_bincode, BINCODE, {"x-tidings-tag": tag, "x-tidings-fingerprint": 7}
+    if name == "decompression_bomb":
+        # About 1 KB on the wire, 256 times the maximum size inflated.
+        return gzip.compress(b"\0" * (256 * max_size)), BINCODE, good_headers
+    if name == "unknown_content_encoding":
+        return valid_bincode, BINCODE, good_headers
+    if name == "corrupt_gzip":
+        return b"\x1f\x8b\x08\x00\xff\xff\xff", BINCODE, good_headers
     return None
+
+
+#: The content-encoding of the bad message of a case, if it has one.
+ENCODINGS = {"decompression_bomb": "gzip", "corrupt_gzip": "gzip", "unknown_content_encoding": "br"}
 
 
 connection = pika.BlockingConnection(pika.URLParameters(url))
@@ -68,9 +82,10 @@ channel = connection.channel()
 channel.confirm_delivery()  # each basic_publish returns after the broker's ack
 
 
-def publish(body, content_type, headers, message_id):
+def publish(body, content_type, headers, message_id, encoding=None):
     properties = pika.BasicProperties(
-        content_type=content_type, headers=headers, message_id=message_id
+        content_type=content_type, content_encoding=encoding, headers=headers,
+        message_id=message_id
     )
     channel.basic_publish(exchange, "", body, properties)
 
@@ -85,9 +100,12 @@ for line in sys.stdin:
         sys.exit(2)
     body, content_type, headers = bad
     bad_id = f"pika-bad-{seq}-{name}"
-    publish(body, content_type, headers, bad_id)
+    publish(body, content_type, headers, bad_id, ENCODINGS.get(name))
     good = json.dumps({tag: {"sensor": "pika", "value": int(seq)}}).encode()
-    publish(good, JSON, good_headers, f"pika-good-{seq}")
+    if int(seq) % 2 == 1:
+        publish(gzip.compress(good), JSON, good_headers, f"pika-good-{seq}", "gzip")
+    else:
+        publish(good, JSON, good_headers, f"pika-good-{seq}")
     print(f"ok {bad_id}", flush=True)
 
 connection.close()

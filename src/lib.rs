@@ -79,6 +79,7 @@ mod amqp;
 pub mod blocking;
 mod bus;
 mod codec;
+mod compression;
 mod contract;
 mod dead_letters;
 mod error;
@@ -115,6 +116,7 @@ pub use bus::subscribers::{
 };
 pub use bus::{Bus, BusBuilder};
 pub use codec::{BINCODE_CONTENT_TYPE, Bincode, Codec, DecodeVisitor, JSON_CONTENT_TYPE, Json};
+pub use compression::{Compression, DEFAULT_COMPRESSION_THRESHOLD};
 pub use contract::{Contract, UPDATE_CONTRACT_ENV};
 pub use dead_letters::{
     DeadLetterFilter, DeadLetterMessage, DeadLetters, Progress, ReplayFailure, ReplayReport,
@@ -148,8 +150,8 @@ pub use transport::memory::MemoryTransport;
 pub use transport::replay::{Retention, StreamStart};
 pub use transport::schema_stream::schema_stream;
 pub use transport::seam::{
-    BoxFuture, DeadLetter, Endpoint, Header, Inbox, Outgoing, Received, Replies, Settlement,
-    Transport,
+    BoxFuture, DeadLetter, DeliveryOptions, Endpoint, Header, Inbox, Outgoing, Received, Replies,
+    Settlement, Transport,
 };
 
 /// lapin, whose types appear in the AMQP core's API ([`Delivery::header`],
@@ -167,6 +169,7 @@ pub mod __private {
 
     pub use crate::bus::decode::ListenerDecoder;
     pub use crate::bus::signing::{SigningProbe, signed_bytes};
+    pub use crate::compression::decompress_probe;
     pub use crate::event::UpcastFn;
     pub use crate::schema::Value;
     use crate::{Event, EventType};

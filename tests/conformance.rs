@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tidings::{
-    AmqpProps, Bus, BusBuilder, CallOptions, Context, ErrorKind, Event, ExchangeKind, FaultPlan,
-    Faults, Lagged, Listen, PublishOptions, ReceiptOutcome, Request, ServeOptions, Server,
-    Subscribers,
+    AmqpProps, Bus, BusBuilder, CallOptions, Compression, Context, ErrorKind, Event, ExchangeKind,
+    FaultPlan, Faults, Lagged, Listen, PublishOptions, ReceiptOutcome, Request, ServeOptions,
+    Server, Subscribers,
 };
 use tokio_stream::StreamExt;
 
@@ -1440,6 +1440,177 @@ async fn a_stream_reader_catches_up_and_new_readers_start_where_told(meeting: Me
     assert_eq!(fresh.get(), [999]);
 }
 
+/// The algorithms this build compresses with.
+fn built_compressions() -> Vec<Compression> {
+    [Compression::Gzip, Compression::Zstd, Compression::Lz4]
+        .into_iter()
+        .filter(|c| c.is_built())
+        .collect()
+}
+
+/// An event of about 10 KB of JSON-ish text: compressible.
+fn large_order(id: u64) -> OrderPlaced {
+    OrderPlaced {
+        id,
+        item: format!("{{\"sku\":\"tea-{id}\",\"note\":\"green, loose leaf\"}}").repeat(200),
+    }
+}
+
+/// Compressed per bus (above the threshold; a small event stays plain)
+/// and per publish with each algorithm this build has: every event
+/// arrives whole at a bus that does not compress itself.
+async fn compressed_events_round_trip_with_every_algorithm(meeting: Meeting) {
+    let _cleanup = meeting.cleanup();
+    let there = Subscribers::new();
+    let seen = Seen::default();
+    let s = seen.clone();
+    let _g = there.subscribe(move |e: &OrderPlaced| s.push(e.clone()));
+    let listener = meeting.bus(&there).await;
+    let publisher = meeting
+        .builder(&Subscribers::new())
+        .compression(Compression::Gzip)
+        .publish_only()
+        .connect()
+        .await
+        .unwrap();
+    let mut sent = vec![
+        large_order(0),
+        OrderPlaced {
+            id: 1,
+            item: "small: under the threshold".into(),
+        },
+    ];
+    for event in &sent {
+        publisher.publish_confirmed(event).await.unwrap();
+    }
+    for (n, algorithm) in built_compressions().into_iter().enumerate() {
+        let event = large_order(10 + n as u64);
+        let options = PublishOptions::new().compression(algorithm).confirm(true);
+        publisher.publish_with(&event, &options).await.unwrap();
+        sent.push(event);
+    }
+    // Compression off for one event of a compressing bus.
+    let plain = large_order(99);
+    publisher
+        .publish_with(
+            &plain,
+            &PublishOptions::new()
+                .compression(Compression::None)
+                .confirm(true),
+        )
+        .await
+        .unwrap();
+    sent.push(plain);
+    // 5 MiB that would compress to a few KiB: refused, since receivers
+    // refuse what decompresses past their maximum size (4 MiB).
+    let huge = OrderPlaced {
+        id: 5,
+        item: "z".repeat(5 << 20),
+    };
+    let refused = publisher.publish(&huge).await.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::MessageTooLarge, "{refused}");
+    let mut got = seen.wait_for(sent.len()).await;
+    got.sort_by_key(|e| e.id);
+    sent.sort_by_key(|e| e.id);
+    assert_eq!(got, sent);
+    assert_eq!(listener.stats().rejected_total(), 0);
+    publisher.close().await.unwrap();
+    listener.close().await.unwrap();
+}
+
+/// One options value changes one publish: another routing key (received
+/// by a listener bound to it, with that key in its context), a message id
+/// of the application's, JSON on a bincode bus, a delay, mandatory.
+async fn publish_options_route_name_encode_and_delay_one_event(meeting: Meeting) {
+    let _cleanup = meeting.cleanup();
+    let subscribers = Subscribers::new();
+    let seen = Seen::default();
+    let s = seen.clone();
+    let _g = subscribers.subscribe_with(move |e: &OrderPlaced, ctx: &Context| {
+        s.push((
+            e.id,
+            ctx.routing_key().to_owned(),
+            ctx.message_id().map(str::to_owned),
+            std::time::Instant::now(),
+        ))
+    });
+    let listener = meeting
+        .builder(&subscribers)
+        .listen(Listen::broadcast().pattern("custom.*"))
+        .connect()
+        .await
+        .unwrap();
+    let publisher = meeting
+        .builder(&Subscribers::new())
+        .publish_only()
+        .connect()
+        .await
+        .unwrap();
+    let order = |id| OrderPlaced {
+        id,
+        item: "tea".into(),
+    };
+    // Its own routing key would reach no listener.
+    publisher
+        .publish_with(
+            &order(1),
+            &PublishOptions::new()
+                .routing_key("custom.placed")
+                .message_id("order-1-placed")
+                .codec(tidings::Json)
+                .confirm(true),
+        )
+        .await
+        .unwrap();
+    let first = seen.wait_for(1).await.remove(0);
+    assert_eq!(first.0, 1);
+    assert_eq!(first.1, "custom.placed");
+    assert_eq!(first.2.as_deref(), Some("order-1-placed"));
+
+    let delay = Duration::from_millis(400);
+    let published = std::time::Instant::now();
+    publisher
+        .publish_with(
+            &order(2),
+            &PublishOptions::new()
+                .routing_key("custom.later")
+                .delay(delay)
+                .confirm(true),
+        )
+        .await
+        .unwrap();
+    let second = seen.wait_for(2).await.remove(1);
+    assert_eq!((second.0, second.1.as_str()), (2, "custom.later"));
+    assert!(
+        second.3.duration_since(published) >= delay,
+        "delivered after {:?}, before the delay of {delay:?}",
+        second.3.duration_since(published)
+    );
+
+    let unroutable = publisher
+        .publish_with(
+            &order(3),
+            &PublishOptions::new()
+                .routing_key("nobody.listens")
+                .mandatory(true)
+                .confirm(true),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(unroutable.kind(), ErrorKind::Unroutable, "{unroutable}");
+    let too_long = publisher
+        .publish_with(
+            &order(4),
+            &PublishOptions::new().routing_key("k".repeat(256)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(too_long.kind(), ErrorKind::InvalidConfig, "{too_long}");
+    assert_eq!(listener.stats().rejected_total(), 0);
+    publisher.close().await.unwrap();
+    listener.close().await.unwrap();
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -1504,6 +1675,8 @@ conformance!(
     dropping_a_call_cancels_it,
     receipts_list_the_buses_that_handled_a_broadcast,
     a_stream_reader_catches_up_and_new_readers_start_where_told,
+    compressed_events_round_trip_with_every_algorithm,
+    publish_options_route_name_encode_and_delay_one_event,
 );
 
 /// The fault injector on its own: with chaos on, each of 500 events is

@@ -62,7 +62,8 @@ fn shown(delivery: &Delivery) -> Shown {
             .eq_ignore_ascii_case(JSON_CONTENT_TYPE)
     });
     let (body, note) = if is_json {
-        match serde_json::from_slice(delivery.body()) {
+        // Decompressed by its content-encoding, bounded, as a bus reads it.
+        match delivery.decode::<serde_json::Value>() {
             Ok(body) => (Some(body), None),
             Err(e) => (None, Some(format!("not valid JSON: {e}"))),
         }

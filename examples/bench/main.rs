@@ -8,7 +8,11 @@
 //! scenario; `TIDINGS_BENCH_SIGNING=1` signs the tidings rows' events and
 //! makes their consumers require signatures; `--no-python` skips the pika
 //! row; `--soak N` runs only the soak instead (e.g. `--soak 1000000`: a
-//! slow tidings consumer over N events, its RSS printed every 100,000).
+//! slow tidings consumer over N events, its RSS printed every 100,000);
+//! `--compression` runs only the compression rows (10 KB JSON-ish events,
+//! confirmed, fanout 1: raw lapin tuned uncompressed, then tidings with
+//! no compression, gzip, and zstd and lz4 when built with their features:
+//! `cargo run --release --example bench --features zstd,lz4 -- --compression`).
 //!
 //! Rows of each scenario: raw lapin "naive" (one publish at a time, each
 //! confirm awaited before the next in a confirmed scenario; ack every
@@ -39,7 +43,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use serde::{Deserialize, Serialize};
-use tidings::{AmqpProps, Bus, Event, ExchangeKind};
+use tidings::{AmqpProps, Bus, Codec, Compression, Event, ExchangeKind};
 
 use consumer::{ConsumerProcess, Report};
 
@@ -65,6 +69,62 @@ struct Payload {
 /// encoded event adds about 60 bytes of tag and fields to it).
 fn payload_data(size: usize) -> String {
     "x".repeat(size.saturating_sub(60))
+}
+
+/// JSON-ish `data` of about `size` bytes: order lines whose ids, amounts
+/// and words vary (a fixed pseudo-random sequence), so that it compresses
+/// as business events do, not as a run of one byte.
+fn json_ish_data(size: usize) -> String {
+    const WORDS: [&str; 12] = [
+        "tea",
+        "cake",
+        "green",
+        "loose leaf",
+        "oolong",
+        "scone",
+        "large",
+        "gift box",
+        "sencha",
+        "honey",
+        "lemon",
+        "express",
+    ];
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut out = String::from("[");
+    while out.len() + 120 < size.saturating_sub(60) {
+        let r = next();
+        out.push_str(&format!(
+            "{{\"sku\":\"{}-{}\",\"qty\":{},\"cents\":{},\"note\":\"{} {}\"}},",
+            WORDS[(r % 12) as usize],
+            r % 10_000,
+            r % 7 + 1,
+            (r >> 16) % 100_000,
+            WORDS[((r >> 8) % 12) as usize],
+            WORDS[((r >> 24) % 12) as usize],
+        ));
+    }
+    out.push(']');
+    out
+}
+
+/// The body of a tidings event of these rows on the wire: encoded by the
+/// default codec, then compressed.
+fn wire_bytes(data: &str, compression: Compression) -> Result<usize, Error> {
+    let event: Box<dyn Event> = Box::new(Payload {
+        seq: 12_345,
+        data: data.to_owned(),
+    });
+    let body = (&tidings::Bincode as &dyn Codec).encode(&event)?;
+    Ok(match compression {
+        Compression::None => body.len(),
+        other => other.compress(&body)?.len(),
+    })
 }
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -140,6 +200,9 @@ async fn run() -> Result<(), Error> {
          of all consumer processes per 100k deliveries"
     );
     println!();
+    if args.iter().any(|a| a == "--compression") {
+        return compression_rows(&url, events, ticks_per_second).await;
+    }
     println!(
         "{:<36} {:<16} {:>9} {:>10} {:>7} {:>7} {:>9} {:>9}",
         "scenario", "row", "events/s", "publish/s", "RSS MB", "CPU s", "vs naive", "vs tuned"
@@ -190,6 +253,8 @@ async fn run() -> Result<(), Error> {
     if only_confirmed {
         return Ok(());
     }
+    compression_rows(&url, events, ticks_per_second).await?;
+    println!();
     match pika::pika(&url, events) {
         Ok(rate) => {
             println!(
@@ -231,6 +296,57 @@ async fn run() -> Result<(), Error> {
             at(0.5),
             at(0.99),
             at(1.0)
+        );
+    }
+    Ok(())
+}
+
+/// The compression rows: 10 KB JSON-ish events, fanout 1, confirmed; raw
+/// lapin tuned (uncompressed), then tidings with each compression this
+/// build has; events/s, CPU of the consumer, and bytes per event on the wire.
+async fn compression_rows(url: &str, events: u64, ticks_per_second: f64) -> Result<(), Error> {
+    const SIZE: usize = 10_000;
+    let data = json_ish_data(SIZE);
+    println!(
+        "{:<36} {:<16} {:>9} {:>10} {:>7} {:>7} {:>9} {:>11}",
+        "compression (10 KB JSON-ish)",
+        "row",
+        "events/s",
+        "publish/s",
+        "RSS MB",
+        "CPU s",
+        "vs tuned",
+        "wire B/evt"
+    );
+    let json_ish = |compression| Scenario {
+        compression: Some(compression),
+        ..Scenario::new(SIZE, Shape::Fanout(1), true)
+    };
+    let tuned = row(url, events, json_ish(Compression::None), Kind::Tuned).await?;
+    let mut rows = vec![("raw lapin tuned", Compression::None, tuned)];
+    for compression in [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Zstd,
+        Compression::Lz4,
+    ] {
+        if !compression.is_built() {
+            continue;
+        }
+        let figures = row(url, events, json_ish(compression), Kind::Tidings).await?;
+        rows.push(("tidings", compression, figures));
+    }
+    for (name, compression, figures) in rows {
+        println!(
+            "{:<36} {:<16} {:>9} {:>10} {:>7.1} {:>7.2} {:>8.2}x {:>11}",
+            format!("10 KB JSON-ish, {compression}, fanout 1"),
+            name,
+            thousands(figures.events_per_second),
+            thousands(figures.publishes_per_second),
+            figures.rss_kb as f64 / 1024.0,
+            figures.cpu_ticks as f64 / ticks_per_second / events as f64 * 100_000.0,
+            figures.events_per_second / tuned.events_per_second,
+            thousands(wire_bytes(&data, compression)? as f64),
         );
     }
     Ok(())
@@ -291,6 +407,8 @@ struct Scenario {
     size: usize,
     shape: Shape,
     confirmed: bool,
+    /// JSON-ish events, tidings compressing them so (the compression rows).
+    compression: Option<Compression>,
 }
 
 impl Scenario {
@@ -299,6 +417,7 @@ impl Scenario {
             size,
             shape,
             confirmed,
+            compression: None,
         }
     }
 
@@ -355,7 +474,19 @@ async fn row(url: &str, events: u64, scenario: Scenario, kind: Kind) -> Result<F
         size,
         shape,
         confirmed,
+        compression,
     } = scenario;
+    // The same bytes for tidings and raw lapin: JSON-ish in the
+    // compression rows; otherwise `x`s in an event, and a raw body of
+    // `size` bytes starting with the sequence number.
+    let (data, raw_data) = match compression {
+        Some(_) => {
+            let data = json_ish_data(size);
+            let raw = data.clone().into_bytes();
+            (data, raw)
+        }
+        None => (payload_data(size), vec![7u8; size.max(8) - 8]),
+    };
     let exchange = exchange_name(match kind {
         Kind::Naive => "naive",
         Kind::Tuned => "tuned",
@@ -377,7 +508,11 @@ async fn row(url: &str, events: u64, scenario: Scenario, kind: Kind) -> Result<F
     };
     let props = AmqpProps::from_url(url)?
         .with_exchange(exchange.clone(), ExchangeKind::Fanout)
-        .with_prefetch(PREFETCH);
+        .with_prefetch(PREFETCH)
+        .with_compression(
+            compression.unwrap_or_default(),
+            tidings::DEFAULT_COMPRESSION_THRESHOLD,
+        )?;
 
     // The raw publisher declares the (auto-delete) exchange before the
     // consumers bind to it; a listening bus declares it itself.
@@ -413,13 +548,13 @@ async fn row(url: &str, events: u64, scenario: Scenario, kind: Kind) -> Result<F
                 channel,
                 &exchange,
                 events,
-                size,
+                &raw_data,
                 confirmed,
                 kind == Kind::Tuned,
             )
             .await?
         }
-        (None, Some(bus)) => publish::bus(bus, events, size, confirmed).await?,
+        (None, Some(bus)) => publish::bus(bus, events, &data, confirmed).await?,
         (None, None) => unreachable!("every row has a publisher"),
     };
     let reports = wait_for_all(&mut consumers, shape.deliveries(events)).await?;

@@ -56,10 +56,11 @@ impl<'a> Window<'a> {
     }
 }
 
-/// A raw body: `size` bytes, the sequence number in the first 8.
-fn raw_body(seq: u64, size: usize) -> Vec<u8> {
-    let mut body = vec![7u8; size.max(8)];
-    body[..8].copy_from_slice(&seq.to_le_bytes());
+/// A raw body: the sequence number, then `data`.
+fn raw_body(seq: u64, data: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(data.len() + 8);
+    body.extend_from_slice(&seq.to_le_bytes());
+    body.extend_from_slice(data);
     body
 }
 
@@ -78,7 +79,7 @@ pub(crate) async fn raw(
     channel: &lapin::Channel,
     exchange: &str,
     events: u64,
-    size: usize,
+    data: &[u8],
     confirmed: bool,
     tuned: bool,
 ) -> Result<u64, Error> {
@@ -88,7 +89,7 @@ pub(crate) async fn raw(
             .await?;
     }
     let publish = move |seq: u64| async move {
-        let body = raw_body(seq, size);
+        let body = raw_body(seq, data);
         let confirm = channel
             .basic_publish(
                 exchange.into(),
@@ -125,16 +126,15 @@ pub(crate) async fn raw(
 pub(crate) async fn bus(
     publisher: &Bus,
     events: u64,
-    size: usize,
+    data: &str,
     confirmed: bool,
 ) -> Result<u64, Error> {
-    let data = crate::payload_data(size);
     if confirmed {
         let mut window = Window::new();
         for seq in 0..events {
             let event = Payload {
                 seq,
-                data: data.clone(),
+                data: data.to_owned(),
             };
             window
                 .push(Box::pin(async move {
@@ -148,7 +148,7 @@ pub(crate) async fn bus(
             publisher
                 .publish(&Payload {
                     seq,
-                    data: data.clone(),
+                    data: data.to_owned(),
                 })
                 .await?;
         }

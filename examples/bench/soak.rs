@@ -48,7 +48,10 @@ pub(crate) async fn run(url: &str, events: u64) -> Result<(), Error> {
     let started = now_nanos();
     let publishing = {
         let publisher = publisher.clone();
-        tokio::spawn(async move { crate::publish::bus(&publisher, events, 100, false).await })
+        tokio::spawn(async move {
+            let data = crate::payload_data(100);
+            crate::publish::bus(&publisher, events, &data, false).await
+        })
     };
     let reports = wait_for_all(std::slice::from_mut(&mut consumer), events).await?;
     let published = publishing.await??;

@@ -381,11 +381,6 @@ impl Connection {
     ) -> Result<String> {
         let name = format!("{}.dead-letter", self.inner.props.exchange());
         check_name("dead-letter exchange name", &name)?;
-        let channel = self.admin_channel().await?;
-        let kind = lapin::ExchangeKind::Fanout;
-        let passive = self.inner.props.passive();
-        topology::declare_exchange(&channel, short(&name)?, kind.clone(), passive).await?;
-        self.topology().exchange(short(&name)?, kind, passive);
         let limit = |n: u64| AMQPValue::LongLongInt(i64::try_from(n).unwrap_or(i64::MAX));
         let mut arguments = FieldTable::default();
         arguments.insert("x-max-length".into(), limit(max_messages));
@@ -394,18 +389,60 @@ impl Connection {
             "x-overflow".into(),
             AMQPValue::LongString("reject-publish".into()),
         );
+        self.declare_fanout_queue(&name, arguments).await?;
+        Ok(name)
+    }
+
+    /// Declares the durable fanout exchange `name` and the durable queue of
+    /// the same name bound to it, with `arguments` (or, passive, checks
+    /// that both exist).
+    async fn declare_fanout_queue(&self, name: &str, arguments: FieldTable) -> Result<()> {
+        let channel = self.admin_channel().await?;
+        let kind = lapin::ExchangeKind::Fanout;
+        let passive = self.inner.props.passive();
+        topology::declare_exchange(&channel, short(name)?, kind.clone(), passive).await?;
+        self.topology().exchange(short(name)?, kind, passive);
         let queue = QueueDecl {
-            name: short(&name)?,
+            name: short(name)?,
             options: QueueDeclareOptions {
                 durable: true,
                 passive,
                 ..QueueDeclareOptions::default()
             },
             arguments,
-            bindings: vec![(short(&name)?, ShortString::from(""))],
+            bindings: vec![(short(name)?, ShortString::from(""))],
         };
         topology::declare_queue(&channel, &queue).await?;
         self.topology().queue(queue);
+        Ok(())
+    }
+
+    /// **Declares the delay queue for `delay_ms`** and the fanout exchange
+    /// in front of it, both `<exchange>.delay.<ms>`: a message published to
+    /// that exchange waits in the queue for the delay, then the broker
+    /// dead-letters it to the exchange of the props with its own routing
+    /// key (the retry queues' mechanism, no plugin). One queue per delay,
+    /// because messages expire only at a queue's head; durable, and
+    /// deleted by the broker once unused for ten minutes longer than its
+    /// delay (declaring it again is a use). Returns the exchange's name.
+    pub(crate) async fn declare_delay(&self, delay_ms: u32) -> Result<String> {
+        let props = &self.inner.props;
+        let name = format!("{}.delay.{delay_ms}", props.exchange());
+        check_name("delay queue name", &name)?;
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(props.exchange().into()),
+        );
+        arguments.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(delay_ms.into()),
+        );
+        arguments.insert(
+            "x-expires".into(),
+            AMQPValue::LongLongInt(i64::from(delay_ms) + 600_000),
+        );
+        self.declare_fanout_queue(&name, arguments).await?;
         Ok(name)
     }
 

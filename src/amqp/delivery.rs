@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::amqp::connection::{Link, gone};
 use crate::codec::Codecs;
+use crate::compression::{Inflate, decompress};
 use crate::error::{Error, ErrorKind, Result};
 use crate::headers::ORIGIN_HEADER;
 
@@ -53,7 +54,10 @@ impl Delivery {
     ///   maximum message size;
     /// - [`ErrorKind::UnknownContentType`] when no codec reads the
     ///   `content-type`, or there is none;
-    /// - [`ErrorKind::Decode`] when the body is not a valid `T`.
+    /// - [`ErrorKind::Decode`] when the body is not a valid `T`, or is
+    ///   compressed (`content-encoding`) with an algorithm this build
+    ///   lacks, wrongly, or to more than the maximum message size once
+    ///   decompressed (never decompressed past it).
     ///
     /// The delivery is not settled by a failure: reject it.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
@@ -68,7 +72,18 @@ impl Delivery {
             ));
         }
         let codec = self.shared.codecs.for_content_type(self.content_type())?;
-        codec.decode(&self.inner.data)
+        let encoding = self.inner.properties.content_encoding().as_ref();
+        let body = decompress(
+            &self.inner.data,
+            encoding.map(|e| e.as_str()),
+            self.shared.max_message_size,
+        )
+        .map_err(|e| match e {
+            Inflate::Bomb(why) | Inflate::Unknown(why) | Inflate::Corrupt(why) => {
+                Error::new(ErrorKind::Decode, why)
+            }
+        })?;
+        codec.decode(&body)
     }
 
     /// The raw body.

@@ -322,25 +322,19 @@ impl Producer {
         })
     }
 
-    /// Queues an encoded event, persistent, for the props' exchange (or
-    /// `exchange`): the bus's path, with its headers built once. `done`
-    /// hears the outcome; without it a failure is counted and logged.
-    #[allow(clippy::too_many_arguments)] // one call site, all parts of one message
+    /// Queues an encoded event for the props' exchange (or `exchange`):
+    /// the bus's path, with its properties built by the caller (from
+    /// [`properties`](Self::properties)). `done` hears the outcome; without
+    /// it a failure is counted and logged.
     pub(crate) async fn send_event(
         &self,
         exchange: Option<ShortString>,
-        body: Arc<Vec<u8>>,
         routing_key: ShortString,
-        message_id: ShortString,
-        headers: FieldTable,
+        body: Arc<Vec<u8>>,
+        properties: BasicProperties,
         mandatory: bool,
-        correlation_id: Option<ShortString>,
         done: Option<oneshot::Sender<Result<()>>>,
     ) -> Result<()> {
-        let mut properties = self.properties(message_id, headers).with_delivery_mode(2);
-        if let Some(id) = correlation_id {
-            properties = properties.with_correlation_id(id);
-        }
         let message = Message {
             exchange: exchange.unwrap_or_else(|| self.inner.exchange.clone()),
             routing_key,

@@ -338,7 +338,9 @@ impl Bus {
         self.runtime.block_on(self.bus.publish_confirmed(event))?
     }
 
-    /// Publishes an event with options (headers, conversation, confirm);
+    /// Publishes an event with options (headers, conversation, confirm,
+    /// routing key, priority, expiration, message id, delay, codec,
+    /// compression, ...);
     /// see [`crate::Bus::publish_with`].
     ///
     /// # Errors

@@ -8,6 +8,7 @@ use super::schemas::SchemaCache;
 use super::stats::{Count, Counters, RejectReason};
 use super::text::bounded;
 use crate::codec::{BINCODE_CONTENT_TYPE, Codec, Codecs, JSON_CONTENT_TYPE, bincode_event_name};
+use crate::compression::{Inflate, decompress};
 use crate::event::{Event, EventRegistry, Registration, registered_events};
 use crate::headers::{FINGERPRINT_HEADER, TAG_HEADER, VERSION_HEADER};
 use crate::schema::Fingerprint;
@@ -59,6 +60,15 @@ impl Decoder {
             .codecs
             .for_content_type(incoming.content_type())
             .map_err(|e| (RejectReason::ContentType, e.to_string()))?;
+        // Decompressed never past the maximum size (a bomb costs at most
+        // that much memory); after the signature was checked.
+        let body = &*decompress(body, incoming.content_encoding(), self.max_message_size).map_err(
+            |e| match e {
+                Inflate::Bomb(detail) => (RejectReason::DecompressionBomb, detail),
+                Inflate::Unknown(detail) => (RejectReason::ContentEncoding, detail),
+                Inflate::Corrupt(detail) => (RejectReason::Decode, detail),
+            },
+        )?;
         let tag = text_header(incoming, TAG_HEADER)?
             .ok_or_else(|| (RejectReason::MissingTag, format!("no {TAG_HEADER} header")))?;
         if tag.len() > 255 {

@@ -41,6 +41,7 @@ use crate::bus::signing::Signing;
 use crate::bus::stats::{Count, Counters, Stats};
 use crate::bus::subscribers::Subscribers;
 use crate::codec::{Codec, Codecs};
+use crate::compression::{Compress, Compression};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Event, registered_events};
 use crate::headers::{CAUSATION_HEADER, CORRELATION_HEADER, SENT_AT_HEADER};
@@ -49,15 +50,10 @@ use crate::telemetry;
 use crate::trace_context;
 use crate::transport::drivers;
 use crate::transport::listen::Listen;
-use crate::transport::seam::{Endpoint, Outgoing, Transport};
+use crate::transport::seam::{DeliveryOptions, Endpoint, Outgoing, Transport};
 
 /// The options of a plain publish.
-static NO_OPTIONS: PublishOptions = PublishOptions {
-    headers: Vec::new(),
-    correlation_id: None,
-    causation_id: None,
-    confirm: false,
-};
+static NO_OPTIONS: PublishOptions = PublishOptions::NONE;
 
 /// How long `close` waits for the broker to confirm what was published.
 const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -146,6 +142,8 @@ struct Inner {
     call_timeout: Duration,
     /// Signs what is published, if set.
     signing: Option<Signing>,
+    /// How what is published is compressed.
+    compress: Compress,
 }
 
 /// **How to connect a [`Bus`]**: where, what to listen to, which
@@ -159,6 +157,9 @@ pub struct BusBuilder {
     close_timeout: Duration,
     call_timeout: Duration,
     signing: Option<Signing>,
+    /// The compression and its threshold, if set here rather than by the
+    /// transport (the props).
+    compression: (Option<Compression>, Option<usize>),
 }
 
 #[derive(Debug, Clone)]
@@ -307,6 +308,28 @@ impl BusBuilder {
         self
     }
 
+    /// **Compresses what this bus publishes** with `compression` (default:
+    /// the props' `compression`, else [`Compression::None`]), each body at
+    /// least the [threshold](Self::compression_threshold) long; sets the
+    /// `content-encoding`. Receivers decompress by the `content-encoding`
+    /// whatever they send with, never past their maximum message size.
+    /// A single publish can choose otherwise with
+    /// [`PublishOptions::compression`].
+    #[must_use]
+    pub fn compression(mut self, compression: Compression) -> Self {
+        self.compression.0 = Some(compression);
+        self
+    }
+
+    /// Bodies shorter than this are not compressed (default: the props'
+    /// `compression_threshold`, else [`DEFAULT_COMPRESSION_THRESHOLD`](crate::DEFAULT_COMPRESSION_THRESHOLD),
+    /// 1,024 bytes).
+    #[must_use]
+    pub fn compression_threshold(mut self, bytes: usize) -> Self {
+        self.compression.1 = Some(bytes);
+        self
+    }
+
     /// **Connects**: checks the registered event types, opens the
     /// transport, starts the listeners and the background publisher.
     ///
@@ -324,6 +347,9 @@ impl BusBuilder {
     pub async fn connect(self) -> Result<Bus> {
         let events = registered_events()?;
         debug!(types = events.len(), "event types registered");
+        if let Some(compression) = self.compression.0 {
+            compression.check_built()?;
+        }
         telemetry::describe();
         let listens = self.listens.unwrap_or_else(|| vec![Listen::broadcast()]);
         let endpoint = |url: String| {
@@ -343,6 +369,11 @@ impl BusBuilder {
         };
         let codec = transport.codec();
         let content_type: Arc<str> = codec.content_type().into();
+        let (algorithm, threshold) = transport.compression();
+        let compress = Compress {
+            algorithm: self.compression.0.unwrap_or(algorithm),
+            threshold: self.compression.1.unwrap_or(threshold),
+        };
         let counters = Arc::new(Counters::default());
         let link = health::follow(transport.events());
         let shared = Arc::new(Shared {
@@ -374,6 +405,7 @@ impl BusBuilder {
                 servers: Mutex::default(),
                 call_timeout: self.call_timeout,
                 signing: self.signing,
+                compress,
             }),
         };
         bus.inner.subscribers.attach();
@@ -437,6 +469,7 @@ impl Bus {
             close_timeout: DEFAULT_CLOSE_TIMEOUT,
             call_timeout: call::DEFAULT_CALL_TIMEOUT,
             signing: None,
+            compression: (None, None),
         }
     }
 
@@ -509,8 +542,9 @@ impl Bus {
     }
 
     /// **Publishes an event with options**: headers of the application's
-    /// own, its conversation, waiting for the confirm (see
-    /// [`PublishOptions`]).
+    /// own, its conversation, waiting for the confirm, routing key,
+    /// priority, expiration, persistence, mandatory, message id, delay,
+    /// codec and compression (see [`PublishOptions`]).
     ///
     /// # Errors
     ///
@@ -518,7 +552,9 @@ impl Bus {
     /// [`confirm`](PublishOptions::confirm), as
     /// [`publish_confirmed`](Bus::publish_confirmed));
     /// [`ErrorKind::InvalidConfig`] for a header name tidings uses itself,
-    /// or one that is empty or longer than 255 bytes.
+    /// or one that is empty or longer than 255 bytes, a routing key or
+    /// message id over 255 bytes, a delay out of range, or a compression
+    /// this build lacks.
     ///
     /// # Cancel safety
     ///
@@ -592,32 +628,75 @@ impl Bus {
         if inner.closed.load(Ordering::Relaxed) {
             return Err(closed());
         }
-        let body = inner.codec.encode::<dyn Event>(event)?;
+        let (body, content_type) = match &options.codec {
+            Some(codec) => (
+                codec.encode::<dyn Event>(event)?,
+                Arc::from(codec.content_type()),
+            ),
+            None => (
+                inner.codec.encode::<dyn Event>(event)?,
+                inner.content_type.clone(),
+            ),
+        };
+        let compress = match options.compression {
+            Some((algorithm, threshold)) => Compress {
+                algorithm,
+                threshold: threshold.unwrap_or(inner.compress.threshold),
+            },
+            None => inner.compress,
+        };
+        // Receivers refuse what decompresses past their maximum size.
+        let limit = inner.transport.max_message_size();
+        if compress.algorithm != Compression::None && body.len() > limit {
+            return Err(Error::new(
+                ErrorKind::MessageTooLarge,
+                format!(
+                    "event of {} bytes is over the maximum message size of {limit} bytes, which receivers apply to a body once decompressed too; raise max_message_size on every bus",
+                    body.len()
+                ),
+            ));
+        }
+        let (body, content_encoding) = compress.apply(body)?;
         let fingerprint = event.fingerprint();
         self.store_schema(event, fingerprint)?;
         let sequence = inner.sequence.fetch_add(1, Ordering::Relaxed);
         let tag = event.tag();
-        let message_id = format!("{}-{sequence}", inner.instance_id);
+        let message_id = match &options.message_id {
+            Some(id) => id.clone(),
+            None => format!("{}-{sequence}", inner.instance_id),
+        };
+        let routing_key: Cow<'static, str> = match &options.routing_key {
+            Some(key) => Cow::Owned(key.clone()),
+            None => Cow::Borrowed(event.routing_key()),
+        };
         let span = debug_span!(
             "publish",
             otel.kind = "producer",
             messaging.system = "rabbitmq",
             tag = %tag,
             message_id = %message_id,
-            routing_key = %event.routing_key(),
+            routing_key = %routing_key,
             exchange = %inner.transport.exchange(),
         );
+        let mut delivery = DeliveryOptions::DEFAULT;
+        delivery.persistent = options.persistent.unwrap_or(true);
+        delivery.priority = options.priority;
+        delivery.expiration = options.expiration;
+        delivery.mandatory = options.mandatory;
+        delivery.delay = options.delay;
         let mut out = Outgoing {
             body: Arc::new(body),
-            content_type: inner.content_type.clone(),
+            content_type,
             tag,
             fingerprint,
             version: event.version(),
-            routing_key: event.routing_key(),
+            routing_key,
             headers: headers(options, &span),
             message_id,
             to_queue,
             correlation_id: None,
+            content_encoding,
+            delivery,
         };
         if let Some(signing) = &inner.signing {
             signing.sign(&mut out, &inner.instance_id);
@@ -636,11 +715,13 @@ impl Bus {
             tag,
             fingerprint: Fingerprint::from_u64(0),
             version: 1,
-            routing_key,
+            routing_key: routing_key.into(),
             message_id: format!("{}-{sequence}", inner.instance_id),
             to_queue: None,
             headers: Vec::new(),
             correlation_id: None,
+            content_encoding: None,
+            delivery: DeliveryOptions::DEFAULT,
         }
     }
 

@@ -1,14 +1,33 @@
 //! `PublishOptions`: how one event is published, beyond the event itself.
 
 use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
 
 use super::context::Context;
+use crate::codec::Codec;
+use crate::compression::Compression;
 use crate::error::{Error, ErrorKind, Result};
 use crate::headers::is_reserved;
 
 /// **How to publish one event**, for [`Bus::publish_with`](crate::Bus::publish_with):
-/// headers of the application's own, the conversation it belongs to, and
-/// whether to wait for the broker's confirm.
+/// one value for everything a single publish may change. Each option left
+/// unset keeps the bus's behaviour:
+///
+/// | option | default |
+/// |---|---|
+/// | [`header`](Self::header) | none |
+/// | [`correlation_id`](Self::correlation_id), [`caused_by`](Self::caused_by) | the handled event's conversation, or a new one |
+/// | [`confirm`](Self::confirm) | `false`: returns once buffered |
+/// | [`routing_key`](Self::routing_key) | the event type's (`#[event(routing_key)]`, else its tag) |
+/// | [`priority`](Self::priority) | none (queues declared with `x-max-priority` order by it; quorum queues ignore it) |
+/// | [`expiration`](Self::expiration) | none: kept until consumed |
+/// | [`persistent`](Self::persistent) | `true` |
+/// | [`mandatory`](Self::mandatory) | the bus's ([`BusBuilder::mandatory`](crate::BusBuilder::mandatory), default `false`) |
+/// | [`message_id`](Self::message_id) | `<instance-id>-<n>` |
+/// | [`delay`](Self::delay) | none: routed at once |
+/// | [`codec`](Self::codec) | the bus's (the props' `codec`, default bincode) |
+/// | [`compression`](Self::compression) | the bus's (default none), above its threshold |
 ///
 /// Without options, an event published inside a handler continues the
 /// handled event's conversation (its correlation id, and the handled
@@ -51,6 +70,35 @@ pub struct PublishOptions {
     pub(crate) correlation_id: Option<String>,
     pub(crate) causation_id: Option<String>,
     pub(crate) confirm: bool,
+    pub(crate) routing_key: Option<String>,
+    pub(crate) priority: Option<u8>,
+    pub(crate) expiration: Option<Duration>,
+    pub(crate) persistent: Option<bool>,
+    pub(crate) mandatory: Option<bool>,
+    pub(crate) message_id: Option<String>,
+    pub(crate) delay: Option<Duration>,
+    pub(crate) codec: Option<Arc<dyn Codec>>,
+    /// The algorithm, and the threshold if one was given.
+    pub(crate) compression: Option<(Compression, Option<usize>)>,
+}
+
+impl PublishOptions {
+    /// No options: what [`Bus::publish`](crate::Bus::publish) does.
+    pub(crate) const NONE: Self = Self {
+        headers: Vec::new(),
+        correlation_id: None,
+        causation_id: None,
+        confirm: false,
+        routing_key: None,
+        priority: None,
+        expiration: None,
+        persistent: None,
+        mandatory: None,
+        message_id: None,
+        delay: None,
+        codec: None,
+        compression: None,
+    };
 }
 
 /// The longest header name AMQP carries.
@@ -103,8 +151,144 @@ impl PublishOptions {
         self
     }
 
-    /// Checks the headers: names neither reserved, empty nor too long.
+    /// **Routes this event with another routing key** than its type's:
+    /// receivers bound to that key (or a pattern matching it) get it, and
+    /// decode it by its tag header as usual; [`Context::routing_key`] is
+    /// the key given here. At most 255 bytes.
+    #[must_use]
+    pub fn routing_key(mut self, key: impl Into<String>) -> Self {
+        self.routing_key = Some(key.into());
+        self
+    }
+
+    /// **The AMQP priority** (0 to 255; RabbitMQ uses 0 to the queue's
+    /// `x-max-priority`, at most 255). Only a classic queue declared with
+    /// `x-max-priority` delivers higher priorities first; other queues,
+    /// and quorum queues always, ignore it.
+    #[must_use]
+    pub fn priority(mut self, priority: u8) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// **Lets the broker drop the event** if it waits in a queue longer
+    /// than this (the AMQP `expiration`, in milliseconds). An expired
+    /// event is dropped, not dead-lettered by tidings.
+    #[must_use]
+    pub fn expiration(mut self, ttl: Duration) -> Self {
+        self.expiration = Some(ttl);
+        self
+    }
+
+    /// Whether the broker writes the event to disk (default `true`: bus
+    /// events survive a broker restart in durable queues). `false` is
+    /// faster and loses the event with a broker restart.
+    #[must_use]
+    pub fn persistent(mut self, on: bool) -> Self {
+        self.persistent = Some(on);
+        self
+    }
+
+    /// **Whether an event no queue takes fails** with
+    /// [`ErrorKind::Unroutable`] (with [`confirm`](Self::confirm), else
+    /// counted in [`Stats::returned`](crate::Stats::returned)), for this
+    /// event, whatever the bus's [`mandatory`](crate::BusBuilder::mandatory).
+    /// With a [`delay`](Self::delay) it checks the delay queue only.
+    #[must_use]
+    pub fn mandatory(mut self, on: bool) -> Self {
+        self.mandatory = Some(on);
+        self
+    }
+
+    /// **Uses this message id** instead of `<instance-id>-<n>`. Receivers
+    /// drop an event whose origin and id they handled lately (the dedup
+    /// window), so an id that names the business fact (`invoice-42-sent`)
+    /// makes a re-publish harmless. 1 to 255 bytes.
+    #[must_use]
+    pub fn message_id(mut self, id: impl Into<String>) -> Self {
+        self.message_id = Some(id.into());
+        self
+    }
+
+    /// **Delivers the event after this delay** (at least 1 ms, at most
+    /// about 49 days). On RabbitMQ it waits in the delay queue
+    /// `<exchange>.delay.<ms>` (with the fanout exchange of the same name
+    /// in front of it), a queue whose messages expire after the delay and
+    /// are dead-lettered to the exchange with their own routing key: the
+    /// mechanism of retries, no plugin. One queue per delay, so a short
+    /// delay never waits behind a long one; unused for ten minutes longer
+    /// than its delay, the broker deletes it. On `memory://` the event is
+    /// routed after the delay. A signed event's send time is the publish,
+    /// so a receiver's signing window must cover the delay. The delay queue
+    /// is declared (again) at most once a minute, on the publishing path:
+    /// a delayed publish needs the broker then, where a plain one waits in
+    /// the publish buffer through an outage.
+    #[must_use]
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+
+    /// **Encodes this event with `codec`** instead of the bus's. Receivers
+    /// pick the decoder by the `content-type`, and every bus reads
+    /// bincode and JSON whatever it sends, so a JSON event reaches a
+    /// bincode bus.
+    #[must_use]
+    pub fn codec(mut self, codec: impl Codec) -> Self {
+        self.codec = Some(Arc::new(codec));
+        self
+    }
+
+    /// **Compresses this event** with `compression` if its body is at
+    /// least the bus's threshold long (see
+    /// [`BusBuilder::compression`](crate::BusBuilder::compression));
+    /// [`Compression::None`] sends it plain whatever the bus does.
+    #[must_use]
+    pub fn compression(mut self, compression: Compression) -> Self {
+        self.compression = Some((compression, None));
+        self
+    }
+
+    /// **Compresses this event** with `compression` if its body is at
+    /// least `threshold` bytes long (0: always).
+    #[must_use]
+    pub fn compression_above(mut self, compression: Compression, threshold: usize) -> Self {
+        self.compression = Some((compression, Some(threshold)));
+        self
+    }
+
+    /// Checks the options: header names neither reserved, empty nor too
+    /// long; routing key and message id short enough; the delay in range;
+    /// the compression built.
     pub(crate) fn check(&self) -> Result<()> {
+        let invalid = |message: String| Err(Error::new(ErrorKind::InvalidConfig, message));
+        if let Some(key) = &self.routing_key
+            && key.len() > MAX_NAME
+        {
+            return invalid(format!(
+                "a routing key is at most {MAX_NAME} bytes long, not {}",
+                key.len()
+            ));
+        }
+        if let Some(id) = &self.message_id
+            && (id.is_empty() || id.len() > MAX_NAME)
+        {
+            return invalid(format!(
+                "a message id must be 1 to {MAX_NAME} bytes long, not {}",
+                id.len()
+            ));
+        }
+        if let Some(delay) = self.delay
+            && (delay < Duration::from_millis(1) || delay.as_millis() > u128::from(u32::MAX))
+        {
+            return invalid(format!(
+                "a delay must be 1 ms to {} ms (about 49 days), not {delay:?}",
+                u32::MAX
+            ));
+        }
+        if let Some((compression, _)) = self.compression {
+            compression.check_built()?;
+        }
         for (name, _) in &self.headers {
             if is_reserved(name) {
                 return Err(Error::new(

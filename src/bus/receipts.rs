@@ -198,11 +198,13 @@ pub(crate) async fn send_receipt(
         tag: RECEIPT_TAG,
         fingerprint: Fingerprint::from_u64(0),
         version: 1,
-        routing_key: RECEIPT_TAG,
+        routing_key: RECEIPT_TAG.into(),
         message_id: format!("{instance_id}-receipt-{correlation_id}"),
         to_queue: Some(reply_to.to_owned()),
         headers,
         correlation_id: Some(correlation_id.to_owned()),
+        content_encoding: None,
+        delivery: crate::transport::seam::DeliveryOptions::DEFAULT,
     };
     if let Err(e) = transport.reply(out).await {
         debug!(error = %e, "a receipt could not be sent");

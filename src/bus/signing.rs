@@ -518,11 +518,13 @@ impl SigningProbe {
                 .parse()
                 .unwrap_or_else(|_| unreachable!()),
             version: 1,
-            routing_key: "probe.event",
+            routing_key: "probe.event".into(),
             message_id: "probe-1".to_owned(),
             to_queue: None,
             headers: vec![(SENT_AT_HEADER.into(), sent_at)],
             correlation_id: None,
+            content_encoding: None,
+            delivery: crate::transport::seam::DeliveryOptions::DEFAULT,
         };
         Self {
             signing,
@@ -581,7 +583,7 @@ impl Received for ProbeMessage {
     }
     fn visit_headers(&self, _: &mut dyn FnMut(&str, Header<'_>)) {}
     fn routing_key(&self) -> &str {
-        self.out.routing_key
+        &self.out.routing_key
     }
     fn attempt(&self) -> u32 {
         1

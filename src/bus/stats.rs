@@ -58,11 +58,17 @@ pub enum RejectReason {
     /// The event's signed send time is outside the bus's
     /// [window](crate::Signing::with_max_age): a replay, or a clock far off.
     Stale,
+    /// The body's `content-encoding` is not one this receiver reads
+    /// (gzip always; zstd and lz4 with their cargo features).
+    ContentEncoding,
+    /// The compressed body would decompress past the maximum message size;
+    /// it was refused without being decompressed whole.
+    DecompressionBomb,
 }
 
 impl RejectReason {
     /// Every reason, in a fixed order.
-    pub const ALL: [RejectReason; 16] = [
+    pub const ALL: [RejectReason; 18] = [
         Self::TooLarge,
         Self::ContentType,
         Self::MissingTag,
@@ -79,6 +85,8 @@ impl RejectReason {
         Self::BadSignature,
         Self::UnknownKey,
         Self::Stale,
+        Self::ContentEncoding,
+        Self::DecompressionBomb,
     ];
 
     /// A short snake_case name, used in logs and headers.
@@ -101,6 +109,8 @@ impl RejectReason {
             Self::BadSignature => "bad_signature",
             Self::UnknownKey => "unknown_key",
             Self::Stale => "stale",
+            Self::ContentEncoding => "content_encoding",
+            Self::DecompressionBomb => "decompression_bomb",
         }
     }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::letter::DeadLetterMessage;
 use crate::amqp::props::AmqpProps;
 use crate::codec::{Codec, Codecs, JSON_CONTENT_TYPE};
+use crate::compression::{Inflate, decompress};
 use crate::event::{Event, registered_events};
 use crate::schema::{Fingerprint, Schema};
 
@@ -63,6 +64,17 @@ impl Writers {
             .codecs
             .for_content_type(letter.content_type())
             .map_err(|e| e.to_string())?;
+        // Read as a receiver reads it: decompressed, bounded.
+        let encoding = letter
+            .properties
+            .content_encoding()
+            .as_ref()
+            .map(|e| e.as_str());
+        let body = decompress(&letter.body, encoding, self.props.max_message_size())
+            .map_err(|e| match e {
+                Inflate::Bomb(why) | Inflate::Unknown(why) | Inflate::Corrupt(why) => why,
+            })?
+            .into_owned();
         let tag = letter.tag().map(str::to_owned);
         let version = letter.version();
         let ours = match (&tag, registered_events()) {
@@ -71,12 +83,12 @@ impl Writers {
         };
         if codec.content_type() == JSON_CONTENT_TYPE {
             letter.json = Some(
-                serde_json::from_slice(&letter.body)
+                serde_json::from_slice(&body)
                     .map_err(|e| format!("the body is not valid JSON: {e}"))?,
             );
             if let Some(ours) = ours {
                 let event = codec
-                    .decode::<Box<dyn Event>>(&letter.body)
+                    .decode::<Box<dyn Event>>(&body)
                     .map_err(|e| e.to_string())?;
                 if event.tag() != ours.tag() || event.version() != ours.version() {
                     return Err(format!(
@@ -99,7 +111,7 @@ impl Writers {
             // Its format is unknown, so no JSON; typetag reads it.
             letter.event = Some(
                 codec
-                    .decode::<Box<dyn Event>>(&letter.body)
+                    .decode::<Box<dyn Event>>(&body)
                     .map_err(|e| e.to_string())?,
             );
             return Err(format!(
@@ -118,7 +130,7 @@ impl Writers {
             }
         };
         let wire_name = writer.wire_name();
-        let mut value = writer.read(&letter.body, codec as &dyn Codec, &wire_name)?;
+        let mut value = writer.read(&body, codec as &dyn Codec, &wire_name)?;
         let mut object = serde_json::Map::new();
         object.insert(wire_name, value.to_json());
         letter.json = Some(serde_json::Value::Object(object));

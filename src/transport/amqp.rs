@@ -25,6 +25,7 @@ use crate::amqp::props::AmqpProps;
 use crate::amqp::queue::Queue;
 use crate::amqp::rpc::{self, Requester};
 use crate::codec::Codec;
+use crate::compression::Compression;
 use crate::error::{Error, ErrorKind, Result};
 use crate::headers::{
     ATTEMPT_HEADER, BODY_DROPPED_HEADER, CAUSATION_HEADER, CORRELATION_HEADER, ERROR_HEADER,
@@ -61,6 +62,9 @@ pub(super) struct Amqp {
     /// The retry queues declared, by name: when, to declare one again
     /// (which renews its expiry) before it could expire.
     retry_queues: Mutex<HashMap<String, Instant>>,
+    /// The delay queues declared, by delay in milliseconds: the exchange
+    /// in front of each, and when it was declared.
+    delay_queues: Mutex<HashMap<u32, (String, Instant)>>,
     /// The exchange's schema stream.
     schemas: SchemaStream,
     /// Requests, their replies by direct reply-to.
@@ -109,6 +113,7 @@ impl AmqpTransport {
                 mandatory: endpoint.mandatory,
                 consumed: Mutex::default(),
                 retry_queues: Mutex::default(),
+                delay_queues: Mutex::default(),
                 schemas: SchemaStream::new(conn_props),
                 requester: Requester::new(conn.clone()),
             }),
@@ -155,6 +160,10 @@ impl Transport for AmqpTransport {
         self.inner.conn.props().max_message_size()
     }
 
+    fn compression(&self) -> (Compression, usize) {
+        self.inner.conn.props().compression()
+    }
+
     fn prefetch(&self) -> u16 {
         self.inner.conn.props().prefetch()
     }
@@ -173,17 +182,15 @@ impl Transport for AmqpTransport {
                 Some(queue) => (ShortString::from(""), short(queue)?),
                 None => (
                     short(self.inner.conn.props().exchange())?,
-                    ShortString::from(out.routing_key),
+                    short(&out.routing_key)?,
                 ),
             };
             let body = out.body.clone();
-            let message_id = ShortString::from(out.message_id.clone());
-            let properties = self
-                .inner
-                .producer
-                .properties(message_id, event_headers(out));
+            let properties = self.inner.properties(out)?;
             let properties = match ttl {
-                Some(ttl) => properties.with_expiration(rpc::expiration(ttl)),
+                Some(ttl) => properties
+                    .with_expiration(rpc::expiration(ttl))
+                    .with_delivery_mode(1),
                 None => properties.with_delivery_mode(2),
             };
             let call = self
@@ -209,13 +216,9 @@ impl Transport for AmqpTransport {
                 return self.publish(out, None).await;
             };
             let routing_key = short(&queue)?;
-            let message_id = ShortString::from(out.message_id.clone());
             let correlation_id = out.correlation_id.clone();
             let body = out.body.clone();
-            let mut properties = self
-                .inner
-                .producer
-                .properties(message_id, event_headers(out));
+            let mut properties = self.inner.properties(out)?;
             if let Some(id) = correlation_id {
                 properties = properties.with_correlation_id(id.into());
             }
@@ -340,6 +343,11 @@ impl Received for AmqpReceived {
 
     fn content_type(&self) -> Option<&str> {
         self.delivery.content_type()
+    }
+
+    fn content_encoding(&self) -> Option<&str> {
+        let encoding = self.delivery.properties().content_encoding().as_ref()?;
+        Some(encoding.as_str())
     }
 
     fn header(&self, name: &str) -> Header<'_> {
@@ -486,27 +494,69 @@ impl Amqp {
     async fn publish(&self, out: Outgoing, done: Option<Settlement>) -> Result<()> {
         // A reply goes to a caller that may be gone: not an error.
         let correlation_id = out.correlation_id.as_deref().map(short).transpose()?;
-        let (exchange, routing_key, mandatory) = match &out.to_queue {
-            Some(queue) => (
+        let mandatory = out.delivery.mandatory.unwrap_or(self.mandatory);
+        let (exchange, routing_key, mandatory) = match (&out.to_queue, out.delivery.delay) {
+            (Some(queue), _) => (
                 Some(ShortString::from("")),
                 short(queue)?,
                 correlation_id.is_none(),
             ),
-            None => (None, ShortString::from(out.routing_key), self.mandatory),
-        };
-        let (body, message_id) = (out.body.clone(), ShortString::from(out.message_id.clone()));
-        self.producer
-            .send_event(
-                exchange,
-                body,
-                routing_key,
-                message_id,
-                event_headers(out),
+            (None, Some(delay)) => (
+                Some(short(&self.delay_exchange(delay).await?)?),
+                short(&out.routing_key)?,
                 mandatory,
-                correlation_id,
-                done,
-            )
+            ),
+            (None, None) => (None, short(&out.routing_key)?, mandatory),
+        };
+        let body = out.body.clone();
+        let mut properties = self.properties(out)?;
+        if let Some(id) = correlation_id {
+            properties = properties.with_correlation_id(id);
+        }
+        self.producer
+            .send_event(exchange, routing_key, body, properties, mandatory, done)
             .await
+    }
+
+    /// The AMQP properties of an outgoing event: message id, content type
+    /// and encoding, headers, persistence, priority, expiration.
+    fn properties(&self, out: Outgoing) -> Result<BasicProperties> {
+        let message_id = short(&out.message_id)?;
+        let content_type = short(&out.content_type)?;
+        let (encoding, delivery) = (out.content_encoding, out.delivery);
+        let mut properties = self
+            .producer
+            .properties(message_id, event_headers(out))
+            .with_content_type(content_type);
+        if delivery.persistent {
+            properties = properties.with_delivery_mode(2);
+        }
+        if let Some(encoding) = encoding {
+            properties = properties.with_content_encoding(encoding.into());
+        }
+        if let Some(priority) = delivery.priority {
+            properties = properties.with_priority(priority);
+        }
+        if let Some(ttl) = delivery.expiration {
+            properties = properties.with_expiration(ttl.as_millis().to_string().into());
+        }
+        Ok(properties)
+    }
+
+    /// The exchange of the delay queue for `delay`, declared (again) unless
+    /// it was lately.
+    async fn delay_exchange(&self, delay: Duration) -> Result<String> {
+        let delay_ms = u32::try_from(delay.as_millis()).unwrap_or(u32::MAX).max(1);
+        let fresh = lock(&self.delay_queues)
+            .get(&delay_ms)
+            .filter(|(_, at)| at.elapsed() < RETRY_QUEUE_FRESH)
+            .map(|(name, _)| name.clone());
+        if let Some(name) = fresh {
+            return Ok(name);
+        }
+        let name = self.conn.declare_delay(delay_ms).await?;
+        lock(&self.delay_queues).insert(delay_ms, (name.clone(), Instant::now()));
+        Ok(name)
     }
 
     /// Parks a failed delivery in its queue's retry queue for `delay`
@@ -695,6 +745,11 @@ impl Received for AmqpReply {
     fn content_type(&self) -> Option<&str> {
         let content_type = self.delivery.properties.content_type().as_ref()?;
         Some(content_type.as_str())
+    }
+
+    fn content_encoding(&self) -> Option<&str> {
+        let encoding = self.delivery.properties.content_encoding().as_ref()?;
+        Some(encoding.as_str())
     }
 
     fn header(&self, name: &str) -> Header<'_> {

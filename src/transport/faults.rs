@@ -272,6 +272,10 @@ impl Transport for Faults {
         self.inner.max_message_size()
     }
 
+    fn compression(&self) -> (crate::compression::Compression, usize) {
+        self.inner.compression()
+    }
+
     fn prefetch(&self) -> u16 {
         self.inner.prefetch()
     }
@@ -604,6 +608,10 @@ impl Received for Copy {
 
     fn content_type(&self) -> Option<&str> {
         self.message().content_type()
+    }
+
+    fn content_encoding(&self) -> Option<&str> {
+        self.message().content_encoding()
     }
 
     fn header(&self, name: &str) -> Header<'_> {

@@ -106,11 +106,31 @@ impl Transport for MemoryTransport {
             if self.closed.load(Ordering::Relaxed) {
                 return Err(Self::closed_error());
             }
-            let sent = self
-                .hub
-                .publish(&out, &self.instance_id, None)
-                .await
-                .map(drop);
+            if let Some(delay) = out.delivery.delay.filter(|_| out.to_queue.is_none()) {
+                // Held back, then routed: settled once accepted, as the
+                // broker confirms a delayed event once its delay queue has it.
+                let (hub, origin) = (self.hub.clone(), self.instance_id.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = hub.publish(&out, &origin, None).await;
+                });
+                self.counters.settled(&Ok(()));
+                if let Some(done) = done {
+                    let _ = done.send(Ok(()));
+                }
+                return Ok(());
+            }
+            let mandatory = out.delivery.mandatory == Some(true);
+            let sent = match self.hub.publish(&out, &self.instance_id, None).await {
+                Ok(0) if mandatory => Err(Error::new(
+                    ErrorKind::Unroutable,
+                    format!(
+                        "no memory queue is bound to routing key {:?} and the event is mandatory",
+                        out.routing_key
+                    ),
+                )),
+                other => other.map(drop),
+            };
             self.counters.settled(&sent);
             match (done, sent) {
                 (Some(done), sent) => {
@@ -155,7 +175,7 @@ impl Transport for MemoryTransport {
                     ErrorKind::Unroutable,
                     format!(
                         "no memory queue takes the request (routing key {:?})",
-                        out.to_queue.as_deref().unwrap_or(out.routing_key)
+                        out.to_queue.as_deref().unwrap_or(&out.routing_key)
                     ),
                 )),
                 _ => {
@@ -282,6 +302,7 @@ pub(crate) fn test_message(
         message: Arc::new(Message {
             body: Arc::new(body),
             content_type: content_type.into(),
+            content_encoding: None,
             tag,
             fingerprint,
             version: None,
@@ -318,6 +339,10 @@ impl Received for MemoryReceived {
 
     fn content_type(&self) -> Option<&str> {
         Some(&self.message.content_type)
+    }
+
+    fn content_encoding(&self) -> Option<&str> {
+        self.message.content_encoding.as_deref()
     }
 
     fn header(&self, name: &str) -> Header<'_> {
@@ -426,6 +451,8 @@ const QUEUE_CAPACITY: usize = 65_536;
 pub(crate) struct Message {
     pub(crate) body: Arc<Vec<u8>>,
     pub(crate) content_type: Arc<str>,
+    /// How the body is compressed, if it is.
+    pub(crate) content_encoding: Option<Arc<str>>,
     pub(crate) tag: &'static str,
     pub(crate) fingerprint: String,
     /// The version, when it is not 1.
@@ -449,6 +476,7 @@ impl Message {
         Self {
             body: self.body.clone(),
             content_type: self.content_type.clone(),
+            content_encoding: self.content_encoding.clone(),
             fingerprint: self.fingerprint.clone(),
             version: self.version.clone(),
             routing_key: self.routing_key.clone(),
@@ -634,10 +662,11 @@ impl Hub {
         let message = Arc::new(Message {
             body: out.body.clone(),
             content_type: out.content_type.clone(),
+            content_encoding: out.content_encoding.map(Arc::from),
             tag: out.tag,
             fingerprint: out.fingerprint.to_string(),
             version: (out.version != 1).then(|| out.version.to_string()),
-            routing_key: out.routing_key.to_owned(),
+            routing_key: out.routing_key.to_string(),
             message_id: out.message_id.clone(),
             origin: origin.to_owned(),
             timestamp: SystemTime::now()
@@ -682,7 +711,7 @@ impl Hub {
                     .collect(),
                 None => queues
                     .iter()
-                    .filter(|q| q.routes(out.routing_key))
+                    .filter(|q| q.routes(&out.routing_key))
                     .cloned()
                     .collect(),
             }

@@ -22,6 +22,7 @@ use crate::amqp::connection::{DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_MESSAGES};
 use crate::amqp::connection_event::ConnectionEvents;
 pub(crate) use crate::amqp::outbox::PublishCounters;
 use crate::codec::Codec;
+use crate::compression::{Compression, DEFAULT_COMPRESSION_THRESHOLD};
 use crate::error::Result;
 use crate::schema::Fingerprint;
 use crate::schema::Schema;
@@ -48,8 +49,8 @@ pub struct Outgoing {
     pub fingerprint: Fingerprint,
     /// The event type's version (sent as a header when not 1).
     pub version: u32,
-    /// The event's routing key.
-    pub routing_key: &'static str,
+    /// The event's routing key: its type's, or one given for this event.
+    pub routing_key: Cow<'static, str>,
     /// Unique per publisher: `<instance-id>-<n>`.
     pub message_id: String,
     /// Sent to this queue by name instead of through the exchange.
@@ -61,6 +62,48 @@ pub struct Outgoing {
     /// request's [`Received::correlation_id`], which the caller matches
     /// replies by. Not the conversation header `x-correlation-id`.
     pub correlation_id: Option<String>,
+    /// How the body is compressed (`gzip`, `zstd`, `lz4`): the AMQP
+    /// `content-encoding`; `None` for a body as the codec wrote it.
+    pub content_encoding: Option<&'static str>,
+    /// How the broker treats the message: persistence, priority,
+    /// expiration, mandatory, delay.
+    pub delivery: DeliveryOptions,
+}
+
+/// **How the broker treats one outgoing message**, beyond where it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeliveryOptions {
+    /// Written to disk by the broker (delivery mode 2; default `true`).
+    pub persistent: bool,
+    /// The AMQP priority, 0 to 255; honoured by queues declared with
+    /// `x-max-priority` (classic queues), ignored by quorum queues.
+    pub priority: Option<u8>,
+    /// Dropped by the broker if it waits in a queue longer than this.
+    pub expiration: Option<Duration>,
+    /// Returned as unroutable when no queue takes it; `None`: the
+    /// transport's default ([`Endpoint::mandatory`]).
+    pub mandatory: Option<bool>,
+    /// Held back this long before it is routed to the queues.
+    pub delay: Option<Duration>,
+}
+
+impl Default for DeliveryOptions {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+impl DeliveryOptions {
+    /// Persistent, no priority, expiration or delay, the transport's
+    /// mandatory setting.
+    pub const DEFAULT: Self = Self {
+        persistent: true,
+        priority: None,
+        expiration: None,
+        mandatory: None,
+        delay: None,
+    };
 }
 
 /// **A message header as received**: absent, a string, or of another type.
@@ -113,6 +156,10 @@ pub trait Received: Send + Sync {
     fn body(&self) -> &[u8];
     /// Its content type, if it has one.
     fn content_type(&self) -> Option<&str>;
+    /// How its body is compressed (the AMQP `content-encoding`), if it is.
+    fn content_encoding(&self) -> Option<&str> {
+        None
+    }
     /// A header by name.
     fn header(&self, name: &str) -> Header<'_>;
     /// Calls `visit` with each header, in no particular order.
@@ -204,8 +251,14 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
     fn buffer_capacity(&self) -> Option<u64> {
         None
     }
-    /// The largest body a listener decodes.
+    /// The largest body a listener decodes (also once decompressed).
     fn max_message_size(&self) -> usize;
+    /// How a bus on this transport compresses what it publishes, unless
+    /// its builder says otherwise: the algorithm and the size it starts at
+    /// (for RabbitMQ, the props' `compression` and `compression_threshold`).
+    fn compression(&self) -> (Compression, usize) {
+        (Compression::None, DEFAULT_COMPRESSION_THRESHOLD)
+    }
     /// How many messages a listener holds unsettled at most.
     fn prefetch(&self) -> u16;
     /// **Accepts an event** (waiting for room while a buffer is full); its

@@ -2,7 +2,8 @@
 //! publishers: raw lapin, and Python's pika (`scripts/pika_bad_input.py`).
 //! For each case the receiving bus must dead-letter the message with the
 //! expected `x-tidings-reason`, count it under that reason, and go on to
-//! dispatch the good event published right after it.
+//! dispatch the good event published right after it (gzip-compressed after
+//! every other case: a foreign publisher's compressed body is decoded).
 
 use crate::common;
 
@@ -48,7 +49,36 @@ const CASES: &[(&str, RejectReason)] = &[
     ("json_wrong_types", RejectReason::Decode),
     ("tag_header_integer", RejectReason::BadHeader),
     ("fingerprint_header_integer", RejectReason::BadHeader),
+    ("decompression_bomb", RejectReason::DecompressionBomb),
+    ("unknown_content_encoding", RejectReason::ContentEncoding),
+    ("corrupt_gzip", RejectReason::Decode),
 ];
+
+/// The `content-encoding` of case `name`'s bad message, if it has one.
+fn content_encoding(name: &str) -> Option<&'static str> {
+    match name {
+        "decompression_bomb" | "corrupt_gzip" => Some("gzip"),
+        "unknown_content_encoding" => Some("br"),
+        _ => None,
+    }
+}
+
+/// `body` in gzip.
+fn gzip(body: &[u8]) -> Vec<u8> {
+    tidings::Compression::Gzip.compress(body).unwrap()
+}
+
+/// A gzip body of 64 times the maximum message size in zeros: about 1 KB
+/// on the wire (tidings' gzip level 1), far more once decompressed.
+fn gzip_bomb() -> Vec<u8> {
+    let bomb = gzip(&vec![0; 64 * MAX_SIZE]);
+    assert!(
+        bomb.len() < MAX_SIZE,
+        "the bomb itself fits: {}",
+        bomb.len()
+    );
+    bomb
+}
 
 fn fingerprint() -> String {
     Reading::schema().fingerprint().to_string()
@@ -176,6 +206,13 @@ fn bad_message(
                 (TAG_HEADER, text(TAG)),
                 (FINGERPRINT_HEADER, AMQPValue::LongLongInt(7)),
             ],
+        ),
+        "decompression_bomb" => (gzip_bomb(), bincode, good_headers),
+        "unknown_content_encoding" => (valid, bincode, good_headers),
+        "corrupt_gzip" => (
+            vec![0x1f, 0x8b, 8, 0, 0xFF, 0xFF, 0xFF],
+            bincode,
+            good_headers,
         ),
         other => panic!("no such case {other:?}"),
     }
@@ -309,23 +346,27 @@ async fn every_bad_input_from_raw_lapin_is_dead_lettered_counted_and_passed_over
     let mut receiver = Receiver::start(&props).await;
     let publisher = Connection::connect(&props).await.unwrap();
     let channel = publisher.channel().await.unwrap();
-    let publish = |body: Vec<u8>, content_type: Option<&str>, headers, id: String| {
-        let mut table = FieldTable::default();
-        for (name, value) in headers {
-            let name: &str = name;
-            let value: AMQPValue = value;
-            table.insert(name.into(), value);
-        }
-        let mut properties = BasicProperties::default()
-            .with_message_id(id.into())
-            .with_headers(table);
-        if let Some(content_type) = content_type {
-            properties = properties.with_content_type(content_type.into());
-        }
-        let channel = channel.clone();
-        let exchange = props.exchange().to_owned();
-        async move { common::raw_publish(&channel, &exchange, "", &body, properties).await }
-    };
+    let publish =
+        |body: Vec<u8>, content_type: Option<&str>, encoding: Option<&str>, headers, id: String| {
+            let mut table = FieldTable::default();
+            for (name, value) in headers {
+                let name: &str = name;
+                let value: AMQPValue = value;
+                table.insert(name.into(), value);
+            }
+            let mut properties = BasicProperties::default()
+                .with_message_id(id.into())
+                .with_headers(table);
+            if let Some(content_type) = content_type {
+                properties = properties.with_content_type(content_type.into());
+            }
+            if let Some(encoding) = encoding {
+                properties = properties.with_content_encoding(encoding.into());
+            }
+            let channel = channel.clone();
+            let exchange = props.exchange().to_owned();
+            async move { common::raw_publish(&channel, &exchange, "", &body, properties).await }
+        };
 
     let mut wrong = Vec::new();
     for (seq, (name, reason)) in CASES.iter().enumerate() {
@@ -333,15 +374,29 @@ async fn every_bad_input_from_raw_lapin_is_dead_lettered_counted_and_passed_over
         let before = receiver.bus.stats();
         let (body, content_type, headers) = bad_message(name);
         let bad_id = common::unique(&format!("bad-{name}"));
-        publish(body, content_type, headers, bad_id.clone()).await;
-        // The good event, on the same channel: it is queued after the bad one.
+        publish(
+            body,
+            content_type,
+            content_encoding(name),
+            headers,
+            bad_id.clone(),
+        )
+        .await;
+        // The good event, on the same channel: it is queued after the bad
+        // one; gzip-compressed after every other case.
         let good_headers = vec![
             (TAG_HEADER, text(TAG)),
             (FINGERPRINT_HEADER, text(&fingerprint())),
         ];
+        let (good, encoding) = if seq % 2 == 1 {
+            (gzip(&valid_bincode(value)), Some("gzip"))
+        } else {
+            (valid_bincode(value), None)
+        };
         publish(
-            valid_bincode(value),
+            good,
             Some(BINCODE_CONTENT_TYPE),
+            encoding,
             good_headers,
             common::unique("good"),
         )

@@ -148,7 +148,8 @@ struct Noted {
     id: u64,
 }
 
-/// The blocking bus publishes with options and reports its health.
+/// The blocking bus publishes with options (headers, message id, routing
+/// key, compression) and reports its health.
 #[test]
 fn a_blocking_bus_publishes_with_headers_and_is_healthy() {
     let props = common::props(ExchangeKind::Fanout);
@@ -157,18 +158,36 @@ fn a_blocking_bus_publishes_with_headers_and_is_healthy() {
     let subscribers = tidings::Subscribers::new();
     let (tx, rx) = std::sync::mpsc::channel();
     let _guard = subscribers.subscribe_with(move |n: &Noted, ctx: &tidings::Context| {
-        let _ = tx.send((n.id, ctx.header("source").map(str::to_owned)));
+        let _ = tx.send((
+            n.id,
+            ctx.header("source").map(str::to_owned),
+            ctx.message_id().map(str::to_owned),
+            ctx.routing_key().to_owned(),
+        ));
     });
     let bus =
         tidings::blocking::Bus::connect(tidings::Bus::with_props(props).subscribers(subscribers))
             .unwrap();
     assert!(bus.health().is_ready(), "{:?}", bus.health());
+    // One options value: a header, an id and a routing key of the
+    // caller's, compressed, confirmed.
     let options = tidings::PublishOptions::new()
         .header("source", "cron")
+        .message_id("noted-3")
+        .routing_key("blocking.cron")
+        .compression_above(tidings::Compression::Gzip, 0)
         .confirm(true);
     bus.publish_with(&Noted { id: 3 }, &options).unwrap();
     let got = rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    assert_eq!(got, (3, Some("cron".to_owned())));
+    assert_eq!(
+        got,
+        (
+            3,
+            Some("cron".to_owned()),
+            Some("noted-3".to_owned()),
+            "blocking.cron".to_owned()
+        )
+    );
     bus.close().unwrap();
 }
 

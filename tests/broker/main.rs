@@ -15,6 +15,7 @@ mod derive;
 mod flow;
 mod handler_timeout;
 mod proxy;
+mod publish_options;
 mod python_wire;
 mod rejections;
 mod roundtrip;

@@ -244,6 +244,28 @@ async fn python_publishes(props: &AmqpProps, contract: &Path, events: &[String])
     published
 }
 
+/// The helper consuming `count` events of the exchange through `queue`,
+/// ready, and the lines it prints.
+async fn python_reader(
+    props: &AmqpProps,
+    queue: &str,
+    count: usize,
+) -> (Child, Lines<BufReader<ChildStdout>>) {
+    let count = count.to_string();
+    let mut reader = python(&[
+        "consume",
+        &plain_url(),
+        props.exchange(),
+        "--count",
+        &count,
+        "--queue",
+        queue,
+    ]);
+    let mut lines = BufReader::new(reader.stdout.take().unwrap()).lines();
+    assert_eq!(line(&mut lines, "ready").await, "ready");
+    (reader, lines)
+}
+
 /// The fingerprint the helper computes for `tag` at `version`.
 async fn python_fingerprint(contract: &Path, tag: &str, version: u32) -> String {
     let child = python(&[
@@ -379,18 +401,7 @@ async fn python_reads_the_json_events_a_rust_bus_publishes() {
         .await
         .unwrap();
     let orders = orders();
-    let count = orders.len().to_string();
-    let mut reader = python(&[
-        "consume",
-        &plain_url(),
-        props.exchange(),
-        "--count",
-        &count,
-        "--queue",
-        &queue,
-    ]);
-    let mut lines = BufReader::new(reader.stdout.take().unwrap()).lines();
-    assert_eq!(line(&mut lines, "ready").await, "ready");
+    let (reader, mut lines) = python_reader(&props, &queue, orders.len()).await;
 
     for (order, _) in &orders {
         bus.publish_confirmed(order).await.unwrap();
@@ -550,5 +561,66 @@ async fn a_python_event_with_a_wrong_fingerprint_is_read_by_field_names_under_js
     assert_eq!(handled.len(), 1);
     assert_eq!(handled[0].0, order);
     assert_eq!(warnings.taken(), Vec::<String>::new());
+    receiver.bus.close().await.unwrap();
+}
+
+/// gzip both ways: a Rust bus that compresses (`compression=gzip`, every
+/// body) is read by `tidings_pika.py`, and events it gzips
+/// (`"compression": "gzip"`) are handled by a Rust bus.
+#[tokio::test]
+async fn gzip_events_cross_between_python_and_a_rust_bus() {
+    let props = common::props(ExchangeKind::Fanout);
+    let _cleanup = common::Cleanup::new(&props);
+    let queue = common::unique("python_wire.gzip_reader");
+    _cleanup.queue(&queue);
+    let contract = ContractFile::write();
+    let receiver = Receiver::start(&props).await;
+    let url = format!(
+        "{}?exchange={}&codec=json&compression=gzip&compression_threshold=0",
+        plain_url(),
+        props.exchange()
+    );
+    let bus = Bus::builder(&url)
+        .unwrap()
+        .publish_only()
+        .connect()
+        .await
+        .unwrap();
+    let orders = orders();
+    let (reader, mut lines) = python_reader(&props, &queue, orders.len()).await;
+    for (order, _) in &orders {
+        bus.publish_confirmed(order).await.unwrap();
+    }
+    for (order, payload) in &orders {
+        let printed: Value = serde_json::from_str(&line(&mut lines, "an event").await).unwrap();
+        assert_eq!(
+            &printed["payload"], payload,
+            "order {}: {printed}",
+            order.id
+        );
+    }
+    exits(reader).await;
+
+    let events: Vec<String> = orders
+        .iter()
+        .map(|(_, payload)| {
+            json!({"tag": "python_wire.order", "payload": payload, "compression": "gzip"})
+                .to_string()
+        })
+        .collect();
+    python_publishes(&props, &contract.0, &events).await;
+    // The bus's own gzip events and Python's: both decoded.
+    let stats = receiver.handled(2 * orders.len() as u64).await;
+    assert_eq!(stats.rejected_total(), 0, "{stats:?}");
+    let handled: Vec<Order> = receiver
+        .orders
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(o, _)| o.clone())
+        .collect();
+    let sent: Vec<Order> = orders.iter().map(|(o, _)| o.clone()).collect();
+    assert_eq!(handled, [sent.clone(), sent].concat());
+    bus.close().await.unwrap();
     receiver.bus.close().await.unwrap();
 }

@@ -110,6 +110,13 @@ impl Drop for Cleanup {
                     }
                     let _ = conn.delete_queue(&queue).await;
                 }
+                // Delay queues, one per delay, each with its exchange:
+                // <exchange>.delay.<ms>.
+                let delays = format!("{}.delay.", props.exchange());
+                for delay in listed.iter().filter(|name| name.starts_with(&delays)) {
+                    let _ = conn.delete_queue(delay).await;
+                    let _ = conn.delete_exchange(delay).await;
+                }
                 // What a bus on this exchange declares: the dead letters
                 // and the schema stream.
                 let dead_letters = format!("{}.dead-letter", props.exchange());

@@ -47,7 +47,22 @@ fn every_benchmark_row_receives_every_event() {
     let rows: Vec<&str> = stdout
         .lines()
         .filter(|l| l.contains(", fanout ") || l.contains(", group of "))
+        .filter(|l| !l.starts_with("10 KB JSON-ish"))
         .collect();
+    // Raw lapin tuned, then tidings with no compression and each built one.
+    let compressed = stdout
+        .lines()
+        .filter(|l| l.starts_with("10 KB JSON-ish"))
+        .count();
+    let built = [
+        tidings::Compression::Gzip,
+        tidings::Compression::Zstd,
+        tidings::Compression::Lz4,
+    ]
+    .into_iter()
+    .filter(|c| c.is_built())
+    .count();
+    assert_eq!(compressed, 2 + built, "{stdout}");
     // 7 scenarios, each with raw lapin naive, raw lapin tuned and tidings.
     assert_eq!(rows.len(), 21, "{stdout}");
     assert!(
