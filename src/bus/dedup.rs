@@ -1,8 +1,12 @@
-//! The dedup window: the (publisher, message id) keys handled lately.
+//! The dedup window: the (publisher, message id) keys handled lately, and
+//! those being handled now, so that two deliveries of one message at once
+//! reach the handlers once.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::Mutex;
+
+use tokio::sync::watch;
 
 /// The message ids handled lately, oldest first out.
 ///
@@ -21,6 +25,27 @@ pub(crate) struct Recent {
 struct Window {
     keys: HashSet<u128, BuildHasherDefault<KeyHasher>>,
     order: VecDeque<u128>,
+    /// The keys being handled now, each with where its outcome is told:
+    /// `Some(true)` handled, `Some(false)` not.
+    in_flight: HashMap<u128, watch::Receiver<Option<bool>>, BuildHasherDefault<KeyHasher>>,
+}
+
+/// What [`Recent::claim`] found.
+pub(super) enum Claim<'a> {
+    /// Handled lately (perhaps just now, by a delivery handled at the same
+    /// time): acknowledge it as a duplicate.
+    Duplicate,
+    /// This delivery handles it; the claim tells the others how it went.
+    Mine(Handling<'a>),
+}
+
+/// A message id being handled by one delivery. Finished with
+/// [`Handling::done`]; dropped unfinished (the handling was cancelled),
+/// a delivery waiting on it handles the message itself.
+pub(super) struct Handling<'a> {
+    recent: &'a Recent,
+    key: u128,
+    outcome: watch::Sender<Option<bool>>,
 }
 
 impl Recent {
@@ -35,8 +60,47 @@ impl Recent {
         self.window.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    #[cfg(test)]
     pub(super) fn contains(&self, key: u128) -> bool {
         self.window().keys.contains(&key)
+    }
+
+    /// **Claims a message id for handling, atomically**: a duplicate of one
+    /// handled lately, or one of which another delivery is being handled
+    /// now, in which case this waits for that outcome: handled, it is a
+    /// duplicate; failed, this delivery claims it again and handles it.
+    ///
+    /// Cancel safe: a claim dropped while waiting takes nothing.
+    pub(super) async fn claim(&self, key: u128) -> Claim<'_> {
+        loop {
+            let mut waiting = {
+                let mut window = self.window();
+                if window.keys.contains(&key) {
+                    return Claim::Duplicate;
+                }
+                match window.in_flight.get(&key) {
+                    Some(outcome) => outcome.clone(),
+                    None => {
+                        let (outcome, told) = watch::channel(None);
+                        window.in_flight.insert(key, told);
+                        return Claim::Mine(Handling {
+                            recent: self,
+                            key,
+                            outcome,
+                        });
+                    }
+                }
+            };
+            // Told, or the sender went (then `done` or `drop` removed it).
+            let handled = waiting
+                .wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|outcome| *outcome);
+            if handled == Some(true) {
+                return Claim::Duplicate;
+            }
+        }
     }
 
     pub(super) fn remember(&self, key: u128, size: usize) {
@@ -49,6 +113,30 @@ impl Recent {
             if let Some(oldest) = window.order.pop_front() {
                 window.keys.remove(&oldest);
             }
+        }
+    }
+}
+
+impl Handling<'_> {
+    /// The handling ended: `handled`, the id is remembered (in a window of
+    /// `size`) and deliveries waiting on it are duplicates; not, they
+    /// handle it themselves.
+    pub(super) fn done(self, handled: bool, size: usize) {
+        if handled {
+            self.recent.remember(self.key, size);
+        }
+        self.recent.window().in_flight.remove(&self.key);
+        self.outcome.send_replace(Some(handled));
+    }
+}
+
+impl Drop for Handling<'_> {
+    fn drop(&mut self) {
+        // Unfinished: as if it failed. After `done`, the key is gone already
+        // and this changes nothing.
+        if self.outcome.borrow().is_none() {
+            self.recent.window().in_flight.remove(&self.key);
+            self.outcome.send_replace(Some(false));
         }
     }
 }
@@ -95,5 +183,49 @@ mod tests {
             !recent.contains(key("d")),
             "a zero window remembers nothing"
         );
+    }
+
+    #[tokio::test]
+    async fn a_second_claim_waits_for_the_first_outcome() {
+        let recent = Recent::default();
+        let key = recent.key("origin", "m-1");
+        let Claim::Mine(first) = recent.claim(key).await else {
+            panic!("the first claim handles it");
+        };
+        // While the first is in flight, a second waits; the first fails, so
+        // the second handles it.
+        let second = recent.claim(key);
+        tokio::pin!(second);
+        assert!(futures_poll_once(second.as_mut()).await.is_none(), "waits");
+        first.done(false, 10);
+        let Claim::Mine(second) = second.await else {
+            panic!("a failed first handling leaves it to the second");
+        };
+        // A third waits for the second, which succeeds: a duplicate.
+        let third = recent.claim(key);
+        tokio::pin!(third);
+        assert!(futures_poll_once(third.as_mut()).await.is_none(), "waits");
+        second.done(true, 10);
+        assert!(matches!(third.await, Claim::Duplicate));
+        assert!(matches!(recent.claim(key).await, Claim::Duplicate));
+        // A handling dropped unfinished (cancelled) leaves it to the next.
+        let other = recent.key("origin", "m-2");
+        let Claim::Mine(dropped) = recent.claim(other).await else {
+            panic!("fresh");
+        };
+        drop(dropped);
+        assert!(matches!(recent.claim(other).await, Claim::Mine(_)));
+    }
+
+    /// Polls a future once: its output if it is ready.
+    async fn futures_poll_once<F: std::future::Future + Unpin>(future: F) -> Option<F::Output> {
+        let mut future = future;
+        std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(match std::pin::Pin::new(&mut future).poll(cx) {
+                std::task::Poll::Ready(out) => Some(out),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await
     }
 }

@@ -1,8 +1,10 @@
 //! `Bus`: the remote-event layer. Publishing an event broadcasts it; every
 //! receiving process decodes it and dispatches it to its local subscribers.
 
+mod batch;
 pub(crate) mod call;
 pub(crate) mod context;
+pub(crate) mod decision;
 pub(crate) mod decode;
 mod dedup;
 pub(crate) mod health;
@@ -10,6 +12,7 @@ pub(crate) mod listener;
 pub(crate) mod publish_options;
 pub(crate) mod receipts;
 mod schemas;
+mod scope;
 pub(crate) mod serve;
 pub(crate) mod settings;
 mod settle;
@@ -26,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
-use tracing::{Instrument, debug, debug_span, trace, warn};
+use tracing::{Instrument, debug, debug_span, error, trace, warn};
 
 use crate::amqp::connection_event::ConnectionEvents;
 use crate::amqp::props::AmqpProps;
@@ -456,7 +459,12 @@ impl Bus {
         if self.inner.closed.load(Ordering::Relaxed) {
             return Err(closed());
         }
-        let listener = Listener::start(self.inner.shared.clone(), listen).await?;
+        // A direct exchange routes only exact keys: with none given, the
+        // listener binds those of the types subscribed to now.
+        let listen = listen
+            .clone()
+            .with_subscribed(self.inner.subscribers.routing_keys());
+        let listener = Listener::start(self.inner.shared.clone(), &listen).await?;
         self.inner
             .listeners
             .lock()
@@ -850,6 +858,16 @@ impl Drop for Inner {
     fn drop(&mut self) {
         if !self.closed.load(Ordering::Relaxed) {
             self.subscribers.detach();
+            // A destructor cannot wait for the broker: say what may be lost.
+            let unconfirmed = self.transport.counters().buffered.load(Ordering::Relaxed);
+            if unconfirmed > 0 {
+                error!(
+                    unconfirmed,
+                    instance = %self.instance_id,
+                    "a bus was dropped without close() while {unconfirmed} published events were not yet confirmed by the broker; \
+                     they are lost if the process exits before its connection sends them. Call close(), or run the bus in Bus::scope"
+                );
+            }
         }
         // A bus dropped without `close` stores no more schemas.
         for task in self

@@ -1,6 +1,8 @@
 //! Settlement of a delivery whose handlers failed: retrying after a
 //! delay, dead-lettering with a reason.
 
+use std::time::Duration;
+
 use tracing::{debug, error, warn};
 
 use super::listener::Shared;
@@ -10,7 +12,8 @@ use crate::error::Result;
 use crate::transport::seam::{DeadLetter, Received};
 
 impl Shared {
-    /// Retries a delivery that failed for `reason`, or dead-letters it
+    /// Retries a delivery that failed for `reason` (after the backoff, or
+    /// after `asked` if a handler asked for longer), or dead-letters it
     /// after the last attempt.
     pub(super) async fn settle_failure(
         &self,
@@ -18,6 +21,7 @@ impl Shared {
         tag: &str,
         reason: &str,
         error: String,
+        asked: Option<Duration>,
     ) {
         let attempt = incoming.attempt();
         let message_id = bounded(incoming.message_id().unwrap_or(""));
@@ -27,7 +31,13 @@ impl Shared {
                 .dead_letter(incoming, tag, DeadLetter::new(reason, &error))
                 .await;
         }
-        let delay = self.settings.retry_delay(attempt);
+        let delay = match asked {
+            // A handler's own delay for a retry it asked for; at least the
+            // backoff for a failure.
+            Some(asked) if reason == "handler_retry" => asked,
+            Some(asked) => asked.max(self.settings.retry_delay(attempt)),
+            None => self.settings.retry_delay(attempt),
+        };
         debug!(tag, message_id = %message_id, attempt, reason, delay = ?delay, outcome = "retried", "retrying after a delay");
         match incoming.retry(attempt + 1, delay).await {
             Ok(()) => {

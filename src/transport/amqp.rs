@@ -230,8 +230,9 @@ impl Transport for AmqpTransport {
             // A bus that was opened to publish only and listens after all
             // needs somewhere to put what it cannot handle.
             self.inner.dead_letters().await?;
-            let exchange = self.inner.conn.props().exchange();
-            let consumer = self.inner.consume(&listen.queue_on(exchange)).await?;
+            let props = self.inner.conn.props();
+            let queue = listen.queue_on(props.exchange(), props.exchange_kind())?;
+            let consumer = self.inner.consume(&queue).await?;
             let inbox: Box<dyn Inbox> = Box::new(AmqpInbox {
                 queue: consumer.queue().to_owned(),
                 consumer: Some(consumer),
