@@ -486,7 +486,6 @@ impl Shared {
             .await;
         }
         if dispatch.is_ok() {
-            self.counters.count(Count::Handled, tag, "");
             let decision = dispatch.decision();
             // Remembered once settled for good: a retried or requeued
             // delivery must come back.
@@ -496,6 +495,7 @@ impl Shared {
             }
             return match decision {
                 Decision::Ack => {
+                    self.counters.count(Count::Handled, tag, "");
                     debug!(
                         outcome = "acked",
                         handlers = dispatch.handled(),
