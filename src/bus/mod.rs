@@ -235,6 +235,20 @@ impl BusBuilder {
     /// How many deliveries of one listener are handled at once (default 1,
     /// which keeps the order of the queue). With more, the prefetch of the
     /// props still bounds what is held in memory.
+    ///
+    /// **Ordering under concurrency**: deliveries are *started* in queue
+    /// order, but up to `n` run at once and finish, and are acknowledged,
+    /// in any order; two events of one aggregate may be handled at the
+    /// same time. Keep 1 where order matters (or partition by routing key
+    /// into listeners of their own).
+    ///
+    /// **Duplicates under concurrency**: a message id is claimed
+    /// atomically in the dedup window. A second delivery of an id whose
+    /// first delivery is being handled waits for it: if the first
+    /// succeeded (or was dead-lettered by its handler) the second is
+    /// acknowledged as a duplicate; if it failed (it is retried), the
+    /// second handles the event, and the retried copy is the duplicate
+    /// later. Nothing is lost and no two handlings of one id overlap.
     #[must_use]
     pub fn concurrency(mut self, handlers: usize) -> Self {
         self.settings.concurrency = handlers.max(1);
@@ -245,6 +259,9 @@ impl BusBuilder {
     /// limit): it is retried, then dead-lettered, like a failing one. An
     /// async handler is cancelled at the limit; a sync handler cannot be
     /// interrupted, so one that overran is counted failed when it returns.
+    /// A long handler moves the limit on with
+    /// [`Context::keep_alive`] (which also says what RabbitMQ's own
+    /// `consumer_timeout` needs).
     #[must_use]
     pub fn handler_timeout(mut self, limit: Duration) -> Self {
         self.settings.handler_timeout = Some(limit);

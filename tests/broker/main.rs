@@ -16,6 +16,7 @@ mod flow;
 mod handler_timeout;
 mod proxy;
 mod python_wire;
+mod receive;
 mod rejections;
 mod roundtrip;
 mod rpc_bad_reply;
