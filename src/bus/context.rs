@@ -244,13 +244,18 @@ impl Context {
     /// raised on the broker.
     ///
     /// ```
-    /// # async fn example(ctx: tidings::Context) {
-    /// for chunk in 0..100 {
-    ///     ctx.keep_alive(std::time::Duration::from_secs(30));
-    ///     // ... work on chunk ...
-    /// #   let _ = chunk;
-    /// }
-    /// # }
+    /// use std::{sync::Arc, time::Duration};
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(tidings::Event, Serialize, Deserialize, Debug)]
+    /// # #[event(name = "keep_alive.import")]
+    /// # struct Import { files: u32 }
+    /// let subscribers = tidings::Subscribers::new();
+    /// let _g = subscribers.subscribe_async(|import: Arc<Import>, ctx: tidings::Context| async move {
+    ///     for _file in 0..import.files {
+    ///         ctx.keep_alive(Duration::from_secs(30)); // this file may take 30 s more
+    ///         // ... import it ...
+    ///     }
+    /// });
     /// ```
     pub fn keep_alive(&self, more: Duration) {
         if let Some(deadline) = &self.inner.deadline {
