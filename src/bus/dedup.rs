@@ -2,11 +2,11 @@
 //! those being handled now, so that two deliveries of one message at once
 //! reach the handlers once.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::Mutex;
 
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 /// The message ids handled lately, oldest first out.
 ///
@@ -19,15 +19,19 @@ use tokio::sync::watch;
 pub(crate) struct Recent {
     hashers: (RandomState, RandomState),
     window: Mutex<Window>,
+    /// Woken when a handling that others wait for ends.
+    finished: Notify,
 }
 
 #[derive(Default)]
 struct Window {
     keys: HashSet<u128, BuildHasherDefault<KeyHasher>>,
     order: VecDeque<u128>,
-    /// The keys being handled now, each with where its outcome is told:
-    /// `Some(true)` handled, `Some(false)` not.
-    in_flight: HashMap<u128, watch::Receiver<Option<bool>>, BuildHasherDefault<KeyHasher>>,
+    /// The keys being handled now: no allocation per delivery, and waiters
+    /// only when two deliveries of one id meet.
+    in_flight: HashSet<u128, BuildHasherDefault<KeyHasher>>,
+    /// Claims waiting for a handling to end.
+    waiting: usize,
 }
 
 /// What [`Recent::claim`] found.
@@ -45,7 +49,8 @@ pub(super) enum Claim<'a> {
 pub(super) struct Handling<'a> {
     recent: &'a Recent,
     key: u128,
-    outcome: watch::Sender<Option<bool>>,
+    /// Told already (by `done`).
+    told: bool,
 }
 
 impl Recent {
@@ -73,45 +78,60 @@ impl Recent {
     /// Cancel safe: a claim dropped while waiting takes nothing.
     pub(super) async fn claim(&self, key: u128) -> Claim<'_> {
         loop {
-            let mut waiting = {
+            // Registered before looking, so that no wake-up is missed.
+            let finished = self.finished.notified();
+            tokio::pin!(finished);
+            finished.as_mut().enable();
+            {
                 let mut window = self.window();
                 if window.keys.contains(&key) {
                     return Claim::Duplicate;
                 }
-                match window.in_flight.get(&key) {
-                    Some(outcome) => outcome.clone(),
-                    None => {
-                        let (outcome, told) = watch::channel(None);
-                        window.in_flight.insert(key, told);
-                        return Claim::Mine(Handling {
-                            recent: self,
-                            key,
-                            outcome,
-                        });
-                    }
+                if window.in_flight.insert(key) {
+                    return Claim::Mine(Handling {
+                        recent: self,
+                        key,
+                        told: false,
+                    });
                 }
-            };
-            // Told, or the sender went (then `done` or `drop` removed it).
-            let handled = waiting
-                .wait_for(Option::is_some)
-                .await
-                .ok()
-                .and_then(|outcome| *outcome);
-            if handled == Some(true) {
-                return Claim::Duplicate;
+                window.waiting += 1;
             }
+            let _waiting = Waiting(self);
+            finished.await;
         }
     }
 
+    /// A handling ended: remembered if `handled` (in a window of `size`),
+    /// and no longer in flight; waiters look again.
+    fn finish(&self, key: u128, handled: bool, size: usize) {
+        let wake = {
+            let mut window = self.window();
+            if handled {
+                window.remember(key, size);
+            }
+            window.in_flight.remove(&key);
+            window.waiting > 0
+        };
+        if wake {
+            self.finished.notify_waiters();
+        }
+    }
+
+    #[cfg(test)]
     pub(super) fn remember(&self, key: u128, size: usize) {
-        let mut window = self.window();
-        if size == 0 || !window.keys.insert(key) {
+        self.window().remember(key, size);
+    }
+}
+
+impl Window {
+    fn remember(&mut self, key: u128, size: usize) {
+        if size == 0 || !self.keys.insert(key) {
             return;
         }
-        window.order.push_back(key);
-        while window.order.len() > size {
-            if let Some(oldest) = window.order.pop_front() {
-                window.keys.remove(&oldest);
+        self.order.push_back(key);
+        while self.order.len() > size {
+            if let Some(oldest) = self.order.pop_front() {
+                self.keys.remove(&oldest);
             }
         }
     }
@@ -119,24 +139,29 @@ impl Recent {
 
 impl Handling<'_> {
     /// The handling ended: `handled`, the id is remembered (in a window of
-    /// `size`) and deliveries waiting on it are duplicates; not, they
-    /// handle it themselves.
-    pub(super) fn done(self, handled: bool, size: usize) {
-        if handled {
-            self.recent.remember(self.key, size);
-        }
-        self.recent.window().in_flight.remove(&self.key);
-        self.outcome.send_replace(Some(handled));
+    /// `size`) and deliveries waiting on it are duplicates; not, one of
+    /// them handles it.
+    pub(super) fn done(mut self, handled: bool, size: usize) {
+        self.told = true;
+        self.recent.finish(self.key, handled, size);
+    }
+}
+
+/// A claim waiting for a handling to end, counted while it waits (also
+/// when it is cancelled meanwhile).
+struct Waiting<'a>(&'a Recent);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.window().waiting -= 1;
     }
 }
 
 impl Drop for Handling<'_> {
     fn drop(&mut self) {
-        // Unfinished: as if it failed. After `done`, the key is gone already
-        // and this changes nothing.
-        if self.outcome.borrow().is_none() {
-            self.recent.window().in_flight.remove(&self.key);
-            self.outcome.send_replace(Some(false));
+        // Unfinished (cancelled): as if it failed.
+        if !self.told {
+            self.recent.finish(self.key, false, 0);
         }
     }
 }
@@ -214,7 +239,19 @@ mod tests {
             panic!("fresh");
         };
         drop(dropped);
-        assert!(matches!(recent.claim(other).await, Claim::Mine(_)));
+        let Claim::Mine(held) = recent.claim(other).await else {
+            panic!("a dropped handling leaves it to the next claim");
+        };
+        // A waiting claim that is cancelled is not counted as waiting.
+        {
+            let cancelled = recent.claim(other);
+            tokio::pin!(cancelled);
+            assert!(futures_poll_once(cancelled.as_mut()).await.is_none());
+            assert_eq!(recent.window().waiting, 1);
+        }
+        assert_eq!(recent.window().waiting, 0);
+        held.done(true, 10);
+        assert!(recent.window().in_flight.is_empty());
     }
 
     /// Polls a future once: its output if it is ready.
