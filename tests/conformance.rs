@@ -1363,20 +1363,23 @@ async fn handlers_decide_how_a_delivery_settles(meeting: Meeting) {
         match e.id {
             1 if ctx.attempt() == 1 => Decision::RetryAfter(Duration::from_millis(30)),
             2 if r.fetch_add(1, Ordering::SeqCst) == 0 => Decision::Requeue,
-            3 => Decision::dead_letter("id 3 is not ours"),
+            3 | 5 => Decision::dead_letter("not ours"),
             _ => Decision::Ack,
         }
     });
-    // A second handler that acks everything: the first one's decision is
-    // stricter and wins.
-    let _acks = subscribers.subscribe(|_: &OrderPaid| Ok::<_, std::io::Error>(Decision::Ack));
+    // A second handler that acks all but 5, where it fails: the first
+    // one's decisions are stricter and win (a dead letter beats a failure).
+    let _acks = subscribers.subscribe(|e: &OrderPaid| match e.id {
+        5 => Err(std::io::Error::other("five fails")),
+        _ => Ok(Decision::Ack),
+    });
     let bus = meeting
         .builder(&subscribers)
         .retry_delay(Duration::from_secs(60))
         .connect()
         .await
         .unwrap();
-    for id in 1..=4 {
+    for id in 1..=5 {
         bus.publish(&OrderPaid { id }).await.unwrap();
     }
     let done = common::eventually(Duration::from_secs(20), || {
@@ -1385,7 +1388,7 @@ async fn handlers_decide_how_a_delivery_settles(meeting: Meeting) {
             && seen.iter().filter(|(id, _)| *id == 2).count() >= 2
             && seen.contains(&(3, 1))
             && seen.contains(&(4, 1))
-            && bus.stats().dead_lettered >= 1
+            && bus.stats().dead_lettered >= 2
     })
     .await;
     assert!(done, "{:?} {:?}", seen.get(), bus.stats());
@@ -1402,7 +1405,7 @@ async fn handlers_decide_how_a_delivery_settles(meeting: Meeting) {
     if meeting.faithful() {
         let mut ids: Vec<u64> = seen.iter().map(|(id, _)| *id).collect();
         ids.sort_unstable();
-        assert_eq!(ids, [1, 1, 2, 2, 3, 4], "{seen:?}");
+        assert_eq!(ids, [1, 1, 2, 2, 3, 4, 5], "{seen:?}");
         assert_eq!(
             (
                 stats.retried,
@@ -1410,7 +1413,7 @@ async fn handlers_decide_how_a_delivery_settles(meeting: Meeting) {
                 stats.handled,
                 stats.handler_failures
             ),
-            (1, 1, 3, 0),
+            (1, 2, 3, 1),
             "{stats:?}"
         );
     }

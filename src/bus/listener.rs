@@ -525,12 +525,24 @@ impl Shared {
                 }
             };
         }
-        drop(handling);
         for _ in dispatch.failures() {
             self.counters.count(Count::HandlerFailures, tag, "");
         }
         // Each failure was logged with the tag, message id and attempt.
         let error = bounded(&dispatch.failures().join("; ")).into_owned();
+        // A handler's dead letter is stricter than another's failure.
+        if let Decision::DeadLetter(reason) = dispatch.decision() {
+            if let Some(handling) = handling {
+                handling.done(true, self.settings.dedup_window);
+            }
+            let error = bounded(&format!("{reason}; {error}")).into_owned();
+            warn!(tag, message_id = %bounded(incoming.message_id().unwrap_or("")), error = %error, "a handler rejected the event (another failed); dead-lettering");
+            self.dead_letter(incoming, tag, DeadLetter::new("handler_rejected", &error))
+                .await;
+            return Outcome::Settled;
+        }
+        // Not remembered: the retry must come back.
+        drop(handling);
         // A handler that asked for a longer delay than the backoff gets it.
         let delay = match dispatch.decision() {
             Decision::RetryAfter(delay) => Some(*delay),
