@@ -2,19 +2,14 @@
 //! or what came within `wait` of the first, for a batch handler; every
 //! delivery of a batch gets the batch's outcome.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
 
 use super::decision::Decision;
-use super::subscribers::{CatchUnwind, Failure};
+use super::subscribers::{BoxFuture as BatchFuture, CatchUnwind, Failure};
 use crate::error::HandlerError;
-
-/// A batch handler's future, erased.
-pub(super) type BatchFuture = Pin<Box<dyn Future<Output = Result<Decision, HandlerError>> + Send>>;
 
 /// The batch handler, erased.
 type Handler<E> = dyn Fn(Vec<Arc<E>>) -> BatchFuture + Send + Sync;

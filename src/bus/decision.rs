@@ -25,6 +25,11 @@ use std::time::Duration;
 /// | `Requeue` | gives it back to its queue at once (AMQP `basic.nack` with requeue): it comes back first, to this or another consumer | not raised: a handler that always requeues loops |
 /// | `DeadLetter(reason)` | publishes it to `<exchange>.dead-letter` with `x-tidings-reason: handler_rejected` and the handler's reason in `x-tidings-error`, then acknowledges it | — |
 ///
+/// On RabbitMQ each distinct retry delay has a retry queue of its own
+/// (`<queue>.retry.<ms>`, deleted ten minutes after its last use), so
+/// handlers should choose among a few delays rather than compute one per
+/// message.
+///
 /// # Examples
 ///
 /// ```

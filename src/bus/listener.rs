@@ -545,7 +545,9 @@ impl Shared {
         drop(handling);
         // A handler that asked for a longer delay than the backoff gets it.
         let delay = match dispatch.decision() {
-            Decision::RetryAfter(delay) => Some(*delay),
+            Decision::RetryAfter(delay) => {
+                Some((*delay).max(self.settings.retry_delay(incoming.attempt())))
+            }
             _ => None,
         };
         self.settle_failure(incoming, tag, "handler_failed", error, delay)

@@ -13,8 +13,8 @@ use crate::transport::seam::{DeadLetter, Received};
 
 impl Shared {
     /// Retries a delivery that failed for `reason` (after the backoff, or
-    /// after `asked` if a handler asked for longer), or dead-letters it
-    /// after the last attempt.
+    /// after the delay `asked` for), or dead-letters it after the last
+    /// attempt.
     pub(super) async fn settle_failure(
         &self,
         incoming: &dyn Received,
@@ -31,13 +31,7 @@ impl Shared {
                 .dead_letter(incoming, tag, DeadLetter::new(reason, &error))
                 .await;
         }
-        let delay = match asked {
-            // A handler's own delay for a retry it asked for; at least the
-            // backoff for a failure.
-            Some(asked) if reason == "handler_retry" => asked,
-            Some(asked) => asked.max(self.settings.retry_delay(attempt)),
-            None => self.settings.retry_delay(attempt),
-        };
+        let delay = asked.unwrap_or_else(|| self.settings.retry_delay(attempt));
         debug!(tag, message_id = %message_id, attempt, reason, delay = ?delay, outcome = "retried", "retrying after a delay");
         match incoming.retry(attempt + 1, delay).await {
             Ok(()) => {

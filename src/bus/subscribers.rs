@@ -16,7 +16,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tracing::{error, warn};
 
-use crate::bus::batch::{BatchFuture, Batcher};
+use crate::bus::batch::Batcher;
 use crate::bus::context::Context;
 use crate::bus::decision::Decision;
 pub use crate::error::HandlerError;
@@ -58,7 +58,8 @@ impl<E: Into<HandlerError>> HandlerOutput for Result<Decision, E> {
     }
 }
 
-type BoxFuture = Pin<Box<dyn Future<Output = Result<Decision, HandlerError>> + Send>>;
+/// A handler's future, erased.
+pub(super) type BoxFuture = Pin<Box<dyn Future<Output = Result<Decision, HandlerError>> + Send>>;
 
 /// One handler call: finished already, or a future to await.
 enum Call {
@@ -283,7 +284,7 @@ impl Subscribers {
         let batcher = Batcher::new(
             max,
             wait,
-            Box::new(move |events: Vec<Arc<E>>| -> BatchFuture {
+            Box::new(move |events: Vec<Arc<E>>| -> BoxFuture {
                 let future = handler(events);
                 Box::pin(async move { future.await.into_decision() })
             }),
