@@ -1411,9 +1411,10 @@ async fn handlers_decide_how_a_delivery_settles(meeting: Meeting) {
                 stats.retried,
                 stats.dead_lettered,
                 stats.handled,
-                stats.handler_failures
+                stats.handler_failures,
+                stats.requeued
             ),
-            (1, 2, 3, 1),
+            (1, 2, 3, 1, 1),
             "{stats:?}"
         );
     }

@@ -510,6 +510,7 @@ impl Shared {
                     Outcome::Settled
                 }
                 Decision::Requeue => {
+                    self.counters.count(Count::Requeued, "", "");
                     debug!(outcome = "requeued", "a handler asked to requeue the event");
                     if let Err(e) = incoming.requeue().await {
                         debug!(error = %e, "requeueing a delivery failed; the broker redelivers it after recovery");
