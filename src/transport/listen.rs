@@ -20,7 +20,12 @@ use crate::event::EventType;
 /// [`event`](Listen::event) and [`pattern`](Listen::pattern) bind the queue
 /// to only those routing keys, so on a `direct` or `topic` exchange the
 /// broker filters and the process never receives what it would drop. With
-/// no binding given, the queue receives everything the exchange carries.
+/// no binding given, the queue receives everything the exchange carries;
+/// on a `direct` exchange, which routes only exact keys, it is bound with
+/// the routing keys of the types subscribed to when the listener starts (a
+/// type subscribed later is not bound: name it with `event::<E>()`), and
+/// with no typed subscriber (or a `subscribe_all` handler, which has no
+/// key) listening fails with a message saying so.
 ///
 /// # Examples
 ///
