@@ -22,7 +22,7 @@ use std::time::Duration;
 /// |---|---|---|
 /// | `Ack` | acknowledges; the message id enters the dedup window | — |
 /// | `RetryAfter(d)` | parks it in a retry queue (`<queue>.retry.<ms>`) for `d`, then handles it again | raised by one; after [`max_attempts`](crate::BusBuilder::max_attempts) it is dead-lettered (reason `handler_retry`) |
-/// | `Requeue` | gives it back to its queue at once (AMQP `basic.nack` with requeue): it comes back first, to this or another consumer | not raised: a handler that always requeues loops |
+/// | `Requeue` | gives it back to its queue at once (AMQP `basic.nack` with requeue; RabbitMQ puts it back at its place, `memory://` at the end), to this or another consumer | not raised: a handler that always requeues loops |
 /// | `DeadLetter(reason)` | publishes it to `<exchange>.dead-letter` with `x-tidings-reason: handler_rejected` and the handler's reason in `x-tidings-error`, then acknowledges it | — |
 ///
 /// On RabbitMQ each distinct retry delay has a retry queue of its own
