@@ -103,6 +103,7 @@ pub use amqp::props::{AmqpProps, ExchangeKind, WhenFull};
 pub use amqp::queue::Queue;
 pub use bus::call::{CallOptions, Request};
 pub use bus::context::Context;
+pub use bus::decision::Decision;
 pub use bus::health::{Health, ListenerHealth};
 pub use bus::listener::Listener;
 pub use bus::publish_options::PublishOptions;

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tidings::{
-    AmqpProps, Bus, BusBuilder, CallOptions, Compression, Context, ErrorKind, Event, ExchangeKind,
-    FaultPlan, Faults, Lagged, Listen, PublishOptions, ReceiptOutcome, Request, ServeOptions,
-    Server, Subscribers,
+    AmqpProps, Bus, BusBuilder, CallOptions, Compression, Context, Decision, ErrorKind, Event,
+    ExchangeKind, FaultPlan, Faults, Lagged, Listen, PublishOptions, ReceiptOutcome, Request,
+    ServeOptions, Server, Subscribers,
 };
 use tokio_stream::StreamExt;
 
@@ -1611,6 +1611,301 @@ async fn publish_options_route_name_encode_and_delay_one_event(meeting: Meeting)
     listener.close().await.unwrap();
 }
 
+/// Handlers decide: retry after their own delay, requeue now, dead-letter
+/// with their reason, or ack; of two handlers of one event the strictest
+/// wins.
+async fn handlers_decide_how_a_delivery_settles(meeting: Meeting) {
+    let _cleanup = meeting.cleanup();
+    let subscribers = Subscribers::new();
+    let seen = Seen::default();
+    let requeued = Arc::new(AtomicUsize::new(0));
+    let (s, r) = (seen.clone(), requeued.clone());
+    let _decides = subscribers.subscribe_with(move |e: &OrderPaid, ctx: &Context| {
+        s.push((e.id, ctx.attempt()));
+        match e.id {
+            1 if ctx.attempt() == 1 => Decision::RetryAfter(Duration::from_millis(30)),
+            2 if r.fetch_add(1, Ordering::SeqCst) == 0 => Decision::Requeue,
+            3 | 5 => Decision::dead_letter("not ours"),
+            _ => Decision::Ack,
+        }
+    });
+    // A second handler that acks all but 5, where it fails: the first
+    // one's decisions are stricter and win (a dead letter beats a failure).
+    let _acks = subscribers.subscribe(|e: &OrderPaid| match e.id {
+        5 => Err(std::io::Error::other("five fails")),
+        _ => Ok(Decision::Ack),
+    });
+    let bus = meeting
+        .builder(&subscribers)
+        .retry_delay(Duration::from_secs(60))
+        .connect()
+        .await
+        .unwrap();
+    for id in 1..=5 {
+        bus.publish(&OrderPaid { id }).await.unwrap();
+    }
+    let done = common::eventually(Duration::from_secs(20), || {
+        let seen = seen.get();
+        seen.contains(&(1, 2))
+            && seen.iter().filter(|(id, _)| *id == 2).count() >= 2
+            && seen.contains(&(3, 1))
+            && seen.contains(&(4, 1))
+            && bus.stats().dead_lettered >= 2
+    })
+    .await;
+    assert!(done, "{:?} {:?}", seen.get(), bus.stats());
+    // The handler's 30 ms, not the bus's 60 s backoff: (1, 2) came.
+    let seen = seen.get();
+    assert!(
+        seen.iter()
+            .filter(|(id, _)| *id == 2)
+            .all(|&(_, attempt)| attempt == 1),
+        "a requeue does not raise the attempt: {seen:?}"
+    );
+    bus.close().await.unwrap();
+    let stats = bus.stats();
+    if meeting.faithful() {
+        let mut ids: Vec<u64> = seen.iter().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, [1, 1, 2, 2, 3, 4, 5], "{seen:?}");
+        assert_eq!(
+            (
+                stats.retried,
+                stats.dead_lettered,
+                stats.handled,
+                stats.handler_failures,
+                stats.requeued
+            ),
+            (1, 2, 3, 1, 1),
+            "{stats:?}"
+        );
+    }
+}
+
+/// `concurrency(n)`: up to n deliveries at once, and each event reaches
+/// the handlers once, also when the fault injector delivers duplicates
+/// at the same time.
+async fn concurrent_handlers_see_each_event_once(meeting: Meeting) {
+    let _cleanup = meeting.cleanup();
+    let subscribers = Subscribers::new();
+    let seen = Seen::default();
+    let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (s, r, m) = (seen.clone(), running.clone(), most.clone());
+    let _g = subscribers.subscribe_async(move |e: Arc<OrderPaid>, _: Context| {
+        let (s, r, m) = (s.clone(), r.clone(), m.clone());
+        async move {
+            let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+            m.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            s.push(e.id);
+            r.fetch_sub(1, Ordering::SeqCst);
+        }
+    });
+    let bus = meeting
+        .builder(&subscribers)
+        .concurrency(8)
+        .connect()
+        .await
+        .unwrap();
+    for id in 0..120 {
+        bus.publish(&OrderPaid { id }).await.unwrap();
+    }
+    let mut ids = seen.wait_for(120).await;
+    bus.close().await.unwrap();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..120).collect::<Vec<_>>(), "each once");
+    let most = most.load(Ordering::SeqCst);
+    assert!((2..=8).contains(&most), "{most} handlers at once");
+}
+
+/// A batch handler gets up to `max` events at once and settles them
+/// together: when it fails, every event of the batch comes back.
+async fn a_batch_handler_settles_its_events_together(meeting: Meeting) {
+    let _cleanup = meeting.cleanup();
+    let subscribers = Subscribers::new();
+    let batches: Seen<Vec<u64>> = Seen::default();
+    let failed_once = Arc::new(AtomicUsize::new(0));
+    let (b, f) = (batches.clone(), failed_once.clone());
+    let _g = subscribers.subscribe_batch(
+        5,
+        Duration::from_millis(100),
+        move |events: Vec<Arc<OrderPaid>>| {
+            let (b, f) = (b.clone(), f.clone());
+            async move {
+                let ids: Vec<u64> = events.iter().map(|e| e.id).collect();
+                b.push(ids.clone());
+                // The first batch with event 7 in it fails, once.
+                if ids.contains(&7) && f.fetch_add(1, Ordering::SeqCst) == 0 {
+                    return Err("the database is away");
+                }
+                Ok(())
+            }
+        },
+    );
+    let bus = meeting
+        .builder(&subscribers)
+        .retry_delay(Duration::from_millis(20))
+        .connect()
+        .await
+        .unwrap();
+    for id in 0..12 {
+        bus.publish(&OrderPaid { id }).await.unwrap();
+    }
+    let all_handled = common::eventually(Duration::from_secs(20), || {
+        let batches = batches.get();
+        let failed = batches.iter().find(|b| b.contains(&7)).cloned();
+        failed.is_some_and(|failed| {
+            // Each event of the failed batch was seen again.
+            failed
+                .iter()
+                .all(|id| batches.iter().flatten().filter(|seen| *seen == id).count() >= 2)
+        }) && (0..12).all(|id| batches.iter().flatten().any(|seen| *seen == id))
+    })
+    .await;
+    let seen = batches.get();
+    assert!(all_handled, "{seen:?}");
+    assert!(seen.iter().all(|b| (1..=5).contains(&b.len())), "{seen:?}");
+    bus.close().await.unwrap();
+    if meeting.faithful() {
+        let failed = seen.iter().find(|b| b.contains(&7)).unwrap();
+        let stats = bus.stats();
+        assert_eq!(stats.retried, failed.len() as u64, "{seen:?} {stats:?}");
+        assert_eq!(
+            seen.iter().map(Vec::len).sum::<usize>(),
+            12 + failed.len(),
+            "the others once: {seen:?}"
+        );
+        assert!(seen.iter().any(|b| b.len() > 1), "batched: {seen:?}");
+    }
+}
+
+/// An application's own error, which a scope's body returns.
+#[derive(Debug)]
+enum AppError {
+    Bus(#[allow(dead_code)] tidings::Error),
+    Body(&'static str),
+}
+
+impl From<tidings::Error> for AppError {
+    fn from(e: tidings::Error) -> Self {
+        Self::Bus(e)
+    }
+}
+
+/// `Bus::scope` closes its bus when the body fails or panics, after what
+/// it published is flushed.
+async fn a_scoped_bus_closes_on_error_and_panic(meeting: Meeting) {
+    let _cleanup = meeting.cleanup();
+    let subscribers = Subscribers::new();
+    let seen = Seen::default();
+    let s = seen.clone();
+    let _g = subscribers.subscribe(move |e: &OrderPaid| s.push(e.id));
+    let listener = meeting.bus(&subscribers).await;
+    let kept: Arc<Mutex<Option<Bus>>> = Arc::default();
+    let k = kept.clone();
+    let failed = Bus::scope(
+        meeting.builder(&Subscribers::new()).publish_only(),
+        |bus| async move {
+            *k.lock().unwrap() = Some(bus.clone());
+            bus.publish(&OrderPaid { id: 1 }).await?;
+            Err::<(), _>(AppError::Body("the body failed"))
+        },
+    )
+    .await;
+    assert!(
+        matches!(failed, Err(AppError::Body("the body failed"))),
+        "{failed:?}"
+    );
+    let smuggled = kept.lock().unwrap().take().unwrap();
+    assert_eq!(
+        smuggled
+            .publish(&OrderPaid { id: 9 })
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Closed,
+        "closed when the body failed"
+    );
+    assert_eq!(smuggled.stats().confirmed, 1, "flushed before closing");
+
+    let k = kept.clone();
+    let builder = meeting.builder(&Subscribers::new()).publish_only();
+    let panicked = tokio::spawn(async move {
+        Bus::scope(builder, |bus| async move {
+            *k.lock().unwrap() = Some(bus.clone());
+            bus.publish(&OrderPaid { id: 2 }).await?;
+            if bus.instance_id().is_empty() {
+                return Ok::<(), AppError>(());
+            }
+            panic!("the body panicked");
+        })
+        .await
+    })
+    .await;
+    assert!(panicked.unwrap_err().is_panic(), "the panic goes on");
+    let smuggled = kept.lock().unwrap().take().unwrap();
+    assert!(smuggled.health().closed, "closed when the body panicked");
+    assert_eq!(smuggled.stats().confirmed, 1, "flushed before closing");
+    let mut ids = seen.wait_for(2).await;
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids, [1, 2]);
+    listener.close().await.unwrap();
+}
+
+/// A long handler that says it is still alive is not failed by the
+/// handler timeout; one that does not say so is.
+async fn keep_alive_extends_the_handler_timeout(meeting: Meeting) {
+    let _cleanup = meeting.cleanup();
+    let subscribers = Subscribers::new();
+    let finished = Seen::default();
+    let f = finished.clone();
+    let _g = subscribers.subscribe_async(move |e: Arc<OrderPaid>, ctx: Context| {
+        let f = f.clone();
+        async move {
+            for _ in 0..6 {
+                if e.id == 1 {
+                    ctx.keep_alive(Duration::from_millis(300));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            f.push((e.id, ctx.attempt()));
+        }
+    });
+    let bus = meeting
+        .builder(&subscribers)
+        .handler_timeout(Duration::from_millis(120))
+        .max_attempts(1)
+        .connect()
+        .await
+        .unwrap();
+    bus.publish(&OrderPaid { id: 1 }).await.unwrap();
+    bus.publish(&OrderPaid { id: 2 }).await.unwrap();
+    assert!(
+        common::eventually(Duration::from_secs(20), || {
+            bus.stats().handler_timeouts >= 1 && !finished.get().is_empty()
+        })
+        .await,
+        "{:?} {:?}",
+        finished.get(),
+        bus.stats()
+    );
+    bus.close().await.unwrap();
+    assert!(
+        finished.get().iter().all(|(id, _)| *id == 1),
+        "only the one that kept alive finished: {:?}",
+        finished.get()
+    );
+    if meeting.faithful() {
+        let stats = bus.stats();
+        assert_eq!(
+            (stats.handled, stats.handler_timeouts, stats.dead_lettered),
+            (1, 1, 1),
+            "{stats:?}"
+        );
+    }
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -1677,6 +1972,11 @@ conformance!(
     a_stream_reader_catches_up_and_new_readers_start_where_told,
     compressed_events_round_trip_with_every_algorithm,
     publish_options_route_name_encode_and_delay_one_event,
+    handlers_decide_how_a_delivery_settles,
+    concurrent_handlers_see_each_event_once,
+    a_batch_handler_settles_its_events_together,
+    a_scoped_bus_closes_on_error_and_panic,
+    keep_alive_extends_the_handler_timeout,
 );
 
 /// The fault injector on its own: with chaos on, each of 500 events is

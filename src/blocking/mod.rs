@@ -430,11 +430,23 @@ impl Bus {
 }
 
 impl Drop for Bus {
+    /// Closes the bus, flushing what was published for up to 5 s, also
+    /// when the thread unwinds from a panic: a blocking bus is scoped by
+    /// its owner. What is still unconfirmed then is logged at ERROR.
     fn drop(&mut self) {
-        // Already closed: `close` fails at once, which is fine here.
-        let _ = self
+        // Closed already: `close` returns at once.
+        let closed = self
             .runtime
             .block_on(async { tokio::time::timeout(CLOSE_TIMEOUT, self.bus.close()).await });
+        let failure = match closed {
+            Ok(Ok(Ok(()))) => return,
+            Ok(Ok(Err(e))) | Err(e) => e.to_string(),
+            Ok(Err(_elapsed)) => format!(
+                "closing took longer than {CLOSE_TIMEOUT:?}; {} published events were not confirmed",
+                self.bus.stats().buffered
+            ),
+        };
+        tracing::error!(error = %failure, "a blocking bus was dropped and could not flush what it published; call close() to see the error");
     }
 }
 

@@ -4,8 +4,8 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, LazyLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::headers::{CAUSATION_HEADER, CORRELATION_HEADER, SENT_AT_HEADER, is_reserved};
 use crate::transport::seam::{Header, Received};
@@ -47,6 +47,29 @@ struct Inner {
     sent_at: Option<SystemTime>,
     /// The application's string headers.
     headers: Vec<(String, String)>,
+    /// When the bus's handler watchdog fails the handling, if it watches.
+    deadline: Option<Arc<Deadline>>,
+}
+
+/// When the handling of one delivery overruns `handler_timeout`; a handler
+/// that is still working moves it on with [`Context::keep_alive`].
+#[derive(Debug)]
+pub(crate) struct Deadline(Mutex<Instant>);
+
+impl Deadline {
+    pub(crate) fn after(limit: Duration) -> Arc<Self> {
+        Arc::new(Self(Mutex::new(Instant::now() + limit)))
+    }
+
+    /// The deadline now.
+    pub(crate) fn at(&self) -> Instant {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn extend_to(&self, at: Instant) {
+        let mut deadline = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *deadline = (*deadline).max(at);
+    }
 }
 
 static LOCAL: LazyLock<Context> = LazyLock::new(|| Context {
@@ -64,6 +87,15 @@ impl Context {
 
     /// The context of a message received from `queue`.
     pub(crate) fn remote(incoming: &dyn Received, queue: &Arc<str>) -> Self {
+        Self::watched(incoming, queue, None)
+    }
+
+    /// The same, handled under a watchdog's `deadline`.
+    pub(crate) fn watched(
+        incoming: &dyn Received,
+        queue: &Arc<str>,
+        deadline: Option<Arc<Deadline>>,
+    ) -> Self {
         let mut inner = Inner {
             routing_key: incoming.routing_key().to_owned(),
             message_id: incoming.message_id().map(str::to_owned),
@@ -73,6 +105,7 @@ impl Context {
             redelivered: incoming.redelivered(),
             remote: true,
             queue: queue.clone(),
+            deadline,
             ..Inner::default()
         };
         incoming.visit_headers(&mut |name, header| {
@@ -193,6 +226,41 @@ impl Context {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, value)| value.as_str())
+    }
+
+    /// **Tells the bus this handler is still working**: its
+    /// [`handler_timeout`](crate::BusBuilder::handler_timeout) watchdog
+    /// fails the handling no earlier than `more` from now (a deadline is
+    /// only ever moved later). Call it now and then from a long handler
+    /// (a loop over a large file, a slow upstream); without a
+    /// `handler_timeout`, or for a local notify, it does nothing.
+    ///
+    /// This is the bus's own watchdog. RabbitMQ (AMQP 0-9-1) has no way
+    /// to extend one delivery's acknowledgement deadline: its
+    /// `consumer_timeout` (30 minutes by default on 3.10, broker-wide in
+    /// `rabbitmq.conf`; per queue by policy from 3.12) closes the channel
+    /// of a consumer that holds a delivery longer, and the delivery goes
+    /// back to the queue. A handler that may run longer needs that setting
+    /// raised on the broker.
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::Duration};
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(tidings::Event, Serialize, Deserialize, Debug)]
+    /// # #[event(name = "keep_alive.import")]
+    /// # struct Import { files: u32 }
+    /// let subscribers = tidings::Subscribers::new();
+    /// let _g = subscribers.subscribe_async(|import: Arc<Import>, ctx: tidings::Context| async move {
+    ///     for _file in 0..import.files {
+    ///         ctx.keep_alive(Duration::from_secs(30)); // this file may take 30 s more
+    ///         // ... import it ...
+    ///     }
+    /// });
+    /// ```
+    pub fn keep_alive(&self, more: Duration) {
+        if let Some(deadline) = &self.inner.deadline {
+            deadline.extend_to(Instant::now() + more);
+        }
     }
 
     /// Every application header with a string value, in no particular

@@ -10,9 +10,10 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{Instrument, debug, debug_span, info, info_span, trace, warn};
 
-use super::context::Context;
+use super::context::{Context, Deadline};
+use super::decision::Decision;
 use super::decode::Decoder;
-use super::dedup::Recent;
+use super::dedup::{Claim, Recent};
 use super::health::ListenerHealth;
 use super::settings::{Settings, UnknownEvents};
 use super::signing::Signing;
@@ -247,7 +248,12 @@ async fn run(
     let queue: Arc<str> = source.queue().into();
     let mut batch = AckBatch::new(shared.transport.prefetch());
     loop {
-        while running.len() >= shared.settings.concurrency {
+        // A batch handler's batch must be able to fill.
+        let concurrency = shared
+            .settings
+            .concurrency
+            .max(shared.subscribers.batch_room());
+        while running.len() >= concurrency {
             running.join_next().await;
         }
         // Deliveries already here are handled back to back: give the
@@ -284,7 +290,7 @@ async fn run(
             },
         };
         let Some(incoming) = next else { break };
-        if shared.settings.concurrency == 1 {
+        if concurrency == 1 {
             if let Outcome::Ack = shared.handle(&*incoming, &queue).await {
                 batch.add(&shared, incoming).await;
             }
@@ -389,7 +395,7 @@ impl Shared {
             {
                 let tag = bounded(tag_of(incoming));
                 debug!(tag = %tag, attempt = incoming.attempt(), "{}; retrying later", bounded(&detail));
-                self.settle_failure(incoming, &tag, reason.as_str(), detail)
+                self.settle_failure(incoming, &tag, reason.as_str(), detail, None)
                     .await;
                 return Outcome::Settled;
             }
@@ -420,30 +426,32 @@ impl Shared {
             .message_id()
             .filter(|_| self.settings.dedup_window > 0)
             .map(|id| self.recent.key(incoming.origin().unwrap_or(""), id));
-        if let Some(key) = dedup_key
-            && self.recent.contains(key)
-        {
-            self.counters.count(Count::Deduplicated, "", "");
-            debug!(
-                outcome = "acked",
-                "a duplicate of an event handled lately, acknowledged"
-            );
-            return Outcome::Ack;
-        }
-        let context = Context::remote(incoming, queue);
+        // Claimed atomically: of two deliveries of one id at once, the
+        // second waits for the first's outcome.
+        let handling = match dedup_key {
+            Some(key) => match self.recent.claim(key).await {
+                Claim::Duplicate => {
+                    self.counters.count(Count::Deduplicated, "", "");
+                    debug!(
+                        outcome = "acked",
+                        "a duplicate of an event handled lately, acknowledged"
+                    );
+                    return Outcome::Ack;
+                }
+                Claim::Mine(handling) => Some(handling),
+            },
+            None => None,
+        };
+        let deadline = self.settings.handler_timeout.map(Deadline::after);
+        let context = Context::watched(incoming, queue, deadline.clone());
         let sent_at = context.sent_at();
         let started = Instant::now();
         let dispatching = context
             .clone()
             .scope(self.subscribers.dispatch(&event, &context));
-        let dispatch = match self.settings.handler_timeout {
+        let dispatch = match &deadline {
             None => Some(dispatching.await),
-            // A sync handler cannot be interrupted: one that overran is
-            // failed when it returns.
-            Some(limit) => tokio::time::timeout(limit, dispatching)
-                .await
-                .ok()
-                .filter(|_| started.elapsed() <= limit),
+            Some(deadline) => within(dispatching, deadline).await,
         };
         if telemetry::ENABLED {
             telemetry::time("tidings_handler_seconds", tag, started.elapsed());
@@ -461,7 +469,7 @@ impl Shared {
             self.counters.count(Count::HandlerTimeouts, tag, "");
             self.counters.count(Count::HandlerFailures, tag, "");
             warn!(tag, message_id = %bounded(incoming.message_id().unwrap_or("")), attempt = incoming.attempt(), error = %error, "event handlers timed out");
-            self.settle_failure(incoming, tag, "handler_failed", error)
+            self.settle_failure(incoming, tag, "handler_failed", error, None)
                 .await;
             return Outcome::Settled;
         };
@@ -478,25 +486,89 @@ impl Shared {
             .await;
         }
         if dispatch.is_ok() {
-            self.counters.count(Count::Handled, tag, "");
-            // Remembered once handled: a failed attempt must come back.
-            if let Some(key) = dedup_key {
-                self.recent.remember(key, self.settings.dedup_window);
+            let decision = dispatch.decision();
+            // Remembered once settled for good: a retried or requeued
+            // delivery must come back.
+            if let Some(handling) = handling {
+                let final_ = matches!(decision, Decision::Ack | Decision::DeadLetter(_));
+                handling.done(final_, self.settings.dedup_window);
             }
-            debug!(
-                outcome = "acked",
-                handlers = dispatch.handled(),
-                "event handled"
-            );
-            return Outcome::Ack;
+            return match decision {
+                Decision::Ack => {
+                    self.counters.count(Count::Handled, tag, "");
+                    debug!(
+                        outcome = "acked",
+                        handlers = dispatch.handled(),
+                        "event handled"
+                    );
+                    Outcome::Ack
+                }
+                Decision::RetryAfter(delay) => {
+                    let error = format!("a handler asked for a retry after {delay:?}");
+                    self.settle_failure(incoming, tag, "handler_retry", error, Some(*delay))
+                        .await;
+                    Outcome::Settled
+                }
+                Decision::Requeue => {
+                    self.counters.count(Count::Requeued, "", "");
+                    debug!(outcome = "requeued", "a handler asked to requeue the event");
+                    if let Err(e) = incoming.requeue().await {
+                        debug!(error = %e, "requeueing a delivery failed; the broker redelivers it after recovery");
+                    }
+                    Outcome::Settled
+                }
+                Decision::DeadLetter(reason) => {
+                    let reason = bounded(reason);
+                    warn!(tag, message_id = %bounded(incoming.message_id().unwrap_or("")), reason = %reason, "a handler rejected the event; dead-lettering");
+                    self.dead_letter(incoming, tag, DeadLetter::new("handler_rejected", &reason))
+                        .await;
+                    Outcome::Settled
+                }
+            };
         }
         for _ in dispatch.failures() {
             self.counters.count(Count::HandlerFailures, tag, "");
         }
         // Each failure was logged with the tag, message id and attempt.
         let error = bounded(&dispatch.failures().join("; ")).into_owned();
-        self.settle_failure(incoming, tag, "handler_failed", error)
+        // A handler's dead letter is stricter than another's failure.
+        if let Decision::DeadLetter(reason) = dispatch.decision() {
+            if let Some(handling) = handling {
+                handling.done(true, self.settings.dedup_window);
+            }
+            let error = bounded(&format!("{reason}; {error}")).into_owned();
+            warn!(tag, message_id = %bounded(incoming.message_id().unwrap_or("")), error = %error, "a handler rejected the event (another failed); dead-lettering");
+            self.dead_letter(incoming, tag, DeadLetter::new("handler_rejected", &error))
+                .await;
+            return Outcome::Settled;
+        }
+        // Not remembered: the retry must come back.
+        drop(handling);
+        // A handler that asked for a longer delay than the backoff gets it.
+        let delay = match dispatch.decision() {
+            Decision::RetryAfter(delay) => {
+                Some((*delay).max(self.settings.retry_delay(incoming.attempt())))
+            }
+            _ => None,
+        };
+        self.settle_failure(incoming, tag, "handler_failed", error, delay)
             .await;
         Outcome::Settled
+    }
+}
+
+/// Runs `future` until it ends or the `deadline` passes, which the handler
+/// may move on ([`Context::keep_alive`]): `None` when it overran. A sync
+/// handler cannot be interrupted, so one that overran is `None` when it
+/// returns.
+async fn within<F: std::future::Future>(future: F, deadline: &Deadline) -> Option<F::Output> {
+    tokio::pin!(future);
+    loop {
+        let at = deadline.at();
+        match tokio::time::timeout_at(at.into(), &mut future).await {
+            Ok(output) => return (Instant::now() <= deadline.at()).then_some(output),
+            Err(_) if deadline.at() > at => {}
+            Err(_) => return None,
+        }
     }
 }

@@ -1,8 +1,10 @@
 //! `Bus`: the remote-event layer. Publishing an event broadcasts it; every
 //! receiving process decodes it and dispatches it to its local subscribers.
 
+mod batch;
 pub(crate) mod call;
 pub(crate) mod context;
+pub(crate) mod decision;
 pub(crate) mod decode;
 mod dedup;
 pub(crate) mod health;
@@ -10,6 +12,7 @@ pub(crate) mod listener;
 pub(crate) mod publish_options;
 pub(crate) mod receipts;
 mod schemas;
+mod scope;
 pub(crate) mod serve;
 pub(crate) mod settings;
 mod settle;
@@ -26,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
-use tracing::{Instrument, debug, debug_span, trace, warn};
+use tracing::{Instrument, debug, debug_span, error, trace, warn};
 
 use crate::amqp::connection_event::ConnectionEvents;
 use crate::amqp::props::AmqpProps;
@@ -233,6 +236,20 @@ impl BusBuilder {
     /// How many deliveries of one listener are handled at once (default 1,
     /// which keeps the order of the queue). With more, the prefetch of the
     /// props still bounds what is held in memory.
+    ///
+    /// **Ordering under concurrency**: deliveries are *started* in queue
+    /// order, but up to `n` run at once and finish, and are acknowledged,
+    /// in any order; two events of one aggregate may be handled at the
+    /// same time. Keep 1 where order matters (or partition by routing key
+    /// into listeners of their own).
+    ///
+    /// **Duplicates under concurrency**: a message id is claimed
+    /// atomically in the dedup window. A second delivery of an id whose
+    /// first delivery is being handled waits for it: if the first
+    /// succeeded (or was dead-lettered by its handler) the second is
+    /// acknowledged as a duplicate; if it failed (it is retried), the
+    /// second handles the event, and the retried copy is the duplicate
+    /// later. Nothing is lost and no two handlings of one id overlap.
     #[must_use]
     pub fn concurrency(mut self, handlers: usize) -> Self {
         self.settings.concurrency = handlers.max(1);
@@ -243,6 +260,9 @@ impl BusBuilder {
     /// limit): it is retried, then dead-lettered, like a failing one. An
     /// async handler is cancelled at the limit; a sync handler cannot be
     /// interrupted, so one that overran is counted failed when it returns.
+    /// A long handler moves the limit on with
+    /// [`Context::keep_alive`] (which also says what RabbitMQ's own
+    /// `consumer_timeout` needs).
     #[must_use]
     pub fn handler_timeout(mut self, limit: Duration) -> Self {
         self.settings.handler_timeout = Some(limit);
@@ -489,7 +509,12 @@ impl Bus {
         if self.inner.closed.load(Ordering::Relaxed) {
             return Err(closed());
         }
-        let listener = Listener::start(self.inner.shared.clone(), listen).await?;
+        // A direct exchange routes only exact keys: with none given, the
+        // listener binds those of the types subscribed to now.
+        let listen = listen
+            .clone()
+            .with_subscribed(self.inner.subscribers.routing_keys());
+        let listener = Listener::start(self.inner.shared.clone(), &listen).await?;
         self.inner
             .listeners
             .lock()
@@ -931,6 +956,16 @@ impl Drop for Inner {
     fn drop(&mut self) {
         if !self.closed.load(Ordering::Relaxed) {
             self.subscribers.detach();
+            // A destructor cannot wait for the broker: say what may be lost.
+            let unconfirmed = self.transport.counters().buffered.load(Ordering::Relaxed);
+            if unconfirmed > 0 {
+                error!(
+                    unconfirmed,
+                    instance = %self.instance_id,
+                    "a bus was dropped without close() while {unconfirmed} published events were not yet confirmed by the broker; \
+                     they are lost if the process exits before its connection sends them. Call close(), or run the bus in Bus::scope"
+                );
+            }
         }
         // A bus dropped without `close` stores no more schemas.
         for task in self

@@ -1,6 +1,8 @@
 //! Settlement of a delivery whose handlers failed: retrying after a
 //! delay, dead-lettering with a reason.
 
+use std::time::Duration;
+
 use tracing::{debug, error, warn};
 
 use super::listener::Shared;
@@ -10,14 +12,16 @@ use crate::error::Result;
 use crate::transport::seam::{DeadLetter, Received};
 
 impl Shared {
-    /// Retries a delivery that failed for `reason`, or dead-letters it
-    /// after the last attempt.
+    /// Retries a delivery that failed for `reason` (after the backoff, or
+    /// after the delay `asked` for), or dead-letters it after the last
+    /// attempt.
     pub(super) async fn settle_failure(
         &self,
         incoming: &dyn Received,
         tag: &str,
         reason: &str,
         error: String,
+        asked: Option<Duration>,
     ) {
         let attempt = incoming.attempt();
         let message_id = bounded(incoming.message_id().unwrap_or(""));
@@ -27,7 +31,7 @@ impl Shared {
                 .dead_letter(incoming, tag, DeadLetter::new(reason, &error))
                 .await;
         }
-        let delay = self.settings.retry_delay(attempt);
+        let delay = asked.unwrap_or_else(|| self.settings.retry_delay(attempt));
         debug!(tag, message_id = %message_id, attempt, reason, delay = ?delay, outcome = "retried", "retrying after a delay");
         match incoming.retry(attempt + 1, delay).await {
             Ok(()) => {

@@ -151,10 +151,11 @@ pub(crate) enum Count {
     Deduplicated,
     DeadLettersDropped,
     UnknownEvents,
+    Requeued,
 }
 
 impl Count {
-    const ALL: [Count; 15] = [
+    const ALL: [Count; 16] = [
         Self::Published,
         Self::Delivered,
         Self::Dispatched,
@@ -170,6 +171,7 @@ impl Count {
         Self::Deduplicated,
         Self::DeadLettersDropped,
         Self::UnknownEvents,
+        Self::Requeued,
     ];
 
     /// The metric's name.
@@ -190,6 +192,7 @@ impl Count {
             Self::Deduplicated => "tidings_deduplicated_total",
             Self::DeadLettersDropped => "tidings_dead_letters_dropped_total",
             Self::UnknownEvents => "tidings_unknown_events_total",
+            Self::Requeued => "tidings_requeued_total",
         }
     }
 
@@ -361,6 +364,7 @@ impl Counters {
             retried: count(Count::Retried),
             dead_lettered: count(Count::DeadLettered),
             deduplicated: count(Count::Deduplicated),
+            requeued: count(Count::Requeued),
             dead_letters_dropped: count(Count::DeadLettersDropped),
             unknown_events: count(Count::UnknownEvents),
             rejected: Rejected(RejectReason::ALL.map(|r| get(&self.rejected[r.index()]))),
@@ -425,6 +429,9 @@ pub struct Stats {
     /// Deliveries of a message id handled lately, acknowledged without
     /// reaching the handlers again.
     pub deduplicated: u64,
+    /// Deliveries a handler gave back to their queue at once
+    /// ([`Decision::Requeue`](crate::Decision::Requeue)).
+    pub requeued: u64,
     /// Dead letters the dead-letter queue refused (it was full) or the
     /// broker did not take: each was logged at ERROR and dropped.
     pub dead_letters_dropped: u64,

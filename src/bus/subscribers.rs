@@ -6,7 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, RwLock, Weak};
 use std::task::{Context as TaskContext, Poll};
 
@@ -16,37 +16,54 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tracing::{error, warn};
 
+use crate::bus::batch::Batcher;
 use crate::bus::context::Context;
+use crate::bus::decision::Decision;
 pub use crate::error::HandlerError;
 use crate::event::{Event, EventType};
 
-/// **What a handler returns**: `()` (it cannot fail) or `Result<(), E>`.
+/// **What a handler returns**: `()` (it cannot fail), `Result<(), E>`, a
+/// [`Decision`] (ack, retry after a delay, requeue, dead-letter), or
+/// `Result<Decision, E>`. An error is a retry with the bus's backoff.
 pub trait HandlerOutput {
-    /// The outcome as a `Result`.
+    /// The handler's decision, or its error.
     ///
     /// # Errors
     ///
     /// The handler's own error.
-    fn into_result(self) -> Result<(), HandlerError>;
+    fn into_decision(self) -> Result<Decision, HandlerError>;
 }
 
 impl HandlerOutput for () {
-    fn into_result(self) -> Result<(), HandlerError> {
-        Ok(())
+    fn into_decision(self) -> Result<Decision, HandlerError> {
+        Ok(Decision::Ack)
+    }
+}
+
+impl HandlerOutput for Decision {
+    fn into_decision(self) -> Result<Decision, HandlerError> {
+        Ok(self)
     }
 }
 
 impl<E: Into<HandlerError>> HandlerOutput for Result<(), E> {
-    fn into_result(self) -> Result<(), HandlerError> {
+    fn into_decision(self) -> Result<Decision, HandlerError> {
+        self.map(|()| Decision::Ack).map_err(Into::into)
+    }
+}
+
+impl<E: Into<HandlerError>> HandlerOutput for Result<Decision, E> {
+    fn into_decision(self) -> Result<Decision, HandlerError> {
         self.map_err(Into::into)
     }
 }
 
-type BoxFuture = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>;
+/// A handler's future, erased.
+pub(super) type BoxFuture = Pin<Box<dyn Future<Output = Result<Decision, HandlerError>> + Send>>;
 
 /// One handler call: finished already, or a future to await.
 enum Call {
-    Done(Result<(), HandlerError>),
+    Done(Result<Decision, HandlerError>),
     Pending(BoxFuture),
 }
 
@@ -57,6 +74,10 @@ struct Entry {
     id: u64,
     /// `None` for a subscription to every event.
     type_id: Option<TypeId>,
+    /// The routing key of the type, for a typed subscription.
+    routing_key: Option<&'static str>,
+    /// For a batch handler: the most events in one batch.
+    batch: usize,
     handler: Arc<ErasedHandler>,
     /// A stream's or poller's feed: removed when the last bus dispatching
     /// to this list closes, so that the stream or poller ends.
@@ -71,6 +92,8 @@ struct Registry {
     next_id: AtomicU64,
     /// The buses dispatching to this list and not yet closed.
     buses: AtomicU64,
+    /// The largest batch of a batch handler subscribed now (0 for none).
+    batch_room: AtomicUsize,
 }
 
 /// **A list of local subscribers** (zope.event's `subscribers`): handlers
@@ -151,11 +174,11 @@ impl Subscribers {
         R: HandlerOutput,
     {
         self.add(
-            Some(TypeId::of::<E>()),
+            Typed::of::<E>(),
             Arc::new(move |event: &Arc<dyn Event>, context: &Context| {
                 Call::Done(match event.as_any().downcast_ref::<E>() {
-                    Some(event) => handler(event, context).into_result(),
-                    None => Ok(()),
+                    Some(event) => handler(event, context).into_decision(),
+                    None => Ok(Decision::Ack),
                 })
             }),
         )
@@ -172,16 +195,111 @@ impl Subscribers {
         R: HandlerOutput + 'static,
     {
         self.add(
-            Some(TypeId::of::<E>()),
+            Typed::of::<E>(),
             Arc::new(move |event: &Arc<dyn Event>, context: &Context| {
                 match event.clone().into_any_arc().downcast::<E>() {
                     Ok(event) => {
                         let future = handler(event, context.clone());
-                        Call::Pending(Box::pin(async move { future.await.into_result() }))
+                        Call::Pending(Box::pin(async move { future.await.into_decision() }))
                     }
-                    Err(_) => Call::Done(Ok(())),
+                    Err(_) => Call::Done(Ok(Decision::Ack)),
                 }
             }),
+        )
+    }
+
+    /// **Subscribes a handler to batches of events of type `E`** (oslo's
+    /// `batch_size` / `batch_timeout`): it gets up to `max` events at once,
+    /// or what arrived within `wait` of the first of a batch, in arrival
+    /// order, and its outcome settles every delivery of the batch together.
+    ///
+    /// - **Success** (`()`, `Ok`, [`Decision::Ack`]): each delivery of the
+    ///   batch is acknowledged.
+    /// - **Failure** (an error or a panic): every delivery of the batch is
+    ///   retried, each as its own next attempt with the bus's backoff, and
+    ///   dead-lettered after [`max_attempts`](crate::BusBuilder::max_attempts),
+    ///   like a failing handler of one event. Retried events come back one
+    ///   by one and are batched again with whatever arrives then. A
+    ///   [`Decision`] applies to every delivery of the batch alike.
+    ///
+    /// A bus's listener handles at least `max` deliveries at once while a
+    /// batch handler is subscribed (more than its
+    /// [`concurrency`](crate::BusBuilder::concurrency)), so that a batch can
+    /// fill; the props' `prefetch` must be at least `max` too, or batches
+    /// are cut at the prefetch. The handler runs on the task of the
+    /// delivery that filled the batch, or, for a batch cut by `wait`, on a
+    /// task of its own (where [`Context::current`] is `None`). Under a
+    /// [`handler_timeout`](crate::BusBuilder::handler_timeout), the time a
+    /// delivery waits for its batch counts.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> tidings::Result<()> {
+    /// use std::{sync::Arc, time::Duration};
+    /// use serde::{Deserialize, Serialize};
+    /// use tidings::{Bus, Event, Subscribers};
+    ///
+    /// #[derive(Event, Serialize, Deserialize, Debug)]
+    /// #[event(name = "batch.row")]
+    /// struct Row { n: u32 }
+    ///
+    /// let subscribers = Subscribers::new();
+    /// let (sizes, seen) = tokio::sync::mpsc::unbounded_channel();
+    /// let _g = subscribers.subscribe_batch(10, Duration::from_millis(50), move |rows: Vec<Arc<Row>>| {
+    ///     let sizes = sizes.clone();
+    ///     async move { sizes.send(rows.len()).unwrap(); } // one insert of many rows
+    /// });
+    /// let bus = Bus::builder("memory://batch-doc")?.subscribers(subscribers).connect().await?;
+    /// for n in 0..25 {
+    ///     bus.publish(&Row { n }).await?;
+    /// }
+    /// let mut seen = seen;
+    /// let mut total = 0;
+    /// while total < 25 {
+    ///     let size = seen.recv().await.unwrap();
+    ///     assert!(size <= 10);
+    ///     total += size;
+    /// }
+    /// bus.close().await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If `max` is zero.
+    pub fn subscribe_batch<E, F, Fut, R>(
+        &self,
+        max: usize,
+        wait: std::time::Duration,
+        handler: F,
+    ) -> Subscription
+    where
+        E: EventType,
+        F: Fn(Vec<Arc<E>>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+        R: HandlerOutput + 'static,
+    {
+        assert!(max > 0, "a batch holds at least one event");
+        let batcher = Batcher::new(
+            max,
+            wait,
+            Box::new(move |events: Vec<Arc<E>>| -> BoxFuture {
+                let future = handler(events);
+                Box::pin(async move { future.await.into_decision() })
+            }),
+        );
+        let room = batcher.max();
+        self.add_entry(
+            Typed::of::<E>(),
+            Arc::new(move |event: &Arc<dyn Event>, _: &Context| {
+                match event.clone().into_any_arc().downcast::<E>() {
+                    Ok(event) => Call::Pending(batcher.offer(event)),
+                    Err(_) => Call::Done(Ok(Decision::Ack)),
+                }
+            }),
+            false,
+            room,
         )
     }
 
@@ -194,9 +312,9 @@ impl Subscribers {
         R: HandlerOutput,
     {
         self.add(
-            None,
+            Typed::any(),
             Arc::new(move |event: &Arc<dyn Event>, context: &Context| {
-                Call::Done(handler(event.as_ref(), context).into_result())
+                Call::Done(handler(event.as_ref(), context).into_decision())
             }),
         )
     }
@@ -208,19 +326,27 @@ impl Subscribers {
     /// The stream ends (`None`, after the events it holds) once every
     /// [`Bus`](crate::Bus) dispatching to these subscribers is closed.
     ///
+    /// **At most once.** A delivery is acknowledged as soon as its event is
+    /// in the stream's buffer, not when the stream's reader is done with
+    /// it: an event lost to lag, or held in the buffer when the process
+    /// stops, is not delivered again. For at least once, handle events in a
+    /// handler the bus awaits ([`subscribe_async`](Subscribers::subscribe_async),
+    /// or [`subscribe_batch`](Subscribers::subscribe_batch)): the delivery is
+    /// acknowledged after it returns, and retried when it fails.
+    ///
     /// # Panics
     ///
     /// If `capacity` is zero.
     pub fn stream<E: EventType>(&self, capacity: usize) -> EventStream<E> {
         let (sender, receiver) = broadcast::channel(capacity);
         let subscription = self.add_feed(
-            Some(TypeId::of::<E>()),
+            Typed::of::<E>(),
             Arc::new(move |event: &Arc<dyn Event>, _: &Context| {
                 if let Ok(event) = event.clone().into_any_arc().downcast::<E>() {
                     // No receiver left only means the stream is being dropped.
                     let _ = sender.send(event);
                 }
-                Call::Done(Ok(()))
+                Call::Done(Ok(Decision::Ack))
             }),
         );
         EventStream {
@@ -237,6 +363,15 @@ impl Subscribers {
     /// [`Bus`](crate::Bus) dispatching to these subscribers is closed, it
     /// returns `Ok(None)` at once when empty instead of waiting.
     ///
+    /// **At most once**, like [`stream`](Subscribers::stream): a delivery is
+    /// acknowledged once its event is in the poller, so an event dropped
+    /// because the poller was full, or still in it when the process stops,
+    /// is not delivered again. For at least once, use a handler
+    /// ([`subscribe`](Subscribers::subscribe) runs on the bus's task and may
+    /// block briefly; [`blocking::Bus`](crate::blocking::Bus) runs
+    /// subscribers on its own thread), which is acknowledged after it
+    /// returns and retried when it fails.
+    ///
     /// # Panics
     ///
     /// If `capacity` is zero.
@@ -246,14 +381,14 @@ impl Subscribers {
         let missed = Arc::new(AtomicU64::new(0));
         let counter = missed.clone();
         let subscription = self.add_feed(
-            Some(TypeId::of::<E>()),
+            Typed::of::<E>(),
             Arc::new(move |event: &Arc<dyn Event>, _: &Context| {
                 if let Ok(event) = event.clone().into_any_arc().downcast::<E>()
                     && let Err(std::sync::mpsc::TrySendError::Full(_)) = sender.try_send(event)
                 {
                     counter.fetch_add(1, Ordering::Relaxed);
                 }
-                Call::Done(Ok(()))
+                Call::Done(Ok(Decision::Ack))
             }),
         );
         Poller {
@@ -273,6 +408,29 @@ impl Subscribers {
     pub async fn notify<E: Event>(&self, event: E) -> Dispatch {
         self.dispatch(&(Arc::new(event) as Arc<dyn Event>), &Context::local())
             .await
+    }
+
+    /// **Dispatches an event from code that is not async**, blocking the
+    /// thread until every handler ran; otherwise as
+    /// [`notify`](Subscribers::notify). Async handlers are polled on this
+    /// thread, without a Tokio runtime: one that needs Tokio (a timer, a
+    /// socket) fails, counted in the [`Dispatch`]. Do not call it from
+    /// async code, where it would block the runtime's thread; use
+    /// `notify(..).await` there.
+    ///
+    /// ```
+    /// use serde::{Deserialize, Serialize};
+    /// use tidings::{Event, Subscribers};
+    ///
+    /// #[derive(Event, Serialize, Deserialize, Debug)]
+    /// struct Saved { id: u32 }
+    ///
+    /// let subscribers = Subscribers::new();
+    /// let _g = subscribers.subscribe(|s: &Saved| println!("saved {}", s.id));
+    /// assert_eq!(subscribers.notify_blocking(Saved { id: 7 }).handled(), 1);
+    /// ```
+    pub fn notify_blocking<E: Event>(&self, event: E) -> Dispatch {
+        block_on(self.notify(event))
     }
 
     /// How many handlers are subscribed.
@@ -301,6 +459,13 @@ impl Subscribers {
                 Err(panic) => Err(Failure::Panic(panic_text(panic))),
             };
             dispatch.handled += 1;
+            let outcome = match outcome {
+                Ok(decision) => {
+                    dispatch.decision = std::mem::take(&mut dispatch.decision).and(decision);
+                    Ok(())
+                }
+                Err(failure) => Err(failure),
+            };
             if let Err(failure) = outcome {
                 match &failure {
                     Failure::Error(e) => {
@@ -325,12 +490,33 @@ impl Subscribers {
         entries.clone()
     }
 
-    fn add(&self, type_id: Option<TypeId>, handler: Arc<ErasedHandler>) -> Subscription {
-        self.add_entry(type_id, handler, false)
+    fn add(&self, typed: Typed, handler: Arc<ErasedHandler>) -> Subscription {
+        self.add_entry(typed, handler, false, 0)
     }
 
-    fn add_feed(&self, type_id: Option<TypeId>, handler: Arc<ErasedHandler>) -> Subscription {
-        self.add_entry(type_id, handler, true)
+    fn add_feed(&self, typed: Typed, handler: Arc<ErasedHandler>) -> Subscription {
+        self.add_entry(typed, handler, true, 0)
+    }
+
+    /// **The routing keys of the types subscribed to**, sorted, each once;
+    /// `None` when nothing is subscribed or a handler takes every event
+    /// ([`subscribe_all`](Subscribers::subscribe_all)).
+    pub(crate) fn routing_keys(&self) -> Option<Vec<&'static str>> {
+        let entries = self.snapshot();
+        let mut keys: Vec<&'static str> = entries
+            .iter()
+            .map(|e| e.routing_key)
+            .collect::<Option<_>>()?;
+        keys.sort_unstable();
+        keys.dedup();
+        (!keys.is_empty()).then_some(keys)
+    }
+
+    /// The largest batch of a batch handler subscribed now; 0 for none. A
+    /// listener handles at least this many deliveries at once, so that a
+    /// batch can fill.
+    pub(crate) fn batch_room(&self) -> usize {
+        self.registry.batch_room.load(Ordering::Relaxed)
     }
 
     /// A bus dispatching to this list connected.
@@ -351,15 +537,16 @@ impl Subscribers {
             .unwrap_or_else(|p| p.into_inner());
         if entries.iter().any(|e| e.feed) {
             let kept: Vec<Entry> = entries.iter().filter(|e| !e.feed).cloned().collect();
-            *entries = Arc::new(kept);
+            self.registry.set_entries(&mut entries, kept);
         }
     }
 
     fn add_entry(
         &self,
-        type_id: Option<TypeId>,
+        typed: Typed,
         handler: Arc<ErasedHandler>,
         feed: bool,
+        batch: usize,
     ) -> Subscription {
         let id = self.registry.next_id.fetch_add(1, Ordering::Relaxed);
         let mut entries = self
@@ -370,14 +557,49 @@ impl Subscribers {
         let mut next = Vec::clone(&entries);
         next.push(Entry {
             id,
-            type_id,
+            type_id: typed.type_id,
+            routing_key: typed.routing_key,
+            batch,
             handler,
             feed,
         });
-        *entries = Arc::new(next);
+        self.registry.set_entries(&mut entries, next);
         Subscription {
             registry: Arc::downgrade(&self.registry),
             id,
+        }
+    }
+}
+
+impl Registry {
+    /// Replaces the entries (under their write lock) and what is derived
+    /// from them.
+    fn set_entries(&self, entries: &mut Arc<Vec<Entry>>, next: Vec<Entry>) {
+        let room = next.iter().map(|e| e.batch).max().unwrap_or(0);
+        self.batch_room.store(room, Ordering::Relaxed);
+        *entries = Arc::new(next);
+    }
+}
+
+/// Which events a subscription takes: of one type (with its routing key),
+/// or all.
+struct Typed {
+    type_id: Option<TypeId>,
+    routing_key: Option<&'static str>,
+}
+
+impl Typed {
+    fn of<E: EventType>() -> Self {
+        Self {
+            type_id: Some(TypeId::of::<E>()),
+            routing_key: Some(E::ROUTING_KEY),
+        }
+    }
+
+    fn any() -> Self {
+        Self {
+            type_id: None,
+            routing_key: None,
         }
     }
 }
@@ -415,7 +637,7 @@ impl Drop for Subscription {
             .filter(|e| e.id != self.id)
             .cloned()
             .collect();
-        *entries = Arc::new(next);
+        registry.set_entries(&mut entries, next);
     }
 }
 
@@ -432,6 +654,7 @@ impl fmt::Debug for Subscription {
 pub struct Dispatch {
     handled: usize,
     failures: Vec<String>,
+    decision: Decision,
 }
 
 impl Dispatch {
@@ -447,14 +670,23 @@ impl Dispatch {
         &self.failures
     }
 
-    /// Whether every handler called succeeded.
+    /// Whether every handler called succeeded (returned no error and did
+    /// not panic, whatever it decided).
     #[must_use]
     pub fn is_ok(&self) -> bool {
         self.failures.is_empty()
     }
+
+    /// **What the handlers that succeeded decided together**: the
+    /// strictest (see [`Decision`]); [`Decision::Ack`] when every one
+    /// returned `()` or `Ok(())`.
+    #[must_use]
+    pub fn decision(&self) -> &Decision {
+        &self.decision
+    }
 }
 
-enum Failure {
+pub(super) enum Failure {
     Error(HandlerError),
     Panic(String),
 }
@@ -469,16 +701,36 @@ impl fmt::Display for Failure {
 }
 
 /// Polls an async handler, turning a panic into a failure.
-struct CatchUnwind(BoxFuture);
+pub(super) struct CatchUnwind(pub(super) BoxFuture);
 
 impl Future for CatchUnwind {
-    type Output = Result<(), Failure>;
+    type Output = Result<Decision, Failure>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         match catch_unwind(AssertUnwindSafe(|| self.0.as_mut().poll(cx))) {
             Ok(Poll::Ready(result)) => Poll::Ready(result.map_err(Failure::Error)),
             Ok(Poll::Pending) => Poll::Pending,
             Err(panic) => Poll::Ready(Err(Failure::Panic(panic_text(panic)))),
+        }
+    }
+}
+
+/// Runs a future to its end on this thread, parking it while the future
+/// waits.
+fn block_on<F: Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = TaskContext::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        match future.as_mut().poll(&mut cx) {
+            Poll::Ready(output) => return output,
+            Poll::Pending => std::thread::park(),
         }
     }
 }

@@ -237,8 +237,9 @@ impl Transport for AmqpTransport {
             if let Mode::Stream(spec) = listen.mode() {
                 return super::amqp_stream::listen(self.inner.clone(), listen, spec).await;
             }
-            let exchange = self.inner.conn.props().exchange();
-            let consumer = self.inner.consume(&listen.queue_on(exchange)).await?;
+            let props = self.inner.conn.props();
+            let queue = listen.queue_on(props.exchange(), props.exchange_kind())?;
+            let consumer = self.inner.consume(&queue).await?;
             let inbox: Box<dyn Inbox> = Box::new(AmqpInbox {
                 queue: consumer.queue().to_owned(),
                 consumer: Some(consumer),

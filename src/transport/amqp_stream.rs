@@ -70,7 +70,7 @@ pub(super) async fn listen(
         retention.max_bytes_arg(),
         retention.segment_bytes_arg(),
     );
-    let queue = listen.queue_on(conn.props().exchange());
+    let queue = listen.queue_on(conn.props().exchange(), conn.props().exchange_kind())?;
     let stream = conn
         .declare_queue_with(&queue, &arguments)
         .await

@@ -1,6 +1,8 @@
 //! `Listen`: which queue a bus consumes, and which events it binds.
 
+use crate::amqp::props::ExchangeKind;
 use crate::amqp::queue::Queue;
+use crate::error::{Error, ErrorKind, Result};
 use crate::event::EventType;
 use crate::transport::replay::{Retention, StreamSpec, StreamStart};
 
@@ -22,7 +24,12 @@ use crate::transport::replay::{Retention, StreamSpec, StreamStart};
 /// [`event`](Listen::event) and [`pattern`](Listen::pattern) bind the queue
 /// to only those routing keys, so on a `direct` or `topic` exchange the
 /// broker filters and the process never receives what it would drop. With
-/// no binding given, the queue receives everything the exchange carries.
+/// no binding given, the queue receives everything the exchange carries;
+/// on a `direct` exchange, which routes only exact keys, it is bound with
+/// the routing keys of the types subscribed to when the listener starts (a
+/// type subscribed later is not bound: name it with `event::<E>()`), and
+/// with no typed subscriber (or a `subscribe_all` handler, which has no
+/// key) listening fails with a message saying so.
 ///
 /// # Examples
 ///
@@ -44,6 +51,10 @@ use crate::transport::replay::{Retention, StreamSpec, StreamStart};
 pub struct Listen {
     mode: Mode,
     keys: Vec<String>,
+    /// The routing keys of the event types subscribed to when the bus
+    /// started listening: what a queue with no keys of its own binds on a
+    /// `direct` exchange, which routes only exact keys.
+    subscribed: Option<Vec<&'static str>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +77,7 @@ impl Listen {
         Self {
             mode: Mode::Broadcast,
             keys: Vec::new(),
+            subscribed: None,
         }
     }
 
@@ -75,6 +87,7 @@ impl Listen {
         Self {
             mode: Mode::Group(name.into()),
             keys: Vec::new(),
+            subscribed: None,
         }
     }
 
@@ -85,6 +98,7 @@ impl Listen {
         Self {
             mode: Mode::Queue(name.into()),
             keys: Vec::new(),
+            subscribed: None,
         }
     }
 
@@ -132,6 +146,7 @@ impl Listen {
                 retention: Retention::default(),
             })),
             keys: Vec::new(),
+            subscribed: None,
         }
     }
 
@@ -174,6 +189,7 @@ impl Listen {
         Self {
             mode: Mode::Service(name.into()),
             keys: Vec::new(),
+            subscribed: None,
         }
     }
 
@@ -200,17 +216,45 @@ impl Listen {
         &self.keys
     }
 
-    /// The queue this listens on, on the exchange named `exchange`.
-    pub(crate) fn queue_on(&self, exchange: &str) -> Queue {
+    /// The same, knowing the routing keys of the subscribed types (`None`
+    /// when nothing is subscribed, or a handler takes every type).
+    pub(crate) fn with_subscribed(mut self, keys: Option<Vec<&'static str>>) -> Self {
+        self.subscribed = keys;
+        self
+    }
+
+    /// The queue this listens on, on the exchange named `exchange` of
+    /// `kind`. On a `direct` exchange, a queue with no keys of its own is
+    /// bound with the routing keys of the subscribed types.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) on a
+    /// direct exchange with neither keys nor typed subscribers.
+    pub(crate) fn queue_on(&self, exchange: &str, kind: ExchangeKind) -> Result<Queue> {
         let queue = match &self.mode {
             Mode::Broadcast => Queue::exclusive(),
             Mode::Group(group) => Queue::durable(format!("{exchange}.{group}")),
-            Mode::Queue(name) => return Queue::durable(name.clone()).unbound(),
-            Mode::Service(name) => return Queue::service(name.clone()),
+            Mode::Queue(name) => return Ok(Queue::durable(name.clone()).unbound()),
+            Mode::Service(name) => return Ok(Queue::service(name.clone())),
             Mode::Stream(spec) => Queue::durable(format!("{exchange}.{}", spec.name)),
         };
-        self.keys
-            .iter()
-            .fold(queue, |queue, key| queue.bind(key.clone()))
+        let keys: Vec<String> = match (kind, self.keys.is_empty(), &self.subscribed) {
+            (ExchangeKind::Direct, true, Some(subscribed)) => {
+                subscribed.iter().map(|&key| key.to_owned()).collect()
+            }
+            (ExchangeKind::Direct, true, None) => {
+                return Err(Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!(
+                        "the direct exchange {exchange:?} routes only exact keys, and this listener has none: \
+                         subscribe to the event types before connecting (their routing keys are bound; a \
+                         subscribe_all handler has no key), or name them with Listen::event::<E>() or pattern(..)"
+                    ),
+                ));
+            }
+            _ => self.keys.clone(),
+        };
+        Ok(keys.into_iter().fold(queue, Queue::bind))
     }
 }

@@ -95,3 +95,76 @@ async fn a_zero_window_turns_dedup_off() {
     assert_eq!(seen, [10, 10, 20]);
     assert_eq!(stats.deduplicated, 0);
 }
+
+/// Two deliveries of one message id handled at the same time
+/// (`concurrency(4)`): the second waits for the first. When the first
+/// succeeds, the second is a duplicate; when it fails, the second handles
+/// the event, and the first's retry, coming later, is the duplicate.
+async fn duplicates_at_once(first_fails: bool) -> (Vec<u64>, u32, tidings::Stats) {
+    let props = common::props(ExchangeKind::Fanout);
+    let _cleanup = common::Cleanup::new(&props);
+    let subscribers = Subscribers::new();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let (s, c) = (seen.clone(), calls.clone());
+    let _g = subscribers.subscribe_async(move |t: Arc<Transfer>, _: tidings::Context| {
+        let (s, c) = (s.clone(), c.clone());
+        async move {
+            let call = c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // Slow enough that the duplicate arrives while this runs.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if first_fails && call == 0 {
+                return Err("the first attempt fails");
+            }
+            s.lock().unwrap().push(t.amount);
+            Ok(())
+        }
+    });
+    let bus = Bus::with_props(props.clone())
+        .subscribers(subscribers)
+        .concurrency(4)
+        .retry_delay(Duration::from_millis(50))
+        .connect()
+        .await
+        .unwrap();
+    let conn = Connection::connect(&props).await.unwrap();
+    for _ in 0..2 {
+        publish_as(
+            &conn,
+            props.exchange(),
+            &Transfer { amount: 10 },
+            "transfer-at-once",
+        )
+        .await;
+    }
+    let settled = common::eventually(Duration::from_secs(10), || {
+        bus.stats().deduplicated == 1 && !seen.lock().unwrap().is_empty()
+    })
+    .await;
+    assert!(settled, "{:?}", bus.stats());
+    bus.close().await.unwrap();
+    conn.close().await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let calls = calls.load(std::sync::atomic::Ordering::SeqCst);
+    (seen, calls, bus.stats())
+}
+
+#[tokio::test]
+async fn a_duplicate_in_flight_waits_and_is_acknowledged_once_the_first_succeeded() {
+    let (seen, calls, stats) = duplicates_at_once(false).await;
+    assert_eq!(seen, [10]);
+    assert_eq!(calls, 1, "the duplicate never reached the handler");
+    assert_eq!((stats.handled, stats.deduplicated), (1, 1), "{stats:?}");
+}
+
+#[tokio::test]
+async fn a_duplicate_in_flight_is_handled_when_the_first_failed() {
+    let (seen, calls, stats) = duplicates_at_once(true).await;
+    assert_eq!(seen, [10], "handled once, by the duplicate");
+    assert_eq!(calls, 2, "the failed first, then the duplicate");
+    assert_eq!(
+        (stats.handled, stats.retried, stats.deduplicated),
+        (1, 1, 1),
+        "the retry of the first came back as a duplicate: {stats:?}"
+    );
+}

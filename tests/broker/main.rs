@@ -17,6 +17,7 @@ mod handler_timeout;
 mod proxy;
 mod publish_options;
 mod python_wire;
+mod receive;
 mod rejections;
 mod roundtrip;
 mod rpc_bad_reply;
