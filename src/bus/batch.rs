@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::decision::Decision;
-use super::subscribers::{BoxFuture as BatchFuture, CatchUnwind, Failure};
+use super::handler_call::{BoxFuture as BatchFuture, CatchUnwind, Failure};
 use crate::error::HandlerError;
 
 /// The batch handler, erased.

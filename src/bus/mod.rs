@@ -7,6 +7,7 @@ pub(crate) mod context;
 pub(crate) mod decision;
 pub(crate) mod decode;
 mod dedup;
+mod handler_call;
 pub(crate) mod health;
 pub(crate) mod listener;
 pub(crate) mod publish_options;

@@ -19,6 +19,7 @@ use tracing::{error, warn};
 use crate::bus::batch::Batcher;
 use crate::bus::context::Context;
 use crate::bus::decision::Decision;
+use crate::bus::handler_call::{BoxFuture, CatchUnwind, Failure, panic_text};
 pub use crate::error::HandlerError;
 use crate::event::{Event, EventType};
 
@@ -57,9 +58,6 @@ impl<E: Into<HandlerError>> HandlerOutput for Result<Decision, E> {
         self.map_err(Into::into)
     }
 }
-
-/// A handler's future, erased.
-pub(super) type BoxFuture = Pin<Box<dyn Future<Output = Result<Decision, HandlerError>> + Send>>;
 
 /// One handler call: finished already, or a future to await.
 enum Call {
@@ -686,35 +684,6 @@ impl Dispatch {
     }
 }
 
-pub(super) enum Failure {
-    Error(HandlerError),
-    Panic(String),
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Error(e) => write!(f, "handler failed: {e}"),
-            Self::Panic(message) => write!(f, "handler panicked: {message}"),
-        }
-    }
-}
-
-/// Polls an async handler, turning a panic into a failure.
-pub(super) struct CatchUnwind(pub(super) BoxFuture);
-
-impl Future for CatchUnwind {
-    type Output = Result<Decision, Failure>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        match catch_unwind(AssertUnwindSafe(|| self.0.as_mut().poll(cx))) {
-            Ok(Poll::Ready(result)) => Poll::Ready(result.map_err(Failure::Error)),
-            Ok(Poll::Pending) => Poll::Pending,
-            Err(panic) => Poll::Ready(Err(Failure::Panic(panic_text(panic)))),
-        }
-    }
-}
-
 /// Runs a future to its end on this thread, parking it while the future
 /// waits.
 fn block_on<F: Future>(future: F) -> F::Output {
@@ -733,10 +702,6 @@ fn block_on<F: Future>(future: F) -> F::Output {
             Poll::Pending => std::thread::park(),
         }
     }
-}
-
-fn panic_text(panic: Box<dyn std::any::Any + Send>) -> String {
-    crate::amqp::consumer_thread::panic_message(&*panic).to_owned()
 }
 
 /// **A bounded stream of the events of one type**, made by
