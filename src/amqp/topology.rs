@@ -132,6 +132,36 @@ pub(crate) fn declare_error(what: &str, thing: &str, passive: bool, err: lapin::
     Error::with_source(crate::error::ErrorKind::Broker, message, err)
 }
 
+/// What to do when the broker refused to declare queue `name` because it
+/// exists with another type (`PRECONDITION_FAILED - inequivalent arg
+/// 'x-queue-type'`); `None` for another error.
+fn inequivalent_type(name: &str, err: &lapin::Error) -> Option<String> {
+    let lapin::ErrorKind::ProtocolError(e) = err.kind() else {
+        return None;
+    };
+    let said = e.to_string();
+    if e.get_id() != 406 || !said.contains("'x-queue-type'") {
+        return None;
+    }
+    // "... received the value 'quorum' of type 'longstr' but current is none"
+    let wanted = if said.contains("'quorum'") {
+        "quorum"
+    } else {
+        "classic"
+    };
+    let found = if wanted == "quorum" {
+        "classic"
+    } else {
+        "quorum"
+    };
+    Some(format!(
+        "queue {name:?} exists as a {found} queue, and tidings declares it as a {wanted} queue (the broker said: {said}); \
+         to keep the queue as it is, set queue_type={found} in the URL (AmqpProps::with_queue_type, or Listen::queue_type for this listener); \
+         to make it a {wanted} queue, stop its consumers, move or drain its messages, delete it (and its retry queues <name>.retry.*), \
+         and let tidings declare it again"
+    ))
+}
+
 /// Declares a queue and binds it.
 pub(crate) async fn declare_queue(channel: &lapin::Channel, queue: &QueueDecl) -> Result<()> {
     let name = queue.name.as_str();
@@ -144,7 +174,10 @@ pub(crate) async fn declare_queue(channel: &lapin::Channel, queue: &QueueDecl) -
     channel
         .queue_declare(queue.name.clone(), queue.options, queue.arguments.clone())
         .await
-        .map_err(|e| declare_error(&what, &format!("queue {name:?}"), passive, e))?;
+        .map_err(|e| match inequivalent_type(name, &e) {
+            Some(message) => Error::with_source(crate::error::ErrorKind::Broker, message, e),
+            None => declare_error(&what, &format!("queue {name:?}"), passive, e),
+        })?;
     for (exchange, key) in &queue.bindings {
         channel
             .queue_bind(

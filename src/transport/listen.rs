@@ -1,5 +1,6 @@
 //! `Listen`: which queue a bus consumes, and which events it binds.
 
+use crate::amqp::props::QueueType;
 use crate::amqp::queue::Queue;
 use crate::event::EventType;
 
@@ -40,6 +41,8 @@ use crate::event::EventType;
 pub struct Listen {
     mode: Mode,
     keys: Vec<String>,
+    /// The queue's type, instead of the props'.
+    queue_type: Option<QueueType>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +63,7 @@ impl Listen {
         Self {
             mode: Mode::Broadcast,
             keys: Vec::new(),
+            queue_type: None,
         }
     }
 
@@ -69,6 +73,7 @@ impl Listen {
         Self {
             mode: Mode::Group(name.into()),
             keys: Vec::new(),
+            queue_type: None,
         }
     }
 
@@ -79,6 +84,7 @@ impl Listen {
         Self {
             mode: Mode::Queue(name.into()),
             keys: Vec::new(),
+            queue_type: None,
         }
     }
 
@@ -88,6 +94,7 @@ impl Listen {
         Self {
             mode: Mode::Service(name.into()),
             keys: Vec::new(),
+            queue_type: None,
         }
     }
 
@@ -105,6 +112,24 @@ impl Listen {
         self
     }
 
+    /// **Declares this listener's queue as a quorum or classic queue**,
+    /// instead of by the props ([`AmqpProps::with_queue_type`](crate::AmqpProps::with_queue_type),
+    /// quorum by default): for a group or named queue that exists already
+    /// as a classic queue, say. Its retry queues follow. A broadcast
+    /// listener's queue is always an exclusive classic queue.
+    ///
+    /// ```
+    /// use tidings::{Listen, QueueType};
+    ///
+    /// let legacy = Listen::group("billing").queue_type(QueueType::Classic);
+    /// # let _ = legacy;
+    /// ```
+    #[must_use]
+    pub fn queue_type(mut self, queue_type: QueueType) -> Self {
+        self.queue_type = Some(queue_type);
+        self
+    }
+
     pub(crate) fn mode(&self) -> &Mode {
         &self.mode
     }
@@ -119,11 +144,21 @@ impl Listen {
         let queue = match &self.mode {
             Mode::Broadcast => Queue::exclusive(),
             Mode::Group(group) => Queue::durable(format!("{exchange}.{group}")),
-            Mode::Queue(name) => return Queue::durable(name.clone()).unbound(),
+            Mode::Queue(name) => return self.typed(Queue::durable(name.clone()).unbound()),
             Mode::Service(name) => return Queue::service(name.clone()),
         };
-        self.keys
+        let queue = self
+            .keys
             .iter()
-            .fold(queue, |queue, key| queue.bind(key.clone()))
+            .fold(queue, |queue, key| queue.bind(key.clone()));
+        self.typed(queue)
+    }
+
+    /// `queue` with this listener's queue type, if it sets one.
+    fn typed(&self, queue: Queue) -> Queue {
+        match self.queue_type {
+            Some(queue_type) => queue.with_type(queue_type),
+            None => queue,
+        }
     }
 }

@@ -379,7 +379,12 @@ async fn proxied_group_bus(group: &str, settings: impl FnOnce(AmqpProps) -> Amqp
         .await
         .unwrap();
     let mut events = bus.connection_events();
-    assert_eq!(events.next().await, Some(ConnectionEvent::Connected));
+    assert_eq!(
+        events.next().await,
+        Some(ConnectionEvent::Connected {
+            address: format!("127.0.0.1:{}", proxy.port())
+        })
+    );
     Proxied {
         proxy,
         bus,
