@@ -12,7 +12,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use tokio::sync::{broadcast, watch};
-use tracing::{Instrument, debug, info, info_span};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::amqp::connection_event::{ConnectionEvent, ConnectionEvents};
 use crate::amqp::props::{AmqpProps, ExchangeKind, QueueType, check_name};
@@ -407,20 +407,10 @@ impl Connection {
         self.topology().exchange(short(&name)?, kind, passive);
         let limit = |n: u64| AMQPValue::LongLongInt(i64::try_from(n).unwrap_or(i64::MAX));
         let mut arguments = FieldTable::default();
-        // Both types keep these limits and refuse more; a quorum queue's
-        // delivery limit (RabbitMQ 4 sets 20 by default) would drop letters
-        // listed that many times, each listing counting as a delivery, so it
-        // is set out of reach.
-        if self.inner.props.queue_type() == QueueType::Quorum {
-            arguments.insert(
-                "x-queue-type".into(),
-                AMQPValue::LongString("quorum".into()),
-            );
-            arguments.insert(
-                "x-delivery-limit".into(),
-                AMQPValue::LongLongInt(i64::from(i32::MAX)),
-            );
-        }
+        // Always a classic queue, whatever the props' queue type: listing
+        // and replaying dead letters takes each and gives back the others,
+        // which a classic queue does at once and in place, and a quorum
+        // queue later, in another order, counting each as a delivery.
         arguments.insert("x-max-length".into(), limit(max_messages));
         arguments.insert("x-max-length-bytes".into(), limit(max_bytes));
         arguments.insert(
@@ -437,9 +427,17 @@ impl Connection {
             arguments,
             bindings: vec![(short(&name)?, ShortString::from(""))],
         };
-        topology::declare_queue(&channel, &queue).await?;
-        self.topology().queue(queue);
-        Ok(name)
+        // Not recorded for recovery: the queue is durable, so it is still
+        // there after a reconnect, and on a cluster declaring it again
+        // would fail, holding up the recovery, while its node is down.
+        match topology::declare_queue(&channel, &queue).await {
+            Ok(()) => Ok(name),
+            Err(e) if is_home_node_down(&e) => {
+                warn!(queue = %name, error = %e, "the dead-letter queue's node is down; dead letters are refused until it is back");
+                Ok(name)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// **Declares a queue and binds it** to the exchange of the props;
@@ -711,6 +709,14 @@ impl Supervised for Inner {
             }
         }
     }
+}
+
+/// Whether declaring a durable classic queue failed because the cluster
+/// node that holds it is down (`NOT_FOUND - home node ... is down or
+/// inaccessible`).
+fn is_home_node_down(error: &Error) -> bool {
+    let text = error.to_string();
+    text.contains("home node") && text.contains("down or inaccessible")
 }
 
 /// The arguments that make `queue` a quorum queue. A retry queue

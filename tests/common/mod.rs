@@ -145,6 +145,27 @@ pub fn listed_queues() -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The type (`classic`, `quorum`, `stream`) of each queue on the shared
+/// broker, by `rabbitmqctl`; fails the test where it cannot be run.
+pub fn queue_types() -> std::collections::HashMap<String, String> {
+    let out = Command::new("rabbitmqctl")
+        .args(["list_queues", "-q", "--no-table-headers", "name", "type"])
+        .output()
+        .expect("these tests read queue types with rabbitmqctl, which cannot be run");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl list_queues failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let (name, kind) = line.trim().rsplit_once(char::is_whitespace)?;
+            Some((name.trim().to_owned(), kind.trim().to_owned()))
+        })
+        .collect()
+}
+
 /// Publishes as a foreign client would: any body, any properties, through
 /// `exchange` with `routing_key`; waits for the broker's confirm.
 pub async fn raw_publish(
