@@ -311,6 +311,7 @@ impl Producer {
             done: Some(done),
             counted: true,
             strikes: 0,
+            nacks: 0,
             accepted: Instant::now(),
         };
         self.inner
@@ -350,6 +351,7 @@ impl Producer {
             done,
             counted: true,
             strikes: 0,
+            nacks: 0,
             accepted: Instant::now(),
         };
         self.inner
@@ -379,6 +381,7 @@ impl Producer {
             done: Some(done),
             counted: false,
             strikes: 0,
+            nacks: 0,
             accepted: Instant::now(),
         };
         self.inner.outbox.submit(message, WhenFull::Wait).await?;

@@ -2,6 +2,7 @@
 //! cleanup of what a test declares, and private broker nodes for fault tests.
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different subset
 
+pub mod cluster;
 pub mod proxy;
 pub mod python;
 
