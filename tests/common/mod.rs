@@ -273,6 +273,48 @@ pub async fn next_delivery(consumer: &mut tidings::Consumer) -> tidings::Deliver
         .expect("delivery error")
 }
 
+/// What the handlers of one bus saw in a fault test: how often each
+/// sequence number came, the highest, and how many in all.
+#[derive(Default)]
+pub struct Seen {
+    pub counts: std::sync::Mutex<Vec<u8>>,
+    pub highest: std::sync::atomic::AtomicU64,
+    pub handled: std::sync::atomic::AtomicU64,
+}
+
+impl Seen {
+    /// Records the event with sequence number `seq`.
+    pub fn record(&self, seq: u32) {
+        let mut counts = self.counts.lock().unwrap();
+        if counts.len() <= seq as usize {
+            counts.resize(seq as usize + 1, 0);
+        }
+        counts[seq as usize] += 1;
+        self.highest.fetch_max(u64::from(seq), Ordering::Relaxed);
+        self.handled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How often each sequence number came.
+    pub fn counts(&self) -> Vec<u8> {
+        self.counts.lock().unwrap().clone()
+    }
+}
+
+/// A bus's stats in one line, for a fault test's report.
+pub fn describe(stats: &tidings::Stats) -> String {
+    format!(
+        "published {}, confirmed {}, re-published {}, failed {}, delivered {}, handled {}, deduplicated {}, reconnects {}",
+        stats.published,
+        stats.confirmed,
+        stats.republished,
+        stats.publish_failed,
+        stats.delivered,
+        stats.handled,
+        stats.deduplicated,
+        stats.reconnects
+    )
+}
+
 /// Waits until `condition` holds, polling, for at most `limit`.
 pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;

@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::cluster::Cluster;
+use common::{Seen, describe};
 use serde::{Deserialize, Serialize};
-use tidings::{Bus, ConnectionEvent, Event, ExchangeKind, Listen, Stats, Subscribers};
+use tidings::{Bus, ConnectionEvent, Event, ExchangeKind, Listen, Subscribers};
 use tokio_stream::StreamExt;
 
 #[derive(Event, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -24,36 +25,14 @@ const EVENTS: u32 = 20_000;
 /// Offered publish rate, events per second.
 const RATE: u64 = 400;
 
-/// What one bus's handlers saw.
-#[derive(Default)]
-struct Seen {
-    counts: Mutex<Vec<u8>>,
-    highest: AtomicU64,
-    handled: AtomicU64,
-}
-
-impl Seen {
-    fn subscribers(self: &Arc<Self>) -> Subscribers {
-        let subscribers = Subscribers::new();
-        let seen = self.clone();
-        subscribers
-            .subscribe(move |tick: &Tick| {
-                let mut counts = seen.counts.lock().unwrap();
-                if counts.len() <= tick.seq as usize {
-                    counts.resize(tick.seq as usize + 1, 0);
-                }
-                counts[tick.seq as usize] += 1;
-                seen.highest
-                    .fetch_max(u64::from(tick.seq), Ordering::Relaxed);
-                seen.handled.fetch_add(1, Ordering::Relaxed);
-            })
-            .forget();
-        subscribers
-    }
-
-    fn counts(&self) -> Vec<u8> {
-        self.counts.lock().unwrap().clone()
-    }
+/// Subscribers that record each tick in `seen`.
+fn subscribers(seen: &Arc<Seen>) -> Subscribers {
+    let subscribers = Subscribers::new();
+    let seen = seen.clone();
+    subscribers
+        .subscribe(move |tick: &Tick| seen.record(tick.seq))
+        .forget();
+    subscribers
 }
 
 /// Every connection event of the buses, with the bus's name and when.
@@ -112,19 +91,19 @@ async fn a_group_on_quorum_queues_rides_out_the_loss_of_its_leader_node_twice() 
         Arc::new(Seen::default()),
     );
     let member_a = Bus::with_props(props(&[2, 3, 1]))
-        .subscribers(seen_a.subscribers())
+        .subscribers(subscribers(&seen_a))
         .listen(Listen::group(group))
         .connect()
         .await
         .unwrap();
     let member_b = Bus::with_props(props(&[3, 1, 2]))
-        .subscribers(seen_b.subscribers())
+        .subscribers(subscribers(&seen_b))
         .listen(Listen::group(group))
         .connect()
         .await
         .unwrap();
     let watcher = Bus::with_props(props(&[2, 1, 3]))
-        .subscribers(watched.subscribers())
+        .subscribers(subscribers(&watched))
         .connect()
         .await
         .unwrap();
@@ -181,14 +160,15 @@ async fn a_group_on_quorum_queues_rides_out_the_loss_of_its_leader_node_twice() 
         || seen_a.handled.load(Ordering::Relaxed) + seen_b.handled.load(Ordering::Relaxed);
 
     let mut reports = Vec::new();
-    for (fault, at_published) in [(1, 4_000), (2, 11_000)] {
-        // Mid-stream: once that many are published, and the group handles
-        // events (500 more since the last fault).
+    for (fault, at_published) in [(1, 4_000), (2, 13_000)] {
+        // Mid-stream: once that many are published (at the offered rate,
+        // whatever the machine's load), and the group has handled more
+        // since the last fault.
         let mark = group_handled();
         assert!(
             common::eventually(Duration::from_secs(120), || {
                 published.load(Ordering::Relaxed) >= at_published
-                    && (group_handled() >= mark + 500
+                    && (group_handled() > mark
                         || published.load(Ordering::Relaxed) >= u64::from(EVENTS))
             })
             .await,
@@ -336,18 +316,4 @@ async fn a_group_on_quorum_queues_rides_out_the_loss_of_its_leader_node_twice() 
         }
     }
     let _ = tokio::task::spawn_blocking(move || drop(cluster)).await;
-}
-
-fn describe(stats: &Stats) -> String {
-    format!(
-        "published {}, confirmed {}, re-published {}, failed {}, delivered {}, handled {}, deduplicated {}, reconnects {}",
-        stats.published,
-        stats.confirmed,
-        stats.republished,
-        stats.publish_failed,
-        stats.delivered,
-        stats.handled,
-        stats.deduplicated,
-        stats.reconnects
-    )
 }
