@@ -48,15 +48,16 @@ fn every_benchmark_row_receives_every_event() {
         .lines()
         .filter(|l| l.contains(", fanout ") || l.contains(", group of "))
         .collect();
-    // 7 scenarios, each with raw lapin naive, raw lapin tuned and tidings.
-    assert_eq!(rows.len(), 21, "{stdout}");
+    // 9 scenarios (the group ones on classic and on quorum queues), each
+    // with raw lapin naive, raw lapin tuned and tidings.
+    assert_eq!(rows.len(), 27, "{stdout}");
     assert!(
         rows.iter().all(|row| row.trim_end().ends_with('x')),
         "{stdout}"
     );
     assert_eq!(
         rows.iter().filter(|row| row.contains(" tidings ")).count(),
-        7,
+        9,
         "{stdout}"
     );
     assert!(
