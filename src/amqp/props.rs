@@ -222,17 +222,17 @@ impl Host {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum QueueType {
-    /// **Quorum queues** (the default): replicated by Raft over the nodes
-    /// of a cluster, so a queue and its messages survive the loss of a
-    /// minority of nodes, and work on a single node too. A message
-    /// delivered more than the [delivery
-    /// limit](AmqpProps::with_delivery_limit) times goes to the dead
-    /// letters.
-    #[default]
+    /// **Quorum queues**, for a cluster: replicated by Raft over its nodes,
+    /// so a queue and its messages survive the loss of a minority of
+    /// nodes (they work on a single node too). A message delivered more
+    /// than the [delivery limit](AmqpProps::with_delivery_limit) times
+    /// goes to the dead letters.
     Quorum,
-    /// **Classic queues**: kept on one node. Cheaper per message, but while
-    /// that node is down its queues cannot be used (and declaring them
-    /// again fails), and when its disk is lost so are their messages.
+    /// **Classic queues** (the default): kept on one node. Cheaper per
+    /// message, but while that node is down its queues cannot be used
+    /// (and declaring them again fails), and when its disk is lost so are
+    /// their messages.
+    #[default]
     Classic,
 }
 
@@ -273,7 +273,7 @@ pub const DEFAULT_DELIVERY_LIMIT: u32 = 20;
 
 impl Default for AmqpProps {
     /// The broker on `localhost:5672`, user `guest`, virtual host `/`, a
-    /// fanout exchange named `tidings`, the bincode codec, quorum queues.
+    /// fanout exchange named `tidings`, the bincode codec, classic queues.
     fn default() -> Self {
         Self {
             hosts: vec![Host {
@@ -283,7 +283,7 @@ impl Default for AmqpProps {
             hosts_error: None,
             port: None,
             shuffle_hosts: true,
-            queue_type: QueueType::Quorum,
+            queue_type: QueueType::Classic,
             delivery_limit: DEFAULT_DELIVERY_LIMIT,
             user: "guest".to_owned(),
             password: "guest".to_owned(),
@@ -338,7 +338,7 @@ impl AmqpProps {
     /// | `when_full` | `wait` or `fail` when the buffer is full or the broker blocks | `fail` |
     /// | `reconnect_min` | milliseconds before the first reconnect attempt | `100` |
     /// | `reconnect_max` | the longest wait between reconnect attempts, ms | `10000` |
-    /// | `queue_type` | `quorum` (the default) or `classic`: the type of the durable queues declared | `classic` |
+    /// | `queue_type` | `classic` (the default) or `quorum` (on a cluster): the type of the durable queues declared | `quorum` |
     /// | `delivery_limit` | deliveries of a message by a quorum queue before it is dead-lettered | `20` |
     /// | `shuffle_hosts` | `false`: try the hosts in the order written, not at random | `false` |
     ///
@@ -699,8 +699,8 @@ impl AmqpProps {
     }
 
     /// **Sets the type of the durable queues** declared: group and named
-    /// queues, their retry queues, and the dead-letter queue (default
-    /// [`QueueType::Quorum`]; `queue_type=` in the URL). A
+    /// queues and their retry queues (default [`QueueType::Classic`];
+    /// `queue_type=` in the URL; on a cluster, [`QueueType::Quorum`]). A
     /// [`Listen`](crate::Listen) or [`Queue`](crate::Queue) can set its
     /// own. Broadcast queues are always exclusive classic queues.
     #[must_use]
@@ -1548,21 +1548,18 @@ mod tests {
         let p = AmqpProps::from_url("amqp://h").unwrap();
         assert_eq!(
             (p.queue_type(), p.delivery_limit()),
-            (QueueType::Quorum, 20)
+            (QueueType::Classic, 20)
         );
         assert!(p.shuffled_hosts());
         let p =
-            AmqpProps::from_url("amqp://h?queue_type=classic&delivery_limit=5&shuffle_hosts=false")
+            AmqpProps::from_url("amqp://h?queue_type=quorum&delivery_limit=5&shuffle_hosts=false")
                 .unwrap();
-        assert_eq!(
-            (p.queue_type(), p.delivery_limit()),
-            (QueueType::Classic, 5)
-        );
+        assert_eq!((p.queue_type(), p.delivery_limit()), (QueueType::Quorum, 5));
         assert!(!p.shuffled_hosts());
         let back = AmqpProps::from_url(&p.redacted_url()).unwrap();
         assert_eq!(
             (back.queue_type(), back.delivery_limit()),
-            (QueueType::Classic, 5)
+            (QueueType::Quorum, 5)
         );
         assert!(!back.shuffled_hosts());
         assert!(err("amqp://h?queue_type=stream").contains("unknown queue_type \"stream\""));

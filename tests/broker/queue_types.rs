@@ -1,6 +1,7 @@
-//! Queue types: group and named queues are quorum queues unless told
-//! otherwise, a classic queue of the same name fails with what to do, and a
-//! quorum queue's delivery limit sends a looping message to the dead letters.
+//! Queue types: group and named queues are quorum queues with
+//! `queue_type=quorum` (classic by default, or per listener), a classic
+//! queue of the same name fails with what to do, and a quorum queue's
+//! delivery limit sends a looping message to the dead letters.
 
 use crate::common;
 
@@ -56,8 +57,9 @@ fn counting(handled: &Arc<AtomicU32>) -> Subscribers {
 }
 
 #[tokio::test]
-async fn group_and_retry_queues_are_quorum_by_default_and_classic_when_asked() {
-    let props = common::props(ExchangeKind::Fanout);
+async fn group_and_retry_queues_are_quorum_when_asked_and_classic_per_listener() {
+    assert_eq!(AmqpProps::default().queue_type(), QueueType::Classic);
+    let props = common::props(ExchangeKind::Fanout).with_queue_type(QueueType::Quorum);
     let cleanup = common::Cleanup::new(&props);
     let quorum = format!("{}.quorum-workers", props.exchange());
     let classic = format!("{}.classic-workers", props.exchange());
@@ -131,7 +133,7 @@ async fn group_and_retry_queues_are_quorum_by_default_and_classic_when_asked() {
 
 #[tokio::test]
 async fn a_classic_queue_of_the_same_name_fails_with_what_to_do() {
-    let props = common::props(ExchangeKind::Fanout);
+    let props = common::props(ExchangeKind::Fanout).with_queue_type(QueueType::Quorum);
     let cleanup = common::Cleanup::new(&props);
     let queue = format!("{}.legacy", props.exchange());
     cleanup.queue(&queue);
@@ -189,7 +191,9 @@ async fn a_classic_queue_of_the_same_name_fails_with_what_to_do() {
 
 #[tokio::test]
 async fn a_message_past_the_delivery_limit_goes_to_the_dead_letters() {
-    let props = common::props(ExchangeKind::Fanout).with_delivery_limit(2);
+    let props = common::props(ExchangeKind::Fanout)
+        .with_queue_type(QueueType::Quorum)
+        .with_delivery_limit(2);
     let cleanup = common::Cleanup::new(&props);
     let name = common::unique("looping");
     cleanup.queue(&name);

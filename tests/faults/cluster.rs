@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::cluster::Cluster;
 use common::{Seen, describe};
 use serde::{Deserialize, Serialize};
-use tidings::{Bus, ConnectionEvent, Event, ExchangeKind, Listen, Subscribers};
+use tidings::{Bus, ConnectionEvent, Event, ExchangeKind, Listen, QueueType, Subscribers};
 use tokio_stream::StreamExt;
 
 #[derive(Event, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -80,6 +80,7 @@ async fn a_group_on_quorum_queues_rides_out_the_loss_of_its_leader_node_twice() 
     let props = |order: &[usize]| {
         cluster
             .props(order, &exchange, ExchangeKind::Fanout)
+            .with_queue_type(QueueType::Quorum)
             .with_reconnect_delay(Duration::from_millis(50), Duration::from_secs(1))
     };
     let log: EventLog = Arc::default();
