@@ -4,6 +4,12 @@
 //!
 //! Run: `cargo run --example group` (reads `AMQP_URL`, default
 //! `amqp://127.0.0.1:5672/%2f`).
+//!
+//! On a cluster, give every node and make the group's queue a quorum queue
+//! (replicated on them):
+//! `AMQP_URL='amqp://guest:guest@rabbit-1:5672,rabbit-2:5672,rabbit-3:5672/%2f?queue_type=quorum'`.
+//! A local one to try: `AMQP_URL="$(scripts/rabbitmq-cluster start target/c)?queue_type=quorum"
+//! cargo run --example group`, then `scripts/rabbitmq-cluster stop target/c`.
 
 #[path = "logging/mod.rs"]
 mod logging;

@@ -99,7 +99,7 @@ pub use amqp::consumer_thread::ConsumerThread;
 pub use amqp::delivery::Delivery;
 pub use amqp::outbox::PublishCounters;
 pub use amqp::producer::{Confirm, Producer, Publish};
-pub use amqp::props::{AmqpProps, ExchangeKind, WhenFull};
+pub use amqp::props::{AmqpProps, DEFAULT_DELIVERY_LIMIT, ExchangeKind, QueueType, WhenFull};
 pub use amqp::queue::Queue;
 pub use bus::call::{CallOptions, Request};
 pub use bus::context::Context;

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use lapin::Acker;
 use lapin::options::BasicAckOptions;
-use tidings::{AmqpProps, Bus, ExchangeKind, Listen, Subscribers};
+use tidings::{AmqpProps, Bus, ExchangeKind, Listen, QueueType, Subscribers};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio_stream::StreamExt;
@@ -69,8 +69,9 @@ pub(crate) struct ConsumerProcess {
 
 impl ConsumerProcess {
     /// Starts `current_exe --consumer ARGS..` and waits for its `ready`.
-    pub(crate) async fn start(args: &[&str]) -> Result<Self, Error> {
+    pub(crate) async fn start(url: &str, args: &[&str]) -> Result<Self, Error> {
         let mut child = tokio::process::Command::new(std::env::current_exe()?)
+            .env("AMQP_URL", url)
             .arg("--consumer")
             .args(args)
             .stdin(Stdio::piped())
@@ -188,13 +189,15 @@ pub(crate) async fn run_child(args: &[String]) -> Result<(), Error> {
     let tally = Arc::new(Tally::default());
     let running = match mode.as_str() {
         "naive" | "tuned" => {
-            let durable = shape == "group";
+            let durable = shape.starts_with("group");
+            let quorum = shape == "group-quorum";
             Running::Raw(Box::new(
                 RawConsumer::start(
                     &url,
                     exchange,
                     queue,
                     durable,
+                    quorum,
                     mode == "tuned",
                     tally.clone(),
                 )
@@ -207,7 +210,8 @@ pub(crate) async fn run_child(args: &[String]) -> Result<(), Error> {
                 _ => None,
             };
             let listen = match shape.as_str() {
-                "group" => Listen::group(queue.clone()),
+                "group" => Listen::group(queue.clone()).queue_type(QueueType::Classic),
+                "group-quorum" => Listen::group(queue.clone()).queue_type(QueueType::Quorum),
                 _ => Listen::broadcast(),
             };
             Running::Bus(bus_consumer(&url, exchange, listen, tally.clone(), soak_events).await?)
@@ -263,13 +267,15 @@ impl RawConsumer {
         exchange: &str,
         queue: &str,
         durable: bool,
+        quorum: bool,
         tuned: bool,
         tally: Arc<Tally>,
     ) -> Result<Self, Error> {
         let connection =
             lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
         let channel = connection.create_channel().await?;
-        let mut consumer = raw_consumer(&channel, exchange, queue, durable, "bench").await?;
+        let mut consumer =
+            raw_consumer(&channel, exchange, queue, durable, quorum, "bench").await?;
         let stop = Arc::new(tokio::sync::Notify::new());
         let stopping = stop.clone();
         let task = tokio::spawn(async move {

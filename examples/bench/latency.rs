@@ -44,6 +44,7 @@ pub(crate) async fn raw_latency(url: &str, events: u64) -> Result<Vec<u64>, Erro
         &exchange,
         &format!("{exchange}.q"),
         false,
+        false,
         "latency",
     )
     .await?;

@@ -9,6 +9,10 @@
 //! makes their consumers require signatures; `--no-python` skips the pika
 //! row; `--soak N` runs only the soak instead (e.g. `--soak 1000000`: a
 //! slow tidings consumer over N events, its RSS printed every 100,000);
+//! `--groups` runs only the group-of-2 rows (classic and quorum queues);
+//! `--cluster` starts a local 3-node cluster (`scripts/rabbitmq-cluster`,
+//! under `target/`) and runs only the group-of-2 rows on classic and quorum
+//! queues there, the publisher and each consumer on another node;
 //! `--compression` runs only the compression rows (10 KB JSON-ish events,
 //! confirmed, fanout 1: raw lapin tuned uncompressed, then tidings with
 //! no compression, gzip, and zstd and lz4 when built with their features:
@@ -26,6 +30,7 @@
 //! consumer) and, for tidings, that the broker confirmed every event; it
 //! fails otherwise.
 
+mod cluster;
 mod consumer;
 mod latency;
 mod pika;
@@ -43,7 +48,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use serde::{Deserialize, Serialize};
-use tidings::{AmqpProps, Bus, Codec, Compression, Event, ExchangeKind};
+use tidings::{AmqpProps, Bus, Codec, Compression, Event, ExchangeKind, QueueType};
 
 use consumer::{ConsumerProcess, Report};
 
@@ -188,72 +193,45 @@ async fn run() -> Result<(), Error> {
     if events == 0 {
         return Err("--events must be at least 1".into());
     }
-    let ticks_per_second = procfs::ticks_per_second();
-    println!(
-        "tidings bench: {events} events per row, prefetch {PREFETCH}, window {WINDOW}, \
-         raw tuned acks every {ACK_EVERY}, broker {}",
-        AmqpProps::from_url(&url)?.redacted_url()
-    );
-    println!(
-        "events/s: publish start -> last handler call; publish/s: publish start -> last \
-         publish returned;\nRSS: peak (VmHWM) of the largest consumer process; CPU: seconds \
-         of all consumer processes per 100k deliveries"
-    );
-    println!();
-    if args.iter().any(|a| a == "--compression") {
-        return compression_rows(&url, events, ticks_per_second).await;
+    if args.iter().any(|a| a == "--cluster") {
+        return cluster::run(events).await;
     }
-    println!(
-        "{:<36} {:<16} {:>9} {:>10} {:>7} {:>7} {:>9} {:>9}",
-        "scenario", "row", "events/s", "publish/s", "RSS MB", "CPU s", "vs naive", "vs tuned"
-    );
+    let urls = Urls(vec![url.clone()]);
+    print_header(events, &AmqpProps::from_url(&url)?.redacted_url());
+    if args.iter().any(|a| a == "--compression") {
+        return compression_rows(&urls, events).await;
+    }
     let scenarios = [
         Scenario::new(100, Shape::Fanout(1), false),
         Scenario::new(100, Shape::Fanout(1), true),
         Scenario::new(100, Shape::Fanout(4), false),
         Scenario::new(100, Shape::Fanout(4), true),
-        Scenario::new(100, Shape::Group(2), false),
-        Scenario::new(100, Shape::Group(2), true),
+        Scenario::new(100, Shape::Group(2, QueueType::Classic), false),
+        Scenario::new(100, Shape::Group(2, QueueType::Classic), true),
+        Scenario::new(100, Shape::Group(2, QueueType::Quorum), false),
+        Scenario::new(100, Shape::Group(2, QueueType::Quorum), true),
         Scenario::new(10_000, Shape::Fanout(1), true),
     ];
     let only_confirmed = args.iter().any(|a| a == "--confirmed");
+    let only_groups = args.iter().any(|a| a == "--groups");
     let mut tidings_plain = None;
     for scenario in scenarios {
         if only_confirmed && scenario != Scenario::new(100, Shape::Fanout(1), true) {
             continue;
         }
-        let naive = row(&url, events, scenario, Kind::Naive).await?;
-        let tuned = row(&url, events, scenario, Kind::Tuned).await?;
-        let ours = row(&url, events, scenario, Kind::Tidings).await?;
-        if scenario == Scenario::new(100, Shape::Fanout(1), false) {
-            tidings_plain = Some(ours.events_per_second);
+        if only_groups && !matches!(scenario.shape, Shape::Group(..)) {
+            continue;
         }
-        for (kind, figures) in [
-            (Kind::Naive, naive),
-            (Kind::Tuned, tuned),
-            (Kind::Tidings, ours),
-        ] {
-            println!(
-                "{:<36} {:<16} {:>9} {:>10} {:>7.1} {:>7.2} {:>8.2}x {:>8.2}x",
-                scenario.label(),
-                kind.label(),
-                thousands(figures.events_per_second),
-                thousands(figures.publishes_per_second),
-                figures.rss_kb as f64 / 1024.0,
-                figures.cpu_ticks as f64
-                    / ticks_per_second
-                    / scenario.shape.deliveries(events) as f64
-                    * 100_000.0,
-                figures.events_per_second / naive.events_per_second,
-                figures.events_per_second / tuned.events_per_second,
-            );
+        let ours = scenario_rows(&urls, events, scenario).await?;
+        if scenario == Scenario::new(100, Shape::Fanout(1), false) {
+            tidings_plain = Some(ours);
         }
     }
     println!();
-    if only_confirmed {
+    if only_confirmed || only_groups {
         return Ok(());
     }
-    compression_rows(&url, events, ticks_per_second).await?;
+    compression_rows(&urls, events).await?;
     println!();
     match pika::pika(&url, events) {
         Ok(rate) => {
@@ -301,10 +279,61 @@ async fn run() -> Result<(), Error> {
     Ok(())
 }
 
+/// Prints what the rows measure and the table's head.
+pub(crate) fn print_header(events: u64, broker: &str) {
+    println!(
+        "tidings bench: {events} events per row, prefetch {PREFETCH}, window {WINDOW}, \
+         raw tuned acks every {ACK_EVERY}, broker {broker}"
+    );
+    println!(
+        "events/s: publish start -> last handler call; publish/s: publish start -> last \
+         publish returned;\nRSS: peak (VmHWM) of the largest consumer process; CPU: seconds \
+         of all consumer processes per 100k deliveries"
+    );
+    println!();
+    println!(
+        "{:<36} {:<16} {:>9} {:>10} {:>7} {:>7} {:>9} {:>9}",
+        "scenario", "row", "events/s", "publish/s", "RSS MB", "CPU s", "vs naive", "vs tuned"
+    );
+}
+
+/// Runs and prints the three rows of a scenario (raw naive, raw tuned,
+/// tidings); returns tidings' events per second.
+pub(crate) async fn scenario_rows(
+    urls: &Urls,
+    events: u64,
+    scenario: Scenario,
+) -> Result<f64, Error> {
+    let ticks_per_second = procfs::ticks_per_second();
+    let naive = row(urls, events, scenario, Kind::Naive).await?;
+    let tuned = row(urls, events, scenario, Kind::Tuned).await?;
+    let ours = row(urls, events, scenario, Kind::Tidings).await?;
+    for (kind, figures) in [
+        (Kind::Naive, naive),
+        (Kind::Tuned, tuned),
+        (Kind::Tidings, ours),
+    ] {
+        println!(
+            "{:<36} {:<16} {:>9} {:>10} {:>7.1} {:>7.2} {:>8.2}x {:>8.2}x",
+            scenario.label(),
+            kind.label(),
+            thousands(figures.events_per_second),
+            thousands(figures.publishes_per_second),
+            figures.rss_kb as f64 / 1024.0,
+            figures.cpu_ticks as f64 / ticks_per_second / scenario.shape.deliveries(events) as f64
+                * 100_000.0,
+            figures.events_per_second / naive.events_per_second,
+            figures.events_per_second / tuned.events_per_second,
+        );
+    }
+    Ok(ours.events_per_second)
+}
+
 /// The compression rows: 10 KB JSON-ish events, fanout 1, confirmed; raw
 /// lapin tuned (uncompressed), then tidings with each compression this
 /// build has; events/s, CPU of the consumer, and bytes per event on the wire.
-async fn compression_rows(url: &str, events: u64, ticks_per_second: f64) -> Result<(), Error> {
+async fn compression_rows(urls: &Urls, events: u64) -> Result<(), Error> {
+    let ticks_per_second = procfs::ticks_per_second();
     const SIZE: usize = 10_000;
     let data = json_ish_data(SIZE);
     println!(
@@ -322,7 +351,7 @@ async fn compression_rows(url: &str, events: u64, ticks_per_second: f64) -> Resu
         compression: Some(compression),
         ..Scenario::new(SIZE, Shape::Fanout(1), true)
     };
-    let tuned = row(url, events, json_ish(Compression::None), Kind::Tuned).await?;
+    let tuned = row(urls, events, json_ish(Compression::None), Kind::Tuned).await?;
     let mut rows = vec![("raw lapin tuned", Compression::None, tuned)];
     for compression in [
         Compression::None,
@@ -333,7 +362,7 @@ async fn compression_rows(url: &str, events: u64, ticks_per_second: f64) -> Resu
         if !compression.is_built() {
             continue;
         }
-        let figures = row(url, events, json_ish(compression), Kind::Tidings).await?;
+        let figures = row(urls, events, json_ish(compression), Kind::Tidings).await?;
         rows.push(("tidings", compression, figures));
     }
     for (name, compression, figures) in rows {
@@ -350,6 +379,21 @@ async fn compression_rows(url: &str, events: u64, ticks_per_second: f64) -> Resu
         );
     }
     Ok(())
+}
+
+/// Where a row's clients connect: the publisher to the first URL, consumer
+/// `i` to the next ones in turn (on a cluster, each to another node); the
+/// same URL for all on one broker.
+pub(crate) struct Urls(pub(crate) Vec<String>);
+
+impl Urls {
+    fn publisher(&self) -> &str {
+        &self.0[0]
+    }
+
+    fn consumer(&self, i: usize) -> &str {
+        &self.0[(i + 1) % self.0.len()]
+    }
 }
 
 /// Under `TIDINGS_BENCH_SIGNING=1` (inherited by the consumer processes),
@@ -379,17 +423,18 @@ fn thousands(value: f64) -> String {
 
 /// How the consumers of a row share the events.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Shape {
+pub(crate) enum Shape {
     /// Every consumer gets every event (a queue each).
     Fanout(usize),
-    /// The consumers share one queue; each event is handled once.
-    Group(usize),
+    /// The consumers share one queue; each event is handled once. Its
+    /// type: classic or quorum.
+    Group(usize, QueueType),
 }
 
 impl Shape {
     fn consumers(self) -> usize {
         match self {
-            Self::Fanout(n) | Self::Group(n) => n,
+            Self::Fanout(n) | Self::Group(n, _) => n,
         }
     }
 
@@ -397,13 +442,13 @@ impl Shape {
     fn deliveries(self, events: u64) -> u64 {
         match self {
             Self::Fanout(n) => events * n as u64,
-            Self::Group(_) => events,
+            Self::Group(..) => events,
         }
     }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-struct Scenario {
+pub(crate) struct Scenario {
     size: usize,
     shape: Shape,
     confirmed: bool,
@@ -412,7 +457,7 @@ struct Scenario {
 }
 
 impl Scenario {
-    const fn new(size: usize, shape: Shape, confirmed: bool) -> Self {
+    pub(crate) const fn new(size: usize, shape: Shape, confirmed: bool) -> Self {
         Self {
             size,
             shape,
@@ -429,7 +474,8 @@ impl Scenario {
         };
         let shape = match self.shape {
             Shape::Fanout(n) => format!("fanout {n}"),
-            Shape::Group(n) => format!("group of {n}"),
+            Shape::Group(n, QueueType::Classic) => format!("group of {n}"),
+            Shape::Group(n, queue_type) => format!("group of {n}, {queue_type}"),
         };
         let mode = if self.confirmed {
             "confirmed"
@@ -469,7 +515,8 @@ struct Figures {
 }
 
 /// One row: consumer processes, a publisher here, every event checked.
-async fn row(url: &str, events: u64, scenario: Scenario, kind: Kind) -> Result<Figures, Error> {
+async fn row(urls: &Urls, events: u64, scenario: Scenario, kind: Kind) -> Result<Figures, Error> {
+    let url = urls.publisher();
     let Scenario {
         size,
         shape,
@@ -494,7 +541,8 @@ async fn row(url: &str, events: u64, scenario: Scenario, kind: Kind) -> Result<F
     });
     let shape_arg = match shape {
         Shape::Fanout(_) => "broadcast",
-        Shape::Group(_) => "group",
+        Shape::Group(_, QueueType::Quorum) => "group-quorum",
+        Shape::Group(..) => "group",
     };
     let consumer_mode = match kind {
         Kind::Naive => "naive",
@@ -504,7 +552,7 @@ async fn row(url: &str, events: u64, scenario: Scenario, kind: Kind) -> Result<F
     let queue_for = |i: usize| match (kind, shape) {
         (Kind::Tidings, _) => "bench".to_owned(),
         (_, Shape::Fanout(_)) => format!("{exchange}.q{i}"),
-        (_, Shape::Group(_)) => format!("{exchange}.group"),
+        (_, Shape::Group(..)) => format!("{exchange}.group"),
     };
     let props = AmqpProps::from_url(url)?
         .with_exchange(exchange.clone(), ExchangeKind::Fanout)
@@ -529,8 +577,13 @@ async fn row(url: &str, events: u64, scenario: Scenario, kind: Kind) -> Result<F
     let mut consumers = Vec::new();
     for i in 0..shape.consumers() {
         let queue = queue_for(i);
-        consumers
-            .push(ConsumerProcess::start(&[consumer_mode, &exchange, &queue, shape_arg]).await?);
+        consumers.push(
+            ConsumerProcess::start(
+                urls.consumer(i),
+                &[consumer_mode, &exchange, &queue, shape_arg],
+            )
+            .await?,
+        );
     }
     let bus_publisher = match kind {
         Kind::Tidings => Some(
@@ -563,7 +616,16 @@ async fn row(url: &str, events: u64, scenario: Scenario, kind: Kind) -> Result<F
     for consumer in consumers {
         consumer.finish().await?;
     }
-    if let Some((conn, _)) = raw_publisher {
+    if let Some((conn, channel)) = raw_publisher {
+        // A quorum queue cannot be auto-delete: delete it here.
+        if let Shape::Group(_, QueueType::Quorum) = shape {
+            channel
+                .queue_delete(
+                    format!("{exchange}.group").as_str().into(),
+                    lapin::options::QueueDeleteOptions::default(),
+                )
+                .await?;
+        }
         conn.close(200, "bench done".into()).await?;
     }
     if let Some(bus) = bus_publisher {
@@ -579,7 +641,7 @@ async fn row(url: &str, events: u64, scenario: Scenario, kind: Kind) -> Result<F
             .into());
         }
         let groups: &[&str] = match shape {
-            Shape::Group(_) => &["bench"],
+            Shape::Group(..) => &["bench"],
             Shape::Fanout(_) => &[],
         };
         remove_topology(&props, groups).await?;
@@ -646,7 +708,7 @@ fn check(reports: &[Report], shape: Shape, events: u64, kind: Kind) -> Result<()
                 }
             }
         }
-        Shape::Group(_) => {
+        Shape::Group(..) => {
             let count: u64 = reports.iter().map(|r| r.count).sum();
             let sum: u64 = reports.iter().map(|r| r.seq_sum).sum();
             if count != events || sum != seq_sum {
@@ -703,15 +765,24 @@ async fn raw_consumer(
     exchange: &str,
     queue: &str,
     durable: bool,
+    quorum: bool,
     tag: &str,
 ) -> Result<lapin::Consumer, Error> {
+    // A quorum queue is durable and never auto-delete.
     let queue_options = QueueDeclareOptions {
-        auto_delete: true,
-        durable,
+        auto_delete: !quorum,
+        durable: durable || quorum,
         ..QueueDeclareOptions::default()
     };
+    let mut arguments = FieldTable::default();
+    if quorum {
+        arguments.insert(
+            "x-queue-type".into(),
+            lapin::types::AMQPValue::LongString("quorum".into()),
+        );
+    }
     channel
-        .queue_declare(queue.into(), queue_options, FieldTable::default())
+        .queue_declare(queue.into(), queue_options, arguments)
         .await?;
     channel
         .queue_bind(

@@ -31,9 +31,11 @@ pub(crate) async fn run(url: &str, events: u64) -> Result<(), Error> {
          handler spinning {SOAK_HANDLER:?} in a consumer process, broker {}",
         props.redacted_url()
     );
-    let mut consumer =
-        ConsumerProcess::start(&["soak", &exchange, "bench", "broadcast", &events.to_string()])
-            .await?;
+    let mut consumer = ConsumerProcess::start(
+        url,
+        &["soak", &exchange, "bench", "broadcast", &events.to_string()],
+    )
+    .await?;
     let ready = consumer.report().await?;
     println!(
         "{:>12} events handled   RSS {:>7.1} MB   peak {:>7.1} MB",

@@ -5,16 +5,17 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use lapin::options::{
     BasicQosOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use tokio::sync::{broadcast, watch};
-use tracing::{Instrument, debug, info, info_span};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::amqp::connection_event::{ConnectionEvent, ConnectionEvents};
-use crate::amqp::props::{AmqpProps, ExchangeKind, check_name};
+use crate::amqp::props::{AmqpProps, ExchangeKind, QueueType, check_name};
 use crate::amqp::queue::Queue;
 pub(crate) use crate::amqp::recovery::Link;
 use crate::amqp::recovery::{self, Backoff, Supervised};
@@ -66,6 +67,9 @@ pub(crate) struct Inner {
     props: AmqpProps,
     instance_id: String,
     connection_name: String,
+    /// The address (`host:port`) of the current underlying connection, or
+    /// of the last one while it is recovered.
+    address: Mutex<String>,
     codecs: Codecs,
     exclusive_queues: AtomicU64,
     /// The current underlying connection.
@@ -140,8 +144,9 @@ impl Connection {
         let connection_name = props
             .connection_name()
             .map_or_else(|| format!("tidings {instance_id}"), str::to_owned);
-        let amqp = Arc::new(open(props, &connection_name).await?);
-        info!(url = %props.redacted_url(), instance = %instance_id, "connected");
+        let (amqp, address) = open(props, &connection_name, None).await?;
+        let amqp = Arc::new(amqp);
+        info!(url = %props.redacted_url(), %address, instance = %instance_id, "connected");
         let (min, max) = props.reconnect_delay();
         let conn = Self {
             inner: Arc::new(Inner {
@@ -149,6 +154,7 @@ impl Connection {
                 props: props.clone(),
                 instance_id,
                 connection_name,
+                address: Mutex::new(address),
                 exclusive_queues: AtomicU64::new(0),
                 link: watch::channel(Link::Up(amqp.clone())).0,
                 topology: Mutex::default(),
@@ -185,6 +191,17 @@ impl Connection {
         &self.inner.instance_id
     }
 
+    /// **The broker address in use**, `host:port`: the host of the props'
+    /// list this connection reached (while it recovers, the one it lost).
+    #[must_use]
+    pub fn address(&self) -> String {
+        self.inner
+            .address
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Whether the connection is up now (`false` while it recovers and
     /// after [`close`](Connection::close)).
     #[must_use]
@@ -218,7 +235,7 @@ impl Connection {
     ///
     /// let conn = Connection::connect(&AmqpProps::from_env()?.with_exchange("doc.events", tidings::ExchangeKind::Fanout)).await?;
     /// let mut events = conn.events();
-    /// assert_eq!(events.next().await, Some(ConnectionEvent::Connected));
+    /// assert_eq!(events.next().await, Some(ConnectionEvent::Connected { address: conn.address() }));
     /// tokio::spawn(async move {
     ///     while let Some(event) = events.next().await {
     ///         eprintln!("broker connection: {event}");
@@ -232,7 +249,9 @@ impl Connection {
     #[must_use]
     pub fn events(&self) -> ConnectionEvents {
         let receiver = self.inner.events.subscribe();
-        let first = self.is_connected().then_some(ConnectionEvent::Connected);
+        let first = self.is_connected().then(|| ConnectionEvent::Connected {
+            address: self.address(),
+        });
         ConnectionEvents::new(first, receiver)
     }
 
@@ -383,6 +402,10 @@ impl Connection {
         check_name("dead-letter exchange name", &name)?;
         let limit = |n: u64| AMQPValue::LongLongInt(i64::try_from(n).unwrap_or(i64::MAX));
         let mut arguments = FieldTable::default();
+        // Always a classic queue, whatever the props' queue type: listing
+        // and replaying dead letters takes each and gives back the others,
+        // which a classic queue does at once and in place, and a quorum
+        // queue later, in another order, counting each as a delivery.
         arguments.insert("x-max-length".into(), limit(max_messages));
         arguments.insert("x-max-length-bytes".into(), limit(max_bytes));
         arguments.insert(
@@ -412,9 +435,17 @@ impl Connection {
             arguments,
             bindings: vec![(short(name)?, ShortString::from(""))],
         };
-        topology::declare_queue(&channel, &queue).await?;
-        self.topology().queue(queue);
-        Ok(())
+        // Not recorded for recovery: the queue is durable, so it is still
+        // there after a reconnect, and on a cluster declaring it again
+        // would fail, holding up the recovery, while its node is down.
+        match topology::declare_queue(&channel, &queue).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_home_node_down(&e) => {
+                warn!(queue = %name, error = %e, "the queue's node is down; what is sent to it is refused until the node is back");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// **Declares the delay queue for `delay_ms`** and the fanout exchange
@@ -499,6 +530,9 @@ impl Connection {
             ..QueueDeclareOptions::default()
         };
         let mut arguments = FieldTable::default();
+        if !options.passive && queue.type_under(props.queue_type()) == QueueType::Quorum {
+            quorum_arguments(&mut arguments, queue, props);
+        }
         if let Some(target) = queue.dead_letter_to() {
             arguments.insert(
                 "x-dead-letter-exchange".into(),
@@ -675,9 +709,16 @@ impl Supervised for Inner {
         crate::telemetry::count("tidings_reconnects_total", "", "");
     }
 
-    /// A new underlying connection with the topology declared again.
-    async fn reopen(&self) -> Result<Arc<lapin::Connection>> {
-        let amqp = Arc::new(open(&self.props, &self.connection_name).await?);
+    /// A new underlying connection with the topology declared again, and
+    /// its address.
+    async fn reopen(&self) -> Result<(Arc<lapin::Connection>, String)> {
+        let lost = self
+            .address
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let (amqp, address) = open(&self.props, &self.connection_name, Some(&lost)).await?;
+        let amqp = Arc::new(amqp);
         let replayed = async {
             let channel = amqp
                 .create_channel()
@@ -694,7 +735,8 @@ impl Supervised for Inner {
         match replayed.await {
             Ok(channel) => {
                 *self.admin.lock().await = Some(channel);
-                Ok(amqp)
+                *self.address.lock().unwrap_or_else(|p| p.into_inner()) = address.clone();
+                Ok((amqp, address))
             }
             Err(e) => {
                 let _ = amqp
@@ -703,6 +745,38 @@ impl Supervised for Inner {
                 Err(e)
             }
         }
+    }
+}
+
+/// Whether declaring a durable classic queue failed because the cluster
+/// node that holds it is down (`NOT_FOUND - home node ... is down or
+/// inaccessible`).
+fn is_home_node_down(error: &Error) -> bool {
+    let text = error.to_string();
+    text.contains("home node") && text.contains("down or inaccessible")
+}
+
+/// The arguments that make `queue` a quorum queue. A retry queue
+/// dead-letters back at least once (the broker keeps a message until the
+/// queue it goes back to has it, which needs `reject-publish`); a queue
+/// consumed from dead-letters a message delivered `delivery_limit` times to
+/// the props' dead-letter exchange, so a message that kills its consumers
+/// cannot loop for ever.
+fn quorum_arguments(arguments: &mut FieldTable, queue: &Queue, props: &AmqpProps) {
+    let text = |s: &str| AMQPValue::LongString(s.into());
+    arguments.insert("x-queue-type".into(), text("quorum"));
+    if queue.dead_letter_to().is_some() {
+        arguments.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+        arguments.insert("x-overflow".into(), text("reject-publish"));
+    } else {
+        arguments.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(props.delivery_limit().into()),
+        );
+        arguments.insert(
+            "x-dead-letter-exchange".into(),
+            text(&format!("{}.dead-letter", props.exchange())),
+        );
     }
 }
 
@@ -716,17 +790,88 @@ pub(crate) async fn gone(mut link: watch::Receiver<Link>, amqp: &Arc<lapin::Conn
         .await;
 }
 
-/// Opens an underlying connection, the whole handshake under the connect
-/// timeout.
-async fn open(props: &AmqpProps, name: &str) -> Result<lapin::Connection> {
+/// Opens an underlying connection to the first of the props' hosts that
+/// answers, tried in turn ([`connect_order`]; `lost`, the address of a
+/// connection just lost, last), all of it under the connect timeout: each
+/// host gets an equal share of the time left, so one that never answers
+/// cannot use up the others' time. Returns the connection and its address.
+async fn open(
+    props: &AmqpProps,
+    name: &str,
+    lost: Option<&str>,
+) -> Result<(lapin::Connection, String)> {
     let tls = tls_config(props)?;
+    let addresses = connect_order(props, lost);
+    let started = Instant::now();
+    let deadline = started + props.connect_timeout();
+    let mut failures = Vec::new();
+    for (i, (host, port)) in addresses.iter().enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let share = left / u32::try_from(addresses.len() - i).unwrap_or(u32::MAX);
+        let address = format!("{host}:{port}");
+        match open_at(props, name, tls.clone(), host, *port, share).await {
+            Ok(amqp) => {
+                if !failures.is_empty() {
+                    info!(%address, skipped = failures.len(), "connected to a later host of the list");
+                }
+                return Ok((amqp, address));
+            }
+            Err(e) if addresses.len() == 1 => return Err(e),
+            Err(e) => {
+                debug!(%address, error = %e, "connecting to this host failed; trying the next");
+                failures.push((address, e));
+            }
+        }
+    }
+    let untried = addresses.len() - failures.len();
+    let kind = match failures.first() {
+        Some((_, first)) if failures.iter().all(|(_, e)| e.kind() == first.kind()) => first.kind(),
+        _ => ErrorKind::Connect,
+    };
+    let mut message = format!(
+        "no host of {} answered within the connect timeout of {:?}: ",
+        props.redacted_url(),
+        props.connect_timeout()
+    );
+    for (address, error) in &failures {
+        message.push_str(&format!("{address}: {error}; "));
+    }
+    if untried > 0 {
+        message.push_str(&format!("{untried} host(s) not tried, the time ran out; "));
+    }
+    message.push_str("check that the brokers are running and reachable");
+    Err(Error::new(kind, message))
+}
+
+/// Opens an underlying connection to one address, the whole handshake
+/// within `timeout`.
+async fn open_at(
+    props: &AmqpProps,
+    name: &str,
+    tls: lapin::tcp::OwnedTLSConfig,
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<lapin::Connection> {
     let options = lapin::ConnectionProperties::default().with_connection_name(name.into());
     let runtime = lapin::runtime::default_runtime()
         .map_err(|e| Error::amqp("starting the AMQP runtime", e))?;
-    let connecting =
-        lapin::Connection::connect_uri_with_config(props.lapin_uri(), options, tls, runtime);
-    let url = props.redacted_url();
-    match tokio::time::timeout(props.connect_timeout(), connecting).await {
+    let connecting = lapin::Connection::connect_uri_with_config(
+        props.lapin_uri(host, port),
+        options,
+        tls,
+        runtime,
+    );
+    // One host: the URL as ever; one of several: its address.
+    let url = if props.addresses().nth(1).is_none() {
+        props.redacted_url()
+    } else {
+        format!("{host}:{port}")
+    };
+    match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(amqp)) => Ok(amqp),
         Ok(Err(e)) => Err(Error::connect(
             &url,
@@ -737,11 +882,36 @@ async fn open(props: &AmqpProps, name: &str) -> Result<lapin::Connection> {
         Err(_) => Err(Error::new(
             ErrorKind::Connect,
             format!(
-                "connecting to {url} timed out after {:?}; check that the broker is running and reachable",
-                props.connect_timeout()
+                "connecting to {url} timed out after {timeout:?}; check that the broker is running and reachable"
             ),
         )),
     }
+}
+
+/// The props' addresses in the order to try them: shuffled unless the
+/// props say not to, and `lost` (the address of a connection just lost)
+/// last.
+fn connect_order(props: &AmqpProps, lost: Option<&str>) -> Vec<(String, u16)> {
+    let mut order: Vec<(String, u16)> = props
+        .addresses()
+        .map(|(host, port)| (host.to_owned(), port))
+        .collect();
+    if props.shuffled_hosts() {
+        // Fisher-Yates, random from UUIDs as the backoff's jitter.
+        for i in (1..order.len()).rev() {
+            let j = (uuid::Uuid::new_v4().as_u128() % (i as u128 + 1)) as usize;
+            order.swap(i, j);
+        }
+    }
+    if let Some(lost) = lost
+        && let Some(at) = order
+            .iter()
+            .position(|(host, port)| format!("{host}:{port}") == lost)
+    {
+        let address = order.remove(at);
+        order.push(address);
+    }
+    order
 }
 
 async fn close_amqp(amqp: &lapin::Connection) -> Result<()> {
@@ -868,4 +1038,29 @@ fn read_ca_file(path: &std::path::Path) -> Result<String> {
         )));
     }
     Ok(pem)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_tried_in_order_or_shuffled_and_the_lost_one_last() {
+        let props = AmqpProps::default()
+            .with_hosts(["a:1", "b:2", "c:3"])
+            .with_shuffled_hosts(false);
+        let names =
+            |order: Vec<(String, u16)>| order.into_iter().map(|(h, _)| h).collect::<Vec<_>>();
+        assert_eq!(names(connect_order(&props, None)), ["a", "b", "c"]);
+        assert_eq!(names(connect_order(&props, Some("a:1"))), ["b", "c", "a"]);
+        let shuffled = props.with_shuffled_hosts(true);
+        let mut firsts = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let order = names(connect_order(&shuffled, Some("b:2")));
+            assert_eq!(order.len(), 3);
+            assert_eq!(order[2], "b");
+            firsts.insert(order[0].clone());
+        }
+        assert_eq!(firsts.len(), 2, "both other hosts come first sometimes");
+    }
 }

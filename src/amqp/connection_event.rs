@@ -20,7 +20,11 @@ use tracing::debug;
 pub enum ConnectionEvent {
     /// The connection is up. A new [`ConnectionEvents`] stream starts with
     /// this when the connection is up at the time.
-    Connected,
+    Connected {
+        /// The broker address it reached, `host:port` (of a host list, the
+        /// one that answered); `memory://<name>` on the memory transport.
+        address: String,
+    },
     /// The connection was lost; tidings is reconnecting.
     Disconnected {
         /// Why, in words: the broker's reason, an I/O error, a missed
@@ -43,6 +47,9 @@ pub enum ConnectionEvent {
         downtime: Duration,
         /// Attempts it took.
         attempts: u32,
+        /// The broker address it reached now, `host:port`: on a cluster,
+        /// another node than before when that one was lost.
+        address: String,
     },
     /// The broker stopped reading from this connection (a memory or disk
     /// alarm); publishes wait or fail, by the
@@ -60,7 +67,7 @@ pub enum ConnectionEvent {
 impl fmt::Display for ConnectionEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Connected => f.write_str("connected"),
+            Self::Connected { address } => write!(f, "connected to {address}"),
             Self::Disconnected { reason } => write!(f, "disconnected: {reason}"),
             Self::ReconnectFailed {
                 attempt,
@@ -70,9 +77,13 @@ impl fmt::Display for ConnectionEvent {
                 f,
                 "reconnect attempt {attempt} failed: {error}; retrying in {retry_in:?}"
             ),
-            Self::Recovered { downtime, attempts } => write!(
+            Self::Recovered {
+                downtime,
+                attempts,
+                address,
+            } => write!(
                 f,
-                "recovered after {downtime:?} down, {attempts} attempt(s)"
+                "recovered on {address} after {downtime:?} down, {attempts} attempt(s)"
             ),
             Self::Blocked { reason } => write!(f, "blocked by the broker: {reason}"),
             Self::Unblocked => f.write_str("unblocked"),
@@ -91,6 +102,11 @@ pub struct ConnectionEvents {
 }
 
 impl ConnectionEvents {
+    /// The event the stream starts with, if any, before it is read.
+    pub(crate) fn first(&self) -> Option<&ConnectionEvent> {
+        self.first.as_ref()
+    }
+
     /// The events sent on `receiver`, after `first` (a transport's current
     /// state, such as [`ConnectionEvent::Connected`]).
     #[must_use]

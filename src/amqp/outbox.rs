@@ -36,6 +36,14 @@ const CHANNEL_RETRY: Duration = Duration::from_millis(200);
 /// How many channels a message may lose while it is the only one in flight
 /// before it is failed as refused by the broker instead of sent again.
 const MAX_STRIKES: u8 = 2;
+/// How often a message the broker refused with a nack is sent again before
+/// it is failed: on a cluster that just lost a node (a quorum queue whose
+/// leader is being elected, a queue of the lost node still bound) the broker
+/// nacks for a few seconds, and takes the message when sent again. Each
+/// resend waits [`NACK_DELAY`] doubling, at most 2 s: about 10 s in all.
+const MAX_NACKS: u8 = 8;
+/// The wait before sending a nacked message again the first time.
+const NACK_DELAY: Duration = Duration::from_millis(100);
 
 /// One message to publish, with whoever waits for its outcome.
 pub(crate) struct Message {
@@ -50,6 +58,8 @@ pub(crate) struct Message {
     pub(crate) counted: bool,
     /// Channels lost while this message was the only one in flight.
     pub(crate) strikes: u8,
+    /// Times the broker refused it with a nack.
+    pub(crate) nacks: u8,
     /// When it was accepted, for the publish-to-confirm latency.
     pub(crate) accepted: Instant,
 }
@@ -94,6 +104,7 @@ impl Outbox {
             bytes: bytes.clone(),
             counters: counters.clone(),
             pending: VecDeque::new(),
+            nacked: VecDeque::new(),
             in_flight: VecDeque::new(),
             suspects: 0,
             accepted: 0,
@@ -301,6 +312,8 @@ struct Engine {
     counters: Arc<PublishCounters>,
     /// Accepted, not sent on the current channel; re-sends first.
     pending: VecDeque<(Message, bool)>,
+    /// Refused with a nack, to be sent again at the time given.
+    nacked: VecDeque<(Instant, Message)>,
     in_flight: VecDeque<InFlight>,
     /// How many messages at the front of `pending` were in flight when a
     /// channel was lost: they are sent one at a time, so that a message the
@@ -359,6 +372,7 @@ impl Engine {
             .drain(..)
             .map(|f| (f.message, true))
             .chain(self.pending.drain(..))
+            .chain(self.nacked.drain(..).map(|(_, m)| (m, true)))
             .collect();
         if !pending.is_empty() {
             warn!(messages = pending.len(), reason = %reason, "messages not confirmed by the broker are reported failed");
@@ -394,10 +408,15 @@ impl Engine {
                 }
                 self.in_flight.push_back(InFlight::start(channel, message));
             }
-            if !*open && self.pending.is_empty() && self.in_flight.is_empty() {
+            if !*open
+                && self.pending.is_empty()
+                && self.in_flight.is_empty()
+                && self.nacked.is_empty()
+            {
                 return Stop::Finished;
             }
             let waiting = !self.in_flight.is_empty();
+            let resend_at = self.nacked.front().map(|(at, _)| *at);
             tokio::select! {
                 biased;
                 reason = wait_abort(&mut self.aborted) => return Stop::GaveUp(reason),
@@ -412,7 +431,7 @@ impl Engine {
                 }), if waiting => match outcome {
                     Ok(confirmation) => {
                         if let Some(front) = self.in_flight.pop_front() {
-                            self.settle(front.message, outcome_of(confirmation));
+                            self.answered(front.message, confirmation);
                         }
                         if let Err(e) = self.settle_ready() {
                             return self.channel_lost(&e.to_string());
@@ -420,6 +439,20 @@ impl Engine {
                     }
                     Err(e) => return self.channel_lost(&e.to_string()),
                 },
+                () = sleep_until(resend_at), if resend_at.is_some() => {
+                    // Sent again before what waits, in the order refused.
+                    let now = Instant::now();
+                    let mut due = Vec::new();
+                    while let Some((at, _)) = self.nacked.front()
+                        && *at <= now
+                        && let Some((_, message)) = self.nacked.pop_front()
+                    {
+                        due.push(message);
+                    }
+                    for message in due.into_iter().rev() {
+                        self.pending.push_front((message, true));
+                    }
+                }
                 command = commands.recv(), if *open => match command {
                     Some(command) => {
                         self.accept(command);
@@ -445,7 +478,7 @@ impl Engine {
             match front.poll_outcome(&mut cx) {
                 Poll::Ready(Ok(confirmation)) => {
                     if let Some(front) = self.in_flight.pop_front() {
-                        self.settle(front.message, outcome_of(confirmation));
+                        self.answered(front.message, confirmation);
                     }
                 }
                 Poll::Ready(Err(e)) => return Err(e),
@@ -493,6 +526,24 @@ impl Engine {
         }
         self.suspects = self.suspects.max(lost);
         Stop::ChannelLost
+    }
+
+    /// Settles a message the broker answered, unless it refused it with a
+    /// nack less than [`MAX_NACKS`] times: then it is sent again after a
+    /// delay.
+    fn answered(&mut self, mut message: Message, confirmation: Confirmation) {
+        if matches!(confirmation, Confirmation::Nack(_)) && message.nacks < MAX_NACKS {
+            let delay =
+                (NACK_DELAY * 2u32.pow(u32::from(message.nacks))).min(Duration::from_secs(2));
+            message.nacks += 1;
+            debug!(routing_key = %message.routing_key, nacks = message.nacks, ?delay, "the broker refused a message (nack); sending it again");
+            // Delays only grow, so the queue stays in time order.
+            let at = (Instant::now() + delay)
+                .max(self.nacked.back().map_or(Instant::now(), |(at, _)| *at));
+            self.nacked.push_back((at, message));
+            return;
+        }
+        self.settle(message, outcome_of(confirmation));
     }
 
     fn accept(&mut self, command: Command) {
@@ -549,6 +600,14 @@ impl Engine {
                 let _ = done.send(std::mem::take(&mut self.failures));
             }
         }
+    }
+}
+
+/// Sleeps until `at`; never resolves for `None`.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

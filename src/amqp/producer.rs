@@ -311,6 +311,7 @@ impl Producer {
             done: Some(done),
             counted: true,
             strikes: 0,
+            nacks: 0,
             accepted: Instant::now(),
         };
         self.inner
@@ -344,6 +345,7 @@ impl Producer {
             done,
             counted: true,
             strikes: 0,
+            nacks: 0,
             accepted: Instant::now(),
         };
         self.inner
@@ -373,6 +375,7 @@ impl Producer {
             done: Some(done),
             counted: false,
             strikes: 0,
+            nacks: 0,
             accepted: Instant::now(),
         };
         self.inner.outbox.submit(message, WhenFull::Wait).await?;

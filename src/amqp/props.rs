@@ -58,8 +58,20 @@ const DEFAULT_EXCHANGE: &str = "tidings";
 /// ```
 #[derive(Clone)]
 pub struct AmqpProps {
-    host: String,
+    /// The brokers to try, at least one; the first is [`host`](Self::host).
+    hosts: Vec<Host>,
+    /// What [`with_hosts`](Self::with_hosts) could not read, reported by
+    /// [`validate`](Self::validate).
+    hosts_error: Option<String>,
+    /// The port of a host that names none.
     port: Option<u16>,
+    /// Whether each connect tries the hosts in a random order.
+    shuffle_hosts: bool,
+    /// The type of the durable queues declared (groups, named queues,
+    /// their retry queues, the dead letters).
+    queue_type: QueueType,
+    /// How often a quorum queue delivers a message before dead-lettering it.
+    delivery_limit: u32,
     user: String,
     password: String,
     vhost: String,
@@ -168,13 +180,115 @@ impl FromStr for ExchangeKind {
     }
 }
 
+/// One broker address of a host list: a name or IP address (IPv6 in
+/// brackets), and its port when it names one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Host {
+    name: String,
+    port: Option<u16>,
+}
+
+impl Host {
+    /// Reads `host`, `host:port` or `[ipv6]:port`.
+    fn parse(text: &str) -> std::result::Result<Self, String> {
+        if text.is_empty() {
+            return Err("an empty host".to_owned());
+        }
+        if text.contains(['/', '?', '#', '@', ' ']) {
+            return Err(format!("host {text:?} is not a host name or host:port"));
+        }
+        let parsed = url::Url::parse(&format!("amqp://{text}")).map_err(|e| match e {
+            url::ParseError::InvalidPort => format!("bad port in host {text:?}"),
+            url::ParseError::InvalidIpv6Address => {
+                format!("bad IPv6 address in host {text:?}")
+            }
+            other => format!("host {text:?} is not a host name or host:port ({other})"),
+        })?;
+        match parsed.host_str() {
+            Some(name) if !name.is_empty() => Ok(Self {
+                name: name.to_owned(),
+                port: parsed.port(),
+            }),
+            _ => Err(format!("host {text:?} has no host name")),
+        }
+    }
+}
+
+/// **The type of the durable queues tidings declares**: group and named
+/// queues, their retry queues and the dead-letter queue. Set it with
+/// [`AmqpProps::with_queue_type`] or `queue_type=` in the URL.
+///
+/// A queue's type is fixed when the broker first declares it: declaring
+/// one of the same name with another type fails with
+/// [`ErrorKind::Broker`] saying so (move the queue, or set the type it
+/// has). Broadcast queues are exclusive to their connection and always
+/// classic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum QueueType {
+    /// **Quorum queues**, for a cluster: replicated by Raft over its nodes,
+    /// so a queue and its messages survive the loss of a minority of
+    /// nodes (they work on a single node too). A message delivered more
+    /// than the [delivery limit](AmqpProps::with_delivery_limit) times
+    /// goes to the dead letters.
+    Quorum,
+    /// **Classic queues** (the default): kept on one node. Cheaper per
+    /// message, but while that node is down its queues cannot be used
+    /// (and declaring them again fails), and when its disk is lost so are
+    /// their messages.
+    #[default]
+    Classic,
+}
+
+impl QueueType {
+    /// The name RabbitMQ uses: `quorum` or `classic`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Quorum => "quorum",
+            Self::Classic => "classic",
+        }
+    }
+}
+
+impl fmt::Display for QueueType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for QueueType {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "quorum" => Ok(Self::Quorum),
+            "classic" => Ok(Self::Classic),
+            other => Err(config_error(format!(
+                "unknown queue_type {other:?}; use quorum or classic"
+            ))),
+        }
+    }
+}
+
+/// How often a quorum queue delivers a message by default before it goes
+/// to the dead letters (RabbitMQ 4's own default).
+pub const DEFAULT_DELIVERY_LIMIT: u32 = 20;
+
 impl Default for AmqpProps {
     /// The broker on `localhost:5672`, user `guest`, virtual host `/`, a
-    /// fanout exchange named `tidings`, the bincode codec.
+    /// fanout exchange named `tidings`, the bincode codec, classic queues.
     fn default() -> Self {
         Self {
-            host: "localhost".to_owned(),
+            hosts: vec![Host {
+                name: "localhost".to_owned(),
+                port: None,
+            }],
+            hosts_error: None,
             port: None,
+            shuffle_hosts: true,
+            queue_type: QueueType::Classic,
+            delivery_limit: DEFAULT_DELIVERY_LIMIT,
             user: "guest".to_owned(),
             password: "guest".to_owned(),
             vhost: "/".to_owned(),
@@ -232,6 +346,14 @@ impl AmqpProps {
     /// | `when_full` | `wait` or `fail` when the buffer is full or the broker blocks | `fail` |
     /// | `reconnect_min` | milliseconds before the first reconnect attempt | `100` |
     /// | `reconnect_max` | the longest wait between reconnect attempts, ms | `10000` |
+    /// | `queue_type` | `classic` (the default) or `quorum` (on a cluster): the type of the durable queues declared | `quorum` |
+    /// | `delivery_limit` | deliveries of a message by a quorum queue before it is dead-lettered | `20` |
+    /// | `shuffle_hosts` | `false`: try the hosts in the order written, not at random | `false` |
+    ///
+    /// **Several hosts**, the nodes of a cluster, are separated by commas:
+    /// `amqp://user:password@rabbit-1:5672,rabbit-2:5673,rabbit-3/vhost`
+    /// (a host without a port takes the scheme's). See
+    /// [`with_hosts`](AmqpProps::with_hosts).
     ///
     /// # Errors
     ///
@@ -250,10 +372,14 @@ impl AmqpProps {
     /// assert_eq!(props.vhost(), "prod");
     ///
     /// let err = AmqpProps::from_url("amqp://localhost?colour=blue").unwrap_err();
-    /// assert_eq!(err.to_string(), "unknown query key \"colour\" in AMQP URL; known keys: exchange, kind, heartbeat, prefetch, connection_name, connection_timeout, max_message_size, codec, compression, compression_threshold, cacertfile, certfile, keyfile, auth_mechanism, passive, buffer_events, buffer_bytes, when_full, reconnect_min, reconnect_max");
+    /// assert_eq!(err.to_string(), "unknown query key \"colour\" in AMQP URL; known keys: exchange, kind, heartbeat, prefetch, connection_name, connection_timeout, max_message_size, codec, compression, compression_threshold, cacertfile, certfile, keyfile, auth_mechanism, passive, buffer_events, buffer_bytes, when_full, reconnect_min, reconnect_max, queue_type, delivery_limit, shuffle_hosts");
     /// # Ok::<(), tidings::Error>(())
     /// ```
     pub fn from_url(url: &str) -> Result<Self> {
+        // Several hosts: the URL parser reads one, so it gets the first and
+        // the rest are read one by one.
+        let (first_only, more_hosts) = split_host_list(url);
+        let url = first_only.as_str();
         let parsed = url::Url::parse(url).map_err(|e| {
             let part = match e {
                 url::ParseError::InvalidPort => "bad port".to_owned(),
@@ -297,11 +423,28 @@ impl AmqpProps {
             _ => return Err(config_error("missing host in AMQP URL")),
         };
         let mut props = Self {
-            host,
+            hosts: vec![Host {
+                name: host,
+                port: None,
+            }],
             tls,
             ..Self::default()
         };
         props.port = parsed.port();
+        if let Some(more) = more_hosts {
+            // Each host of a list keeps its own port; one without takes the
+            // scheme's.
+            props.hosts[0].port = props.port.take();
+            for (i, text) in more.iter().enumerate() {
+                let host = Host::parse(text).map_err(|e| {
+                    config_error(format!(
+                        "{e} (host {} of the list in the AMQP URL); write hosts as host1:port1,host2:port2",
+                        i + 2
+                    ))
+                })?;
+                props.hosts.push(host);
+            }
+        }
         if !parsed.username().is_empty() {
             props.user = decode_part(parsed.username(), "user")?;
             props.password = decode_part(parsed.password().unwrap_or(""), "password")?;
@@ -381,19 +524,12 @@ impl AmqpProps {
                     }
                 }
             }
-            "passive" => {
-                self.passive = match value {
-                    "true" => true,
-                    "false" => false,
-                    other => {
-                        return Err(config_error(format!(
-                            "passive is {other:?}; use true or false"
-                        )));
-                    }
-                }
-            }
+            "passive" => self.passive = parse_bool(key, value)?,
             "buffer_events" => self.buffer_events = parse_number(key, value)?,
             "buffer_bytes" => self.buffer_bytes = parse_number(key, value)?,
+            "queue_type" => self.queue_type = value.parse()?,
+            "delivery_limit" => self.delivery_limit = parse_number(key, value)?,
+            "shuffle_hosts" => self.shuffle_hosts = parse_bool(key, value)?,
             "when_full" => self.when_full = value.parse()?,
             "reconnect_min" => {
                 self.reconnect_min = Duration::from_millis(parse_number(key, value)?)
@@ -403,7 +539,7 @@ impl AmqpProps {
             }
             other => {
                 return Err(config_error(format!(
-                    "unknown query key {other:?} in AMQP URL; known keys: exchange, kind, heartbeat, prefetch, connection_name, connection_timeout, max_message_size, codec, compression, compression_threshold, cacertfile, certfile, keyfile, auth_mechanism, passive, buffer_events, buffer_bytes, when_full, reconnect_min, reconnect_max"
+                    "unknown query key {other:?} in AMQP URL; known keys: exchange, kind, heartbeat, prefetch, connection_name, connection_timeout, max_message_size, codec, compression, compression_threshold, cacertfile, certfile, keyfile, auth_mechanism, passive, buffer_events, buffer_bytes, when_full, reconnect_min, reconnect_max, queue_type, delivery_limit, shuffle_hosts"
                 )));
             }
         }
@@ -419,8 +555,20 @@ impl AmqpProps {
     /// exchange name over 255 bytes, a zero connect timeout or maximum
     /// message size, or a CA file without TLS.
     pub fn validate(&self) -> Result<()> {
-        if self.host.is_empty() {
-            return Err(config_error("host is empty; set one with with_host"));
+        if let Some(error) = &self.hosts_error {
+            return Err(config_error(format!(
+                "{error}; give hosts as \"host\", \"host:port\" or \"[ipv6]:port\""
+            )));
+        }
+        if self.hosts.is_empty() || self.hosts.iter().any(|h| h.name.is_empty()) {
+            return Err(config_error(
+                "host is empty; set one with with_host or with_hosts",
+            ));
+        }
+        if self.delivery_limit == 0 {
+            return Err(config_error(
+                "delivery limit is zero; allow at least one delivery",
+            ));
         }
         check_name("exchange name", &self.exchange)?;
         if self.exchange.is_empty() {
@@ -487,18 +635,130 @@ impl AmqpProps {
         Ok(())
     }
 
-    /// Sets the broker's host name or IP address (default `localhost`).
+    /// Sets the broker's host name or IP address (default `localhost`),
+    /// replacing a host list.
     #[must_use]
     pub fn with_host(mut self, host: impl Into<String>) -> Self {
-        self.host = host.into();
+        self.hosts = vec![Host {
+            name: host.into(),
+            port: None,
+        }];
+        self.hosts_error = None;
         self
     }
 
-    /// Sets the broker's port (default 5672, or 5671 with TLS).
+    /// **Sets several brokers**, the nodes of a cluster: each
+    /// `"host"`, `"host:port"` or `"[ipv6]:port"`; a host without a port
+    /// takes [`with_port`](Self::with_port)'s, else 5672 (5671 with TLS).
+    /// Connecting, and every reconnect, tries them in turn until one
+    /// answers, in a random order unless
+    /// [`with_shuffled_hosts(false)`](Self::with_shuffled_hosts); credentials, virtual host and
+    /// TLS settings apply to each, and with TLS each must present a
+    /// certificate for its own name. A host that cannot be read is
+    /// reported by [`validate`](Self::validate).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let props = tidings::AmqpProps::default().with_hosts(["rabbit-1", "rabbit-2:5673", "[::1]:5674"]);
+    /// assert_eq!(props.host(), "rabbit-1");
+    /// assert_eq!(
+    ///     props.addresses().collect::<Vec<_>>(),
+    ///     [("rabbit-1", 5672), ("rabbit-2", 5673), ("[::1]", 5674)]
+    /// );
+    /// assert_eq!(props.redacted_url(), "amqp://guest:***@rabbit-1:5672,rabbit-2:5673,[::1]:5674/%2F?exchange=tidings&kind=fanout");
+    /// assert!(tidings::AmqpProps::default().with_hosts(["a", "b:x"]).validate().is_err());
+    /// ```
+    #[must_use]
+    pub fn with_hosts<S: AsRef<str>>(mut self, hosts: impl IntoIterator<Item = S>) -> Self {
+        let parsed: std::result::Result<Vec<Host>, String> =
+            hosts.into_iter().map(|h| Host::parse(h.as_ref())).collect();
+        match parsed {
+            Ok(hosts) if hosts.is_empty() => {
+                self.hosts_error = Some("the host list is empty".to_owned());
+            }
+            Ok(hosts) => {
+                self.hosts = hosts;
+                self.hosts_error = None;
+            }
+            Err(e) => self.hosts_error = Some(e),
+        }
+        self
+    }
+
+    /// **Whether each connect tries the hosts in a random order** (default
+    /// `true`, so that a fleet spreads over the nodes; `shuffle_hosts=` in
+    /// the URL). With `false` they are tried in the order given, so the
+    /// first that answers is preferred (the nearest node, say). Either
+    /// way, a reconnect tries the host just lost last.
+    #[must_use]
+    pub fn with_shuffled_hosts(mut self, shuffle: bool) -> Self {
+        self.shuffle_hosts = shuffle;
+        self
+    }
+
+    /// Sets the broker's port (default 5672, or 5671 with TLS), for every
+    /// host of the list.
     #[must_use]
     pub fn with_port(mut self, port: u16) -> Self {
         self.port = Some(port);
+        for host in &mut self.hosts {
+            host.port = None;
+        }
         self
+    }
+
+    /// **Sets the type of the durable queues** declared: group and named
+    /// queues and their retry queues (default [`QueueType::Classic`];
+    /// `queue_type=` in the URL; on a cluster, [`QueueType::Quorum`]). A
+    /// [`Listen`](crate::Listen) or [`Queue`](crate::Queue) can set its
+    /// own. Broadcast queues are always exclusive classic queues.
+    #[must_use]
+    pub fn with_queue_type(mut self, queue_type: QueueType) -> Self {
+        self.queue_type = queue_type;
+        self
+    }
+
+    /// **How often a quorum queue delivers a message** before it gives up
+    /// on it (default [`DEFAULT_DELIVERY_LIMIT`], 20; `delivery_limit=` in
+    /// the URL). A delivery handed back unsettled (its consumer's
+    /// connection was lost or closed) counts; a failed handler does not,
+    /// because tidings retries through its retry queues instead. Past the
+    /// limit the broker moves the message to the dead-letter exchange
+    /// (`x-death` says `delivery_limit`), so a message that kills every
+    /// process that takes it cannot loop for ever. Classic queues have no
+    /// such limit.
+    #[must_use]
+    pub fn with_delivery_limit(mut self, limit: u32) -> Self {
+        self.delivery_limit = limit;
+        self
+    }
+
+    /// The type of the durable queues declared.
+    #[must_use]
+    pub fn queue_type(&self) -> QueueType {
+        self.queue_type
+    }
+
+    /// How often a quorum queue delivers a message before dead-lettering it.
+    #[must_use]
+    pub fn delivery_limit(&self) -> u32 {
+        self.delivery_limit
+    }
+
+    /// Whether each connect tries the hosts in a random order.
+    #[must_use]
+    pub fn shuffled_hosts(&self) -> bool {
+        self.shuffle_hosts
+    }
+
+    /// **Every broker address**, `(host, port)`, in the order given; the
+    /// first is [`host`](Self::host) and [`port`](Self::port).
+    pub fn addresses(&self) -> impl Iterator<Item = (&str, u16)> + '_ {
+        let default = self.port();
+        self.hosts
+            .iter()
+            .map(move |h| (h.name.as_str(), h.port.unwrap_or(default)))
     }
 
     /// Sets the user name and password (default `guest` / `guest`).
@@ -705,16 +965,21 @@ impl AmqpProps {
         (self.reconnect_min, self.reconnect_max)
     }
 
-    /// The broker's host.
+    /// The broker's host: the first of the list.
     #[must_use]
     pub fn host(&self) -> &str {
-        &self.host
+        self.hosts.first().map_or("", |h| h.name.as_str())
     }
 
-    /// The broker's port: the one set, or 5672 (5671 with TLS).
+    /// The broker's port: the first host's, else the one set, else 5672
+    /// (5671 with TLS).
     #[must_use]
     pub fn port(&self) -> u16 {
-        self.port.unwrap_or(if self.tls { 5671 } else { 5672 })
+        self.hosts
+            .first()
+            .and_then(|h| h.port)
+            .or(self.port)
+            .unwrap_or(if self.tls { 5671 } else { 5672 })
     }
 
     /// The user name.
@@ -831,8 +1096,9 @@ impl AmqpProps {
         self.url_with_password("***")
     }
 
-    /// The URL lapin connects to: credentials, host, port, vhost, heartbeat.
-    pub(crate) fn lapin_uri(&self) -> lapin::uri::AMQPUri {
+    /// The URL lapin connects to at one address: credentials, host, port,
+    /// vhost, heartbeat.
+    pub(crate) fn lapin_uri(&self, host: &str, port: u16) -> lapin::uri::AMQPUri {
         use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
         AMQPUri {
             scheme: if self.tls {
@@ -845,12 +1111,11 @@ impl AmqpProps {
                     username: self.user.clone(),
                     password: self.password.clone(),
                 },
-                host: self
-                    .host
+                host: host
                     .trim_start_matches('[')
                     .trim_end_matches(']')
                     .to_owned(),
-                port: self.port(),
+                port,
             },
             vhost: self.vhost.clone(),
             query: AMQPQueryString {
@@ -878,11 +1143,14 @@ impl AmqpProps {
             .remove(b'~');
         let enc = |s: &str| utf8_percent_encode(s, PART).to_string();
         let scheme = if self.tls { "amqps" } else { "amqp" };
+        let hosts = self
+            .addresses()
+            .map(|(host, port)| format!("{host}:{port}"))
+            .collect::<Vec<_>>()
+            .join(",");
         let mut url = format!(
-            "{scheme}://{}:{password}@{}:{}/{}?exchange={}&kind={}",
+            "{scheme}://{}:{password}@{hosts}/{}?exchange={}&kind={}",
             enc(&self.user),
-            self.host,
-            self.port(),
             enc(&self.vhost),
             enc(&self.exchange),
             self.kind,
@@ -903,6 +1171,15 @@ impl AmqpProps {
         if self.passive {
             url.push_str("&passive=true");
         }
+        if self.queue_type != QueueType::default() {
+            url.push_str(&format!("&queue_type={}", self.queue_type));
+        }
+        if self.delivery_limit != DEFAULT_DELIVERY_LIMIT {
+            url.push_str(&format!("&delivery_limit={}", self.delivery_limit));
+        }
+        if !self.shuffle_hosts {
+            url.push_str("&shuffle_hosts=false");
+        }
         url
     }
 }
@@ -910,8 +1187,14 @@ impl AmqpProps {
 impl fmt::Debug for AmqpProps {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AmqpProps")
-            .field("host", &self.host)
-            .field("port", &self.port())
+            .field(
+                "hosts",
+                &self
+                    .addresses()
+                    .map(|(host, port)| format!("{host}:{port}"))
+                    .collect::<Vec<_>>(),
+            )
+            .field("shuffle_hosts", &self.shuffle_hosts)
             .field("user", &self.user)
             .field("password", &"***")
             .field("vhost", &self.vhost)
@@ -936,6 +1219,8 @@ impl fmt::Debug for AmqpProps {
             .field("when_full", &self.when_full)
             .field("reconnect_min", &self.reconnect_min)
             .field("reconnect_max", &self.reconnect_max)
+            .field("queue_type", &self.queue_type)
+            .field("delivery_limit", &self.delivery_limit)
             .finish()
     }
 }
@@ -983,6 +1268,47 @@ fn decode_part(raw: &str, what: &str) -> Result<String> {
                 "{what} in AMQP URL is not valid percent-encoded UTF-8"
             ))
         })
+}
+
+fn parse_bool(key: &str, value: &str) -> Result<bool> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(config_error(format!(
+            "{key} is {other:?}; use true or false"
+        ))),
+    }
+}
+
+/// Splits a URL with a host list (`amqp://u:p@h1:1,h2:2/vhost`) into the
+/// URL with its first host only and the other hosts as written; a URL with
+/// one host comes back as it is.
+///
+/// The hosts run from after the user info's last `@` to the first `/ ? #`
+/// after it. A URL with an `@` after the first `/` is left whole: its
+/// password holds a raw reserved character, which parsing reports.
+fn split_host_list(url: &str) -> (String, Option<Vec<String>>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_owned(), None);
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    if tail.contains('@') {
+        return (url.to_owned(), None);
+    }
+    let (userinfo, hosts) = match authority.rfind('@') {
+        Some(at) => authority.split_at(at + 1),
+        None => ("", authority),
+    };
+    if !hosts.contains(',') {
+        return (url.to_owned(), None);
+    }
+    let mut list = hosts.split(',').map(str::to_owned);
+    let first = list.next().unwrap_or_default();
+    (
+        format!("{scheme}://{userinfo}{first}{tail}"),
+        Some(list.collect()),
+    )
 }
 
 fn parse_number<T: FromStr>(key: &str, value: &str) -> Result<T> {
@@ -1196,6 +1522,94 @@ mod tests {
         assert_eq!(p.host(), "rabbit");
         // No '@': no hint about passwords.
         assert!(!err("amqp://rabbit:99999/").contains("password"));
+    }
+
+    #[test]
+    fn a_host_list_keeps_each_port() {
+        let p = AmqpProps::from_url("amqp://u:p%2Cw@h1:5672,h2:5673,h3,[::1]:5674/prod?exchange=x")
+            .unwrap();
+        assert_eq!(
+            p.addresses().collect::<Vec<_>>(),
+            [("h1", 5672), ("h2", 5673), ("h3", 5672), ("[::1]", 5674)]
+        );
+        assert_eq!((p.host(), p.port(), p.vhost()), ("h1", 5672, "prod"));
+        assert_eq!(p.password, "p,w");
+        assert_eq!(
+            p.redacted_url(),
+            "amqp://u:***@h1:5672,h2:5673,h3:5672,[::1]:5674/prod?exchange=x&kind=fanout"
+        );
+        let back = AmqpProps::from_url(&p.redacted_url()).unwrap();
+        assert_eq!(
+            back.addresses().collect::<Vec<_>>(),
+            p.addresses().collect::<Vec<_>>()
+        );
+        // TLS: hosts without a port take 5671.
+        let tls = AmqpProps::from_url("amqps://a,b:1/").unwrap();
+        assert_eq!(tls.addresses().collect::<Vec<_>>(), [("a", 5671), ("b", 1)]);
+        // with_port sets every host's port; with_host replaces the list.
+        let one = p.clone().with_port(6000);
+        assert!(one.addresses().all(|(_, port)| port == 6000));
+        assert_eq!(
+            p.clone().with_host("z").addresses().collect::<Vec<_>>(),
+            [("z", 5672)]
+        );
+        // A single host keeps its port across with_host, as before.
+        let single = AmqpProps::from_url("amqp://h:1234").unwrap().with_host("k");
+        assert_eq!((single.host(), single.port()), ("k", 1234));
+    }
+
+    #[test]
+    fn a_bad_host_list_is_named() {
+        let e = err("amqp://h1:5672,h2:99999/");
+        assert!(
+            e.contains("bad port in host \"h2:99999\"") && e.contains("host 2"),
+            "{e}"
+        );
+        assert!(err("amqp://h1,,h3/").contains("an empty host"));
+        assert!(err("amqp://h1,/").contains("an empty host"));
+        assert!(err("amqp://,h2/").contains("missing host"));
+        assert!(err("amqp://h1,h2:x/").contains("bad port"));
+        let e = err("amqp://u:secret@h1,h2:0x/");
+        assert!(!e.contains("secret"), "{e}");
+        let builder = AmqpProps::default().with_hosts(["a", "b:70000"]);
+        assert!(
+            builder
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("bad port in host \"b:70000\"")
+        );
+        assert!(
+            AmqpProps::default()
+                .with_hosts(Vec::<String>::new())
+                .validate()
+                .is_err()
+        );
+        assert!(AmqpProps::default().with_hosts(["a/b"]).validate().is_err());
+    }
+
+    #[test]
+    fn queue_type_and_delivery_limit_parse() {
+        let p = AmqpProps::from_url("amqp://h").unwrap();
+        assert_eq!(
+            (p.queue_type(), p.delivery_limit()),
+            (QueueType::Classic, 20)
+        );
+        assert!(p.shuffled_hosts());
+        let p =
+            AmqpProps::from_url("amqp://h?queue_type=quorum&delivery_limit=5&shuffle_hosts=false")
+                .unwrap();
+        assert_eq!((p.queue_type(), p.delivery_limit()), (QueueType::Quorum, 5));
+        assert!(!p.shuffled_hosts());
+        let back = AmqpProps::from_url(&p.redacted_url()).unwrap();
+        assert_eq!(
+            (back.queue_type(), back.delivery_limit()),
+            (QueueType::Quorum, 5)
+        );
+        assert!(!back.shuffled_hosts());
+        assert!(err("amqp://h?queue_type=stream").contains("unknown queue_type \"stream\""));
+        assert!(err("amqp://h?delivery_limit=0").contains("delivery limit is zero"));
+        assert!(err("amqp://h?shuffle_hosts=yes").contains("use true or false"));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `Queue`: what a consumer reads from, and how it is bound to the exchange.
 
-use crate::amqp::props::{ExchangeKind, check_name};
+use crate::amqp::props::{ExchangeKind, QueueType, check_name};
 use crate::error::{Error, ErrorKind, Result};
 
 /// **A queue to consume from**, declared by tidings before consuming: a
@@ -46,6 +46,8 @@ pub struct Queue {
     /// Not durable yet shared by several consumers: deleted by the broker
     /// once its last consumer goes.
     shared: bool,
+    /// The type of a durable queue; `None`: the props'.
+    queue_type: Option<QueueType>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +72,7 @@ impl Queue {
             expires: None,
             existing: false,
             shared: false,
+            queue_type: None,
         }
     }
 
@@ -87,6 +90,7 @@ impl Queue {
             expires: None,
             existing: false,
             shared: false,
+            queue_type: None,
         }
     }
 
@@ -105,6 +109,39 @@ impl Queue {
         Self {
             existing: true,
             ..Self::durable(name).unbound()
+        }
+    }
+
+    /// **Sets the type of this durable queue** (quorum or classic),
+    /// instead of the props' ([`AmqpProps::with_queue_type`](crate::AmqpProps::with_queue_type)).
+    /// An exclusive queue is always classic.
+    ///
+    /// ```
+    /// use tidings::{Queue, QueueType};
+    ///
+    /// let legacy = Queue::durable("billing").with_type(QueueType::Classic);
+    /// assert_eq!(legacy.queue_type(), Some(QueueType::Classic));
+    /// ```
+    #[must_use]
+    pub fn with_type(mut self, queue_type: QueueType) -> Self {
+        self.queue_type = Some(queue_type);
+        self
+    }
+
+    /// The type set with [`with_type`](Self::with_type), `None` for the
+    /// props'.
+    #[must_use]
+    pub fn queue_type(&self) -> Option<QueueType> {
+        self.queue_type
+    }
+
+    /// The type declared for this queue under props whose type is
+    /// `default`: classic unless durable.
+    pub(crate) fn type_under(&self, default: QueueType) -> QueueType {
+        if self.durable {
+            self.queue_type.unwrap_or(default)
+        } else {
+            QueueType::Classic
         }
     }
 
@@ -139,7 +176,12 @@ impl Queue {
     /// queue's head: a short retry must not wait behind a long one. Durable
     /// like the queue it serves, and deleted by the broker once unused for
     /// ten minutes longer than its delay.
-    pub(crate) fn retry_for(name: &str, delay_ms: u32, durable: bool) -> Self {
+    pub(crate) fn retry_for(
+        name: &str,
+        delay_ms: u32,
+        durable: bool,
+        queue_type: Option<QueueType>,
+    ) -> Self {
         Self {
             name: Some(format!("{name}.retry.{delay_ms}")),
             durable,
@@ -149,6 +191,7 @@ impl Queue {
             expires: Some(delay_ms.saturating_add(600_000)),
             existing: false,
             shared: false,
+            queue_type,
         }
     }
 

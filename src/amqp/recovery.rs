@@ -36,8 +36,11 @@ pub(crate) trait Supervised: Send + Sync + 'static {
     fn backoff(&self) -> Backoff;
     /// Counts a recovery.
     fn recovered(&self);
-    /// A new underlying connection with the topology declared again.
-    fn reopen(&self) -> impl std::future::Future<Output = Result<Arc<lapin::Connection>>> + Send;
+    /// A new underlying connection with the topology declared again, and
+    /// the address it reached.
+    fn reopen(
+        &self,
+    ) -> impl std::future::Future<Output = Result<(Arc<lapin::Connection>, String)>> + Send;
 }
 
 /// How often the supervisor checks the connection's status, in case it
@@ -102,14 +105,15 @@ pub(crate) async fn supervise<S: Supervised>(inner: Weak<S>, mut link: watch::Re
                 reopened = strong.reopen() => reopened,
             };
             match reopened {
-                Ok(amqp) => {
+                Ok((amqp, address)) => {
                     let downtime = down_since.elapsed();
                     strong.recovered();
                     strong.set_link(Link::Up(amqp));
-                    info!(?downtime, attempts = attempt, "connection recovered");
+                    info!(?downtime, attempts = attempt, %address, "connection recovered");
                     strong.emit(ConnectionEvent::Recovered {
                         downtime,
                         attempts: attempt,
+                        address,
                     });
                     break;
                 }

@@ -5,6 +5,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use tracing::debug;
 
 use crate::amqp::connection::Connection;
+use crate::amqp::props::QueueType;
 use crate::amqp::queue::Queue;
 use crate::amqp::topology;
 use crate::error::Result;
@@ -18,7 +19,10 @@ impl Connection {
         queue: &Queue,
         arguments: &[(&str, AMQPValue)],
     ) -> Result<String> {
-        let mut declared = self.queue_decl(queue)?;
+        // The arguments name the queue's type (a stream, a quorum queue):
+        // the props' queue type and its arguments (a delivery limit, dead
+        // letters) do not apply.
+        let mut declared = self.queue_decl(&queue.clone().with_type(QueueType::Classic))?;
         for (name, value) in arguments {
             declared.arguments.insert((*name).into(), value.clone());
         }

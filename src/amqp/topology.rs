@@ -132,6 +132,53 @@ pub(crate) fn declare_error(what: &str, thing: &str, passive: bool, err: lapin::
     Error::with_source(crate::error::ErrorKind::Broker, message, err)
 }
 
+/// What to do when the broker refused to declare queue `name` because it
+/// exists with another type, or as a classic queue while tidings declares a
+/// quorum one (`wanted`): `PRECONDITION_FAILED - inequivalent arg ...`, on
+/// the type or, checked before it, on an argument only quorum queues get
+/// here, which the existing queue lacks. `None` for another error.
+fn inequivalent_type(name: &str, wanted: &str, err: &lapin::Error) -> Option<String> {
+    let lapin::ErrorKind::ProtocolError(e) = err.kind() else {
+        return None;
+    };
+    let said = e.to_string();
+    if e.get_id() != 406 || !said.contains("inequivalent arg") {
+        return None;
+    }
+    let on_type = said.contains("'x-queue-type'");
+    let quorum_only = [
+        "'x-dead-letter-exchange'",
+        "'x-delivery-limit'",
+        "'x-dead-letter-strategy'",
+        "'x-overflow'",
+    ];
+    let lacks_quorum_argument = wanted == "quorum"
+        && said.contains("but current is none")
+        && quorum_only.iter().any(|arg| said.contains(arg));
+    if !on_type && !lacks_quorum_argument {
+        return None;
+    }
+    let found = if wanted == "quorum" {
+        "classic"
+    } else {
+        "quorum"
+    };
+    Some(format!(
+        "queue {name:?} exists as a {found} queue (or with other arguments), and tidings declares it as a {wanted} queue (the broker said: {said}); \
+         to keep the queue as it is, set queue_type={found} in the URL (AmqpProps::with_queue_type, or Listen::queue_type for this listener); \
+         to make it a {wanted} queue, stop its consumers, move or drain its messages, delete it (and its retry queues <name>.retry.*), \
+         and let tidings declare it again"
+    ))
+}
+
+/// The type a queue is declared with: `quorum` or `classic`.
+fn declared_type(queue: &QueueDecl) -> &'static str {
+    match queue.arguments.inner().get("x-queue-type") {
+        Some(lapin::types::AMQPValue::LongString(t)) if t.to_string() == "quorum" => "quorum",
+        _ => "classic",
+    }
+}
+
 /// Declares a queue and binds it.
 pub(crate) async fn declare_queue(channel: &lapin::Channel, queue: &QueueDecl) -> Result<()> {
     let name = queue.name.as_str();
@@ -144,7 +191,12 @@ pub(crate) async fn declare_queue(channel: &lapin::Channel, queue: &QueueDecl) -
     channel
         .queue_declare(queue.name.clone(), queue.options, queue.arguments.clone())
         .await
-        .map_err(|e| declare_error(&what, &format!("queue {name:?}"), passive, e))?;
+        .map_err(
+            |e| match inequivalent_type(name, declared_type(queue), &e) {
+                Some(message) => Error::with_source(crate::error::ErrorKind::Broker, message, e),
+                None => declare_error(&what, &format!("queue {name:?}"), passive, e),
+            },
+        )?;
     for (exchange, key) in &queue.bindings {
         channel
             .queue_bind(

@@ -109,7 +109,7 @@ pub(crate) fn follow(mut events: ConnectionEvents) -> Arc<Mutex<Link>> {
         while let Some(event) = events.next().await {
             let mut link = state.lock().unwrap_or_else(|p| p.into_inner());
             match event {
-                ConnectionEvent::Connected => link.connected = true,
+                ConnectionEvent::Connected { .. } => link.connected = true,
                 ConnectionEvent::Disconnected { reason } => {
                     *link = Link {
                         connected: false,

@@ -21,7 +21,7 @@ use crate::amqp::consumer::Consumer;
 use crate::amqp::delivery::Delivery;
 use crate::amqp::header_frame;
 use crate::amqp::producer::Producer;
-use crate::amqp::props::AmqpProps;
+use crate::amqp::props::{AmqpProps, QueueType};
 use crate::amqp::queue::Queue;
 use crate::amqp::rpc::{self, Requester};
 use crate::codec::Codec;
@@ -57,8 +57,8 @@ pub(super) struct Amqp {
     dead_letter_limits: (u64, u64),
     /// Every publish mandatory.
     mandatory: bool,
-    /// The queues consumed, by name: whether each is durable.
-    consumed: Mutex<HashMap<String, bool>>,
+    /// The queues consumed, by name: whether each is durable, and its type.
+    consumed: Mutex<HashMap<String, (bool, Option<QueueType>)>>,
     /// The retry queues declared, by name: when, to declare one again
     /// (which renews its expiry) before it could expire.
     retry_queues: Mutex<HashMap<String, Instant>>,
@@ -446,7 +446,12 @@ impl Amqp {
     /// when first needed.
     async fn consume(&self, queue: &Queue) -> Result<Consumer> {
         let consumer = self.conn.consumer(queue).await?;
-        lock(&self.consumed).insert(consumer.queue().to_owned(), queue.is_durable());
+        // Its retry queues are of its type.
+        let queue_type = queue.type_under(self.conn.props().queue_type());
+        lock(&self.consumed).insert(
+            consumer.queue().to_owned(),
+            (queue.is_durable(), Some(queue_type)),
+        );
         Ok(consumer)
     }
 
@@ -480,9 +485,12 @@ impl Amqp {
             .get(&name)
             .is_some_and(|at| at.elapsed() < RETRY_QUEUE_FRESH);
         if !fresh {
-            let durable = lock(&self.consumed).get(queue).copied().unwrap_or(true);
+            let (durable, queue_type) = lock(&self.consumed)
+                .get(queue)
+                .copied()
+                .unwrap_or((true, None));
             self.conn
-                .declare_queue(&Queue::retry_for(queue, delay_ms, durable))
+                .declare_queue(&Queue::retry_for(queue, delay_ms, durable, queue_type))
                 .await?;
             lock(&self.retry_queues).insert(name.clone(), Instant::now());
         }

@@ -187,7 +187,7 @@ impl Faults {
             let (mut theirs, ours) = (inner.events(), events.clone());
             runtime.spawn(async move {
                 while let Some(event) = theirs.next().await {
-                    if event != ConnectionEvent::Connected {
+                    if !matches!(event, ConnectionEvent::Connected { .. }) {
                         let _ = ours.send(event);
                     }
                 }
@@ -215,6 +215,7 @@ impl Faults {
         let _ = self.events.send(ConnectionEvent::Recovered {
             downtime: Duration::ZERO,
             attempts: 1,
+            address: "fault injector".to_owned(),
         });
     }
 
@@ -368,7 +369,13 @@ impl Transport for Faults {
     }
 
     fn events(&self) -> ConnectionEvents {
-        let first = (!self.closed.load(Ordering::Relaxed)).then_some(ConnectionEvent::Connected);
+        // The inner transport's address, from its own first event.
+        let address = match self.inner.events().first() {
+            Some(ConnectionEvent::Connected { address }) => address.clone(),
+            _ => "fault injector".to_owned(),
+        };
+        let first = (!self.closed.load(Ordering::Relaxed))
+            .then_some(ConnectionEvent::Connected { address });
         ConnectionEvents::new(first, self.events.subscribe())
     }
 

@@ -1,6 +1,6 @@
 //! `Listen`: which queue a bus consumes, and which events it binds.
 
-use crate::amqp::props::ExchangeKind;
+use crate::amqp::props::{ExchangeKind, QueueType};
 use crate::amqp::queue::Queue;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::EventType;
@@ -55,6 +55,8 @@ pub struct Listen {
     /// started listening: what a queue with no keys of its own binds on a
     /// `direct` exchange, which routes only exact keys.
     subscribed: Option<Vec<&'static str>>,
+    /// The queue's type, instead of the props'.
+    queue_type: Option<QueueType>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +80,7 @@ impl Listen {
             mode: Mode::Broadcast,
             keys: Vec::new(),
             subscribed: None,
+            queue_type: None,
         }
     }
 
@@ -88,6 +91,7 @@ impl Listen {
             mode: Mode::Group(name.into()),
             keys: Vec::new(),
             subscribed: None,
+            queue_type: None,
         }
     }
 
@@ -99,6 +103,7 @@ impl Listen {
             mode: Mode::Queue(name.into()),
             keys: Vec::new(),
             subscribed: None,
+            queue_type: None,
         }
     }
 
@@ -147,6 +152,7 @@ impl Listen {
             })),
             keys: Vec::new(),
             subscribed: None,
+            queue_type: None,
         }
     }
 
@@ -190,6 +196,7 @@ impl Listen {
             mode: Mode::Service(name.into()),
             keys: Vec::new(),
             subscribed: None,
+            queue_type: None,
         }
     }
 
@@ -204,6 +211,24 @@ impl Listen {
     #[must_use]
     pub fn pattern(mut self, pattern: impl Into<String>) -> Self {
         self.keys.push(pattern.into());
+        self
+    }
+
+    /// **Declares this listener's queue as a quorum or classic queue**,
+    /// instead of by the props ([`AmqpProps::with_queue_type`](crate::AmqpProps::with_queue_type),
+    /// quorum by default): for a group or named queue that exists already
+    /// as a classic queue, say. Its retry queues follow. A broadcast
+    /// listener's queue is always an exclusive classic queue.
+    ///
+    /// ```
+    /// use tidings::{Listen, QueueType};
+    ///
+    /// let legacy = Listen::group("billing").queue_type(QueueType::Classic);
+    /// # let _ = legacy;
+    /// ```
+    #[must_use]
+    pub fn queue_type(mut self, queue_type: QueueType) -> Self {
+        self.queue_type = Some(queue_type);
         self
     }
 
@@ -235,7 +260,7 @@ impl Listen {
         let queue = match &self.mode {
             Mode::Broadcast => Queue::exclusive(),
             Mode::Group(group) => Queue::durable(format!("{exchange}.{group}")),
-            Mode::Queue(name) => return Ok(Queue::durable(name.clone()).unbound()),
+            Mode::Queue(name) => return Ok(self.typed(Queue::durable(name.clone()).unbound())),
             Mode::Service(name) => return Ok(Queue::service(name.clone())),
             Mode::Stream(spec) => Queue::durable(format!("{exchange}.{}", spec.name)),
         };
@@ -255,6 +280,14 @@ impl Listen {
             }
             _ => self.keys.clone(),
         };
-        Ok(keys.into_iter().fold(queue, Queue::bind))
+        Ok(self.typed(keys.into_iter().fold(queue, Queue::bind)))
+    }
+
+    /// `queue` with this listener's queue type, if it sets one.
+    fn typed(&self, queue: Queue) -> Queue {
+        match self.queue_type {
+            Some(queue_type) => queue.with_type(queue_type),
+            None => queue,
+        }
     }
 }

@@ -242,7 +242,9 @@ impl Transport for MemoryTransport {
 
     fn events(&self) -> ConnectionEvents {
         let receiver = self.events.subscribe();
-        let first = (!self.closed.load(Ordering::Relaxed)).then_some(ConnectionEvent::Connected);
+        let first = (!self.closed.load(Ordering::Relaxed)).then(|| ConnectionEvent::Connected {
+            address: format!("memory://{}", self.name),
+        });
         ConnectionEvents::new(first, receiver)
     }
 

@@ -136,6 +136,8 @@ impl Raw {
             .unwrap()
             .inner()
             .iter()
+            // A quorum queue counts deliveries in a header of its own.
+            .filter(|(name, _)| name.as_str() != "x-delivery-count")
             .map(|(name, value)| match value {
                 AMQPValue::LongString(text) => (name.to_string(), text.to_string()),
                 other => panic!("header {name} is {other:?}"),

@@ -2,6 +2,7 @@
 //! cleanup of what a test declares, and private broker nodes for fault tests.
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different subset
 
+pub mod cluster;
 pub mod proxy;
 pub mod python;
 
@@ -152,6 +153,27 @@ pub fn listed_queues() -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The type (`classic`, `quorum`, `stream`) of each queue on the shared
+/// broker, by `rabbitmqctl`; fails the test where it cannot be run.
+pub fn queue_types() -> std::collections::HashMap<String, String> {
+    let out = Command::new("rabbitmqctl")
+        .args(["list_queues", "-q", "--no-table-headers", "name", "type"])
+        .output()
+        .expect("these tests read queue types with rabbitmqctl, which cannot be run");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl list_queues failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let (name, kind) = line.trim().rsplit_once(char::is_whitespace)?;
+            Some((name.trim().to_owned(), kind.trim().to_owned()))
+        })
+        .collect()
+}
+
 /// Publishes as a foreign client would: any body, any properties, through
 /// `exchange` with `routing_key`; waits for the broker's confirm.
 pub async fn raw_publish(
@@ -256,6 +278,48 @@ pub async fn next_delivery(consumer: &mut tidings::Consumer) -> tidings::Deliver
         .expect("no delivery within 10 s")
         .expect("consumer closed")
         .expect("delivery error")
+}
+
+/// What the handlers of one bus saw in a fault test: how often each
+/// sequence number came, the highest, and how many in all.
+#[derive(Default)]
+pub struct Seen {
+    pub counts: std::sync::Mutex<Vec<u8>>,
+    pub highest: std::sync::atomic::AtomicU64,
+    pub handled: std::sync::atomic::AtomicU64,
+}
+
+impl Seen {
+    /// Records the event with sequence number `seq`.
+    pub fn record(&self, seq: u32) {
+        let mut counts = self.counts.lock().unwrap();
+        if counts.len() <= seq as usize {
+            counts.resize(seq as usize + 1, 0);
+        }
+        counts[seq as usize] += 1;
+        self.highest.fetch_max(u64::from(seq), Ordering::Relaxed);
+        self.handled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How often each sequence number came.
+    pub fn counts(&self) -> Vec<u8> {
+        self.counts.lock().unwrap().clone()
+    }
+}
+
+/// A bus's stats in one line, for a fault test's report.
+pub fn describe(stats: &tidings::Stats) -> String {
+    format!(
+        "published {}, confirmed {}, re-published {}, failed {}, delivered {}, handled {}, deduplicated {}, reconnects {}",
+        stats.published,
+        stats.confirmed,
+        stats.republished,
+        stats.publish_failed,
+        stats.delivered,
+        stats.handled,
+        stats.deduplicated,
+        stats.reconnects
+    )
 }
 
 /// Waits until `condition` holds, polling, for at most `limit`.

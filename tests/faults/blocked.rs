@@ -37,7 +37,12 @@ async fn a_blocked_broker_fails_publishes_by_setting_then_confirms_the_rest() {
         .await
         .unwrap();
     let mut events = bus.connection_events();
-    assert_eq!(next_event(&mut events).await, ConnectionEvent::Connected);
+    assert_eq!(
+        next_event(&mut events).await,
+        ConnectionEvent::Connected {
+            address: format!("127.0.0.1:{}", node.port())
+        }
+    );
     bus.publish_confirmed(&Note { n: 1 }).await.unwrap();
 
     let node = tokio::task::spawn_blocking(move || {

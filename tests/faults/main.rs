@@ -4,6 +4,7 @@
 mod common;
 
 mod blocked;
+mod cluster;
 mod defects;
 mod health;
 mod least_privilege;

@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::PrivateNode;
 use common::proxy::Proxy;
+use common::{PrivateNode, Seen, describe};
 use serde::{Deserialize, Serialize};
 use tidings::{
-    AmqpProps, Bus, Connection, ConnectionEvent, Event, ExchangeKind, Listen, Stats, Subscribers,
+    AmqpProps, Bus, Connection, ConnectionEvent, Event, ExchangeKind, Listen, Subscribers,
 };
 use tokio_stream::StreamExt;
 
@@ -29,33 +29,14 @@ const EVENTS: u32 = 20_000;
 /// Offered publish rate, events per second.
 const RATE: u64 = 500;
 
-/// What the handlers of one bus saw: how often each sequence number came,
-/// and the highest one.
-#[derive(Default)]
-struct Seen {
-    counts: Mutex<Vec<u8>>,
-    highest: AtomicU64,
-    handled: AtomicU64,
-}
-
-impl Seen {
-    fn subscribers(self: &Arc<Self>) -> Subscribers {
-        let subscribers = Subscribers::new();
-        let seen = self.clone();
-        subscribers
-            .subscribe(move |tick: &Tick| {
-                let mut counts = seen.counts.lock().unwrap();
-                if counts.len() <= tick.seq as usize {
-                    counts.resize(tick.seq as usize + 1, 0);
-                }
-                counts[tick.seq as usize] += 1;
-                seen.highest
-                    .fetch_max(u64::from(tick.seq), Ordering::Relaxed);
-                seen.handled.fetch_add(1, Ordering::Relaxed);
-            })
-            .forget();
-        subscribers
-    }
+/// Subscribers that record each tick in `seen`.
+fn subscribers(seen: &Arc<Seen>) -> Subscribers {
+    let subscribers = Subscribers::new();
+    let seen = seen.clone();
+    subscribers
+        .subscribe(move |tick: &Tick| seen.record(tick.seq))
+        .forget();
+    subscribers
 }
 
 fn rss_kib() -> u64 {
@@ -96,13 +77,13 @@ async fn twenty_thousand_events_survive_three_restarts_and_three_cuts() {
     let worked = Arc::new(Seen::default());
     let watched = Arc::new(Seen::default());
     let worker = Bus::with_props(props.clone())
-        .subscribers(worked.subscribers())
+        .subscribers(subscribers(&worked))
         .listen(Listen::group("workers"))
         .connect()
         .await
         .unwrap();
     let watcher = Bus::with_props(props.clone())
-        .subscribers(watched.subscribers())
+        .subscribers(subscribers(&watched))
         .connect()
         .await
         .unwrap();
@@ -289,20 +270,6 @@ async fn twenty_thousand_events_survive_three_restarts_and_three_cuts() {
     let _ = (proxy, tokio::task::spawn_blocking(move || drop(node)).await);
 }
 
-fn describe(stats: &Stats) -> String {
-    format!(
-        "published {}, confirmed {}, re-published {}, failed {}, delivered {}, handled {}, deduplicated {}, reconnects {}",
-        stats.published,
-        stats.confirmed,
-        stats.republished,
-        stats.publish_failed,
-        stats.delivered,
-        stats.handled,
-        stats.deduplicated,
-        stats.reconnects
-    )
-}
-
 /// A queue deleted under a running listener (the broker cancels its
 /// consumer) is declared again and consumed again.
 #[tokio::test]
@@ -311,7 +278,7 @@ async fn a_consumer_cancelled_by_the_broker_resumes() {
     let cleanup = common::Cleanup::new(&props);
     let seen = Arc::new(Seen::default());
     let bus = Bus::with_props(props.clone())
-        .subscribers(seen.subscribers())
+        .subscribers(subscribers(&seen))
         .listen(Listen::group("resumers"))
         .connect()
         .await
@@ -373,13 +340,18 @@ async fn proxied_group_bus(group: &str, settings: impl FnOnce(AmqpProps) -> Amqp
     let props = settings(shared.with_host("127.0.0.1").with_port(proxy.port()));
     let seen = Arc::new(Seen::default());
     let bus = Bus::with_props(props)
-        .subscribers(seen.subscribers())
+        .subscribers(subscribers(&seen))
         .listen(Listen::group(group))
         .connect()
         .await
         .unwrap();
     let mut events = bus.connection_events();
-    assert_eq!(events.next().await, Some(ConnectionEvent::Connected));
+    assert_eq!(
+        events.next().await,
+        Some(ConnectionEvent::Connected {
+            address: format!("127.0.0.1:{}", proxy.port())
+        })
+    );
     Proxied {
         proxy,
         bus,

@@ -67,7 +67,12 @@ async fn a_call_whose_connection_is_lost_fails_at_once() {
         .await
         .unwrap();
     let mut events = caller.connection_events();
-    assert_eq!(events.next().await, Some(ConnectionEvent::Connected));
+    assert_eq!(
+        events.next().await,
+        Some(ConnectionEvent::Connected {
+            address: format!("127.0.0.1:{}", proxy.port())
+        })
+    );
     let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let (s, r) = (started.clone(), release.clone());
     let _server = server_bus

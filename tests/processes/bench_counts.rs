@@ -63,15 +63,16 @@ fn every_benchmark_row_receives_every_event() {
     .filter(|c| c.is_built())
     .count();
     assert_eq!(compressed, 2 + built, "{stdout}");
-    // 7 scenarios, each with raw lapin naive, raw lapin tuned and tidings.
-    assert_eq!(rows.len(), 21, "{stdout}");
+    // 9 scenarios (the group ones on classic and on quorum queues), each
+    // with raw lapin naive, raw lapin tuned and tidings.
+    assert_eq!(rows.len(), 27, "{stdout}");
     assert!(
         rows.iter().all(|row| row.trim_end().ends_with('x')),
         "{stdout}"
     );
     assert_eq!(
         rows.iter().filter(|row| row.contains(" tidings ")).count(),
-        7,
+        9,
         "{stdout}"
     );
     assert!(
