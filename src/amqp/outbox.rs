@@ -60,6 +60,11 @@ pub(crate) struct Message {
     pub(crate) strikes: u8,
     /// Times the broker refused it with a nack.
     pub(crate) nacks: u8,
+    /// Whether a nack sends it again (an event) rather than failing it at
+    /// once (a retry or a dead letter, whose listener waits for the outcome
+    /// and has a fallback of its own: a full dead-letter queue must not
+    /// hold a listener for the resends' ten seconds).
+    pub(crate) resend_nacked: bool,
     /// When it was accepted, for the publish-to-confirm latency.
     pub(crate) accepted: Instant,
 }
@@ -529,10 +534,13 @@ impl Engine {
     }
 
     /// Settles a message the broker answered, unless it refused it with a
-    /// nack less than [`MAX_NACKS`] times: then it is sent again after a
-    /// delay.
+    /// nack less than [`MAX_NACKS`] times and is to be resent: then it is
+    /// sent again after a delay.
     fn answered(&mut self, mut message: Message, confirmation: Confirmation) {
-        if matches!(confirmation, Confirmation::Nack(_)) && message.nacks < MAX_NACKS {
+        if matches!(confirmation, Confirmation::Nack(_))
+            && message.resend_nacked
+            && message.nacks < MAX_NACKS
+        {
             let delay =
                 (NACK_DELAY * 2u32.pow(u32::from(message.nacks))).min(Duration::from_secs(2));
             message.nacks += 1;

@@ -312,6 +312,7 @@ impl Producer {
             counted: true,
             strikes: 0,
             nacks: 0,
+            resend_nacked: true,
             accepted: Instant::now(),
         };
         self.inner
@@ -346,6 +347,7 @@ impl Producer {
             counted: true,
             strikes: 0,
             nacks: 0,
+            resend_nacked: true,
             accepted: Instant::now(),
         };
         self.inner
@@ -356,7 +358,9 @@ impl Producer {
 
     /// Publishes a received message again, properties and all (a retry or
     /// a dead letter), and waits for the broker's confirm. Not counted as
-    /// an application publish; never fails for a full buffer.
+    /// an application publish; never fails for a full buffer; a nack fails
+    /// it at once (not sent again), since the listener waiting for it has
+    /// a fallback of its own.
     pub(crate) async fn republish(
         &self,
         exchange: ShortString,
@@ -376,6 +380,7 @@ impl Producer {
             counted: false,
             strikes: 0,
             nacks: 0,
+            resend_nacked: false,
             accepted: Instant::now(),
         };
         self.inner.outbox.submit(message, WhenFull::Wait).await?;
