@@ -12,7 +12,12 @@
 //! `--compression` runs only the compression rows (10 KB JSON-ish events,
 //! confirmed, fanout 1: raw lapin tuned uncompressed, then tidings with
 //! no compression, gzip, and zstd and lz4 when built with their features:
-//! `cargo run --release --example bench --features zstd,lz4 -- --compression`).
+//! `cargo run --release --example bench --features zstd,lz4 -- --compression`);
+//! `--only naive|tuned|tidings` runs only that row of each scenario (no
+//! ratios, no compression, pika or latency rows), and
+//! `TIDINGS_BENCH_CONSUMER_WRAPPER` (e.g. `valgrind --tool=callgrind`)
+//! starts each consumer process under that command: together they profile
+//! one row's publisher and consumer (`docs/perf/FINDINGS.md`).
 //!
 //! Rows of each scenario: raw lapin "naive" (one publish at a time, each
 //! confirm awaited before the next in a confirmed scenario; ack every
@@ -217,9 +222,26 @@ async fn run() -> Result<(), Error> {
         Scenario::new(10_000, Shape::Fanout(1), true),
     ];
     let only_confirmed = args.iter().any(|a| a == "--confirmed");
+    let only_row = only_row(&args)?;
     let mut tidings_plain = None;
     for scenario in scenarios {
         if only_confirmed && scenario != Scenario::new(100, Shape::Fanout(1), true) {
+            continue;
+        }
+        if let Some(kind) = only_row {
+            let figures = row(&url, events, scenario, kind).await?;
+            println!(
+                "{:<36} {:<16} {:>9} {:>10} {:>7.1} {:>7.2}",
+                scenario.label(),
+                kind.label(),
+                thousands(figures.events_per_second),
+                thousands(figures.publishes_per_second),
+                figures.rss_kb as f64 / 1024.0,
+                figures.cpu_ticks as f64
+                    / ticks_per_second
+                    / scenario.shape.deliveries(events) as f64
+                    * 100_000.0,
+            );
             continue;
         }
         let naive = row(&url, events, scenario, Kind::Naive).await?;
@@ -250,7 +272,7 @@ async fn run() -> Result<(), Error> {
         }
     }
     println!();
-    if only_confirmed {
+    if only_confirmed || only_row.is_some() {
         return Ok(());
     }
     compression_rows(&url, events, ticks_per_second).await?;
@@ -299,6 +321,21 @@ async fn run() -> Result<(), Error> {
         );
     }
     Ok(())
+}
+
+/// `--only ROW` (`naive`, `tuned` or `tidings`): run only that row of each
+/// scenario, without the ratio columns, the compression, pika and latency
+/// rows (for profiling one publisher: `docs/perf/FINDINGS.md`).
+fn only_row(args: &[String]) -> Result<Option<Kind>, Error> {
+    let Some(i) = args.iter().position(|a| a == "--only") else {
+        return Ok(None);
+    };
+    match args.get(i + 1).map(String::as_str) {
+        Some("naive") => Ok(Some(Kind::Naive)),
+        Some("tuned") => Ok(Some(Kind::Tuned)),
+        Some("tidings") => Ok(Some(Kind::Tidings)),
+        other => Err(format!("--only wants naive, tuned or tidings, got {other:?}").into()),
+    }
 }
 
 /// The compression rows: 10 KB JSON-ish events, fanout 1, confirmed; raw
