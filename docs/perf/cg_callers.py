@@ -10,6 +10,8 @@ import re
 import subprocess
 import sys
 
+from cg_compare import pop_top
+
 ENTRY = re.compile(r"^\s*([\d,]+)\s+([<*>])\s+(.*?)(?:\s+\(([\d,]+)x\))?(?:\s+\[[^\]]*\])?\s*$")
 
 
@@ -47,11 +49,7 @@ def callers(path, pattern):
 
 def main():
     args = sys.argv[1:]
-    top = 30
-    if "--top" in args:
-        i = args.index("--top")
-        top = int(args[i + 1])
-        del args[i:i + 2]
+    top = pop_top(args, 30)
     small, n1, large, n2, rx = args[0], int(args[1]), args[2], int(args[3]), re.compile(args[4])
     a, b = callers(small, rx), callers(large, rx)
     events = n2 - n1

@@ -94,13 +94,19 @@ def costs(path, inclusive):
     return total, table
 
 
+def pop_top(args, default):
+    """Takes `--top N` out of `args`; N, or `default`."""
+    if "--top" not in args:
+        return default
+    i = args.index("--top")
+    top = int(args[i + 1])
+    del args[i:i + 2]
+    return top
+
+
 def main():
     args = sys.argv[1:]
-    top = 25
-    if "--top" in args:
-        i = args.index("--top")
-        top = int(args[i + 1])
-        del args[i:i + 2]
+    top = pop_top(args, 25)
     small, n_small, large, n_large = args[0], int(args[1]), args[2], int(args[3])
     events = n_large - n_small
     if small == "-":

@@ -231,16 +231,8 @@ async fn run() -> Result<(), Error> {
         if let Some(kind) = only_row {
             let figures = row(&url, events, scenario, kind).await?;
             println!(
-                "{:<36} {:<16} {:>9} {:>10} {:>7.1} {:>7.2}",
-                scenario.label(),
-                kind.label(),
-                thousands(figures.events_per_second),
-                thousands(figures.publishes_per_second),
-                figures.rss_kb as f64 / 1024.0,
-                figures.cpu_ticks as f64
-                    / ticks_per_second
-                    / scenario.shape.deliveries(events) as f64
-                    * 100_000.0,
+                "{}",
+                row_columns(scenario, kind, figures, events, ticks_per_second)
             );
             continue;
         }
@@ -256,16 +248,8 @@ async fn run() -> Result<(), Error> {
             (Kind::Tidings, ours),
         ] {
             println!(
-                "{:<36} {:<16} {:>9} {:>10} {:>7.1} {:>7.2} {:>8.2}x {:>8.2}x",
-                scenario.label(),
-                kind.label(),
-                thousands(figures.events_per_second),
-                thousands(figures.publishes_per_second),
-                figures.rss_kb as f64 / 1024.0,
-                figures.cpu_ticks as f64
-                    / ticks_per_second
-                    / scenario.shape.deliveries(events) as f64
-                    * 100_000.0,
+                "{} {:>8.2}x {:>8.2}x",
+                row_columns(scenario, kind, figures, events, ticks_per_second),
                 figures.events_per_second / naive.events_per_second,
                 figures.events_per_second / tuned.events_per_second,
             );
@@ -323,6 +307,26 @@ async fn run() -> Result<(), Error> {
     Ok(())
 }
 
+/// The columns of a row up to its CPU time (the ratios follow).
+fn row_columns(
+    scenario: Scenario,
+    kind: Kind,
+    figures: Figures,
+    events: u64,
+    ticks_per_second: f64,
+) -> String {
+    format!(
+        "{:<36} {:<16} {:>9} {:>10} {:>7.1} {:>7.2}",
+        scenario.label(),
+        kind.label(),
+        thousands(figures.events_per_second),
+        thousands(figures.publishes_per_second),
+        figures.rss_kb as f64 / 1024.0,
+        figures.cpu_ticks as f64 / ticks_per_second / scenario.shape.deliveries(events) as f64
+            * 100_000.0,
+    )
+}
+
 /// `--only ROW` (`naive`, `tuned` or `tidings`): run only that row of each
 /// scenario, without the ratio columns, the compression, pika and latency
 /// rows (for profiling one publisher: `docs/perf/FINDINGS.md`).
@@ -334,7 +338,8 @@ fn only_row(args: &[String]) -> Result<Option<Kind>, Error> {
         Some("naive") => Ok(Some(Kind::Naive)),
         Some("tuned") => Ok(Some(Kind::Tuned)),
         Some("tidings") => Ok(Some(Kind::Tidings)),
-        other => Err(format!("--only wants naive, tuned or tidings, got {other:?}").into()),
+        Some(other) => Err(format!("--only wants naive, tuned or tidings, got {other:?}").into()),
+        None => Err("--only wants naive, tuned or tidings".into()),
     }
 }
 
