@@ -5,10 +5,11 @@
 //! Run: `cargo run --release --example bench` (reads `AMQP_URL`, default
 //! `amqp://127.0.0.1:5672/%2f`). Options: `--events N` events per row
 //! (default 20,000); `--confirmed` runs only the confirmed 100 B fanout-1
-//! scenario; `TIDINGS_BENCH_SIGNING=1` signs the tidings rows' events and
-//! makes their consumers require signatures; `--no-python` skips the pika
-//! row; `--soak N` runs only the soak instead (e.g. `--soak 1000000`: a
-//! slow tidings consumer over N events, its RSS printed every 100,000);
+//! scenario (`--size BYTES` for another size); `TIDINGS_BENCH_SIGNING=1`
+//! signs the tidings rows' events and makes their consumers require
+//! signatures; `--no-python` skips the pika row; `--soak N` runs only the
+//! soak instead (e.g. `--soak 1000000`: a slow tidings consumer over N
+//! events, its RSS printed every 100,000);
 //! `--compression` runs only the compression rows (10 KB JSON-ish events,
 //! confirmed, fanout 1: raw lapin tuned uncompressed, then tidings with
 //! no compression, gzip, and zstd and lz4 when built with their features:
@@ -17,7 +18,9 @@
 //! ratios, no compression, pika or latency rows), and
 //! `TIDINGS_BENCH_CONSUMER_WRAPPER` (e.g. `valgrind --tool=callgrind`)
 //! starts each consumer process under that command: together they profile
-//! one row's publisher and consumer (`docs/perf/FINDINGS.md`).
+//! one row's publisher and consumer (`docs/perf/FINDINGS.md`);
+//! `TIDINGS_BENCH_RAW_PROPERTIES=tidings` (or `properties`, `headers`)
+//! makes the raw rows carry a tidings event's properties and headers.
 //!
 //! Rows of each scenario: raw lapin "naive" (one publish at a time, each
 //! confirm awaited before the next in a confirmed scenario; ack every
@@ -222,12 +225,14 @@ async fn run() -> Result<(), Error> {
         Scenario::new(10_000, Shape::Fanout(1), true),
     ];
     let only_confirmed = args.iter().any(|a| a == "--confirmed");
+    let size = usize::try_from(flag_value(&args, "--size")?.unwrap_or(100))?;
+    let scenarios = match only_confirmed {
+        true => vec![Scenario::new(size, Shape::Fanout(1), true)],
+        false => scenarios.to_vec(),
+    };
     let only_row = only_row(&args)?;
     let mut tidings_plain = None;
     for scenario in scenarios {
-        if only_confirmed && scenario != Scenario::new(100, Shape::Fanout(1), true) {
-            continue;
-        }
         if let Some(kind) = only_row {
             let figures = row(&url, events, scenario, kind).await?;
             println!(

@@ -145,9 +145,14 @@ impl Like {
     }
 }
 
+/// `properties` with what `like` asks for added (nothing at all, not even
+/// a clock reading, in the plain raw rows).
 fn tidings_like(properties: BasicProperties, seq: u64, like: Like) -> BasicProperties {
     use lapin::types::{AMQPValue, FieldTable, LongString};
     const ORIGIN: &str = "0b5e7c2a-3f41-4d5e-9a61-2c7d8e9f0a1b";
+    if !like.properties && !like.headers {
+        return properties;
+    }
     let now = crate::now_nanos();
     let mut properties = properties;
     if like.properties {
