@@ -5,7 +5,8 @@
 #
 #   CARGO_PROFILE_RELEASE_DEBUG=line-tables-only cargo build --release --example bench
 #   docs/perf/profile.sh OUT_DIR ROW [SMALL] [LARGE]   # ROW: naive, tuned or tidings
-#   (SIZE=BYTES for another event size than 100 B)
+#   (SIZE=BYTES for another event size than 100 B; MODE=--forget for the
+#   fire-and-forget scenario)
 #   python3 docs/perf/cg_compare.py OUT_DIR/ROW-SMALL-consumer.out SMALL OUT_DIR/ROW-LARGE-consumer.out LARGE
 set -euo pipefail
 out=${1:?OUT_DIR}
@@ -17,5 +18,5 @@ mkdir -p "$out"
 for n in "$small" "$large"; do
     TIDINGS_BENCH_CONSUMER_WRAPPER="valgrind -q --tool=callgrind --callgrind-out-file=$out/$row-$n-consumer.out" \
         valgrind -q --tool=callgrind --callgrind-out-file="$out/$row-$n-publisher.out" \
-        "$bin" --confirmed --size "${SIZE:-100}" --only "$row" --events "$n"
+        "$bin" "${MODE:---confirmed}" --size "${SIZE:-100}" --only "$row" --events "$n"
 done

@@ -5,7 +5,8 @@
 //! Run: `cargo run --release --example bench` (reads `AMQP_URL`, default
 //! `amqp://127.0.0.1:5672/%2f`). Options: `--events N` events per row
 //! (default 20,000); `--confirmed` runs only the confirmed 100 B fanout-1
-//! scenario (`--size BYTES` for another size); `TIDINGS_BENCH_SIGNING=1`
+//! scenario, `--forget` only the fire-and-forget one (`--size BYTES` for
+//! another size than 100 B); `TIDINGS_BENCH_SIGNING=1`
 //! signs the tidings rows' events and makes their consumers require
 //! signatures; `--no-python` skips the pika row; `--soak N` runs only the
 //! soak instead (e.g. `--soak 1000000`: a slow tidings consumer over N
@@ -226,9 +227,11 @@ async fn run() -> Result<(), Error> {
     ];
     let only_confirmed = args.iter().any(|a| a == "--confirmed");
     let size = usize::try_from(flag_value(&args, "--size")?.unwrap_or(100))?;
-    let scenarios = match only_confirmed {
-        true => vec![Scenario::new(size, Shape::Fanout(1), true)],
-        false => scenarios.to_vec(),
+    let only_forget = args.iter().any(|a| a == "--forget");
+    let scenarios = match (only_confirmed, only_forget) {
+        (true, _) => vec![Scenario::new(size, Shape::Fanout(1), true)],
+        (false, true) => vec![Scenario::new(size, Shape::Fanout(1), false)],
+        (false, false) => scenarios.to_vec(),
     };
     let only_row = only_row(&args)?;
     let mut tidings_plain = None;
@@ -261,7 +264,7 @@ async fn run() -> Result<(), Error> {
         }
     }
     println!();
-    if only_confirmed || only_row.is_some() {
+    if only_confirmed || only_forget || only_row.is_some() {
         return Ok(());
     }
     compression_rows(&url, events, ticks_per_second).await?;
