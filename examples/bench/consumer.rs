@@ -69,8 +69,23 @@ pub(crate) struct ConsumerProcess {
 
 impl ConsumerProcess {
     /// Starts `current_exe --consumer ARGS..` and waits for its `ready`.
+    /// Under `TIDINGS_BENCH_CONSUMER_WRAPPER` (a command and its arguments,
+    /// split at whitespace, such as `valgrind --tool=callgrind`), the
+    /// consumer runs as `WRAPPER.. current_exe --consumer ARGS..`: how
+    /// `docs/perf/FINDINGS.md` profiles a consumer process alone.
     pub(crate) async fn start(url: &str, args: &[&str]) -> Result<Self, Error> {
-        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        let exe = std::env::current_exe()?;
+        let wrapper = std::env::var("TIDINGS_BENCH_CONSUMER_WRAPPER").unwrap_or_default();
+        let mut wrapper = wrapper.split_whitespace();
+        let mut command = match wrapper.next() {
+            Some(program) => {
+                let mut command = tokio::process::Command::new(program);
+                command.args(wrapper).arg(exe);
+                command
+            }
+            None => tokio::process::Command::new(exe),
+        };
+        let mut child = command
             .env("AMQP_URL", url)
             .arg("--consumer")
             .args(args)

@@ -5,7 +5,8 @@
 //! Run: `cargo run --release --example bench` (reads `AMQP_URL`, default
 //! `amqp://127.0.0.1:5672/%2f`). Options: `--events N` events per row
 //! (default 20,000); `--confirmed` runs only the confirmed 100 B fanout-1
-//! scenario; `TIDINGS_BENCH_SIGNING=1` signs the tidings rows' events and
+//! scenario, `--forget` only the fire-and-forget one (`--size BYTES` for
+//! another size than 100 B); `TIDINGS_BENCH_SIGNING=1` signs the tidings rows' events and
 //! makes their consumers require signatures; `--no-python` skips the pika
 //! row; `--soak N` runs only the soak instead (e.g. `--soak 1000000`: a
 //! slow tidings consumer over N events, its RSS printed every 100,000);
@@ -16,7 +17,14 @@
 //! `--compression` runs only the compression rows (10 KB JSON-ish events,
 //! confirmed, fanout 1: raw lapin tuned uncompressed, then tidings with
 //! no compression, gzip, and zstd and lz4 when built with their features:
-//! `cargo run --release --example bench --features zstd,lz4 -- --compression`).
+//! `cargo run --release --example bench --features zstd,lz4 -- --compression`);
+//! `--only naive|tuned|tidings` runs only that row of each scenario (no
+//! ratios, no compression, pika or latency rows), and
+//! `TIDINGS_BENCH_CONSUMER_WRAPPER` (e.g. `valgrind --tool=callgrind`)
+//! starts each consumer process under that command: together they profile
+//! one row's publisher and consumer (`docs/perf/FINDINGS.md`);
+//! `TIDINGS_BENCH_RAW_PROPERTIES=tidings` (or `properties`, `headers`)
+//! makes the raw rows carry a tidings event's properties and headers.
 //!
 //! Rows of each scenario: raw lapin "naive" (one publish at a time, each
 //! confirm awaited before the next in a confirmed scenario; ack every
@@ -214,9 +222,22 @@ async fn run() -> Result<(), Error> {
     ];
     let only_confirmed = args.iter().any(|a| a == "--confirmed");
     let only_groups = args.iter().any(|a| a == "--groups");
+    let size = usize::try_from(flag_value(&args, "--size")?.unwrap_or(100))?;
+    let only_forget = args.iter().any(|a| a == "--forget");
+    let scenarios = match (only_confirmed, only_forget) {
+        (true, _) => vec![Scenario::new(size, Shape::Fanout(1), true)],
+        (false, true) => vec![Scenario::new(size, Shape::Fanout(1), false)],
+        (false, false) => scenarios.to_vec(),
+    };
+    let only_row = only_row(&args)?;
     let mut tidings_plain = None;
     for scenario in scenarios {
-        if only_confirmed && scenario != Scenario::new(100, Shape::Fanout(1), true) {
+        if let Some(kind) = only_row {
+            let figures = row(&urls, events, scenario, kind).await?;
+            println!(
+                "{}",
+                row_columns(scenario, kind, figures, events, procfs::ticks_per_second())
+            );
             continue;
         }
         if only_groups && !matches!(scenario.shape, Shape::Group(..)) {
@@ -228,7 +249,7 @@ async fn run() -> Result<(), Error> {
         }
     }
     println!();
-    if only_confirmed || only_groups {
+    if only_confirmed || only_groups || only_forget || only_row.is_some() {
         return Ok(());
     }
     compression_rows(&urls, events).await?;
@@ -314,19 +335,49 @@ pub(crate) async fn scenario_rows(
         (Kind::Tidings, ours),
     ] {
         println!(
-            "{:<36} {:<16} {:>9} {:>10} {:>7.1} {:>7.2} {:>8.2}x {:>8.2}x",
-            scenario.label(),
-            kind.label(),
-            thousands(figures.events_per_second),
-            thousands(figures.publishes_per_second),
-            figures.rss_kb as f64 / 1024.0,
-            figures.cpu_ticks as f64 / ticks_per_second / scenario.shape.deliveries(events) as f64
-                * 100_000.0,
+            "{} {:>8.2}x {:>8.2}x",
+            row_columns(scenario, kind, figures, events, ticks_per_second),
             figures.events_per_second / naive.events_per_second,
             figures.events_per_second / tuned.events_per_second,
         );
     }
     Ok(ours.events_per_second)
+}
+
+/// The columns of a row up to its CPU time (the ratios follow).
+fn row_columns(
+    scenario: Scenario,
+    kind: Kind,
+    figures: Figures,
+    events: u64,
+    ticks_per_second: f64,
+) -> String {
+    format!(
+        "{:<36} {:<16} {:>9} {:>10} {:>7.1} {:>7.2}",
+        scenario.label(),
+        kind.label(),
+        thousands(figures.events_per_second),
+        thousands(figures.publishes_per_second),
+        figures.rss_kb as f64 / 1024.0,
+        figures.cpu_ticks as f64 / ticks_per_second / scenario.shape.deliveries(events) as f64
+            * 100_000.0,
+    )
+}
+
+/// `--only ROW` (`naive`, `tuned` or `tidings`): run only that row of each
+/// scenario, without the ratio columns, the compression, pika and latency
+/// rows (for profiling one publisher: `docs/perf/FINDINGS.md`).
+fn only_row(args: &[String]) -> Result<Option<Kind>, Error> {
+    let Some(i) = args.iter().position(|a| a == "--only") else {
+        return Ok(None);
+    };
+    match args.get(i + 1).map(String::as_str) {
+        Some("naive") => Ok(Some(Kind::Naive)),
+        Some("tuned") => Ok(Some(Kind::Tuned)),
+        Some("tidings") => Ok(Some(Kind::Tidings)),
+        Some(other) => Err(format!("--only wants naive, tuned or tidings, got {other:?}").into()),
+        None => Err("--only wants naive, tuned or tidings".into()),
+    }
 }
 
 /// The compression rows: 10 KB JSON-ish events, fanout 1, confirmed; raw

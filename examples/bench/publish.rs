@@ -88,17 +88,20 @@ pub(crate) async fn raw(
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
     }
+    let like_tidings = Like::from_env();
     let publish = move |seq: u64| async move {
         let body = raw_body(seq, data);
+        // Persistent, as tidings publishes: a durable (group) queue
+        // writes it to disk before the broker confirms it.
+        let properties = BasicProperties::default().with_delivery_mode(2);
+        let properties = tidings_like(properties, seq, like_tidings);
         let confirm = channel
             .basic_publish(
                 exchange.into(),
                 "".into(),
                 BasicPublishOptions::default(),
                 &body,
-                // Persistent, as tidings publishes: a durable (group) queue
-                // writes it to disk before the broker confirms it.
-                BasicProperties::default().with_delivery_mode(2),
+                properties,
             )
             .await?;
         if confirmed {
@@ -118,6 +121,59 @@ pub(crate) async fn raw(
         }
     }
     Ok(now_nanos())
+}
+
+/// What of a tidings event's properties and headers the raw rows carry
+/// (`TIDINGS_BENCH_RAW_PROPERTIES`): `tidings` all of them (WIRE.md:
+/// content type, message id, timestamp and app id; the tag, fingerprint,
+/// origin and sent-at headers), `properties` or `headers` one half, unset
+/// neither. So that a profile can tell what lapin spends on them from what
+/// tidings spends (`docs/perf/FINDINGS.md`).
+#[derive(Clone, Copy)]
+struct Like {
+    properties: bool,
+    headers: bool,
+}
+
+impl Like {
+    fn from_env() -> Self {
+        let what = std::env::var("TIDINGS_BENCH_RAW_PROPERTIES").unwrap_or_default();
+        Self {
+            properties: matches!(what.as_str(), "tidings" | "properties"),
+            headers: matches!(what.as_str(), "tidings" | "headers"),
+        }
+    }
+}
+
+/// `properties` with what `like` asks for added (nothing at all, not even
+/// a clock reading, in the plain raw rows).
+fn tidings_like(properties: BasicProperties, seq: u64, like: Like) -> BasicProperties {
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+    const ORIGIN: &str = "0b5e7c2a-3f41-4d5e-9a61-2c7d8e9f0a1b";
+    if !like.properties && !like.headers {
+        return properties;
+    }
+    let now = crate::now_nanos();
+    let mut properties = properties;
+    if like.properties {
+        properties = properties
+            .with_content_type("application/x-bincode".into())
+            .with_message_id(format!("{ORIGIN}-{seq}").into())
+            .with_timestamp(now / 1_000_000_000)
+            .with_app_id("tidings".into());
+    }
+    if like.headers {
+        let mut headers = FieldTable::default();
+        let mut text = |name: &str, value: String| {
+            headers.insert(name.into(), AMQPValue::LongString(LongString::from(value)));
+        };
+        text("x-tidings-tag", "bench.payload".to_owned());
+        text("x-tidings-fingerprint", "0123456789abcdef".to_owned());
+        text("x-origin", ORIGIN.to_owned());
+        text("x-tidings-sent-at", (now / 1000).to_string());
+        properties = properties.with_headers(headers);
+    }
+    properties
 }
 
 /// tidings. Fire and forget: `publish` one after the other (the bus tracks
