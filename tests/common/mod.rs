@@ -445,6 +445,7 @@ impl PrivateNode {
             .spawn()
             .expect("cannot start rabbitmq-server");
         self.server = Some(server);
+        self.stop_with_this_process();
         // The node listens for AMQP once it has booted.
         let deadline = Instant::now() + Duration::from_secs(60);
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
@@ -461,6 +462,31 @@ impl PrivateNode {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Stops the node when this test process ends without dropping it (a
+    /// node kept in a static for the whole binary, a process killed by a
+    /// timeout): a shell waits for this process to exit, then stops the
+    /// node. Stopping a node already stopped does nothing.
+    fn stop_with_this_process(&self) {
+        let ctl = self.command("rabbitmqctl");
+        let mut watcher = Command::new("sh");
+        for (key, value) in ctl.get_envs() {
+            if let Some(value) = value {
+                watcher.env(key, value);
+            }
+        }
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; exec {RABBITMQ_BIN}/rabbitmqctl -n {name} stop",
+            pid = std::process::id(),
+            name = self.name,
+        );
+        let _ = watcher
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
     }
 
     /// Stops the node and waits for its process to exit.
