@@ -192,6 +192,7 @@ impl Hasher for KeyHasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::now_or_never;
 
     #[test]
     fn recent_ids_are_bounded_by_the_window() {
@@ -221,7 +222,7 @@ mod tests {
         // the second handles it.
         let second = recent.claim(key);
         tokio::pin!(second);
-        assert!(futures_poll_once(second.as_mut()).await.is_none(), "waits");
+        assert!(now_or_never(second.as_mut()).is_none(), "waits");
         first.done(false, 10);
         let Claim::Mine(second) = second.await else {
             panic!("a failed first handling leaves it to the second");
@@ -229,7 +230,7 @@ mod tests {
         // A third waits for the second, which succeeds: a duplicate.
         let third = recent.claim(key);
         tokio::pin!(third);
-        assert!(futures_poll_once(third.as_mut()).await.is_none(), "waits");
+        assert!(now_or_never(third.as_mut()).is_none(), "waits");
         second.done(true, 10);
         assert!(matches!(third.await, Claim::Duplicate));
         assert!(matches!(recent.claim(key).await, Claim::Duplicate));
@@ -246,23 +247,11 @@ mod tests {
         {
             let cancelled = recent.claim(other);
             tokio::pin!(cancelled);
-            assert!(futures_poll_once(cancelled.as_mut()).await.is_none());
+            assert!(now_or_never(cancelled.as_mut()).is_none());
             assert_eq!(recent.window().waiting, 1);
         }
         assert_eq!(recent.window().waiting, 0);
         held.done(true, 10);
         assert!(recent.window().in_flight.is_empty());
-    }
-
-    /// Polls a future once: its output if it is ready.
-    async fn futures_poll_once<F: std::future::Future + Unpin>(future: F) -> Option<F::Output> {
-        let mut future = future;
-        std::future::poll_fn(|cx| {
-            std::task::Poll::Ready(match std::pin::Pin::new(&mut future).poll(cx) {
-                std::task::Poll::Ready(out) => Some(out),
-                std::task::Poll::Pending => None,
-            })
-        })
-        .await
     }
 }

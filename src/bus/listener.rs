@@ -485,74 +485,66 @@ impl Shared {
             )
             .await;
         }
-        if dispatch.is_ok() {
-            let decision = dispatch.decision();
-            // Remembered once settled for good: a retried or requeued
-            // delivery must come back.
-            if let Some(handling) = handling {
-                let final_ = matches!(decision, Decision::Ack | Decision::DeadLetter(_));
-                handling.done(final_, self.settings.dedup_window);
-            }
-            return match decision {
-                Decision::Ack => {
-                    self.counters.count(Count::Handled, tag, "");
-                    debug!(
-                        outcome = "acked",
-                        handlers = dispatch.handled(),
-                        "event handled"
-                    );
-                    Outcome::Ack
-                }
-                Decision::RetryAfter(delay) => {
-                    let error = format!("a handler asked for a retry after {delay:?}");
-                    self.settle_failure(incoming, tag, "handler_retry", error, Some(*delay))
-                        .await;
-                    Outcome::Settled
-                }
-                Decision::Requeue => {
-                    self.counters.count(Count::Requeued, "", "");
-                    debug!(outcome = "requeued", "a handler asked to requeue the event");
-                    if let Err(e) = incoming.requeue().await {
-                        debug!(error = %e, "requeueing a delivery failed; the broker redelivers it after recovery");
-                    }
-                    Outcome::Settled
-                }
-                Decision::DeadLetter(reason) => {
-                    let reason = bounded(reason);
-                    warn!(tag, message_id = %bounded(incoming.message_id().unwrap_or("")), reason = %reason, "a handler rejected the event; dead-lettering");
-                    self.dead_letter(incoming, tag, DeadLetter::new("handler_rejected", &reason))
-                        .await;
-                    Outcome::Settled
-                }
+        let decision = dispatch.decision();
+        // Remembered once settled for good (handled, or dead-lettered by a
+        // handler): a failed, retried or requeued delivery must come back.
+        if let Some(handling) = handling {
+            let settled = match decision {
+                Decision::DeadLetter(_) => true,
+                Decision::Ack => failed.is_none(),
+                Decision::RetryAfter(_) | Decision::Requeue => false,
             };
+            handling.done(settled, self.settings.dedup_window);
         }
+        // Each failure was logged with the tag, message id and attempt.
         for _ in dispatch.failures() {
             self.counters.count(Count::HandlerFailures, tag, "");
         }
-        // Each failure was logged with the tag, message id and attempt.
-        let error = bounded(&dispatch.failures().join("; ")).into_owned();
-        // A handler's dead letter is stricter than another's failure.
-        if let Decision::DeadLetter(reason) = dispatch.decision() {
-            if let Some(handling) = handling {
-                handling.done(true, self.settings.dedup_window);
+        match (decision, failed) {
+            // A handler's dead letter is stricter than another's failure.
+            (Decision::DeadLetter(reason), failed) => {
+                let reason = match failed {
+                    Some(failures) => bounded(&format!("{reason}; {failures}")).into_owned(),
+                    None => bounded(reason).into_owned(),
+                };
+                warn!(tag, message_id = %bounded(incoming.message_id().unwrap_or("")), reason = %reason, "a handler rejected the event; dead-lettering");
+                self.dead_letter(incoming, tag, DeadLetter::new("handler_rejected", &reason))
+                    .await;
             }
-            let error = bounded(&format!("{reason}; {error}")).into_owned();
-            warn!(tag, message_id = %bounded(incoming.message_id().unwrap_or("")), error = %error, "a handler rejected the event (another failed); dead-lettering");
-            self.dead_letter(incoming, tag, DeadLetter::new("handler_rejected", &error))
-                .await;
-            return Outcome::Settled;
+            (decision, Some(error)) => {
+                // A handler that asked for a longer delay than the backoff
+                // gets it.
+                let delay = match decision {
+                    Decision::RetryAfter(delay) => {
+                        Some((*delay).max(self.settings.retry_delay(incoming.attempt())))
+                    }
+                    _ => None,
+                };
+                self.settle_failure(incoming, tag, "handler_failed", error, delay)
+                    .await;
+            }
+            (Decision::Ack, None) => {
+                self.counters.count(Count::Handled, tag, "");
+                debug!(
+                    outcome = "acked",
+                    handlers = dispatch.handled(),
+                    "event handled"
+                );
+                return Outcome::Ack;
+            }
+            (Decision::RetryAfter(delay), None) => {
+                let error = format!("a handler asked for a retry after {delay:?}");
+                self.settle_failure(incoming, tag, "handler_retry", error, Some(*delay))
+                    .await;
+            }
+            (Decision::Requeue, None) => {
+                self.counters.count(Count::Requeued, "", "");
+                debug!(outcome = "requeued", "a handler asked to requeue the event");
+                if let Err(e) = incoming.requeue().await {
+                    debug!(error = %e, "requeueing a delivery failed; the broker redelivers it after recovery");
+                }
+            }
         }
-        // Not remembered: the retry must come back.
-        drop(handling);
-        // A handler that asked for a longer delay than the backoff gets it.
-        let delay = match dispatch.decision() {
-            Decision::RetryAfter(delay) => {
-                Some((*delay).max(self.settings.retry_delay(incoming.attempt())))
-            }
-            _ => None,
-        };
-        self.settle_failure(incoming, tag, "handler_failed", error, delay)
-            .await;
         Outcome::Settled
     }
 }
