@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::decision::Decision;
-use super::handler_call::{BoxFuture as BatchFuture, CatchUnwind, Failure};
+use super::handler_call::{self, BoxFuture as BatchFuture, Failure};
 use crate::error::HandlerError;
 
 /// The batch handler, erased.
@@ -106,7 +106,7 @@ impl<E: Send + Sync + 'static> Batcher<E> {
 
     /// Runs the handler on a batch and tells each of its deliveries.
     async fn run(&self, (events, waiters): Batch<E>) {
-        let told: Told = match CatchUnwind((self.handler)(events)).await {
+        let told: Told = match handler_call::outcome((self.handler)(events)).await {
             Ok(decision) => Ok(decision),
             Err(Failure::Error(e)) => Err(e.to_string()),
             Err(Failure::Panic(message)) => Err(format!("batch handler panicked: {message}")),

@@ -28,18 +28,27 @@ impl fmt::Display for Failure {
     }
 }
 
-/// Polls an async handler, turning a panic into a failure.
-pub(super) struct CatchUnwind(pub(super) BoxFuture);
+/// Polls a future, turning a panic into an `Err`.
+pub(super) struct CatchUnwind<F>(pub(super) F);
 
-impl Future for CatchUnwind {
-    type Output = Result<Decision, Failure>;
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
+    type Output = std::thread::Result<F::Output>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        match catch_unwind(AssertUnwindSafe(|| self.0.as_mut().poll(cx))) {
-            Ok(Poll::Ready(result)) => Poll::Ready(result.map_err(Failure::Error)),
+        match catch_unwind(AssertUnwindSafe(|| Pin::new(&mut self.0).poll(cx))) {
+            Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
             Ok(Poll::Pending) => Poll::Pending,
-            Err(panic) => Poll::Ready(Err(Failure::Panic(panic_text(panic)))),
+            Err(panic) => Poll::Ready(Err(panic)),
         }
+    }
+}
+
+/// Awaits an async handler: its decision, or its error or panic as a
+/// failure.
+pub(super) async fn outcome(future: BoxFuture) -> Result<Decision, Failure> {
+    match CatchUnwind(future).await {
+        Ok(result) => result.map_err(Failure::Error),
+        Err(panic) => Err(Failure::Panic(panic_text(panic))),
     }
 }
 

@@ -2,10 +2,9 @@
 //! when the code given it ends, also by an error or a panic.
 
 use std::future::Future;
-use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::pin::Pin;
-use std::task::{Context as TaskContext, Poll};
+use std::panic::resume_unwind;
 
+use super::handler_call::CatchUnwind;
 use super::{Bus, BusBuilder};
 use crate::error::Error;
 
@@ -66,21 +65,6 @@ impl Bus {
                 closed?;
                 Ok(value)
             }
-        }
-    }
-}
-
-/// Polls a future, turning a panic into an `Err`.
-struct CatchUnwind<F>(Pin<Box<F>>);
-
-impl<F: Future> Future for CatchUnwind<F> {
-    type Output = std::thread::Result<F::Output>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        match catch_unwind(AssertUnwindSafe(|| self.0.as_mut().poll(cx))) {
-            Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
-            Ok(Poll::Pending) => Poll::Pending,
-            Err(panic) => Poll::Ready(Err(panic)),
         }
     }
 }

@@ -19,7 +19,7 @@ use tracing::{error, warn};
 use crate::bus::batch::Batcher;
 use crate::bus::context::Context;
 use crate::bus::decision::Decision;
-use crate::bus::handler_call::{BoxFuture, CatchUnwind, Failure, panic_text};
+use crate::bus::handler_call::{self, BoxFuture, Failure, panic_text};
 pub use crate::error::HandlerError;
 use crate::event::{Event, EventType};
 
@@ -453,7 +453,7 @@ impl Subscribers {
         {
             let outcome = match catch_unwind(AssertUnwindSafe(|| (entry.handler)(event, context))) {
                 Ok(Call::Done(result)) => result.map_err(Failure::Error),
-                Ok(Call::Pending(future)) => CatchUnwind(future).await,
+                Ok(Call::Pending(future)) => handler_call::outcome(future).await,
                 Err(panic) => Err(Failure::Panic(panic_text(panic))),
             };
             dispatch.handled += 1;
