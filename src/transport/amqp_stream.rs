@@ -475,6 +475,10 @@ impl Received for StreamReceived {
         self.inner.content_type()
     }
 
+    fn content_encoding(&self) -> Option<&str> {
+        self.inner.content_encoding()
+    }
+
     fn header(&self, name: &str) -> Header<'_> {
         self.inner.header(name)
     }
@@ -505,6 +509,14 @@ impl Received for StreamReceived {
 
     fn redelivered(&self) -> bool {
         self.inner.redelivered()
+    }
+
+    fn reply_to(&self) -> Option<&str> {
+        self.inner.reply_to()
+    }
+
+    fn correlation_id(&self) -> Option<&str> {
+        self.inner.correlation_id()
     }
 
     /// Settles it; the first delivery is also acknowledged on the wire,

@@ -359,3 +359,26 @@ async fn a_reader_starting_at_a_time_skips_far_more_than_its_prefetch() {
         (2000..2010).chain([99_999]).collect::<Vec<_>>()
     );
 }
+
+/// A stream reader decompresses what was published compressed (the
+/// stream's deliveries carry their `content-encoding` through).
+#[tokio::test]
+async fn a_stream_reader_reads_compressed_events() {
+    let props = common::props(ExchangeKind::Fanout);
+    let cleanup = common::Cleanup::new(&props);
+    cleanup.queue(&stream_of(&props, "packed"));
+    let (bus, seen, _g) = reader(&props, Listen::stream("packed")).await;
+    let publisher = Bus::with_props(props.clone())
+        .compression(tidings::Compression::Gzip)
+        .compression_threshold(0)
+        .publish_only()
+        .connect()
+        .await
+        .unwrap();
+    publish(&publisher, 0..5).await;
+    assert!(has(&seen, 5).await, "{:?}", ticks(&seen));
+    assert_eq!(ticks(&seen), (0..5).collect::<Vec<_>>());
+    assert_eq!(bus.stats().rejected_total(), 0, "{:?}", bus.stats());
+    publisher.close().await.unwrap();
+    bus.close().await.unwrap();
+}
