@@ -755,7 +755,7 @@ impl AmqpProps {
     /// **Every broker address**, `(host, port)`, in the order given; the
     /// first is [`host`](Self::host) and [`port`](Self::port).
     pub fn addresses(&self) -> impl Iterator<Item = (&str, u16)> + '_ {
-        let default = self.port();
+        let default = self.default_port();
         self.hosts
             .iter()
             .map(move |h| (h.name.as_str(), h.port.unwrap_or(default)))
@@ -978,8 +978,13 @@ impl AmqpProps {
         self.hosts
             .first()
             .and_then(|h| h.port)
-            .or(self.port)
-            .unwrap_or(if self.tls { 5671 } else { 5672 })
+            .unwrap_or_else(|| self.default_port())
+    }
+
+    /// The port of a host given without one: [`with_port`](Self::with_port)'s,
+    /// else the scheme's (5672, or 5671 with TLS).
+    fn default_port(&self) -> u16 {
+        self.port.unwrap_or(if self.tls { 5671 } else { 5672 })
     }
 
     /// The user name.
@@ -1546,6 +1551,12 @@ mod tests {
         // TLS: hosts without a port take 5671.
         let tls = AmqpProps::from_url("amqps://a,b:1/").unwrap();
         assert_eq!(tls.addresses().collect::<Vec<_>>(), [("a", 5671), ("b", 1)]);
+        // A host without a port takes the scheme's, not the first host's.
+        let first = AmqpProps::from_url("amqp://a:1,b/").unwrap();
+        assert_eq!(
+            first.addresses().collect::<Vec<_>>(),
+            [("a", 1), ("b", 5672)]
+        );
         // with_port sets every host's port; with_host replaces the list.
         let one = p.clone().with_port(6000);
         assert!(one.addresses().all(|(_, port)| port == 6000));
