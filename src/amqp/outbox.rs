@@ -53,18 +53,13 @@ pub(crate) struct Message {
     pub(crate) body: Arc<Vec<u8>>,
     pub(crate) properties: BasicProperties,
     pub(crate) done: Option<oneshot::Sender<Result<()>>>,
-    /// Counted in the stats (events of the application, not the bus's own
-    /// retries and dead letters).
+    /// Counted in the stats, and sent again when nacked: an event of the
+    /// application, not one of the bus's own retries and dead letters.
     pub(crate) counted: bool,
     /// Channels lost while this message was the only one in flight.
     pub(crate) strikes: u8,
     /// Times the broker refused it with a nack.
     pub(crate) nacks: u8,
-    /// Whether a nack sends it again (an event) rather than failing it at
-    /// once (a retry or a dead letter, whose listener waits for the outcome
-    /// and has a fallback of its own: a full dead-letter queue must not
-    /// hold a listener for the resends' ten seconds).
-    pub(crate) resend_nacked: bool,
     /// When it was accepted, for the publish-to-confirm latency.
     pub(crate) accepted: Instant,
 }
@@ -533,14 +528,20 @@ impl Engine {
         Stop::ChannelLost
     }
 
-    /// Settles a message the broker answered, unless it refused it with a
-    /// nack less than [`MAX_NACKS`] times and is to be resent: then it is
+    /// Settles a message the broker answered, unless it is an event the
+    /// broker refused with a nack less than [`MAX_NACKS`] times: then it is
     /// sent again after a delay.
     fn answered(&mut self, mut message: Message, confirmation: Confirmation) {
+        // Only what the application published: a retry or a dead letter
+        // (not counted) fails at once, since the listener waiting for it
+        // has a fallback of its own, and a full dead-letter queue must not
+        // hold it for the resends' ten seconds.
         if matches!(confirmation, Confirmation::Nack(_))
-            && message.resend_nacked
+            && message.counted
             && message.nacks < MAX_NACKS
         {
+            // Answered, so not what closed a channel: no longer a suspect.
+            self.suspects = self.suspects.saturating_sub(1);
             let delay =
                 (NACK_DELAY * 2u32.pow(u32::from(message.nacks))).min(Duration::from_secs(2));
             message.nacks += 1;

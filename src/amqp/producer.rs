@@ -312,7 +312,6 @@ impl Producer {
             counted: true,
             strikes: 0,
             nacks: 0,
-            resend_nacked: true,
             accepted: Instant::now(),
         };
         self.inner
@@ -347,7 +346,6 @@ impl Producer {
             counted: true,
             strikes: 0,
             nacks: 0,
-            resend_nacked: true,
             accepted: Instant::now(),
         };
         self.inner
@@ -358,9 +356,8 @@ impl Producer {
 
     /// Publishes a received message again, properties and all (a retry or
     /// a dead letter), and waits for the broker's confirm. Not counted as
-    /// an application publish; never fails for a full buffer; a nack fails
-    /// it at once (not sent again), since the listener waiting for it has
-    /// a fallback of its own.
+    /// an application publish, so a nack fails it at once; never fails for a
+    /// full buffer.
     pub(crate) async fn republish(
         &self,
         exchange: ShortString,
@@ -380,7 +377,6 @@ impl Producer {
             counted: false,
             strikes: 0,
             nacks: 0,
-            resend_nacked: false,
             accepted: Instant::now(),
         };
         self.inner.outbox.submit(message, WhenFull::Wait).await?;
