@@ -22,6 +22,7 @@ use crate::amqp::recovery::{self, Backoff, Supervised};
 use crate::amqp::topology::{self, QueueDecl, Topology};
 use crate::codec::Codecs;
 use crate::error::{Error, ErrorKind, Result};
+use crate::runtime::lock;
 
 /// **A supervised connection to the broker**, made from [`AmqpProps`]: it
 /// declares the exchange, hands out channels, and makes [`Producer`](crate::Producer)s and
@@ -735,7 +736,7 @@ impl Supervised for Inner {
         match replayed.await {
             Ok(channel) => {
                 *self.admin.lock().await = Some(channel);
-                *self.address.lock().unwrap_or_else(|p| p.into_inner()) = address.clone();
+                *lock(&self.address) = address.clone();
                 Ok((amqp, address))
             }
             Err(e) => {

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::runtime::lock;
 use crate::schema::{Fingerprint, Schema};
 use crate::transport::seam::Transport;
 
@@ -44,8 +45,4 @@ impl SchemaCache {
         }
         found
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -20,7 +20,7 @@ use super::seam::{
 use crate::amqp::connection_event::{ConnectionEvent, ConnectionEvents};
 use crate::codec::Codec;
 use crate::error::{Error, ErrorKind, Result};
-use crate::runtime::now_or_never;
+use crate::runtime::{lock, now_or_never};
 
 /// **What [`Faults`] injects, and how often**, from a seed: the same seed
 /// and the same calls give the same faults.
@@ -719,10 +719,6 @@ impl Received for Copy {
     fn reject(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(self.settle(|m| m.reject()))
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// xorshift64*: deterministic for a seed, no dependency.

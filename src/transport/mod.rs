@@ -34,7 +34,4 @@ pub(crate) fn test_transport() -> Box<dyn seam::Transport> {
     Box::new(memory::MemoryTransport::named("test"))
 }
 
-/// Locks `mutex`, also after a panic while it was held.
-pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
+pub(crate) use crate::runtime::lock;
