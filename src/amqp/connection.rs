@@ -196,11 +196,7 @@ impl Connection {
     /// list this connection reached (while it recovers, the one it lost).
     #[must_use]
     pub fn address(&self) -> String {
-        self.inner
-            .address
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        lock(&self.inner.address).clone()
     }
 
     /// Whether the connection is up now (`false` while it recovers and
@@ -574,10 +570,7 @@ impl Connection {
     }
 
     pub(super) fn topology(&self) -> std::sync::MutexGuard<'_, Topology> {
-        self.inner
-            .topology
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        lock(&self.inner.topology)
     }
 
     /// **Deletes a queue** by name; returns how many messages it held.
@@ -713,11 +706,7 @@ impl Supervised for Inner {
     /// A new underlying connection with the topology declared again, and
     /// its address.
     async fn reopen(&self) -> Result<(Arc<lapin::Connection>, String)> {
-        let lost = self
-            .address
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let lost = lock(&self.address).clone();
         let (amqp, address) = open(&self.props, &self.connection_name, Some(&lost)).await?;
         let amqp = Arc::new(amqp);
         let replayed = async {
@@ -725,11 +714,7 @@ impl Supervised for Inner {
                 .create_channel()
                 .await
                 .map_err(|e| Error::amqp("opening a channel", e))?;
-            let topology = self
-                .topology
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
+            let topology = lock(&self.topology).clone();
             topology.replay(&channel).await?;
             Ok::<_, Error>(channel)
         };
