@@ -158,9 +158,12 @@ async fn a_classic_queue_of_the_same_name_fails_with_what_to_do() {
 
     // As it says: either the listener or the whole bus keeps it classic.
     let handled = Arc::new(AtomicU32::new(0));
+    let url = common::broker_url();
+    let sep = if url.contains('?') { '&' } else { '?' };
     let by_url = AmqpProps::from_url(&format!(
-        "{}&queue_type=classic",
-        props.redacted_url().replace(":***@", ":guest@")
+        "{url}{sep}exchange={}&kind={}&queue_type=classic",
+        props.exchange(),
+        props.exchange_kind().as_str()
     ))
     .unwrap();
     assert_eq!(by_url.queue_type(), QueueType::Classic);

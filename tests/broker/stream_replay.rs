@@ -279,34 +279,21 @@ async fn retention_settings_reach_the_broker() {
         .unwrap_err();
     assert_eq!(other.kind(), ErrorKind::Broker, "{other}");
     assert!(other.to_string().contains("x-max-length-bytes"), "{other}");
-    if common::rabbitmqctl_sees_the_broker() {
-        let listed = std::process::Command::new("rabbitmqctl")
-            .args([
-                "list_queues",
-                "-q",
-                "--no-table-headers",
-                "name",
-                "arguments",
-            ])
-            .output()
-            .unwrap();
-        let listed = String::from_utf8_lossy(&listed.stdout);
-        let line = listed
-            .lines()
-            .find(|line| line.starts_with(&format!("{stream}\t")))
-            .unwrap_or_else(|| panic!("{stream} not listed in {listed}"));
-        for argument in [
-            "x-queue-type",
-            "stream",
-            "x-max-age",
-            "7200s",
-            "x-max-length-bytes",
-            "5000000",
-            "x-stream-max-segment-size-bytes",
-            "1000000",
-        ] {
-            assert!(line.contains(argument), "{argument} not in {line}");
-        }
+    let arguments = common::queue_column("arguments");
+    let line = arguments
+        .get(&stream)
+        .unwrap_or_else(|| panic!("{stream} not listed in {arguments:?}"));
+    for argument in [
+        "x-queue-type",
+        "stream",
+        "x-max-age",
+        "7200s",
+        "x-max-length-bytes",
+        "5000000",
+        "x-stream-max-segment-size-bytes",
+        "1000000",
+    ] {
+        assert!(line.contains(argument), "{argument} not in {line}");
     }
     bus.close().await.unwrap();
 }

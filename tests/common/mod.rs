@@ -156,10 +156,17 @@ pub fn listed_queues() -> Vec<String> {
 /// The type (`classic`, `quorum`, `stream`) of each queue on the shared
 /// broker, by `rabbitmqctl`; fails the test where it cannot be run.
 pub fn queue_types() -> std::collections::HashMap<String, String> {
+    queue_column("type")
+}
+
+/// One column of `rabbitmqctl list_queues` (`type`, `arguments`, ..) for
+/// each queue on the shared broker, by name; fails the test where
+/// `rabbitmqctl` cannot be run.
+pub fn queue_column(column: &str) -> std::collections::HashMap<String, String> {
     let out = Command::new("rabbitmqctl")
-        .args(["list_queues", "-q", "--no-table-headers", "name", "type"])
+        .args(["list_queues", "-q", "--no-table-headers", "name", column])
         .output()
-        .expect("these tests read queue types with rabbitmqctl, which cannot be run");
+        .expect("these tests read queues with rabbitmqctl, which cannot be run");
     assert!(
         out.status.success(),
         "rabbitmqctl list_queues failed: {}",
@@ -168,8 +175,8 @@ pub fn queue_types() -> std::collections::HashMap<String, String> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|line| {
-            let (name, kind) = line.trim().rsplit_once(char::is_whitespace)?;
-            Some((name.trim().to_owned(), kind.trim().to_owned()))
+            let (name, value) = line.trim().split_once('\t')?;
+            Some((name.trim().to_owned(), value.trim().to_owned()))
         })
         .collect()
 }

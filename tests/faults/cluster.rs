@@ -249,6 +249,16 @@ async fn a_group_on_quorum_queues_rides_out_the_loss_of_its_leader_node_twice() 
     publishing.await.unwrap();
     publisher.close().await.unwrap();
     let sent = publisher.stats();
+    // The checks above pass once everything is published, so a broadcast
+    // listener still down then would go unseen: it must get the last event.
+    let last = u64::from(EVENTS - 1);
+    assert!(
+        common::eventually(Duration::from_secs(60), || {
+            watched.highest.load(Ordering::Relaxed) >= last
+        })
+        .await,
+        "the broadcast listener never received the last event after the faults"
+    );
 
     // Every event handled by the group.
     let all = |seen: &[&Seen]| {
