@@ -106,13 +106,21 @@ async fn duplicates_at_once(first_fails: bool) -> (Vec<u64>, u32, tidings::Stats
     let subscribers = Subscribers::new();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
-    let (s, c) = (seen.clone(), calls.clone());
+    let listening: Arc<std::sync::OnceLock<Bus>> = Arc::default();
+    let (s, c, l) = (seen.clone(), calls.clone(), listening.clone());
     let _g = subscribers.subscribe_async(move |t: Arc<Transfer>, _: tidings::Context| {
-        let (s, c) = (s.clone(), c.clone());
+        let (s, c, l) = (s.clone(), c.clone(), l.clone());
         async move {
             let call = c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            // Slow enough that the duplicate arrives while this runs.
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            // The first handling lasts until the duplicate was delivered
+            // too: it arrives while this runs.
+            if call == 0 {
+                let both = common::eventually(Duration::from_secs(10), || {
+                    l.get().is_some_and(|bus| bus.stats().delivered >= 2)
+                })
+                .await;
+                assert!(both, "the duplicate was not delivered");
+            }
             if first_fails && call == 0 {
                 return Err("the first attempt fails");
             }
@@ -127,6 +135,7 @@ async fn duplicates_at_once(first_fails: bool) -> (Vec<u64>, u32, tidings::Stats
         .connect()
         .await
         .unwrap();
+    let _ = listening.set(bus.clone());
     let conn = Connection::connect(&props).await.unwrap();
     for _ in 0..2 {
         publish_as(
