@@ -152,6 +152,15 @@ impl Meeting {
         self.builder(subscribers).connect().await.unwrap()
     }
 
+    /// A bus that only publishes.
+    async fn publisher(&self) -> Bus {
+        self.builder(&Subscribers::new())
+            .publish_only()
+            .connect()
+            .await
+            .unwrap()
+    }
+
     fn cleanup(&self) -> Option<common::Cleanup> {
         match self {
             Self::Memory(..) => None,
@@ -522,12 +531,7 @@ struct OrderPaid {
 
 async fn a_group_shares_the_work_each_event_once(meeting: Meeting) {
     let _cleanup = meeting.cleanup_group("billing");
-    let publisher = meeting
-        .builder(&Subscribers::new())
-        .publish_only()
-        .connect()
-        .await
-        .unwrap();
+    let publisher = meeting.publisher().await;
     let all = Seen::default();
     let mut members = Vec::new();
     let mut shares = Vec::new();
@@ -574,12 +578,7 @@ async fn a_group_shares_the_work_each_event_once(meeting: Meeting) {
 
 async fn a_group_gets_what_was_published_while_it_was_down(meeting: Meeting) {
     let _cleanup = meeting.cleanup_group("late");
-    let publisher = meeting
-        .builder(&Subscribers::new())
-        .publish_only()
-        .connect()
-        .await
-        .unwrap();
+    let publisher = meeting.publisher().await;
     let first = meeting
         .builder(&Subscribers::new())
         .listen(Listen::group("late"))
@@ -625,12 +624,7 @@ async fn routing_keys_filter_what_a_listener_receives(meeting: Meeting) {
         .connect()
         .await
         .unwrap();
-    let publisher = meeting
-        .builder(&Subscribers::new())
-        .publish_only()
-        .connect()
-        .await
-        .unwrap();
+    let publisher = meeting.publisher().await;
     for id in 0..10 {
         publisher.publish(&UserJoined { id }).await.unwrap();
         publisher.publish(&OrderPaid { id }).await.unwrap();
@@ -757,12 +751,7 @@ async fn send_to_reaches_one_named_queue(meeting: Meeting) {
         .await
         .unwrap();
     let bystander = meeting.bus(&others).await;
-    let sender = meeting
-        .builder(&Subscribers::new())
-        .publish_only()
-        .connect()
-        .await
-        .unwrap();
+    let sender = meeting.publisher().await;
     sender.send_to(&inbox, &OrderPaid { id: 7 }).await.unwrap();
     let missing = sender
         .send_to(&common::unique("nobody"), &OrderPaid { id: 9 })
@@ -1002,12 +991,7 @@ async fn adder(bus: &Bus, options: ServeOptions, name: &str, count: Arc<AtomicUs
 }
 
 async fn rpc_bus(meeting: &Meeting) -> Bus {
-    meeting
-        .builder(&Subscribers::new())
-        .publish_only()
-        .connect()
-        .await
-        .unwrap()
+    meeting.publisher().await
 }
 
 async fn a_call_gets_the_typed_reply(meeting: Meeting) {
@@ -1366,12 +1350,7 @@ async fn a_stream_reader_catches_up_and_new_readers_start_where_told(meeting: Me
         let listen = Listen::stream("replay").start(start);
         (subscribers, seen, guard, listen)
     };
-    let publisher = meeting
-        .builder(&Subscribers::new())
-        .publish_only()
-        .connect()
-        .await
-        .unwrap();
+    let publisher = meeting.publisher().await;
     let (subscribers, seen, _g1, listen) = reader(tidings::StreamStart::Beginning);
     let first = meeting
         .builder(&subscribers)
@@ -1540,12 +1519,7 @@ async fn publish_options_route_name_encode_and_delay_one_event(meeting: Meeting)
         .connect()
         .await
         .unwrap();
-    let publisher = meeting
-        .builder(&Subscribers::new())
-        .publish_only()
-        .connect()
-        .await
-        .unwrap();
+    let publisher = meeting.publisher().await;
     let order = |id| OrderPlaced {
         id,
         item: "tea".into(),
