@@ -57,9 +57,10 @@ impl Streams {
 
     /// Appends `message` to every stream bound to its routing key; how many.
     pub(crate) fn append(&self, message: &Arc<Message>) -> usize {
-        let streams: Vec<Arc<MemoryStream>> = lock(&self.streams).values().cloned().collect();
+        // Under the map's lock (nothing awaits): no copy of it per publish.
+        let streams = lock(&self.streams);
         let mut taken = 0;
-        for stream in streams {
+        for stream in streams.values() {
             let routes = lock(&stream.bindings)
                 .iter()
                 .any(|pattern| topic_matches(pattern, &message.routing_key));
