@@ -547,7 +547,7 @@ impl Amqp {
             properties = properties.with_priority(priority);
         }
         if let Some(ttl) = delivery.expiration {
-            properties = properties.with_expiration(ttl.as_millis().to_string().into());
+            properties = properties.with_expiration(rpc::expiration(ttl));
         }
         Ok(properties)
     }
