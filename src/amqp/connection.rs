@@ -395,7 +395,7 @@ impl Connection {
         max_messages: u64,
         max_bytes: u64,
     ) -> Result<String> {
-        let name = format!("{}.dead-letter", self.inner.props.exchange());
+        let name = self.inner.props.dead_letter_name();
         check_name("dead-letter exchange name", &name)?;
         let limit = |n: u64| AMQPValue::LongLongInt(i64::try_from(n).unwrap_or(i64::MAX));
         let mut arguments = FieldTable::default();
@@ -761,7 +761,7 @@ fn quorum_arguments(arguments: &mut FieldTable, queue: &Queue, props: &AmqpProps
         );
         arguments.insert(
             "x-dead-letter-exchange".into(),
-            text(&format!("{}.dead-letter", props.exchange())),
+            text(&props.dead_letter_name()),
         );
     }
 }

@@ -746,6 +746,12 @@ impl AmqpProps {
         self.delivery_limit
     }
 
+    /// The dead-letter exchange and queue of this exchange:
+    /// `<exchange>.dead-letter`.
+    pub(crate) fn dead_letter_name(&self) -> String {
+        format!("{}.dead-letter", self.exchange())
+    }
+
     /// Whether each connect tries the hosts in a random order.
     #[must_use]
     pub fn shuffled_hosts(&self) -> bool {

@@ -151,7 +151,7 @@ impl DeadLetters {
     pub async fn open(props: &AmqpProps) -> Result<Self> {
         let conn = Connection::connect_without_exchange(props).await?;
         // The name the bus declares it under (Connection::declare_dead_letters).
-        let queue = format!("{}.dead-letter", props.exchange());
+        let queue = props.dead_letter_name();
         let dead_letters = Self {
             conn,
             queue,
