@@ -392,6 +392,11 @@ impl Producer {
         ShortString::from(format!("{}-{sequence}", self.inner.instance_id))
     }
 
+    /// The content type of what this producer encodes.
+    pub(crate) fn content_type(&self) -> &str {
+        self.inner.content_type.as_str()
+    }
+
     pub(crate) fn properties(
         &self,
         message_id: ShortString,

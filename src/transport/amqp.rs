@@ -531,12 +531,15 @@ impl Amqp {
     /// and encoding, headers, persistence, priority, expiration.
     fn properties(&self, out: Outgoing) -> Result<BasicProperties> {
         let message_id = short(&out.message_id)?;
-        let content_type = short(&out.content_type)?;
+        // Another than the producer's only for an event of another codec.
+        let content_type = (*out.content_type != *self.producer.content_type())
+            .then(|| short(&out.content_type))
+            .transpose()?;
         let (encoding, delivery) = (out.content_encoding, out.delivery);
-        let mut properties = self
-            .producer
-            .properties(message_id, event_headers(out))
-            .with_content_type(content_type);
+        let mut properties = self.producer.properties(message_id, event_headers(out));
+        if let Some(content_type) = content_type {
+            properties = properties.with_content_type(content_type);
+        }
         if delivery.persistent {
             properties = properties.with_delivery_mode(2);
         }
