@@ -53,7 +53,7 @@ pub(crate) async fn run(events: u64) -> Result<(), Error> {
     for queue_type in [QueueType::Classic, QueueType::Quorum] {
         for confirmed in [false, true] {
             let scenario = Scenario::new(100, Shape::Group(2, queue_type), confirmed);
-            crate::scenario_rows(&urls, events, scenario).await?;
+            crate::scenario_rows(&urls, events, scenario, crate::RowSet::default()).await?;
         }
     }
     drop(running);

@@ -1,15 +1,19 @@
 //! Consumers in their own OS processes, so their memory and CPU can be
 //! measured: the bench re-executes itself with `--consumer MODE EXCHANGE
-//! QUEUE SHAPE [SOAK_EVENTS]` (reading `AMQP_URL` like the parent).
+//! QUEUE SHAPE [KEY=VALUE..]` (reading `AMQP_URL` like the parent); the
+//! keys are a growth row's `Load` (`types`, `subscribers`, `listeners`,
+//! `concurrency`, `sleep_us`) and a soak's `soak` (events) and `spin_us`.
 //!
 //! Protocol, one line each way: the child prints `ready` once it consumes;
-//! on `report` it prints `report COUNT SEQ_SUM LAST_NS RSS_KB HWM_KB TICKS`
-//! (events handled, the sum of their sequence numbers, the wall-clock time
-//! of the last handler call in Unix nanoseconds, resident set now and at
-//! its peak, CPU clock ticks since `ready`); on `exit` (or when stdin
+//! on `report` it prints `report COUNT SEQ_SUM LAST_NS RSS_KB HWM_KB TICKS
+//! CPU_NS` (events handled, the sum of their sequence numbers, the
+//! wall-clock time of the last handler call in Unix nanoseconds, resident
+//! set now and at its peak, CPU clock ticks since `ready`, and the CPU
+//! nanoseconds of its threads since `ready`); on `exit` (or when stdin
 //! closes) it settles what it holds, closes its connection and exits. A
 //! soak consumer also prints `rss COUNT RSS_KB HWM_KB` as it goes.
 
+use std::collections::HashMap;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,8 +26,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio_stream::StreamExt;
 
-use crate::procfs::{cpu_ticks, status_kb};
-use crate::{ACK_EVERY, Error, PREFETCH, Payload, now_nanos, raw_consumer};
+use crate::procfs::{cpu_nanos_since, cpu_ticks, status_kb, thread_cpu_nanos};
+use crate::{ACK_EVERY, Error, Load, PREFETCH, Payload, now_nanos, raw_consumer};
 
 /// How long a child may stay silent when an answer is due.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -37,6 +41,8 @@ pub(crate) struct Report {
     pub(crate) rss_kb: u64,
     pub(crate) hwm_kb: u64,
     pub(crate) ticks: u64,
+    /// CPU nanoseconds of the process's threads since `ready`.
+    pub(crate) cpu_ns: u64,
 }
 
 impl Report {
@@ -47,13 +53,14 @@ impl Report {
             .map(str::parse)
             .collect::<Result<_, _>>()?;
         match numbers[..] {
-            [count, seq_sum, last_ns, rss_kb, hwm_kb, ticks] => Ok(Self {
+            [count, seq_sum, last_ns, rss_kb, hwm_kb, ticks, cpu_ns] => Ok(Self {
                 count,
                 seq_sum,
                 last_ns,
                 rss_kb,
                 hwm_kb,
                 ticks,
+                cpu_ns,
             }),
             _ => Err(format!("bad report from a consumer: {line:?}").into()),
         }
@@ -180,20 +187,43 @@ impl Tally {
         self.count.fetch_add(1, Ordering::Release) + 1
     }
 
-    fn report(&self, ticks_at_ready: u64) -> String {
+    fn report(&self, ticks_at_ready: u64, cpu_at_ready: &HashMap<u64, u64>) -> String {
         let count = self.count.load(Ordering::Acquire);
         format!(
-            "report {count} {} {} {} {} {}",
+            "report {count} {} {} {} {} {} {}",
             self.seq_sum.load(Ordering::Relaxed),
             self.last_ns.load(Ordering::Relaxed),
             status_kb("VmRSS"),
             status_kb("VmHWM"),
-            cpu_ticks().saturating_sub(ticks_at_ready)
+            cpu_ticks().saturating_sub(ticks_at_ready),
+            cpu_nanos_since(cpu_at_ready),
         )
     }
 }
 
-/// The child side: `ARGS` are `MODE EXCHANGE QUEUE SHAPE [SOAK_EVENTS]`,
+/// A soak consumer's settings (`soak=N spin_us=N`).
+#[derive(Clone, Copy)]
+pub(crate) struct Soak {
+    /// Events of the soak, for the sample interval.
+    events: u64,
+    /// How long the handler spins per event.
+    spin: Duration,
+}
+
+/// The value of `KEY=VALUE` among `args`, if there.
+fn key_value(args: &[String], key: &str) -> Result<Option<u64>, Error> {
+    args.iter()
+        .filter_map(|arg| arg.strip_prefix(key)?.strip_prefix('='))
+        .map(|value| {
+            value
+                .parse()
+                .map_err(|e| Error::from(format!("{key}={value}: {e}")))
+        })
+        .next()
+        .transpose()
+}
+
+/// The child side: `ARGS` are `MODE EXCHANGE QUEUE SHAPE [KEY=VALUE..]`,
 /// MODE one of `naive`, `tuned` (raw lapin), `tidings`, `soak`; SHAPE
 /// `broadcast` or `group` (QUEUE is the raw queue or the tidings group).
 pub(crate) async fn run_child(args: &[String]) -> Result<(), Error> {
@@ -202,6 +232,7 @@ pub(crate) async fn run_child(args: &[String]) -> Result<(), Error> {
     };
     let url = crate::broker_url();
     let tally = Arc::new(Tally::default());
+    let load = Load::parse(rest)?;
     let running = match mode.as_str() {
         "naive" | "tuned" => {
             let durable = shape.starts_with("group");
@@ -214,31 +245,39 @@ pub(crate) async fn run_child(args: &[String]) -> Result<(), Error> {
                     durable,
                     quorum,
                     mode == "tuned",
+                    load,
                     tally.clone(),
                 )
                 .await?,
             ))
         }
         "tidings" | "soak" => {
-            let soak_events = match rest {
-                [n] => Some(n.parse::<u64>()?),
-                _ => None,
+            let soak = match key_value(rest, "soak")? {
+                Some(events) => Some(Soak {
+                    events,
+                    spin: Duration::from_micros(
+                        key_value(rest, "spin_us")?
+                            .unwrap_or(crate::soak::SOAK_HANDLER.as_micros() as u64),
+                    ),
+                }),
+                None => None,
             };
             let listen = match shape.as_str() {
                 "group" => Listen::group(queue.clone()).queue_type(QueueType::Classic),
                 "group-quorum" => Listen::group(queue.clone()).queue_type(QueueType::Quorum),
                 _ => Listen::broadcast(),
             };
-            Running::Bus(bus_consumer(&url, exchange, listen, tally.clone(), soak_events).await?)
+            Running::Bus(bus_consumer(&url, exchange, listen, load, tally.clone(), soak).await?)
         }
         other => return Err(format!("unknown consumer mode {other:?}").into()),
     };
     let ticks_at_ready = cpu_ticks();
+    let cpu_at_ready = thread_cpu_nanos();
     println!("ready");
     let mut commands = stdin_lines();
     while let Some(command) = commands.recv().await {
         match command.trim() {
-            "report" => println!("{}", tally.report(ticks_at_ready)),
+            "report" => println!("{}", tally.report(ticks_at_ready, &cpu_at_ready)),
             "exit" => break,
             other => return Err(format!("unknown command {other:?}").into()),
         }
@@ -270,13 +309,19 @@ fn stdin_lines() -> tokio::sync::mpsc::UnboundedReceiver<String> {
 
 /// A raw lapin consumer: naive acks every delivery, tuned acks with
 /// `multiple` every `ACK_EVERY` deliveries (and what is left at the end).
+/// With `load.listeners` above 1: that many queues (`QUEUE.0`, ..), each on
+/// a channel of its own, in this one process. With `load.concurrency`
+/// above 1 or a `load.sleep_us`: a task per delivery, at most
+/// `concurrency` at once (a semaphore), each acking its own delivery after
+/// its handler.
 struct RawConsumer {
     connection: lapin::Connection,
     stop: Arc<tokio::sync::Notify>,
-    task: tokio::task::JoinHandle<Result<(), lapin::Error>>,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), Error>>>,
 }
 
 impl RawConsumer {
+    #[allow(clippy::too_many_arguments)]
     async fn start(
         url: &str,
         exchange: &str,
@@ -284,60 +329,40 @@ impl RawConsumer {
         durable: bool,
         quorum: bool,
         tuned: bool,
+        load: Load,
         tally: Arc<Tally>,
     ) -> Result<Self, Error> {
         let connection =
             lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
-        let channel = connection.create_channel().await?;
-        let mut consumer =
-            raw_consumer(&channel, exchange, queue, durable, quorum, "bench").await?;
         let stop = Arc::new(tokio::sync::Notify::new());
-        let stopping = stop.clone();
-        let task = tokio::spawn(async move {
-            let mut unacked: Option<Acker> = None;
-            let mut since_ack = 0u64;
-            loop {
-                let next = tokio::select! {
-                    biased;
-                    next = consumer.next() => next,
-                    () = stopping.notified() => break,
-                };
-                let Some(delivery) = next else { break };
-                let delivery = delivery?;
-                let seq = delivery
-                    .data
-                    .get(..8)
-                    .and_then(|b| b.try_into().ok())
-                    .map_or(u64::MAX, u64::from_le_bytes);
-                tally.record(seq);
-                if !tuned {
-                    delivery.ack(BasicAckOptions::default()).await?;
-                    continue;
-                }
-                since_ack += 1;
-                if since_ack == ACK_EVERY {
-                    delivery.ack(BasicAckOptions { multiple: true }).await?;
-                    since_ack = 0;
-                    unacked = None;
-                } else {
-                    unacked = Some(delivery.acker);
-                }
-            }
-            if let Some(acker) = unacked {
-                acker.ack(BasicAckOptions { multiple: true }).await?;
-            }
-            Ok(())
-        });
+        let mut tasks = Vec::new();
+        for i in 0..load.listeners {
+            let channel = connection.create_channel().await?;
+            let queue = match load.listeners {
+                1 => queue.to_owned(),
+                _ => format!("{queue}.{i}"),
+            };
+            let consumer =
+                raw_consumer(&channel, exchange, &queue, durable, quorum, "bench").await?;
+            let (stopping, tally) = (stop.clone(), tally.clone());
+            tasks.push(if load.concurrency > 1 || load.sleep_us > 0 {
+                tokio::spawn(consume_spawning(consumer, stopping, load, tally))
+            } else {
+                tokio::spawn(consume(consumer, stopping, tuned, tally))
+            });
+        }
         Ok(Self {
             connection,
             stop,
-            task,
+            tasks,
         })
     }
 
     async fn stop(self) -> Result<(), Error> {
-        self.stop.notify_one();
-        self.task.await??;
+        self.stop.notify_waiters();
+        for task in self.tasks {
+            task.await??;
+        }
         match self.connection.close(200, "bench done".into()).await {
             // lapin tears the connection down with this error when a channel
             // was still closing (as tidings' own close allows): it is closed.
@@ -347,40 +372,165 @@ impl RawConsumer {
     }
 }
 
+/// The sequence number at the start of a raw body.
+fn raw_seq(data: &[u8]) -> u64 {
+    data.get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(u64::MAX, u64::from_le_bytes)
+}
+
+/// Handles the deliveries of one raw consumer in turn until `stop`.
+async fn consume(
+    mut consumer: lapin::Consumer,
+    stop: Arc<tokio::sync::Notify>,
+    tuned: bool,
+    tally: Arc<Tally>,
+) -> Result<(), Error> {
+    let mut unacked: Option<Acker> = None;
+    let mut since_ack = 0u64;
+    let stopping = stop.notified();
+    tokio::pin!(stopping);
+    loop {
+        let next = tokio::select! {
+            biased;
+            next = consumer.next() => next,
+            () = &mut stopping => break,
+        };
+        let Some(delivery) = next else { break };
+        let delivery = delivery?;
+        tally.record(raw_seq(&delivery.data));
+        if !tuned {
+            delivery.ack(BasicAckOptions::default()).await?;
+            continue;
+        }
+        since_ack += 1;
+        if since_ack == ACK_EVERY {
+            delivery.ack(BasicAckOptions { multiple: true }).await?;
+            since_ack = 0;
+            unacked = None;
+        } else {
+            unacked = Some(delivery.acker);
+        }
+    }
+    if let Some(acker) = unacked {
+        acker.ack(BasicAckOptions { multiple: true }).await?;
+    }
+    Ok(())
+}
+
+/// Handles each delivery of one raw consumer in a task of its own, at most
+/// `load.concurrency` at once; each awaits `load.sleep_us`, counts, and
+/// acks its delivery. Waits for those running when stopped.
+async fn consume_spawning(
+    mut consumer: lapin::Consumer,
+    stop: Arc<tokio::sync::Notify>,
+    load: Load,
+    tally: Arc<Tally>,
+) -> Result<(), Error> {
+    let permits = load.concurrency.max(1);
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(permits as usize));
+    let sleep = Duration::from_micros(u64::from(load.sleep_us));
+    let stopping = stop.notified();
+    tokio::pin!(stopping);
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        let next = tokio::select! {
+            biased;
+            next = consumer.next() => next,
+            () = &mut stopping => break,
+        };
+        let Some(delivery) = next else { break };
+        let delivery = delivery?;
+        let Ok(permit) = semaphore.clone().acquire_owned().await else {
+            break;
+        };
+        let tally = tally.clone();
+        running.spawn(async move {
+            if !sleep.is_zero() {
+                tokio::time::sleep(sleep).await;
+            }
+            tally.record(raw_seq(&delivery.data));
+            let acked = delivery.ack(BasicAckOptions::default()).await;
+            drop(permit);
+            acked
+        });
+        // Reap what finished, so the set stays as small as the semaphore.
+        while let Some(done) = running.try_join_next() {
+            done??;
+        }
+    }
+    while let Some(done) = running.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
 /// A listening tidings bus whose handler counts; a soak consumer's handler
-/// also spins for `SOAK_HANDLER` and prints an `rss` sample every
-/// `soak_interval` events.
+/// also spins for its `spin` and prints an `rss` sample every
+/// `sample_interval` events. A growth row's `load`: `subscribers` handlers
+/// of `Payload`, `types - 1` other event types subscribed to (never
+/// published), `listeners` broadcast listens (dedup off, so each handles
+/// every event), `concurrency`, and async handlers that sleep `sleep_us`.
 async fn bus_consumer(
     url: &str,
     exchange: &str,
     listen: Listen,
+    load: Load,
     tally: Arc<Tally>,
-    soak_events: Option<u64>,
+    soak: Option<Soak>,
 ) -> Result<Bus, Error> {
     let props = AmqpProps::from_url(url)?
         .with_exchange(exchange, ExchangeKind::Fanout)
         .with_prefetch(PREFETCH);
     let subscribers = Subscribers::new();
-    let interval = soak_events.map(crate::soak::sample_interval);
-    subscribers
-        .subscribe(move |event: &Payload| {
-            if interval.is_some() {
-                let until = std::time::Instant::now() + crate::soak::SOAK_HANDLER;
-                while std::time::Instant::now() < until {
-                    std::hint::spin_loop();
-                }
-            }
-            let count = tally.record(event.seq);
-            if interval.is_some_and(|every| count.is_multiple_of(every)) {
-                println!("rss {count} {} {}", status_kb("VmRSS"), status_kb("VmHWM"));
-            }
-        })
-        .forget();
-    Ok(crate::signed(
-        Bus::with_props(props)
-            .subscribers(subscribers)
-            .listen(listen),
-    )?
-    .connect()
-    .await?)
+    let sleep = Duration::from_micros(u64::from(load.sleep_us));
+    for _ in 0..load.subscribers {
+        let tally = tally.clone();
+        if sleep.is_zero() {
+            subscribers
+                .subscribe(move |event: &Payload| handle(event.seq, &tally, soak))
+                .forget();
+        } else {
+            subscribers
+                .subscribe_async(move |event: Arc<Payload>, _| {
+                    let tally = tally.clone();
+                    async move {
+                        tokio::time::sleep(sleep).await;
+                        tally.record(event.seq);
+                    }
+                })
+                .forget();
+        }
+    }
+    crate::growth::subscribe_other_types(&subscribers, load.types.saturating_sub(1));
+    let mut builder = Bus::with_props(props)
+        .subscribers(subscribers)
+        .concurrency(load.concurrency as usize)
+        .listen(listen.clone());
+    if load.listeners > 1 {
+        for _ in 1..load.listeners {
+            builder = builder.listen(listen.clone());
+        }
+        builder = builder.dedup_window(0);
+    }
+    Ok(crate::signed(builder)?.connect().await?)
+}
+
+/// A sync handler's work: count; in a soak also spin first and sample the
+/// memory now and then.
+fn handle(seq: u64, tally: &Tally, soak: Option<Soak>) {
+    if let Some(soak) = soak
+        && !soak.spin.is_zero()
+    {
+        let until = std::time::Instant::now() + soak.spin;
+        while std::time::Instant::now() < until {
+            std::hint::spin_loop();
+        }
+    }
+    let count = tally.record(seq);
+    if let Some(soak) = soak
+        && count.is_multiple_of(crate::soak::sample_interval(soak.events))
+    {
+        println!("rss {count} {} {}", status_kb("VmRSS"), status_kb("VmHWM"));
+    }
 }

@@ -24,7 +24,22 @@
 //! starts each consumer process under that command: together they profile
 //! one row's publisher and consumer (`docs/perf/FINDINGS.md`);
 //! `TIDINGS_BENCH_RAW_PROPERTIES=tidings` (or `properties`, `headers`)
-//! makes the raw rows carry a tidings event's properties and headers.
+//! makes the raw rows carry a tidings event's properties and headers;
+//! `--with-meta` adds to each scenario a fourth row, "raw lapin tuned +
+//! meta", the tuned row carrying them (so one run shows both comparisons).
+//!
+//! `--reps N` (default 1) runs each scenario's rows N times, interleaved
+//! (naive, tuned, tidings, then again), and prints per row the medians of
+//! events/s, publish/s, RSS and both CPU columns, the median of the
+//! per-repetition ratios, and each repetition's events/s
+//! (`26.7k/27.0k/26.7k`); the pika row also runs N times and its median
+//! makes the tidings / pika ratio. `--growth` runs only the "how cost
+//! grows" table instead (`growth.rs`: body size, subscribed event types,
+//! subscribers per type, listeners per process, handler concurrency; each
+//! against raw lapin where raw lapin can do the same work). `--soak-spin-us
+//! N` (default 50) sets how long the soak handler spins per event: `--soak
+//! 10000000 --soak-spin-us 0` is a 10M-event soak that takes minutes, its
+//! RSS printed every 1,000,000 events.
 //!
 //! Rows of each scenario: raw lapin "naive" (one publish at a time, each
 //! confirm awaited before the next in a confirmed scenario; ack every
@@ -36,10 +51,21 @@
 //! which report their peak RSS and CPU time. Each row checks that every
 //! event arrived exactly once (count and sum of sequence numbers per
 //! consumer) and, for tidings, that the broker confirmed every event; it
-//! fails otherwise.
+//! fails otherwise. The publisher's CPU is this process's (the sum over
+//! its threads of `/proc/self/task/*/schedstat`, in nanoseconds) from the
+//! first publish until the consumers have every event: for fire-and-forget
+//! tidings that includes the bus writing out its buffer, for every row a
+//! poll of the consumers every 20 ms. Both CPU columns are seconds per 100k
+//! events (deliveries for the consumers); the consumers' at the clock
+//! tick's resolution (10 ms, `/proc/self/stat`).
+//!
+//! Latency rows: publish -> handler at 2,000/s and at 10,000/s offered
+//! (tokio's timer paces at 1 ms, so 10,000/s goes out in bursts of about
+//! ten), raw lapin naive against tidings, and the ratio of their p99.
 
 mod cluster;
 mod consumer;
+mod growth;
 mod latency;
 mod pika;
 mod procfs;
@@ -195,7 +221,9 @@ async fn run() -> Result<(), Error> {
     }
     let url = broker_url();
     if let Some(events) = flag_value(&args, "--soak")? {
-        return soak::run(&url, events).await;
+        let spin =
+            flag_value(&args, "--soak-spin-us")?.map_or(soak::SOAK_HANDLER, Duration::from_micros);
+        return soak::run(&url, events, spin).await;
     }
     let events = flag_value(&args, "--events")?.unwrap_or(20_000);
     if events == 0 {
@@ -204,7 +232,18 @@ async fn run() -> Result<(), Error> {
     if args.iter().any(|a| a == "--cluster") {
         return cluster::run(events).await;
     }
+    let reps = usize::try_from(flag_value(&args, "--reps")?.unwrap_or(1))?;
+    if reps == 0 {
+        return Err("--reps must be at least 1".into());
+    }
+    let rows = RowSet {
+        reps,
+        with_meta: args.iter().any(|a| a == "--with-meta"),
+    };
     let urls = Urls(vec![url.clone()]);
+    if args.iter().any(|a| a == "--growth") {
+        return growth::run(&urls, events).await;
+    }
     print_header(events, &AmqpProps::from_url(&url)?.redacted_url());
     if args.iter().any(|a| a == "--compression") {
         return compression_rows(&urls, events).await;
@@ -236,14 +275,20 @@ async fn run() -> Result<(), Error> {
             let figures = row(&urls, events, scenario, kind).await?;
             println!(
                 "{}",
-                row_columns(scenario, kind, figures, events, procfs::ticks_per_second())
+                row_columns(
+                    scenario,
+                    kind,
+                    &[figures],
+                    events,
+                    procfs::ticks_per_second()
+                )
             );
             continue;
         }
         if only_groups && !matches!(scenario.shape, Shape::Group(..)) {
             continue;
         }
-        let ours = scenario_rows(&urls, events, scenario).await?;
+        let ours = scenario_rows(&urls, events, scenario, rows).await?;
         if scenario == Scenario::new(100, Shape::Fanout(1), false) {
             tidings_plain = Some(ours);
         }
@@ -254,12 +299,25 @@ async fn run() -> Result<(), Error> {
     }
     compression_rows(&urls, events).await?;
     println!();
-    match pika::pika(&url, events) {
-        Ok(rate) => {
+    let mut pika_rates = Vec::with_capacity(reps);
+    let mut pika_failed = None;
+    for _ in 0..reps {
+        match pika::pika(&url, events) {
+            Ok(rate) => pika_rates.push(rate),
+            Err(why) => {
+                pika_failed = Some(why);
+                break;
+            }
+        }
+    }
+    match pika_failed {
+        None => {
+            let rate = median(&pika_rates);
             println!(
-                "pika naive, 100 B, fanout 1, fire-and-forget: {} events/s (Python pika \
+                "pika naive, 100 B, fanout 1, fire-and-forget: {} events/s{} (Python pika \
                  BlockingConnection, the raw naive row's work, consumer in-process)",
-                thousands(rate)
+                thousands(rate),
+                each_rep(&pika_rates),
             );
             if let Some(ours) = tidings_plain {
                 println!(
@@ -268,25 +326,35 @@ async fn run() -> Result<(), Error> {
                 );
             }
         }
-        Err(why) => println!("pika row skipped: {why}"),
+        Some(why) => println!("pika row skipped: {why}"),
     }
     println!();
     let latency_events = events.min(6_000);
+    for rate in latency::RATES {
+        latency_rows(&url, latency_events, rate).await?;
+    }
+    Ok(())
+}
+
+/// Latency publish -> handler at `rate` events/s offered: raw lapin
+/// naive, then tidings, then the ratio of their p99.
+async fn latency_rows(url: &str, events: u64, rate: u64) -> Result<(), Error> {
     println!(
-        "latency publish -> handler at {} events/s offered, {latency_events} events, 100 B, \
+        "latency publish -> handler at {} events/s offered, {events} events, 100 B, \
          fire-and-forget:",
-        latency::RATE
+        thousands(rate as f64)
     );
     println!(
         "{:<28} {:>10} {:>10} {:>10}",
         "row", "p50 ms", "p99 ms", "max ms"
     );
+    let mut p99 = Vec::with_capacity(2);
     for (name, mut samples) in [
         (
             "raw lapin naive",
-            latency::raw_latency(&url, latency_events).await?,
+            latency::raw_latency(url, events, rate).await?,
         ),
-        ("tidings", latency::bus_latency(&url, latency_events).await?),
+        ("tidings", latency::bus_latency(url, events, rate).await?),
     ] {
         samples.sort_unstable();
         let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize] as f64 / 1e6;
@@ -296,7 +364,16 @@ async fn run() -> Result<(), Error> {
             at(0.99),
             at(1.0)
         );
+        p99.push(at(0.99));
     }
+    if let [raw, ours] = p99[..] {
+        println!(
+            "tidings / raw lapin p99 at {} events/s: {:.2}x",
+            thousands(rate as f64),
+            ours / raw
+        );
+    }
+    println!();
     Ok(())
 }
 
@@ -308,59 +385,144 @@ pub(crate) fn print_header(events: u64, broker: &str) {
     );
     println!(
         "events/s: publish start -> last handler call; publish/s: publish start -> last \
-         publish returned;\nRSS: peak (VmHWM) of the largest consumer process; CPU: seconds \
-         of all consumer processes per 100k deliveries"
+         publish returned;\nRSS: peak (VmHWM) of the largest consumer process; cons CPU: \
+         seconds of all consumer processes per 100k deliveries;\npub CPU: seconds of the \
+         publishing process per 100k events, first publish -> every event handled; with \
+         --reps: medians, each repetition's events/s last"
     );
     println!();
     println!(
-        "{:<36} {:<16} {:>9} {:>10} {:>7} {:>7} {:>9} {:>9}",
-        "scenario", "row", "events/s", "publish/s", "RSS MB", "CPU s", "vs naive", "vs tuned"
+        "{:<36} {:<23} {:>9} {:>10} {:>7} {:>8} {:>7} {:>9} {:>9}",
+        "scenario",
+        "row",
+        "events/s",
+        "publish/s",
+        "RSS MB",
+        "cons CPU",
+        "pub CPU",
+        "vs naive",
+        "vs tuned"
     );
 }
 
-/// Runs and prints the three rows of a scenario (raw naive, raw tuned,
-/// tidings); returns tidings' events per second.
+/// Which rows a scenario runs, and how often.
+#[derive(Clone, Copy)]
+pub(crate) struct RowSet {
+    /// Repetitions of the scenario's rows, interleaved.
+    pub(crate) reps: usize,
+    /// Adds the row "raw lapin tuned + meta".
+    pub(crate) with_meta: bool,
+}
+
+impl Default for RowSet {
+    fn default() -> Self {
+        Self {
+            reps: 1,
+            with_meta: false,
+        }
+    }
+}
+
+/// Runs and prints the rows of a scenario (raw naive, raw tuned, with
+/// `with_meta` raw tuned + meta, tidings), `reps` times interleaved;
+/// returns tidings' median events per second.
 pub(crate) async fn scenario_rows(
     urls: &Urls,
     events: u64,
     scenario: Scenario,
+    rows: RowSet,
 ) -> Result<f64, Error> {
     let ticks_per_second = procfs::ticks_per_second();
-    let naive = row(urls, events, scenario, Kind::Naive).await?;
-    let tuned = row(urls, events, scenario, Kind::Tuned).await?;
-    let ours = row(urls, events, scenario, Kind::Tidings).await?;
-    for (kind, figures) in [
-        (Kind::Naive, naive),
-        (Kind::Tuned, tuned),
-        (Kind::Tidings, ours),
-    ] {
+    let mut kinds = vec![Kind::Naive, Kind::Tuned];
+    if rows.with_meta {
+        kinds.push(Kind::Meta);
+    }
+    kinds.push(Kind::Tidings);
+    let mut runs: Vec<Vec<Figures>> = vec![Vec::with_capacity(rows.reps); kinds.len()];
+    for _ in 0..rows.reps {
+        for (kind, figures) in kinds.iter().zip(runs.iter_mut()) {
+            figures.push(row(urls, events, scenario, *kind).await?);
+        }
+    }
+    let (naive, tuned) = (&runs[0], &runs[1]);
+    for (kind, figures) in kinds.iter().zip(&runs) {
+        let ratios = |base: &[Figures]| -> Vec<f64> {
+            figures
+                .iter()
+                .zip(base)
+                .map(|(f, b)| f.events_per_second / b.events_per_second)
+                .collect()
+        };
+        let each: Vec<f64> = figures.iter().map(|f| f.events_per_second).collect();
         println!(
-            "{} {:>8.2}x {:>8.2}x",
-            row_columns(scenario, kind, figures, events, ticks_per_second),
-            figures.events_per_second / naive.events_per_second,
-            figures.events_per_second / tuned.events_per_second,
+            "{} {:>8.2}x {:>8.2}x{}",
+            row_columns(scenario, *kind, figures, events, ticks_per_second),
+            median(&ratios(naive)),
+            median(&ratios(tuned)),
+            each_rep(&each),
         );
     }
-    Ok(ours.events_per_second)
+    let ours: Vec<f64> = runs[kinds.len() - 1]
+        .iter()
+        .map(|f| f.events_per_second)
+        .collect();
+    Ok(median(&ours))
 }
 
-/// The columns of a row up to its CPU time (the ratios follow).
+/// The median of `values` (the mean of the middle two for an even count; 0
+/// for none).
+pub(crate) fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => sorted[n / 2],
+        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// Each repetition's value, compactly (`  26.7k/27.0k/26.7k`); nothing for
+/// a single one.
+pub(crate) fn each_rep(values: &[f64]) -> String {
+    if values.len() < 2 {
+        return String::new();
+    }
+    let each: Vec<String> = values
+        .iter()
+        .map(|v| {
+            if *v >= 1000.0 {
+                format!("{:.1}k", v / 1000.0)
+            } else {
+                format!("{v:.0}")
+            }
+        })
+        .collect();
+    format!("  {}", each.join("/"))
+}
+
+/// The columns of a row up to the publisher's CPU time (the ratios
+/// follow): medians of `figures`, one per repetition.
 fn row_columns(
     scenario: Scenario,
     kind: Kind,
-    figures: Figures,
+    figures: &[Figures],
     events: u64,
     ticks_per_second: f64,
 ) -> String {
+    let of = |field: fn(&Figures) -> f64| -> f64 {
+        median(&figures.iter().map(field).collect::<Vec<_>>())
+    };
     format!(
-        "{:<36} {:<16} {:>9} {:>10} {:>7.1} {:>7.2}",
+        "{:<36} {:<23} {:>9} {:>10} {:>7.1} {:>8.2} {:>7.2}",
         scenario.label(),
         kind.label(),
-        thousands(figures.events_per_second),
-        thousands(figures.publishes_per_second),
-        figures.rss_kb as f64 / 1024.0,
-        figures.cpu_ticks as f64 / ticks_per_second / scenario.shape.deliveries(events) as f64
+        thousands(of(|f| f.events_per_second)),
+        thousands(of(|f| f.publishes_per_second)),
+        of(|f| f.rss_kb as f64) / 1024.0,
+        of(|f| f.cpu_ticks as f64) / ticks_per_second / scenario.shape.deliveries(events) as f64
             * 100_000.0,
+        of(|f| f.publisher_ns as f64) / 1e9 / events as f64 * 100_000.0,
     )
 }
 
@@ -374,9 +536,12 @@ fn only_row(args: &[String]) -> Result<Option<Kind>, Error> {
     match args.get(i + 1).map(String::as_str) {
         Some("naive") => Ok(Some(Kind::Naive)),
         Some("tuned") => Ok(Some(Kind::Tuned)),
+        Some("meta") => Ok(Some(Kind::Meta)),
         Some("tidings") => Ok(Some(Kind::Tidings)),
-        Some(other) => Err(format!("--only wants naive, tuned or tidings, got {other:?}").into()),
-        None => Err("--only wants naive, tuned or tidings".into()),
+        Some(other) => {
+            Err(format!("--only wants naive, tuned, meta or tidings, got {other:?}").into())
+        }
+        None => Err("--only wants naive, tuned, meta or tidings".into()),
     }
 }
 
@@ -505,6 +670,8 @@ pub(crate) struct Scenario {
     confirmed: bool,
     /// JSON-ish events, tidings compressing them so (the compression rows).
     compression: Option<Compression>,
+    /// What the consumer process does beyond one handler (`--growth`).
+    pub(crate) load: Load,
 }
 
 impl Scenario {
@@ -514,11 +681,14 @@ impl Scenario {
             shape,
             confirmed,
             compression: None,
+            load: Load::PLAIN,
         }
     }
 
-    fn label(self) -> String {
-        let size = if self.size >= 1000 {
+    pub(crate) fn label(self) -> String {
+        let size = if self.size >= 1_000_000 {
+            format!("{} MB", self.size / 1_000_000)
+        } else if self.size >= 1000 {
             format!("{} KB", self.size / 1000)
         } else {
             format!("{} B", self.size)
@@ -537,18 +707,105 @@ impl Scenario {
     }
 }
 
+/// What a consumer process does beyond the plain rows' one handler on one
+/// listener (the growth rows vary one of these; see `growth.rs`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Load {
+    /// Event types subscribed to in the consuming bus (one is published).
+    pub(crate) types: u32,
+    /// Handlers of the published type in the consuming bus.
+    pub(crate) subscribers: u32,
+    /// Queues bound to the exchange, consumed in one process (tidings: one
+    /// bus with as many broadcast `Listen`s, its dedup window off).
+    pub(crate) listeners: u32,
+    /// Deliveries handled at once (tidings `concurrency`; raw lapin: a
+    /// task per delivery under a semaphore, each acked after its handler).
+    pub(crate) concurrency: u32,
+    /// How long each handler awaits (`tokio::time::sleep`), in µs.
+    pub(crate) sleep_us: u32,
+}
+
+impl Load {
+    /// One handler of one type on one listener, not sleeping.
+    pub(crate) const PLAIN: Self = Self {
+        types: 1,
+        subscribers: 1,
+        listeners: 1,
+        concurrency: 1,
+        sleep_us: 0,
+    };
+
+    /// Handler calls per event published, in one consumer process.
+    fn copies(self, kind: Kind) -> u64 {
+        match kind {
+            Kind::Tidings => u64::from(self.subscribers) * u64::from(self.listeners),
+            _ => u64::from(self.listeners),
+        }
+    }
+
+    /// The consumer process's `KEY=VALUE` arguments (none for the plain
+    /// load).
+    pub(crate) fn args(self) -> Vec<String> {
+        let plain = Self::PLAIN;
+        [
+            ("types", self.types, plain.types),
+            ("subscribers", self.subscribers, plain.subscribers),
+            ("listeners", self.listeners, plain.listeners),
+            ("concurrency", self.concurrency, plain.concurrency),
+            ("sleep_us", self.sleep_us, plain.sleep_us),
+        ]
+        .into_iter()
+        .filter(|(_, value, default)| value != default)
+        .map(|(key, value, _)| format!("{key}={value}"))
+        .collect()
+    }
+
+    /// Reads the `KEY=VALUE` arguments `args` made (others are left to the
+    /// caller).
+    pub(crate) fn parse(args: &[String]) -> Result<Self, Error> {
+        let mut load = Self::PLAIN;
+        for arg in args {
+            let Some((key, value)) = arg.split_once('=') else {
+                return Err(format!("consumer argument {arg:?} is not KEY=VALUE").into());
+            };
+            let slot = match key {
+                "types" => &mut load.types,
+                "subscribers" => &mut load.subscribers,
+                "listeners" => &mut load.listeners,
+                "concurrency" => &mut load.concurrency,
+                "sleep_us" => &mut load.sleep_us,
+                _ => continue,
+            };
+            *slot = value.parse().map_err(|e| format!("{arg}: {e}"))?;
+        }
+        Ok(load)
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Naive,
     Tuned,
+    /// Tuned, carrying a tidings event's properties and headers.
+    Meta,
     Tidings,
 }
 
 impl Kind {
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::Naive => "raw lapin naive",
             Self::Tuned => "raw lapin tuned",
+            Self::Meta => "raw lapin tuned + meta",
+            Self::Tidings => "tidings",
+        }
+    }
+
+    /// The consumer process's mode.
+    fn mode(self) -> &'static str {
+        match self {
+            Self::Naive => "naive",
+            Self::Tuned | Self::Meta => "tuned",
             Self::Tidings => "tidings",
         }
     }
@@ -556,23 +813,72 @@ impl Kind {
 
 /// The figures of one row.
 #[derive(Clone, Copy)]
-struct Figures {
-    events_per_second: f64,
-    publishes_per_second: f64,
+pub(crate) struct Figures {
+    pub(crate) events_per_second: f64,
+    pub(crate) publishes_per_second: f64,
     /// Peak RSS of the largest consumer process.
-    rss_kb: u64,
+    pub(crate) rss_kb: u64,
     /// CPU clock ticks of all consumer processes, from ready to done.
-    cpu_ticks: u64,
+    pub(crate) cpu_ticks: u64,
+    /// CPU nanoseconds of all consumer processes' threads, from ready to
+    /// done (finer than `cpu_ticks`, but blind to a thread that ended).
+    pub(crate) consumer_ns: u64,
+    /// CPU nanoseconds of this (the publishing) process's threads, from
+    /// the first publish until the consumers had every event.
+    pub(crate) publisher_ns: u64,
 }
 
 /// One row: consumer processes, a publisher here, every event checked.
-async fn row(urls: &Urls, events: u64, scenario: Scenario, kind: Kind) -> Result<Figures, Error> {
+/// What the row declared on the broker is deleted afterwards, also when it
+/// failed.
+pub(crate) async fn row(
+    urls: &Urls,
+    events: u64,
+    scenario: Scenario,
+    kind: Kind,
+) -> Result<Figures, Error> {
+    let exchange = exchange_name(match kind {
+        Kind::Naive => "naive",
+        Kind::Tuned => "tuned",
+        Kind::Meta => "meta",
+        Kind::Tidings => "tidings",
+    });
+    let props = AmqpProps::from_url(urls.publisher())?
+        .with_exchange(exchange.clone(), ExchangeKind::Fanout)
+        .with_prefetch(PREFETCH)
+        .with_compression(
+            scenario.compression.unwrap_or_default(),
+            tidings::DEFAULT_COMPRESSION_THRESHOLD,
+        )?;
+    let result = row_on(urls, events, scenario, kind, &props).await;
+    let cleaned = match (kind, scenario.shape) {
+        (Kind::Tidings, Shape::Group(..)) => remove_topology(&props, &["bench"]).await,
+        (Kind::Tidings, Shape::Fanout(_)) => remove_topology(&props, &[]).await,
+        // A raw row's queues and exchange are auto-delete, but a quorum
+        // queue cannot be, and a failed row may have bound no queue yet.
+        (_, shape) => remove_raw_topology(urls.publisher(), props.exchange(), shape).await,
+    };
+    let figures = result?;
+    cleaned?;
+    Ok(figures)
+}
+
+/// The row on the exchange of `props`.
+async fn row_on(
+    urls: &Urls,
+    events: u64,
+    scenario: Scenario,
+    kind: Kind,
+    props: &AmqpProps,
+) -> Result<Figures, Error> {
     let url = urls.publisher();
+    let exchange = props.exchange().to_owned();
     let Scenario {
         size,
         shape,
         confirmed,
         compression,
+        load,
     } = scenario;
     // The same bytes for tidings and raw lapin: JSON-ish in the
     // compression rows; otherwise `x`s in an event, and a raw body of
@@ -585,39 +891,24 @@ async fn row(urls: &Urls, events: u64, scenario: Scenario, kind: Kind) -> Result
         }
         None => (payload_data(size), vec![7u8; size.max(8) - 8]),
     };
-    let exchange = exchange_name(match kind {
-        Kind::Naive => "naive",
-        Kind::Tuned => "tuned",
-        Kind::Tidings => "tidings",
-    });
     let shape_arg = match shape {
         Shape::Fanout(_) => "broadcast",
         Shape::Group(_, QueueType::Quorum) => "group-quorum",
         Shape::Group(..) => "group",
     };
-    let consumer_mode = match kind {
-        Kind::Naive => "naive",
-        Kind::Tuned => "tuned",
-        Kind::Tidings => "tidings",
-    };
+    let consumer_mode = kind.mode();
+    let load_args = load.args();
     let queue_for = |i: usize| match (kind, shape) {
         (Kind::Tidings, _) => "bench".to_owned(),
         (_, Shape::Fanout(_)) => format!("{exchange}.q{i}"),
         (_, Shape::Group(..)) => format!("{exchange}.group"),
     };
-    let props = AmqpProps::from_url(url)?
-        .with_exchange(exchange.clone(), ExchangeKind::Fanout)
-        .with_prefetch(PREFETCH)
-        .with_compression(
-            compression.unwrap_or_default(),
-            tidings::DEFAULT_COMPRESSION_THRESHOLD,
-        )?;
 
     // The raw publisher declares the (auto-delete) exchange before the
     // consumers bind to it; a listening bus declares it itself.
     let raw_publisher = match kind {
         Kind::Tidings => None,
-        Kind::Naive | Kind::Tuned => {
+        Kind::Naive | Kind::Tuned | Kind::Meta => {
             let conn =
                 lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
             let channel = conn.create_channel().await?;
@@ -628,13 +919,9 @@ async fn row(urls: &Urls, events: u64, scenario: Scenario, kind: Kind) -> Result
     let mut consumers = Vec::new();
     for i in 0..shape.consumers() {
         let queue = queue_for(i);
-        consumers.push(
-            ConsumerProcess::start(
-                urls.consumer(i),
-                &[consumer_mode, &exchange, &queue, shape_arg],
-            )
-            .await?,
-        );
+        let mut args = vec![consumer_mode, &exchange, &queue, shape_arg];
+        args.extend(load_args.iter().map(String::as_str));
+        consumers.push(ConsumerProcess::start(urls.consumer(i), &args).await?);
     }
     let bus_publisher = match kind {
         Kind::Tidings => Some(
@@ -642,9 +929,10 @@ async fn row(urls: &Urls, events: u64, scenario: Scenario, kind: Kind) -> Result
                 .connect()
                 .await?,
         ),
-        Kind::Naive | Kind::Tuned => None,
+        Kind::Naive | Kind::Tuned | Kind::Meta => None,
     };
 
+    let cpu_at_start = procfs::thread_cpu_nanos();
     let started = now_nanos();
     let published = match (&raw_publisher, &bus_publisher) {
         (Some((_, channel)), _) => {
@@ -654,29 +942,26 @@ async fn row(urls: &Urls, events: u64, scenario: Scenario, kind: Kind) -> Result
                 events,
                 &raw_data,
                 confirmed,
-                kind == Kind::Tuned,
+                matches!(kind, Kind::Tuned | Kind::Meta),
+                match kind {
+                    Kind::Meta => publish::Like::TIDINGS,
+                    _ => publish::Like::from_env(),
+                },
             )
             .await?
         }
         (None, Some(bus)) => publish::bus(bus, events, &data, confirmed).await?,
         (None, None) => unreachable!("every row has a publisher"),
     };
-    let reports = wait_for_all(&mut consumers, shape.deliveries(events)).await?;
+    let copies = load.copies(kind);
+    let reports = wait_for_all(&mut consumers, shape.deliveries(events) * copies).await?;
+    let publisher_ns = procfs::cpu_nanos_since(&cpu_at_start);
     let last = reports.iter().map(|r| r.last_ns).max().unwrap_or(started);
-    check(&reports, shape, events, kind)?;
+    check(&reports, shape, events, kind, copies)?;
     for consumer in consumers {
         consumer.finish().await?;
     }
-    if let Some((conn, channel)) = raw_publisher {
-        // A quorum queue cannot be auto-delete: delete it here.
-        if let Shape::Group(_, QueueType::Quorum) = shape {
-            channel
-                .queue_delete(
-                    format!("{exchange}.group").as_str().into(),
-                    lapin::options::QueueDeleteOptions::default(),
-                )
-                .await?;
-        }
+    if let Some((conn, _)) = raw_publisher {
         conn.close(200, "bench done".into()).await?;
     }
     if let Some(bus) = bus_publisher {
@@ -691,11 +976,6 @@ async fn row(urls: &Urls, events: u64, scenario: Scenario, kind: Kind) -> Result
             )
             .into());
         }
-        let groups: &[&str] = match shape {
-            Shape::Group(..) => &["bench"],
-            Shape::Fanout(_) => &[],
-        };
-        remove_topology(&props, groups).await?;
     }
     let seconds = |end: u64| end.saturating_sub(started).max(1) as f64 / 1e9;
     Ok(Figures {
@@ -703,6 +983,8 @@ async fn row(urls: &Urls, events: u64, scenario: Scenario, kind: Kind) -> Result
         publishes_per_second: events as f64 / seconds(published),
         rss_kb: reports.iter().map(|r| r.hwm_kb).max().unwrap_or(0),
         cpu_ticks: reports.iter().map(|r| r.ticks).sum(),
+        consumer_ns: reports.iter().map(|r| r.cpu_ns).sum(),
+        publisher_ns,
     })
 }
 
@@ -742,9 +1024,19 @@ pub(crate) async fn wait_for_all(
 }
 
 /// Every event exactly once: per consumer in a fanout, across the group
-/// in a group (count and sum of sequence numbers).
-fn check(reports: &[Report], shape: Shape, events: u64, kind: Kind) -> Result<(), Error> {
-    let seq_sum = events * events.saturating_sub(1) / 2;
+/// in a group (count and sum of sequence numbers); `copies` times where one
+/// consumer process calls several handlers for each event (the growth
+/// rows' subscribers and listeners: there the totals are checked, not
+/// each handler's own).
+fn check(
+    reports: &[Report],
+    shape: Shape,
+    events: u64,
+    kind: Kind,
+    copies: u64,
+) -> Result<(), Error> {
+    let seq_sum = events * events.saturating_sub(1) / 2 * copies;
+    let events = events * copies;
     let fail =
         |what: String| -> Result<(), Error> { Err(format!("{}: {what}", kind.label()).into()) };
     match shape {
@@ -789,6 +1081,29 @@ async fn remove_topology(props: &AmqpProps, groups: &[&str]) -> Result<(), Error
     conn.delete_queue(&tidings::schema_stream(exchange)).await?;
     conn.delete_exchange(exchange).await?;
     conn.close().await?;
+    Ok(())
+}
+
+/// Deletes what a raw row declared: its group queue, if any, and its
+/// exchange (gone already, unless a queue is still bound to it).
+async fn remove_raw_topology(url: &str, exchange: &str, shape: Shape) -> Result<(), Error> {
+    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
+    let channel = conn.create_channel().await?;
+    if let Shape::Group(..) = shape {
+        channel
+            .queue_delete(
+                format!("{exchange}.group").as_str().into(),
+                lapin::options::QueueDeleteOptions::default(),
+            )
+            .await?;
+    }
+    channel
+        .exchange_delete(
+            exchange.into(),
+            lapin::options::ExchangeDeleteOptions::default(),
+        )
+        .await?;
+    conn.close(200, "bench done".into()).await?;
     Ok(())
 }
 

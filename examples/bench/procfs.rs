@@ -33,3 +33,30 @@ pub(crate) fn ticks_per_second() -> f64 {
         .and_then(|out| String::from_utf8_lossy(&out.stdout).trim().parse().ok())
         .unwrap_or(100.0)
 }
+
+/// CPU time of each thread of this process so far, in nanoseconds, by
+/// thread id (the first field of `/proc/self/task/*/schedstat`: time on the
+/// CPU, not rounded to clock ticks).
+pub(crate) fn thread_cpu_nanos() -> std::collections::HashMap<u64, u64> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return std::collections::HashMap::new();
+    };
+    tasks
+        .filter_map(|task| {
+            let task = task.ok()?;
+            let tid = task.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            Some((tid, stat.split_whitespace().next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The CPU nanoseconds this process's threads spent since `before` (a
+/// `thread_cpu_nanos`): what a thread that ended in between spent is
+/// missed, a thread that started in between counts whole.
+pub(crate) fn cpu_nanos_since(before: &std::collections::HashMap<u64, u64>) -> u64 {
+    thread_cpu_nanos()
+        .into_iter()
+        .map(|(tid, nanos)| nanos.saturating_sub(before.get(&tid).copied().unwrap_or(0)))
+        .sum()
+}

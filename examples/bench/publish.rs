@@ -74,7 +74,8 @@ fn acked(confirmation: Confirmation) -> Result<(), Error> {
 
 /// Raw lapin. Naive: one publish at a time (and, when `confirmed`, its
 /// confirm awaited before the next). Tuned: `WINDOW` publishes in flight,
-/// their confirms (when `confirmed`) awaited in order.
+/// their confirms (when `confirmed`) awaited in order. `like`: what of a
+/// tidings event's properties and headers each publish carries.
 pub(crate) async fn raw(
     channel: &lapin::Channel,
     exchange: &str,
@@ -82,13 +83,13 @@ pub(crate) async fn raw(
     data: &[u8],
     confirmed: bool,
     tuned: bool,
+    like_tidings: Like,
 ) -> Result<u64, Error> {
     if confirmed {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
     }
-    let like_tidings = Like::from_env();
     let publish = move |seq: u64| async move {
         let body = raw_body(seq, data);
         // Persistent, as tidings publishes: a durable (group) queue
@@ -130,13 +131,20 @@ pub(crate) async fn raw(
 /// neither. So that a profile can tell what lapin spends on them from what
 /// tidings spends (`docs/perf/FINDINGS.md`).
 #[derive(Clone, Copy)]
-struct Like {
+pub(crate) struct Like {
     properties: bool,
     headers: bool,
 }
 
 impl Like {
-    fn from_env() -> Self {
+    /// All of them (the row "raw lapin tuned + meta").
+    pub(crate) const TIDINGS: Self = Self {
+        properties: true,
+        headers: true,
+    };
+
+    /// As `TIDINGS_BENCH_RAW_PROPERTIES` says.
+    pub(crate) fn from_env() -> Self {
         let what = std::env::var("TIDINGS_BENCH_RAW_PROPERTIES").unwrap_or_default();
         Self {
             properties: matches!(what.as_str(), "tidings" | "properties"),

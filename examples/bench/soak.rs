@@ -1,7 +1,8 @@
-//! `--soak N`: one tidings consumer process with a slow handler over N
-//! events, published as fast as the bus allows; the consumer prints its
-//! resident set every `sample_interval(N)` events (100,000 for a million),
-//! so flat memory can be seen.
+//! `--soak N`: one tidings consumer process with a slow handler (spinning
+//! 50 µs, or `--soak-spin-us`) over N events, published as fast as the bus
+//! allows; the consumer prints its resident set every `sample_interval(N)`
+//! events (a tenth of the run, at most 1,000,000), so flat memory can be
+//! seen.
 
 use std::time::Duration;
 
@@ -10,15 +11,17 @@ use tidings::{AmqpProps, Bus, ExchangeKind};
 use crate::consumer::ConsumerProcess;
 use crate::{Error, PREFETCH, exchange_name, now_nanos, procfs, remove_topology, wait_for_all};
 
-/// Time each soak handler call spins.
+/// Time each soak handler call spins by default.
 pub(crate) const SOAK_HANDLER: Duration = Duration::from_micros(50);
 
-/// Events between two RSS samples: 100,000, or a tenth of a shorter soak.
+/// Events between two RSS samples: a tenth of the soak, at most 1,000,000
+/// (so 100,000 for a million, 1,000,000 for ten million).
 pub(crate) fn sample_interval(events: u64) -> u64 {
-    (events / 10).clamp(1, 100_000)
+    (events / 10).clamp(1, 1_000_000)
 }
 
-pub(crate) async fn run(url: &str, events: u64) -> Result<(), Error> {
+/// Runs the soak: `events` events, the handler spinning `spin` on each.
+pub(crate) async fn run(url: &str, events: u64, spin: Duration) -> Result<(), Error> {
     if events == 0 {
         return Err("--soak must be at least 1".into());
     }
@@ -26,14 +29,36 @@ pub(crate) async fn run(url: &str, events: u64) -> Result<(), Error> {
     let props = AmqpProps::from_url(url)?
         .with_exchange(exchange.clone(), ExchangeKind::Fanout)
         .with_prefetch(PREFETCH);
+    // What the soak declared goes, also when it failed.
+    let result = soak_on(url, events, spin, &exchange, &props).await;
+    let cleaned = remove_topology(&props, &[]).await;
+    result?;
+    cleaned
+}
+
+/// The soak on the exchange of `props`.
+async fn soak_on(
+    url: &str,
+    events: u64,
+    spin: Duration,
+    exchange: &str,
+    props: &AmqpProps,
+) -> Result<(), Error> {
     println!(
         "tidings soak: {events} events of 100 B, fire-and-forget, prefetch {PREFETCH}, a \
-         handler spinning {SOAK_HANDLER:?} in a consumer process, broker {}",
+         handler spinning {spin:?} in a consumer process, broker {}",
         props.redacted_url()
     );
     let mut consumer = ConsumerProcess::start(
         url,
-        &["soak", &exchange, "bench", "broadcast", &events.to_string()],
+        &[
+            "soak",
+            exchange,
+            "bench",
+            "broadcast",
+            &format!("soak={events}"),
+            &format!("spin_us={}", spin.as_micros()),
+        ],
     )
     .await?;
     let ready = consumer.report().await?;
@@ -61,7 +86,6 @@ pub(crate) async fn run(url: &str, events: u64) -> Result<(), Error> {
     consumer.finish().await?;
     publisher.close().await?;
     let stats = publisher.stats();
-    remove_topology(&props, &[]).await?;
     let expected_sum = events * (events - 1) / 2;
     if report.count != events || report.seq_sum != expected_sum || stats.confirmed != events {
         return Err(format!(

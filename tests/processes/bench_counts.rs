@@ -83,11 +83,74 @@ fn every_benchmark_row_receives_every_event() {
         stdout.lines().any(|l| l.starts_with("tidings ")),
         "{stdout}"
     );
+    // Latency at 2,000/s and at 10,000/s offered, each with its p99 ratio.
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("tidings / raw lapin p99 at "))
+            .count(),
+        2,
+        "{stdout}"
+    );
+}
+
+#[test]
+fn repetitions_print_medians_and_each_value() {
+    let stdout = bench(&[
+        "--forget",
+        "--events",
+        "200",
+        "--reps",
+        "2",
+        "--with-meta",
+        "--no-python",
+    ]);
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("100 B, fanout 1"))
+        .collect();
+    // Raw lapin naive, tuned, tuned + meta, and tidings; each with its two
+    // repetitions' events/s after the ratios.
+    assert_eq!(rows.len(), 4, "{stdout}");
+    assert!(
+        rows.iter()
+            .any(|row| row.contains(" raw lapin tuned + meta ")),
+        "{stdout}"
+    );
+    assert!(
+        rows.iter().all(|row| row
+            .rsplit_once("x  ")
+            .is_some_and(|(_, each)| each.split('/').count() == 2)),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn every_growth_row_receives_every_event() {
+    let stdout = bench(&["--growth", "--events", "20"]);
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.trim_end().ends_with('x') && !l.starts_with("factor"))
+        .collect();
+    // Four body sizes, three values of each other factor.
+    assert_eq!(rows.len(), 4 + 3 * 4, "{stdout}");
+    for factor in [
+        "body size",
+        "types subscribed",
+        "subscribers per type",
+        "listeners per process",
+        "concurrency, 1 ms",
+    ] {
+        assert!(
+            rows.iter().any(|row| row.starts_with(factor)),
+            "{factor}: {stdout}"
+        );
+    }
 }
 
 #[test]
 fn the_soak_handles_every_event_and_samples_memory() {
-    let stdout = bench(&["--soak", "500"]);
+    let stdout = bench(&["--soak", "500", "--soak-spin-us", "0"]);
     let samples = stdout
         .lines()
         .filter(|l| l.contains(" events handled   RSS "))
