@@ -18,7 +18,7 @@
 //! confirmed, fanout 1: raw lapin tuned uncompressed, then tidings with
 //! no compression, gzip, and zstd and lz4 when built with their features:
 //! `cargo run --release --example bench --features zstd,lz4 -- --compression`);
-//! `--only naive|tuned|tidings` runs only that row of each scenario (no
+//! `--only naive|tuned|meta|tidings` runs only that row of each scenario (no
 //! ratios, no compression, pika or latency rows), and
 //! `TIDINGS_BENCH_CONSUMER_WRAPPER` (e.g. `valgrind --tool=callgrind`)
 //! starts each consumer process under that command: together they profile
@@ -36,7 +36,8 @@
 //! makes the tidings / pika ratio. `--growth` runs only the "how cost
 //! grows" table instead (`growth.rs`: body size, subscribed event types,
 //! subscribers per type, listeners per process, handler concurrency; each
-//! against raw lapin where raw lapin can do the same work). `--soak-spin-us
+//! against raw lapin where raw lapin can do the same work; one run per
+//! row, `--events` per row, fewer for bodies over 100 B). `--soak-spin-us
 //! N` (default 50) sets how long the soak handler spins per event: `--soak
 //! 10000000 --soak-spin-us 0` is a 10M-event soak that takes minutes, its
 //! RSS printed every 1,000,000 events.
