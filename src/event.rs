@@ -80,9 +80,9 @@ pub trait EventType: Event + Serialize + DeserializeOwned + Sized {
     fn schema() -> &'static Schema;
 }
 
-/// Reads an event out of a [`Value`]; the flag says whether the writer's
-/// codec was human-readable.
-type ReadFn = fn(Value, bool) -> std::result::Result<Box<dyn Event>, String>;
+/// Reads an event out of a [`Value`]; the flags say whether the writer's
+/// codec was human-readable, and whether a failure names the field's path.
+type ReadFn = fn(Value, bool, bool) -> std::result::Result<Box<dyn Event>, String>;
 
 /// Turns the previous version of an event into this one.
 #[doc(hidden)]
@@ -172,13 +172,24 @@ impl Registration {
         self.wire_name
     }
 
-    /// Reads the event out of a value resolved from another schema.
+    /// Reads the event out of a value resolved from another schema. A
+    /// failure does not say where: read it again with
+    /// [`read_naming_path`](Self::read_naming_path) to word the error.
     pub(crate) fn read(
         &self,
         value: Value,
         human_readable: bool,
     ) -> std::result::Result<Box<dyn Event>, String> {
-        (self.read)(value, human_readable)
+        (self.read)(value, human_readable, false)
+    }
+
+    /// The same, and a failure names the field's path.
+    pub(crate) fn read_naming_path(
+        &self,
+        value: Value,
+        human_readable: bool,
+    ) -> std::result::Result<Box<dyn Event>, String> {
+        (self.read)(value, human_readable, true)
     }
 
     /// Turns an event of the previous version into this one, if this

@@ -192,23 +192,30 @@ impl Decoder {
                 ),
             ));
         }
-        let mut value = reader_of_body
-            .read(body, codec, registered.wire_name())
-            .map_err(|e| {
-                let reason = if e.contains("could not be traced") {
-                    RejectReason::FingerprintMismatch
-                } else {
-                    RejectReason::Decode
-                };
-                (
-                    reason,
-                    format!("event {tag:?} (writer's schema {theirs}): {e}"),
-                )
-            })?;
-        if let Some(writer) = &writer {
-            writer.rename_for(ours, &mut value);
+        let value = || {
+            let mut value = reader_of_body
+                .read(body, codec, registered.wire_name())
+                .map_err(|e| {
+                    let reason = if e.contains("could not be traced") {
+                        RejectReason::FingerprintMismatch
+                    } else {
+                        RejectReason::Decode
+                    };
+                    (
+                        reason,
+                        format!("event {tag:?} (writer's schema {theirs}): {e}"),
+                    )
+                })?;
+            if let Some(writer) = &writer {
+                writer.rename_for(ours, &mut value);
+            }
+            Ok::<_, Refusal>(value)
+        };
+        // A failure is read again to name the field (see `read_own`).
+        if let Ok(event) = registered.read(value()?, json) {
+            return Ok(event);
         }
-        registered.read(value, json).map_err(|e| {
+        registered.read_naming_path(value()?, json).map_err(|e| {
             (
                 RejectReason::IncompatibleSchema,
                 format!(
@@ -248,10 +255,18 @@ fn read_own(
             ),
         ));
     }
-    let value = ours
-        .read(body, codec, registered.wire_name())
-        .map_err(decode_error)?;
-    registered.read(value, false).map_err(decode_error)
+    let value = || {
+        ours.read(body, codec, registered.wire_name())
+            .map_err(decode_error)
+    };
+    // Without tracking the path (which clones every field name); a failure
+    // is read again, with it, to name the field.
+    if let Ok(event) = registered.read(value()?, false) {
+        return Ok(event);
+    }
+    registered
+        .read_naming_path(value()?, false)
+        .map_err(decode_error)
 }
 
 /// The type registered for `tag` at `version`, or why there is none.
