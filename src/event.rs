@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::fnv::FnvBuild;
 use crate::schema::{Fingerprint, Schema, Value};
 
 /// **An event that can cross processes**: serializable as a trait object,
@@ -205,7 +206,7 @@ inventory::collect!(Registration);
 #[derive(Debug)]
 pub struct EventRegistry {
     /// By tag, each tag's versions in order.
-    by_tag: HashMap<&'static str, Vec<Registration>>,
+    by_tag: HashMap<&'static str, Vec<Registration>, FnvBuild>,
 }
 
 impl EventRegistry {
@@ -213,6 +214,19 @@ impl EventRegistry {
     #[must_use]
     pub fn get(&self, tag: &str, version: u32) -> Option<&Registration> {
         self.by_tag.get(tag)?.iter().find(|r| r.version == version)
+    }
+
+    /// The type registered for a tag at a version, and the tag's later
+    /// versions in order (those an event of it is upcast through): one
+    /// search for both.
+    pub(crate) fn get_with_later(
+        &self,
+        tag: &str,
+        version: u32,
+    ) -> Option<(&Registration, &[Registration])> {
+        let versions = self.by_tag.get(tag)?;
+        let at = versions.iter().position(|r| r.version == version)?;
+        Some((&versions[at], &versions[at + 1..]))
     }
 
     /// The newest version registered for a tag.
@@ -254,7 +268,8 @@ pub fn registered_events() -> Result<&'static EventRegistry> {
         std::sync::OnceLock::new();
     REGISTRY
         .get_or_init(|| {
-            let mut by_tag: HashMap<&'static str, Vec<Registration>> = HashMap::new();
+            let mut by_tag: HashMap<&'static str, Vec<Registration>, FnvBuild> =
+                HashMap::default();
             let mut all: Vec<&Registration> = inventory::iter::<Registration>.into_iter().collect();
             all.sort_by_key(|r| (r.tag, r.version, r.type_name));
             all.dedup_by_key(|r| (r.tag, r.version, r.type_name));

@@ -84,6 +84,7 @@ mod contract;
 mod dead_letters;
 mod error;
 mod event;
+mod fnv;
 pub mod headers;
 pub mod log;
 mod runtime;

@@ -102,7 +102,7 @@ impl Decoder {
                 "the event registry is not valid".to_owned(),
             ));
         };
-        let registered = registration(events, tag, version)?;
+        let (registered, later) = registration(events, tag, version)?;
         let theirs =
             text_header(incoming, FINGERPRINT_HEADER)?.and_then(|t| t.parse::<Fingerprint>().ok());
         let ours = registered.fingerprint();
@@ -135,8 +135,11 @@ impl Decoder {
             ));
         }
         let mut event: Arc<dyn Event> = Arc::from(event);
-        let mut at = version;
-        while let Some(upcast) = events.get(tag, at + 1).and_then(|next| next.upcast()) {
+        // Through each next version that upcasts from the one before.
+        for (at, next) in (version..).zip(later) {
+            let Some(upcast) = next.upcast().filter(|_| next.version() == at + 1) else {
+                break;
+            };
             event = upcast(event).map_err(|e| {
                 (
                     RejectReason::Decode,
@@ -144,7 +147,6 @@ impl Decoder {
                 )
             })?;
             counters.count(Count::Upcasts, tag, "");
-            at += 1;
         }
         Ok(event)
     }
@@ -269,14 +271,15 @@ fn read_own(
         .map_err(decode_error)
 }
 
-/// The type registered for `tag` at `version`, or why there is none.
+/// The type registered for `tag` at `version` and the tag's later
+/// versions, or why there is none.
 fn registration<'a>(
     events: &'a EventRegistry,
     tag: &str,
     version: u32,
-) -> Result<&'a Registration, Refusal> {
-    if let Some(registered) = events.get(tag, version) {
-        return Ok(registered);
+) -> Result<(&'a Registration, &'a [Registration]), Refusal> {
+    if let Some(found) = events.get_with_later(tag, version) {
+        return Ok(found);
     }
     match events.newest(tag) {
         None => Err((
