@@ -246,20 +246,21 @@ fn read_own(
     if codec.content_type() != BINCODE_CONTENT_TYPE || !ours.is_traced() {
         return codec.decode(body).map_err(|e| decode_error(e.to_string()));
     }
-    if let Some(name) = bincode_event_name(body)
-        && name != registered.wire_name()
-    {
-        return Err((
+    // The read checks the event's name in the body: only a failure needs
+    // telling a body of another event (a tag mismatch) from a bad one.
+    let tag_mismatch = || {
+        let name = bincode_event_name(body).filter(|name| *name != registered.wire_name())?;
+        Some((
             RejectReason::TagMismatch,
             format!(
                 "body holds event {:?} but the {TAG_HEADER} header says {tag:?}",
                 bounded(name)
             ),
-        ));
-    }
+        ))
+    };
     let value = || {
         ours.read(body, codec, registered.wire_name())
-            .map_err(decode_error)
+            .map_err(|e| tag_mismatch().unwrap_or_else(|| decode_error(e)))
     };
     // Without tracking the path (which clones every field name); a failure
     // is read again, with it, to name the field.
