@@ -419,7 +419,8 @@ impl Shared {
             }
         };
         let tag = event.tag();
-        if !self.settings.self_delivery && incoming.origin() == Some(self.instance_id.as_str()) {
+        let origin = incoming.origin();
+        if !self.settings.self_delivery && origin == Some(self.instance_id.as_str()) {
             self.counters.count(Count::OwnSkipped, "", "");
             trace!(outcome = "acked", "own event skipped");
             return Outcome::Ack;
@@ -429,7 +430,7 @@ impl Shared {
         let dedup_key = incoming
             .message_id()
             .filter(|_| self.settings.dedup_window > 0)
-            .map(|id| self.recent.key(incoming.origin().unwrap_or(""), id));
+            .map(|id| self.recent.key(origin.unwrap_or(""), id));
         // Claimed atomically: of two deliveries of one id at once, the
         // second waits for the first's outcome.
         let handling = match dedup_key {
@@ -448,7 +449,12 @@ impl Shared {
         };
         let deadline = self.settings.handler_timeout.map(Deadline::after);
         let context = Context::watched(delivery.clone(), queue, deadline.clone());
-        let sent_at = context.sent_at();
+        // Read from the headers only for the metric.
+        let sent_at = if telemetry::ENABLED {
+            context.sent_at()
+        } else {
+            None
+        };
         let started = Instant::now();
         let dispatching = context
             .clone()
