@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::fnv::FnvBuild;
 use crate::schema::{Fingerprint, Schema, Value};
 
 /// **An event that can cross processes**: serializable as a trait object,
@@ -80,9 +81,9 @@ pub trait EventType: Event + Serialize + DeserializeOwned + Sized {
     fn schema() -> &'static Schema;
 }
 
-/// Reads an event out of a [`Value`]; the flag says whether the writer's
-/// codec was human-readable.
-type ReadFn = fn(Value, bool) -> std::result::Result<Box<dyn Event>, String>;
+/// Reads an event out of a [`Value`]; the flags say whether the writer's
+/// codec was human-readable, and whether a failure names the field's path.
+type ReadFn = fn(Value, bool, bool) -> std::result::Result<Box<dyn Event>, String>;
 
 /// Turns the previous version of an event into this one.
 #[doc(hidden)]
@@ -172,13 +173,24 @@ impl Registration {
         self.wire_name
     }
 
-    /// Reads the event out of a value resolved from another schema.
+    /// Reads the event out of a value resolved from another schema. A
+    /// failure does not say where: read it again with
+    /// [`read_naming_path`](Self::read_naming_path) to word the error.
     pub(crate) fn read(
         &self,
         value: Value,
         human_readable: bool,
     ) -> std::result::Result<Box<dyn Event>, String> {
-        (self.read)(value, human_readable)
+        (self.read)(value, human_readable, false)
+    }
+
+    /// The same, and a failure names the field's path.
+    pub(crate) fn read_naming_path(
+        &self,
+        value: Value,
+        human_readable: bool,
+    ) -> std::result::Result<Box<dyn Event>, String> {
+        (self.read)(value, human_readable, true)
     }
 
     /// Turns an event of the previous version into this one, if this
@@ -194,7 +206,7 @@ inventory::collect!(Registration);
 #[derive(Debug)]
 pub struct EventRegistry {
     /// By tag, each tag's versions in order.
-    by_tag: HashMap<&'static str, Vec<Registration>>,
+    by_tag: HashMap<&'static str, Vec<Registration>, FnvBuild>,
 }
 
 impl EventRegistry {
@@ -202,6 +214,19 @@ impl EventRegistry {
     #[must_use]
     pub fn get(&self, tag: &str, version: u32) -> Option<&Registration> {
         self.by_tag.get(tag)?.iter().find(|r| r.version == version)
+    }
+
+    /// The type registered for a tag at a version, and the tag's later
+    /// versions in order (those an event of it is upcast through): one
+    /// search for both.
+    pub(crate) fn get_with_later(
+        &self,
+        tag: &str,
+        version: u32,
+    ) -> Option<(&Registration, &[Registration])> {
+        let versions = self.by_tag.get(tag)?;
+        let at = versions.iter().position(|r| r.version == version)?;
+        Some((&versions[at], &versions[at + 1..]))
     }
 
     /// The newest version registered for a tag.
@@ -243,7 +268,8 @@ pub fn registered_events() -> Result<&'static EventRegistry> {
         std::sync::OnceLock::new();
     REGISTRY
         .get_or_init(|| {
-            let mut by_tag: HashMap<&'static str, Vec<Registration>> = HashMap::new();
+            let mut by_tag: HashMap<&'static str, Vec<Registration>, FnvBuild> =
+                HashMap::default();
             let mut all: Vec<&Registration> = inventory::iter::<Registration>.into_iter().collect();
             all.sort_by_key(|r| (r.tag, r.version, r.type_name));
             all.dedup_by_key(|r| (r.tag, r.version, r.type_name));

@@ -84,6 +84,7 @@ mod contract;
 mod dead_letters;
 mod error;
 mod event;
+mod fnv;
 pub mod headers;
 pub mod log;
 mod runtime;
@@ -175,13 +176,20 @@ pub mod __private {
     pub use crate::schema::Value;
     use crate::{Event, EventType};
 
-    /// Reads an event of type `T` out of a resolved value.
+    /// Reads an event of type `T` out of a resolved value; with
+    /// `naming_path`, a failure names the field's path (slower: for
+    /// wording an error).
     pub fn read_event<T: EventType>(
         value: Value,
         human_readable: bool,
+        naming_path: bool,
     ) -> Result<Box<dyn Event>, String> {
-        crate::schema::read_value::<T>(value, human_readable)
-            .map(|event| Box::new(event) as Box<dyn Event>)
+        let read = if naming_path {
+            crate::schema::read_value_naming_path::<T>(value, human_readable)
+        } else {
+            crate::schema::read_value::<T>(value, human_readable)
+        };
+        read.map(|event| Box::new(event) as Box<dyn Event>)
     }
 
     /// Turns an event of version `F` into the next version `T`.

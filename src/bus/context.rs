@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::headers::{CAUSATION_HEADER, CORRELATION_HEADER, SENT_AT_HEADER, is_reserved};
@@ -33,20 +33,13 @@ pub struct Context {
 
 #[derive(Default)]
 struct Inner {
-    routing_key: String,
-    message_id: Option<String>,
-    origin: Option<String>,
-    timestamp: Option<u64>,
-    attempt: u32,
-    redelivered: bool,
-    remote: bool,
+    /// The message received; `None` for a local notify. Everything else
+    /// is read from it when asked (most handlers ask nothing), not copied
+    /// for every event.
+    delivery: Option<Arc<dyn Received>>,
     queue: Arc<str>,
-    /// The correlation header, when the event did not start its conversation.
-    correlation_id: Option<String>,
-    causation_id: Option<String>,
-    sent_at: Option<SystemTime>,
-    /// The application's string headers.
-    headers: Vec<(String, String)>,
+    /// The application's string headers, collected the first time asked.
+    headers: OnceLock<Vec<(String, String)>>,
     /// When the bus's handler watchdog fails the handling, if it watches.
     deadline: Option<Arc<Deadline>>,
 }
@@ -73,10 +66,7 @@ impl Deadline {
 }
 
 static LOCAL: LazyLock<Context> = LazyLock::new(|| Context {
-    inner: Arc::new(Inner {
-        attempt: 1,
-        ..Inner::default()
-    }),
+    inner: Arc::new(Inner::default()),
 });
 
 impl Context {
@@ -86,45 +76,36 @@ impl Context {
     }
 
     /// The context of a message received from `queue`.
-    pub(crate) fn remote(incoming: &dyn Received, queue: &Arc<str>) -> Self {
+    pub(crate) fn remote(incoming: Arc<dyn Received>, queue: &Arc<str>) -> Self {
         Self::watched(incoming, queue, None)
     }
 
     /// The same, handled under a watchdog's `deadline`.
     pub(crate) fn watched(
-        incoming: &dyn Received,
+        incoming: Arc<dyn Received>,
         queue: &Arc<str>,
         deadline: Option<Arc<Deadline>>,
     ) -> Self {
-        let mut inner = Inner {
-            routing_key: incoming.routing_key().to_owned(),
-            message_id: incoming.message_id().map(str::to_owned),
-            origin: incoming.origin().map(str::to_owned),
-            timestamp: incoming.timestamp(),
-            attempt: incoming.attempt(),
-            redelivered: incoming.redelivered(),
-            remote: true,
-            queue: queue.clone(),
-            deadline,
-            ..Inner::default()
-        };
-        incoming.visit_headers(&mut |name, header| {
-            let Header::Text(value) = header else { return };
-            match name {
-                CORRELATION_HEADER => inner.correlation_id = Some(value.to_owned()),
-                CAUSATION_HEADER => inner.causation_id = Some(value.to_owned()),
-                SENT_AT_HEADER => {
-                    inner.sent_at = value
-                        .parse()
-                        .ok()
-                        .and_then(|micros| UNIX_EPOCH.checked_add(Duration::from_micros(micros)));
-                }
-                _ if is_reserved(name) => {}
-                _ => inner.headers.push((name.to_owned(), value.to_owned())),
-            }
-        });
         Self {
-            inner: Arc::new(inner),
+            inner: Arc::new(Inner {
+                delivery: Some(incoming),
+                queue: queue.clone(),
+                headers: OnceLock::new(),
+                deadline,
+            }),
+        }
+    }
+
+    /// The message, for a remote event.
+    fn delivery(&self) -> Option<&dyn Received> {
+        self.inner.delivery.as_deref()
+    }
+
+    /// A string header of the message.
+    fn text(&self, name: &str) -> Option<&str> {
+        match self.delivery()?.header(name) {
+            Header::Text(text) => Some(text),
+            Header::Absent | Header::WrongType => None,
         }
     }
 
@@ -146,50 +127,51 @@ impl Context {
     /// a local notify.
     #[must_use]
     pub fn routing_key(&self) -> &str {
-        &self.inner.routing_key
+        self.delivery().map_or("", |d| d.routing_key())
     }
 
     /// The message id, for events that crossed the broker.
     #[must_use]
     pub fn message_id(&self) -> Option<&str> {
-        self.inner.message_id.as_deref()
+        self.delivery()?.message_id()
     }
 
     /// The instance id of the publishing bus.
     #[must_use]
     pub fn origin(&self) -> Option<&str> {
-        self.inner.origin.as_deref()
+        self.delivery()?.origin()
     }
 
     /// When the event was published, in seconds since the Unix epoch.
     #[must_use]
     pub fn timestamp(&self) -> Option<u64> {
-        self.inner.timestamp
+        self.delivery()?.timestamp()
     }
 
     /// When the event was published, to the microsecond, if the publisher
     /// said so (tidings does, in `x-tidings-sent-at`).
     #[must_use]
     pub fn sent_at(&self) -> Option<SystemTime> {
-        self.inner.sent_at
+        let micros = self.text(SENT_AT_HEADER)?.parse().ok()?;
+        UNIX_EPOCH.checked_add(Duration::from_micros(micros))
     }
 
     /// Which delivery attempt this is, starting at 1.
     #[must_use]
     pub fn attempt(&self) -> u32 {
-        self.inner.attempt
+        self.delivery().map_or(1, |d| d.attempt())
     }
 
     /// Whether the broker delivered this event before.
     #[must_use]
     pub fn redelivered(&self) -> bool {
-        self.inner.redelivered
+        self.delivery().is_some_and(|d| d.redelivered())
     }
 
     /// Whether the event came through the bus (`false` for a local notify).
     #[must_use]
     pub fn is_remote(&self) -> bool {
-        self.inner.remote
+        self.inner.delivery.is_some()
     }
 
     /// The queue the event was received from; empty for a local notify.
@@ -203,17 +185,14 @@ impl Context {
     /// one. `None` for a local notify.
     #[must_use]
     pub fn correlation_id(&self) -> Option<&str> {
-        self.inner
-            .correlation_id
-            .as_deref()
-            .or(self.inner.message_id.as_deref())
+        self.text(CORRELATION_HEADER).or_else(|| self.message_id())
     }
 
     /// The message id of the event whose handler published this one;
     /// `None` at the start of a conversation.
     #[must_use]
     pub fn causation_id(&self) -> Option<&str> {
-        self.inner.causation_id.as_deref()
+        self.text(CAUSATION_HEADER)
     }
 
     /// An application header the publisher set
@@ -221,11 +200,27 @@ impl Context {
     /// is a string. tidings' own headers are not among them.
     #[must_use]
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.inner
-            .headers
+        self.app_headers()
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, value)| value.as_str())
+    }
+
+    /// The application's string headers, collected once.
+    fn app_headers(&self) -> &[(String, String)] {
+        self.inner.headers.get_or_init(|| {
+            let mut headers = Vec::new();
+            if let Some(delivery) = self.delivery() {
+                delivery.visit_headers(&mut |name, header| {
+                    if let Header::Text(value) = header
+                        && !is_reserved(name)
+                    {
+                        headers.push((name.to_owned(), value.to_owned()));
+                    }
+                });
+            }
+            headers
+        })
     }
 
     /// **Tells the bus this handler is still working**: its
@@ -266,8 +261,7 @@ impl Context {
     /// Every application header with a string value, in no particular
     /// order.
     pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.inner
-            .headers
+        self.app_headers()
             .iter()
             .map(|(name, value)| (name.as_str(), value.as_str()))
     }
@@ -276,16 +270,16 @@ impl Context {
 impl fmt::Debug for Context {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Context")
-            .field("routing_key", &self.inner.routing_key)
-            .field("message_id", &self.inner.message_id)
-            .field("origin", &self.inner.origin)
-            .field("attempt", &self.inner.attempt)
-            .field("redelivered", &self.inner.redelivered)
-            .field("remote", &self.inner.remote)
+            .field("routing_key", &self.routing_key())
+            .field("message_id", &self.message_id())
+            .field("origin", &self.origin())
+            .field("attempt", &self.attempt())
+            .field("redelivered", &self.redelivered())
+            .field("remote", &self.is_remote())
             .field("queue", &self.inner.queue)
             .field("correlation_id", &self.correlation_id())
-            .field("causation_id", &self.inner.causation_id)
-            .field("headers", &self.inner.headers)
+            .field("causation_id", &self.causation_id())
+            .field("headers", &self.app_headers())
             .finish()
     }
 }

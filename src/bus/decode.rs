@@ -102,7 +102,7 @@ impl Decoder {
                 "the event registry is not valid".to_owned(),
             ));
         };
-        let registered = registration(events, tag, version)?;
+        let (registered, later) = registration(events, tag, version)?;
         let theirs =
             text_header(incoming, FINGERPRINT_HEADER)?.and_then(|t| t.parse::<Fingerprint>().ok());
         let ours = registered.fingerprint();
@@ -135,8 +135,11 @@ impl Decoder {
             ));
         }
         let mut event: Arc<dyn Event> = Arc::from(event);
-        let mut at = version;
-        while let Some(upcast) = events.get(tag, at + 1).and_then(|next| next.upcast()) {
+        // Through each next version that upcasts from the one before.
+        for (at, next) in (version..).zip(later) {
+            let Some(upcast) = next.upcast().filter(|_| next.version() == at + 1) else {
+                break;
+            };
             event = upcast(event).map_err(|e| {
                 (
                     RejectReason::Decode,
@@ -144,7 +147,6 @@ impl Decoder {
                 )
             })?;
             counters.count(Count::Upcasts, tag, "");
-            at += 1;
         }
         Ok(event)
     }
@@ -192,23 +194,30 @@ impl Decoder {
                 ),
             ));
         }
-        let mut value = reader_of_body
-            .read(body, codec, registered.wire_name())
-            .map_err(|e| {
-                let reason = if e.contains("could not be traced") {
-                    RejectReason::FingerprintMismatch
-                } else {
-                    RejectReason::Decode
-                };
-                (
-                    reason,
-                    format!("event {tag:?} (writer's schema {theirs}): {e}"),
-                )
-            })?;
-        if let Some(writer) = &writer {
-            writer.rename_for(ours, &mut value);
+        let value = || {
+            let mut value = reader_of_body
+                .read(body, codec, registered.wire_name())
+                .map_err(|e| {
+                    let reason = if e.contains("could not be traced") {
+                        RejectReason::FingerprintMismatch
+                    } else {
+                        RejectReason::Decode
+                    };
+                    (
+                        reason,
+                        format!("event {tag:?} (writer's schema {theirs}): {e}"),
+                    )
+                })?;
+            if let Some(writer) = &writer {
+                writer.rename_for(ours, &mut value);
+            }
+            Ok::<_, Refusal>(value)
+        };
+        // A failure is read again to name the field (see `read_own`).
+        if let Ok(event) = registered.read(value()?, json) {
+            return Ok(event);
         }
-        registered.read(value, json).map_err(|e| {
+        registered.read_naming_path(value()?, json).map_err(|e| {
             (
                 RejectReason::IncompatibleSchema,
                 format!(
@@ -237,31 +246,41 @@ fn read_own(
     if codec.content_type() != BINCODE_CONTENT_TYPE || !ours.is_traced() {
         return codec.decode(body).map_err(|e| decode_error(e.to_string()));
     }
-    if let Some(name) = bincode_event_name(body)
-        && name != registered.wire_name()
-    {
-        return Err((
+    // The read checks the event's name in the body: only a failure needs
+    // telling a body of another event (a tag mismatch) from a bad one.
+    let tag_mismatch = || {
+        let name = bincode_event_name(body).filter(|name| *name != registered.wire_name())?;
+        Some((
             RejectReason::TagMismatch,
             format!(
                 "body holds event {:?} but the {TAG_HEADER} header says {tag:?}",
                 bounded(name)
             ),
-        ));
+        ))
+    };
+    let value = || {
+        ours.read(body, codec, registered.wire_name())
+            .map_err(|e| tag_mismatch().unwrap_or_else(|| decode_error(e)))
+    };
+    // Without tracking the path (which clones every field name); a failure
+    // is read again, with it, to name the field.
+    if let Ok(event) = registered.read(value()?, false) {
+        return Ok(event);
     }
-    let value = ours
-        .read(body, codec, registered.wire_name())
-        .map_err(decode_error)?;
-    registered.read(value, false).map_err(decode_error)
+    registered
+        .read_naming_path(value()?, false)
+        .map_err(decode_error)
 }
 
-/// The type registered for `tag` at `version`, or why there is none.
+/// The type registered for `tag` at `version` and the tag's later
+/// versions, or why there is none.
 fn registration<'a>(
     events: &'a EventRegistry,
     tag: &str,
     version: u32,
-) -> Result<&'a Registration, Refusal> {
-    if let Some(registered) = events.get(tag, version) {
-        return Ok(registered);
+) -> Result<(&'a Registration, &'a [Registration]), Refusal> {
+    if let Some(found) = events.get_with_later(tag, version) {
+        return Ok(found);
     }
     match events.newest(tag) {
         None => Err((

@@ -3,21 +3,22 @@
 //! reach the handlers once.
 
 use std::collections::{HashSet, VecDeque};
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 use std::sync::Mutex;
 
+use siphasher::sip128::{Hasher128, SipHasher13};
 use tokio::sync::Notify;
 
 /// The message ids handled lately, oldest first out.
 ///
-/// Each id is kept as a 128-bit key made of two independently, randomly
-/// keyed SipHashes of it, computed once per event outside the lock: no
+/// Each id is kept as a 128-bit key, the SipHash-1-3-128 of it under a
+/// random key of this bus, computed once per event outside the lock: no
 /// allocation per id, and a wrong match (which would drop an event as a
 /// duplicate) needs a 128-bit collision that the sender cannot aim for
-/// without the random keys.
-#[derive(Default)]
+/// without the random key.
 pub(crate) struct Recent {
-    hashers: (RandomState, RandomState),
+    /// The SipHash key.
+    keys: (u64, u64),
     window: Mutex<Window>,
     /// Woken when a handling that others wait for ends.
     finished: Notify,
@@ -53,12 +54,29 @@ pub(super) struct Handling<'a> {
     told: bool,
 }
 
+impl Default for Recent {
+    fn default() -> Self {
+        // std's random keys (from the OS, once per thread, then varied),
+        // each drawn through a hash of nothing.
+        let random = || RandomState::new().build_hasher().finish();
+        Self {
+            keys: (random(), random()),
+            window: Mutex::default(),
+            finished: Notify::new(),
+        }
+    }
+}
+
 impl Recent {
     /// The key of a message: its publisher and its id, so that a foreign
     /// publisher reusing an id cannot suppress another's events.
     pub(super) fn key(&self, origin: &str, id: &str) -> u128 {
-        let key = (origin, id);
-        (u128::from(self.hashers.0.hash_one(key)) << 64) | u128::from(self.hashers.1.hash_one(key))
+        let mut hasher = SipHasher13::new_with_keys(self.keys.0, self.keys.1);
+        // `str` hashes end in 0xff, which UTF-8 never holds: the pair is
+        // unambiguous.
+        origin.hash(&mut hasher);
+        id.hash(&mut hasher);
+        hasher.finish128().as_u128()
     }
 
     fn window(&self) -> std::sync::MutexGuard<'_, Window> {

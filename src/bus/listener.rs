@@ -208,7 +208,7 @@ const ACK_DELAY: Duration = Duration::from_millis(2);
 /// `multiple` (deliveries of one listener are settled in order when it
 /// handles one at a time, so every one before the last is settled).
 struct AckBatch {
-    last: Option<Box<dyn Received>>,
+    last: Option<Arc<dyn Received>>,
     count: usize,
     limit: usize,
 }
@@ -222,7 +222,7 @@ impl AckBatch {
         }
     }
 
-    async fn add(&mut self, shared: &Shared, incoming: Box<dyn Received>) {
+    async fn add(&mut self, shared: &Shared, incoming: Arc<dyn Received>) {
         self.last = Some(incoming);
         self.count += 1;
         if self.count >= self.limit {
@@ -290,15 +290,17 @@ async fn run(
             },
         };
         let Some(incoming) = next else { break };
+        // Shared with the handlers' `Context`, which reads it when asked.
+        let incoming: Arc<dyn Received> = incoming.into();
         if concurrency == 1 {
-            if let Outcome::Ack = shared.handle(&*incoming, &queue).await {
+            if let Outcome::Ack = shared.handle(&incoming, &queue).await {
                 batch.add(&shared, incoming).await;
             }
         } else {
             let shared = shared.clone();
             let queue = queue.clone();
             running.spawn(async move {
-                if let Outcome::Ack = shared.handle(&*incoming, &queue).await {
+                if let Outcome::Ack = shared.handle(&incoming, &queue).await {
                     shared.settled(incoming.ack().await);
                 }
             });
@@ -339,7 +341,8 @@ impl Shared {
     /// Handles one delivery in a span of its own (a root, or the child of
     /// the publisher's span with trace context), counting it as unacked
     /// until its outcome is decided.
-    async fn handle(&self, incoming: &dyn Received, queue: &Arc<str>) -> Outcome {
+    async fn handle(&self, delivery: &Arc<dyn Received>, queue: &Arc<str>) -> Outcome {
+        let incoming: &dyn Received = &**delivery;
         let span = debug_span!(
             parent: None,
             "handle",
@@ -353,12 +356,13 @@ impl Shared {
         );
         trace_context::extract(&span, incoming);
         telemetry::gauge("tidings_unacked_deliveries", 1.0);
-        let outcome = self.handle_in_span(incoming, queue).instrument(span).await;
+        let outcome = self.handle_in_span(delivery, queue).instrument(span).await;
         telemetry::gauge("tidings_unacked_deliveries", -1.0);
         outcome
     }
 
-    async fn handle_in_span(&self, incoming: &dyn Received, queue: &Arc<str>) -> Outcome {
+    async fn handle_in_span(&self, delivery: &Arc<dyn Received>, queue: &Arc<str>) -> Outcome {
+        let incoming: &dyn Received = &**delivery;
         self.counters.count(Count::Delivered, "", "");
         // The signature first: nothing unauthenticated is decoded.
         let verified = match &self.signing {
@@ -415,7 +419,8 @@ impl Shared {
             }
         };
         let tag = event.tag();
-        if !self.settings.self_delivery && incoming.origin() == Some(self.instance_id.as_str()) {
+        let origin = incoming.origin();
+        if !self.settings.self_delivery && origin == Some(self.instance_id.as_str()) {
             self.counters.count(Count::OwnSkipped, "", "");
             trace!(outcome = "acked", "own event skipped");
             return Outcome::Ack;
@@ -425,7 +430,7 @@ impl Shared {
         let dedup_key = incoming
             .message_id()
             .filter(|_| self.settings.dedup_window > 0)
-            .map(|id| self.recent.key(incoming.origin().unwrap_or(""), id));
+            .map(|id| self.recent.key(origin.unwrap_or(""), id));
         // Claimed atomically: of two deliveries of one id at once, the
         // second waits for the first's outcome.
         let handling = match dedup_key {
@@ -443,8 +448,13 @@ impl Shared {
             None => None,
         };
         let deadline = self.settings.handler_timeout.map(Deadline::after);
-        let context = Context::watched(incoming, queue, deadline.clone());
-        let sent_at = context.sent_at();
+        let context = Context::watched(delivery.clone(), queue, deadline.clone());
+        // Read from the headers only for the metric.
+        let sent_at = if telemetry::ENABLED {
+            context.sent_at()
+        } else {
+            None
+        };
         let started = Instant::now();
         let dispatching = context
             .clone()

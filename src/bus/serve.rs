@@ -345,8 +345,10 @@ impl<R: Request> Serving<R> {
             let Some(incoming) = next else { break };
             let serving = self.clone();
             let queue = queue.clone();
+            // Shared with the handler's `Context`, which reads it when asked.
+            let incoming: Arc<dyn Received> = incoming.into();
             running.spawn(async move {
-                serving.handle(&*incoming, &queue).await;
+                serving.handle(&incoming, &queue).await;
                 if let Err(e) = incoming.ack().await {
                     debug!(error = %e, "acknowledging a request failed");
                 }
@@ -359,7 +361,8 @@ impl<R: Request> Serving<R> {
     }
 
     /// Handles one request and replies.
-    async fn handle(&self, incoming: &dyn Received, queue: &Arc<str>) {
+    async fn handle(&self, delivery: &Arc<dyn Received>, queue: &Arc<str>) {
+        let incoming: &dyn Received = &**delivery;
         let (Some(reply_to), Some(correlation_id)) =
             (incoming.reply_to(), incoming.correlation_id())
         else {
@@ -398,7 +401,7 @@ impl<R: Request> Serving<R> {
                     "decode",
                 )),
                 Ok(request) => {
-                    let context = Context::remote(incoming, queue);
+                    let context = Context::remote(delivery.clone(), queue);
                     // On this task, inside the request's context.
                     let handling = context
                         .scope(async {

@@ -9,6 +9,7 @@ use std::sync::{Mutex, RwLock};
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 
+use crate::fnv::FnvBuild;
 use crate::telemetry;
 use crate::transport::seam::PublishCounters;
 
@@ -213,8 +214,10 @@ impl Count {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     counts: [AtomicU64; Count::ALL.len()],
-    /// Counts of the event types this bus published or handled, by tag.
-    tags: RwLock<HashMap<String, TagCounters>>,
+    /// Counts of the event types this bus published or handled, by tag
+    /// (tags of registered types only, so FNV rather than SipHash: see
+    /// [`crate::fnv`]).
+    tags: RwLock<HashMap<String, TagCounters, FnvBuild>>,
     /// Unknown events by tag, for at most [`UNKNOWN_TAGS`] tags.
     unknown_tags: Mutex<BTreeMap<String, u64>>,
     rejected: [AtomicU64; RejectReason::ALL.len()],

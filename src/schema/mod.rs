@@ -325,8 +325,19 @@ impl fmt::Debug for Schema {
     }
 }
 
-/// Reads a `T` out of a [`Value`], naming the field's path on failure.
+/// Reads a `T` out of a [`Value`]; a failure says what was wrong but not
+/// where: read the value again with [`read_value_naming_path`] to word it.
+/// (`serde_path_to_error` clones every key and field name it passes, so the
+/// path is only tracked once something failed.)
 pub(crate) fn read_value<T: DeserializeOwned>(
+    value: Value,
+    human_readable: bool,
+) -> Result<T, String> {
+    T::deserialize(ValueDeserializer::new(value, human_readable)).map_err(|e| e.to_string())
+}
+
+/// Reads a `T` out of a [`Value`], naming the field's path on failure.
+pub(crate) fn read_value_naming_path<T: DeserializeOwned>(
     value: Value,
     human_readable: bool,
 ) -> Result<T, String> {

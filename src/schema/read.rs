@@ -77,8 +77,12 @@ impl<'de> DeserializeSeed<'de> for ByFormat<'_> {
             Format::F32 => de.deserialize_f32(visitor),
             Format::F64 => de.deserialize_f64(visitor),
             Format::Char => de.deserialize_char(visitor),
-            Format::Str => de.deserialize_string(visitor),
-            Format::Bytes => de.deserialize_byte_buf(visitor),
+            // The borrowed forms: bincode's slice reader answers them with
+            // the bytes in the body, and the visitor's `to_owned` is the one
+            // copy (asked for an owned `String`, it zero-fills a new buffer
+            // and copies into it).
+            Format::Str => de.deserialize_str(visitor),
+            Format::Bytes => de.deserialize_bytes(visitor),
             Format::Option(_) => de.deserialize_option(visitor),
             Format::Seq(_) => de.deserialize_seq(visitor),
             Format::Map { .. } => de.deserialize_map(visitor),
@@ -301,19 +305,43 @@ impl<'de> Visitor<'de> for ReadEvent<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let Some(name) = map.next_key::<String>()? else {
+        if map.next_key_seed(EventName(self.wire_name))?.is_none() {
             return Err(de::Error::custom("the body holds no event"));
-        };
-        if name != self.wire_name {
-            return Err(de::Error::custom(format!(
-                "the body holds event `{name}`, not `{}`",
-                self.wire_name
-            )));
         }
         let value = map.next_value_seed(self.root)?;
         if map.next_key::<de::IgnoredAny>()?.is_some() {
             return Err(de::Error::custom("the body holds more than one event"));
         }
         Ok(value)
+    }
+}
+
+/// Checks an event's name against the one expected, without a copy of it.
+struct EventName<'a>(&'a str);
+
+impl<'de> DeserializeSeed<'de> for EventName<'_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        de.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for EventName<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "an event name")
+    }
+
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<(), E> {
+        if name == self.0 {
+            Ok(())
+        } else {
+            Err(E::custom(format!(
+                "the body holds event `{name}`, not `{}`",
+                self.0
+            )))
+        }
     }
 }

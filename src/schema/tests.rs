@@ -227,7 +227,7 @@ fn read_as<T: DeserializeOwned>(
 ) -> Result<T, String> {
     let mut value = writer.read(body, codec, "orders.placed")?;
     writer.rename_for(reader, &mut value);
-    read_value::<T>(
+    read_value_naming_path::<T>(
         value,
         codec.content_type() == crate::codec::JSON_CONTENT_TYPE,
     )

@@ -304,10 +304,8 @@ impl Inbox for AmqpInbox {
             loop {
                 match consumer.next().await? {
                     Ok(delivery) => {
-                        let received: Box<dyn Received> = Box::new(AmqpReceived {
-                            delivery,
-                            amqp: self.amqp.clone(),
-                        });
+                        let received: Box<dyn Received> =
+                            Box::new(AmqpReceived::new(delivery, self.amqp.clone()));
                         return Some(received);
                     }
                     Err(e) => warn!(error = %e, "receiving an event failed"),
@@ -335,6 +333,38 @@ impl Inbox for AmqpInbox {
 pub(super) struct AmqpReceived {
     pub(super) delivery: Delivery,
     pub(super) amqp: Arc<Amqp>,
+    /// The attempt header, read once.
+    attempt: u32,
+    /// Whether a routing-key header (of a retried delivery) overrides the
+    /// delivery's routing key: most deliveries have none, and then it is
+    /// not searched for.
+    rerouted: bool,
+}
+
+impl AmqpReceived {
+    /// Reads what is asked for more than once per delivery (the attempt,
+    /// whether it was rerouted) in one pass over its headers.
+    pub(super) fn new(delivery: Delivery, amqp: Arc<Amqp>) -> Self {
+        let (mut attempt, mut rerouted) = (1, false);
+        let headers = delivery.properties().headers().as_ref();
+        for (name, value) in headers.map(FieldTable::inner).into_iter().flatten() {
+            match name.as_str() {
+                ATTEMPT_HEADER => {
+                    if let Header::Text(n) = as_header(value) {
+                        attempt = n.parse().unwrap_or(1);
+                    }
+                }
+                ROUTING_KEY_HEADER => rerouted = matches!(as_header(value), Header::Text(_)),
+                _ => {}
+            }
+        }
+        Self {
+            delivery,
+            amqp,
+            attempt,
+            rerouted,
+        }
+    }
 }
 
 impl Received for AmqpReceived {
@@ -352,11 +382,8 @@ impl Received for AmqpReceived {
     }
 
     fn header(&self, name: &str) -> Header<'_> {
-        match (self.delivery.header(name), self.delivery.header_str(name)) {
-            (None, _) => Header::Absent,
-            (Some(_), Some(text)) => Header::Text(text),
-            (Some(_), None) => Header::WrongType,
-        }
+        // One search of the table, not one for presence and one for text.
+        self.delivery.header(name).map_or(Header::Absent, as_header)
     }
 
     fn visit_headers(&self, visit: &mut dyn FnMut(&str, Header<'_>)) {
@@ -365,14 +392,14 @@ impl Received for AmqpReceived {
 
     fn routing_key(&self) -> &str {
         let d = &self.delivery;
+        if !self.rerouted {
+            return d.routing_key();
+        }
         d.header_str(ROUTING_KEY_HEADER).unwrap_or(d.routing_key())
     }
 
     fn attempt(&self) -> u32 {
-        self.delivery
-            .header_str(ATTEMPT_HEADER)
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(1)
+        self.attempt
     }
 
     fn message_id(&self) -> Option<&str> {
@@ -765,11 +792,7 @@ impl Received for AmqpReply {
     }
 
     fn header(&self, name: &str) -> Header<'_> {
-        match (self.header_value(name), self.text(name)) {
-            (None, _) => Header::Absent,
-            (Some(_), Some(text)) => Header::Text(text),
-            (Some(_), None) => Header::WrongType,
-        }
+        self.header_value(name).map_or(Header::Absent, as_header)
     }
 
     fn visit_headers(&self, visit: &mut dyn FnMut(&str, Header<'_>)) {
@@ -831,14 +854,18 @@ impl Received for AmqpReply {
 /// AMQP types as of the wrong type.
 fn visit_table(headers: Option<&FieldTable>, visit: &mut dyn FnMut(&str, Header<'_>)) {
     for (name, value) in headers.map(FieldTable::inner).into_iter().flatten() {
-        let header = match value {
-            AMQPValue::LongString(s) => {
-                std::str::from_utf8(s.as_bytes()).map_or(Header::WrongType, Header::Text)
-            }
-            AMQPValue::ShortString(s) => Header::Text(s.as_str()),
-            _ => Header::WrongType,
-        };
-        visit(name.as_str(), header);
+        visit(name.as_str(), as_header(value));
+    }
+}
+
+/// A header's value as the seam sees it: text, or of another type.
+fn as_header(value: &AMQPValue) -> Header<'_> {
+    match value {
+        AMQPValue::LongString(s) => {
+            std::str::from_utf8(s.as_bytes()).map_or(Header::WrongType, Header::Text)
+        }
+        AMQPValue::ShortString(s) => Header::Text(s.as_str()),
+        _ => Header::WrongType,
     }
 }
 

@@ -410,10 +410,7 @@ impl Inbox for StreamInbox {
                     });
                     continue;
                 }
-                let inner = Arc::new(AmqpReceived {
-                    delivery,
-                    amqp: self.amqp.clone(),
-                });
+                let inner = Arc::new(AmqpReceived::new(delivery, self.amqp.clone()));
                 return Some(self.received(inner, offset, None));
             }
         })
