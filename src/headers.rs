@@ -133,3 +133,43 @@ fn json_of(value: &AMQPValue) -> serde_json::Value {
         AMQPValue::Void => Json::Null,
     }
 }
+
+/// A message id unique across processes, `<instance-id>-<sequence>`,
+/// written without the formatting machinery and in one allocation.
+pub(crate) fn message_id(instance_id: &str, sequence: u64) -> String {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = sequence;
+    loop {
+        at -= 1;
+        // A digit: below 10, so the cast keeps it.
+        #[allow(clippy::cast_possible_truncation)]
+        let digit = (rest % 10) as u8;
+        digits[at] = b'0' + digit;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let digits = &digits[at..];
+    let mut id = String::with_capacity(instance_id.len() + 1 + digits.len());
+    id.push_str(instance_id);
+    id.push('-');
+    for &digit in digits {
+        id.push(char::from(digit));
+    }
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::message_id;
+
+    #[test]
+    fn message_ids_are_the_instance_and_the_sequence() {
+        assert_eq!(message_id("a1b2", 0), "a1b2-0");
+        assert_eq!(message_id("a1b2", 7), "a1b2-7");
+        assert_eq!(message_id("x", 1_234_567_890), "x-1234567890");
+        assert_eq!(message_id("x", u64::MAX), format!("x-{}", u64::MAX));
+    }
+}

@@ -51,7 +51,7 @@ pub(crate) struct Message {
     pub(crate) routing_key: ShortString,
     pub(crate) mandatory: bool,
     pub(crate) body: Arc<Vec<u8>>,
-    pub(crate) properties: BasicProperties,
+    pub(crate) properties: Properties,
     pub(crate) done: Option<oneshot::Sender<Result<()>>>,
     /// Counted in the stats, and sent again when nacked: an event of the
     /// application, not one of the bus's own retries and dead letters.
@@ -62,6 +62,40 @@ pub(crate) struct Message {
     pub(crate) nacks: u8,
     /// When it was accepted, for the publish-to-confirm latency.
     pub(crate) accepted: Instant,
+}
+
+/// **A message's AMQP properties**, kept until the broker confirms it so
+/// that it can be sent again after a lost channel.
+pub(crate) enum Properties {
+    /// Kept whole: every send (the first, and a resend) sends a copy.
+    Kept(BasicProperties),
+    /// The first send takes `first` as it is, without a copy; the rare
+    /// resend builds them again with `again`.
+    Rebuilt {
+        /// Built for the first send; `None` once sent.
+        first: Option<BasicProperties>,
+        /// Builds the same properties again.
+        again: Box<dyn Fn() -> BasicProperties + Send + Sync>,
+    },
+}
+
+impl Properties {
+    /// The properties as they will be sent next, to be checked; `None`
+    /// for properties sent once already (and checked then).
+    fn current(&self) -> Option<&BasicProperties> {
+        match self {
+            Self::Kept(properties) => Some(properties),
+            Self::Rebuilt { first, .. } => first.as_ref(),
+        }
+    }
+
+    /// The properties of the next send.
+    fn next(&mut self) -> BasicProperties {
+        match self {
+            Self::Kept(properties) => properties.clone(),
+            Self::Rebuilt { first, again } => first.take().unwrap_or_else(again),
+        }
+    }
 }
 
 // One per message, moved and never copied; boxing the large variant would
@@ -131,6 +165,63 @@ impl Outbox {
     /// once by `when_full` (which also decides what a blocked connection
     /// means).
     pub(crate) async fn submit(&self, message: Message, when_full: WhenFull) -> Result<()> {
+        match self.try_submit(message, when_full)? {
+            None => Ok(()),
+            Some(message) => self.submit_waiting(message).await,
+        }
+    }
+
+    /// **Accepts a message into the buffer if there is room**, without
+    /// waiting: `Ok(None)` once accepted; under [`WhenFull::Wait`], the
+    /// message back when it has to wait for room
+    /// ([`submit_waiting`](Self::submit_waiting)); under
+    /// [`WhenFull::Fail`], an error then.
+    pub(crate) fn try_submit(
+        &self,
+        message: Message,
+        when_full: WhenFull,
+    ) -> Result<Option<Message>> {
+        let bytes = self.check(&message)?;
+        match when_full {
+            WhenFull::Fail => {
+                if self.conn.is_blocked() {
+                    return Err(Error::new(
+                        ErrorKind::Blocked,
+                        "the broker has blocked publishing (a memory or disk alarm); try again later",
+                    ));
+                }
+                if !self.try_take(bytes) {
+                    return Err(self.full());
+                }
+            }
+            WhenFull::Wait => {
+                if !self.try_take(bytes) {
+                    return Ok(Some(message));
+                }
+            }
+        }
+        self.send(message, bytes)?;
+        Ok(None)
+    }
+
+    /// Accepts a message [`try_submit`](Self::try_submit) gave back once
+    /// there is room for it.
+    pub(crate) async fn submit_waiting(&self, message: Message) -> Result<()> {
+        let bytes = self.check(&message)?;
+        let event = self.events.acquire().await.map_err(|_| self.closed())?;
+        let room = self
+            .bytes
+            .acquire_many(bytes)
+            .await
+            .map_err(|_| self.closed())?;
+        event.forget();
+        room.forget();
+        self.send(message, bytes)
+    }
+
+    /// Whether the message may be published at all; the room it takes in
+    /// the buffer's byte budget.
+    fn check(&self, message: &Message) -> Result<u32> {
         let size = message.body.len();
         let max_message_size = self.conn.props().max_message_size();
         if size > max_message_size {
@@ -142,8 +233,9 @@ impl Outbox {
             ));
         }
         let frame_max = self.conn.frame_max();
-        if !header_frame::surely_fits(&message.properties, frame_max)
-            && let header = header_frame::size(&message.properties)
+        if let Some(properties) = message.properties.current()
+            && !header_frame::surely_fits(properties, frame_max)
+            && let header = header_frame::size(properties)
             && header > frame_max
         {
             return Err(Error::new(
@@ -163,35 +255,25 @@ impl Outbox {
             ));
         }
         // The buffer's byte budget is at most u32::MAX (see props).
-        let bytes = u32::try_from(size).unwrap_or(u32::MAX);
-        match when_full {
-            WhenFull::Fail => {
-                if self.conn.is_blocked() {
-                    return Err(Error::new(
-                        ErrorKind::Blocked,
-                        "the broker has blocked publishing (a memory or disk alarm); try again later",
-                    ));
-                }
-                let (Ok(event), Ok(room)) = (
-                    self.events.try_acquire(),
-                    self.bytes.try_acquire_many(bytes),
-                ) else {
-                    return Err(self.full());
-                };
-                event.forget();
-                room.forget();
-            }
-            WhenFull::Wait => {
-                let event = self.events.acquire().await.map_err(|_| self.closed())?;
-                let room = self
-                    .bytes
-                    .acquire_many(bytes)
-                    .await
-                    .map_err(|_| self.closed())?;
-                event.forget();
-                room.forget();
-            }
-        }
+        Ok(u32::try_from(size).unwrap_or(u32::MAX))
+    }
+
+    /// Takes room for one message of `bytes` if there is some, without
+    /// waiting.
+    fn try_take(&self, bytes: u32) -> bool {
+        let (Ok(event), Ok(room)) = (
+            self.events.try_acquire(),
+            self.bytes.try_acquire_many(bytes),
+        ) else {
+            return false;
+        };
+        event.forget();
+        room.forget();
+        true
+    }
+
+    /// Hands a message that has its room to the engine.
+    fn send(&self, message: Message, bytes: u32) -> Result<()> {
         if message.counted {
             self.counters.buffered.fetch_add(1, Ordering::Relaxed);
             telemetry::gauge("tidings_buffered_events", 1.0);
@@ -273,11 +355,11 @@ impl InFlight {
     /// takes its delivery tag and queues its frames on the first poll, so
     /// the future is polled once here: the broker gets the messages in the
     /// order they were started, however many are in flight.
-    fn start(channel: &Arc<lapin::Channel>, message: Message) -> Self {
+    fn start(channel: &Arc<lapin::Channel>, mut message: Message) -> Self {
         let channel = channel.clone();
         let body = message.body.clone();
         let (exchange, routing_key) = (message.exchange.clone(), message.routing_key.clone());
-        let properties = message.properties.clone();
+        let properties = message.properties.next();
         let options = BasicPublishOptions {
             mandatory: message.mandatory,
             ..BasicPublishOptions::default()

@@ -689,7 +689,7 @@ impl Bus {
         let tag = event.tag();
         let message_id = match &options.message_id {
             Some(id) => id.clone(),
-            None => format!("{}-{sequence}", inner.instance_id),
+            None => crate::headers::message_id(&inner.instance_id, sequence),
         };
         let routing_key: Cow<'static, str> = match &options.routing_key {
             Some(key) => Cow::Owned(key.clone()),
@@ -742,7 +742,7 @@ impl Bus {
             fingerprint: Fingerprint::from_u64(0),
             version: 1,
             routing_key: routing_key.into(),
-            message_id: format!("{}-{sequence}", inner.instance_id),
+            message_id: crate::headers::message_id(&inner.instance_id, sequence),
             to_queue: None,
             headers: Vec::new(),
             correlation_id: None,
