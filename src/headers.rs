@@ -137,33 +137,22 @@ fn json_of(value: &AMQPValue) -> serde_json::Value {
 /// A message id unique across processes, `<instance-id>-<sequence>`,
 /// written without the formatting machinery and in one allocation.
 pub(crate) fn message_id(instance_id: &str, sequence: u64) -> String {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut rest = sequence;
-    loop {
-        at -= 1;
-        // A digit: below 10, so the cast keeps it.
-        #[allow(clippy::cast_possible_truncation)]
-        let digit = (rest % 10) as u8;
-        digits[at] = b'0' + digit;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    let digits = &digits[at..];
-    let mut id = String::with_capacity(instance_id.len() + 1 + digits.len());
+    let mut id = String::with_capacity(instance_id.len() + 21);
     id.push_str(instance_id);
     id.push('-');
-    for &digit in digits {
-        id.push(char::from(digit));
-    }
+    push_decimal(&mut id, sequence);
     id
+}
+
+/// Appends `value` in decimal to `out`, as `to_string` writes it, without
+/// the formatting machinery.
+pub(crate) fn push_decimal(out: &mut String, value: u64) {
+    out.push_str(itoa::Buffer::new().format(value));
 }
 
 #[cfg(test)]
 mod tests {
-    use super::message_id;
+    use super::{message_id, push_decimal};
 
     #[test]
     fn message_ids_are_the_instance_and_the_sequence() {
@@ -171,5 +160,14 @@ mod tests {
         assert_eq!(message_id("a1b2", 7), "a1b2-7");
         assert_eq!(message_id("x", 1_234_567_890), "x-1234567890");
         assert_eq!(message_id("x", u64::MAX), format!("x-{}", u64::MAX));
+    }
+
+    #[test]
+    fn decimals_are_written_as_to_string_does() {
+        for value in [0, 9, 10, 99, 100, 1_765_000_000_123_456, u64::MAX] {
+            let mut out = String::from("<");
+            push_decimal(&mut out, value);
+            assert_eq!(out, format!("<{value}"));
+        }
     }
 }
