@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::Serialize;
 use serde::de::{DeserializeOwned, DeserializeSeed};
@@ -71,6 +72,13 @@ pub trait Codec: Send + Sync + fmt::Debug + 'static {
     fn decode_with(&self, bytes: &[u8], visit: &mut DecodeVisitor<'_>) -> Result<()>;
 }
 
+/// The size of the body last encoded by `<dyn Codec>::encode`: the next
+/// one starts with room for it (rounded up to a power of two).
+static LAST_BODY: AtomicUsize = AtomicUsize::new(0);
+/// The largest capacity [`LAST_BODY`] gives a new body: a large event
+/// now and then must not make every small one after it hold as much.
+const MAX_BODY_HINT: usize = 4096;
+
 impl dyn Codec {
     /// **Encodes a value** into a new body.
     ///
@@ -78,8 +86,15 @@ impl dyn Codec {
     ///
     /// [`ErrorKind::Encode`] when the value cannot be represented.
     pub fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(64);
+        // Sized like the last body, so that a stream of similar events
+        // encodes without growing the buffer.
+        let hint = LAST_BODY
+            .load(Ordering::Relaxed)
+            .next_power_of_two()
+            .clamp(64, MAX_BODY_HINT);
+        let mut out = Vec::with_capacity(hint);
         self.encode_erased(&value, &mut out)?;
+        LAST_BODY.store(out.len(), Ordering::Relaxed);
         Ok(out)
     }
 
@@ -112,6 +127,16 @@ pub struct Bincode;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Json;
 
+/// bincode's writer appending to a `Vec`.
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl bincode::enc::write::Writer for Append<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::result::Result<(), bincode::error::EncodeError> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
 /// How many bytes of memory a bincode length prefix may claim per body byte.
 const BINCODE_CLAIM_FACTOR: usize = 8;
 
@@ -121,16 +146,16 @@ impl Codec for Bincode {
     }
 
     fn encode_erased(&self, value: &dyn erased_serde::Serialize, out: &mut Vec<u8>) -> Result<()> {
-        let bytes =
-            bincode::serde::encode_to_vec(value, bincode::config::standard()).map_err(|e| {
+        // Straight into `out`: no body-sized Vec of bincode's own to copy.
+        bincode::serde::encode_into_writer(value, Append(out), bincode::config::standard()).map_err(
+            |e| {
                 Error::with_source(
                     ErrorKind::Encode,
                     format!("bincode encoding failed: {e}"),
                     e,
                 )
-            })?;
-        out.extend_from_slice(&bytes);
-        Ok(())
+            },
+        )
     }
 
     fn decode_with(&self, bytes: &[u8], visit: &mut DecodeVisitor<'_>) -> Result<()> {

@@ -133,3 +133,41 @@ fn json_of(value: &AMQPValue) -> serde_json::Value {
         AMQPValue::Void => Json::Null,
     }
 }
+
+/// A message id unique across processes, `<instance-id>-<sequence>`,
+/// written without the formatting machinery and in one allocation.
+pub(crate) fn message_id(instance_id: &str, sequence: u64) -> String {
+    let mut id = String::with_capacity(instance_id.len() + 21);
+    id.push_str(instance_id);
+    id.push('-');
+    push_decimal(&mut id, sequence);
+    id
+}
+
+/// Appends `value` in decimal to `out`, as `to_string` writes it, without
+/// the formatting machinery.
+pub(crate) fn push_decimal(out: &mut String, value: u64) {
+    out.push_str(itoa::Buffer::new().format(value));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{message_id, push_decimal};
+
+    #[test]
+    fn message_ids_are_the_instance_and_the_sequence() {
+        assert_eq!(message_id("a1b2", 0), "a1b2-0");
+        assert_eq!(message_id("a1b2", 7), "a1b2-7");
+        assert_eq!(message_id("x", 1_234_567_890), "x-1234567890");
+        assert_eq!(message_id("x", u64::MAX), format!("x-{}", u64::MAX));
+    }
+
+    #[test]
+    fn decimals_are_written_as_to_string_does() {
+        for value in [0, 9, 10, 99, 100, 1_765_000_000_123_456, u64::MAX] {
+            let mut out = String::from("<");
+            push_decimal(&mut out, value);
+            assert_eq!(out, format!("<{value}"));
+        }
+    }
+}

@@ -30,6 +30,10 @@ use crate::telemetry;
 /// Publishes sent and not yet confirmed, per producer. Enough to keep the
 /// broker busy; it also bounds lapin's own frame queue.
 const IN_FLIGHT: usize = 512;
+/// How many boxes of finished publishes an engine keeps for the next
+/// ones, at most: a full window. A publish's future takes about 1.4 KB
+/// (lapin 4.12), so at most some 700 KB per producer, kept after a burst.
+const SPARE: usize = IN_FLIGHT;
 /// The wait before opening a channel again on a connection that is up but
 /// refused the last one.
 const CHANNEL_RETRY: Duration = Duration::from_millis(200);
@@ -51,7 +55,7 @@ pub(crate) struct Message {
     pub(crate) routing_key: ShortString,
     pub(crate) mandatory: bool,
     pub(crate) body: Arc<Vec<u8>>,
-    pub(crate) properties: BasicProperties,
+    pub(crate) properties: Properties,
     pub(crate) done: Option<oneshot::Sender<Result<()>>>,
     /// Counted in the stats, and sent again when nacked: an event of the
     /// application, not one of the bus's own retries and dead letters.
@@ -62,6 +66,40 @@ pub(crate) struct Message {
     pub(crate) nacks: u8,
     /// When it was accepted, for the publish-to-confirm latency.
     pub(crate) accepted: Instant,
+}
+
+/// **A message's AMQP properties**, kept until the broker confirms it so
+/// that it can be sent again after a lost channel.
+pub(crate) enum Properties {
+    /// Kept whole: every send (the first, and a resend) sends a copy.
+    Kept(BasicProperties),
+    /// The first send takes `first` as it is, without a copy; the rare
+    /// resend builds them again with `again`.
+    Rebuilt {
+        /// Built for the first send; `None` once sent.
+        first: Option<BasicProperties>,
+        /// Builds the same properties again.
+        again: Box<dyn Fn() -> BasicProperties + Send + Sync>,
+    },
+}
+
+impl Properties {
+    /// The properties as they will be sent next, to be checked; `None`
+    /// for properties sent once already (and checked then).
+    fn current(&self) -> Option<&BasicProperties> {
+        match self {
+            Self::Kept(properties) => Some(properties),
+            Self::Rebuilt { first, .. } => first.as_ref(),
+        }
+    }
+
+    /// The properties of the next send.
+    fn next(&mut self) -> BasicProperties {
+        match self {
+            Self::Kept(properties) => properties.clone(),
+            Self::Rebuilt { first, again } => first.take().unwrap_or_else(again),
+        }
+    }
 }
 
 // One per message, moved and never copied; boxing the large variant would
@@ -98,6 +136,8 @@ impl Outbox {
         let bytes = Arc::new(Semaphore::new(max_bytes));
         let (abort, aborted) = watch::channel(None);
         let engine = Engine {
+            publish,
+            spare: Vec::new(),
             conn: conn.clone(),
             confirms,
             events: events.clone(),
@@ -131,6 +171,63 @@ impl Outbox {
     /// once by `when_full` (which also decides what a blocked connection
     /// means).
     pub(crate) async fn submit(&self, message: Message, when_full: WhenFull) -> Result<()> {
+        match self.try_submit(message, when_full)? {
+            None => Ok(()),
+            Some(message) => self.submit_waiting(message).await,
+        }
+    }
+
+    /// **Accepts a message into the buffer if there is room**, without
+    /// waiting: `Ok(None)` once accepted; under [`WhenFull::Wait`], the
+    /// message back when it has to wait for room
+    /// ([`submit_waiting`](Self::submit_waiting)); under
+    /// [`WhenFull::Fail`], an error then.
+    pub(crate) fn try_submit(
+        &self,
+        message: Message,
+        when_full: WhenFull,
+    ) -> Result<Option<Message>> {
+        let bytes = self.check(&message)?;
+        match when_full {
+            WhenFull::Fail => {
+                if self.conn.is_blocked() {
+                    return Err(Error::new(
+                        ErrorKind::Blocked,
+                        "the broker has blocked publishing (a memory or disk alarm); try again later",
+                    ));
+                }
+                if !self.try_take(bytes) {
+                    return Err(self.full());
+                }
+            }
+            WhenFull::Wait => {
+                if !self.try_take(bytes) {
+                    return Ok(Some(message));
+                }
+            }
+        }
+        self.send(message, bytes)?;
+        Ok(None)
+    }
+
+    /// Accepts a message [`try_submit`](Self::try_submit) gave back once
+    /// there is room for it.
+    pub(crate) async fn submit_waiting(&self, message: Message) -> Result<()> {
+        let bytes = self.check(&message)?;
+        let event = self.events.acquire().await.map_err(|_| self.closed())?;
+        let room = self
+            .bytes
+            .acquire_many(bytes)
+            .await
+            .map_err(|_| self.closed())?;
+        event.forget();
+        room.forget();
+        self.send(message, bytes)
+    }
+
+    /// Whether the message may be published at all; the room it takes in
+    /// the buffer's byte budget.
+    fn check(&self, message: &Message) -> Result<u32> {
         let size = message.body.len();
         let max_message_size = self.conn.props().max_message_size();
         if size > max_message_size {
@@ -142,8 +239,9 @@ impl Outbox {
             ));
         }
         let frame_max = self.conn.frame_max();
-        if !header_frame::surely_fits(&message.properties, frame_max)
-            && let header = header_frame::size(&message.properties)
+        if let Some(properties) = message.properties.current()
+            && !header_frame::surely_fits(properties, frame_max)
+            && let header = header_frame::size(properties)
             && header > frame_max
         {
             return Err(Error::new(
@@ -163,35 +261,25 @@ impl Outbox {
             ));
         }
         // The buffer's byte budget is at most u32::MAX (see props).
-        let bytes = u32::try_from(size).unwrap_or(u32::MAX);
-        match when_full {
-            WhenFull::Fail => {
-                if self.conn.is_blocked() {
-                    return Err(Error::new(
-                        ErrorKind::Blocked,
-                        "the broker has blocked publishing (a memory or disk alarm); try again later",
-                    ));
-                }
-                let (Ok(event), Ok(room)) = (
-                    self.events.try_acquire(),
-                    self.bytes.try_acquire_many(bytes),
-                ) else {
-                    return Err(self.full());
-                };
-                event.forget();
-                room.forget();
-            }
-            WhenFull::Wait => {
-                let event = self.events.acquire().await.map_err(|_| self.closed())?;
-                let room = self
-                    .bytes
-                    .acquire_many(bytes)
-                    .await
-                    .map_err(|_| self.closed())?;
-                event.forget();
-                room.forget();
-            }
-        }
+        Ok(u32::try_from(size).unwrap_or(u32::MAX))
+    }
+
+    /// Takes room for one message of `bytes` if there is some, without
+    /// waiting.
+    fn try_take(&self, bytes: u32) -> bool {
+        let (Ok(event), Ok(room)) = (
+            self.events.try_acquire(),
+            self.bytes.try_acquire_many(bytes),
+        ) else {
+            return false;
+        };
+        event.forget();
+        room.forget();
+        true
+    }
+
+    /// Hands a message that has its room to the engine.
+    fn send(&self, message: Message, bytes: u32) -> Result<()> {
         if message.counted {
             self.counters.buffered.fetch_add(1, Ordering::Relaxed);
             telemetry::gauge("tidings_buffered_events", 1.0);
@@ -253,8 +341,6 @@ impl fmt::Debug for Outbox {
     }
 }
 
-type Publish = Pin<Box<dyn Future<Output = lapin::Result<Confirmation>> + Send>>;
-
 /// A publishing channel and the underlying connection it is on.
 struct Opened {
     channel: Arc<lapin::Channel>,
@@ -262,49 +348,57 @@ struct Opened {
     link: watch::Receiver<Link>,
 }
 
-/// One publish in flight, and the future that gives its outcome.
-struct InFlight {
-    message: Message,
-    outcome: Publish,
+/// What lapin's `basic_publish` takes for one message.
+struct ToSend {
+    channel: Arc<lapin::Channel>,
+    exchange: ShortString,
+    routing_key: ShortString,
+    options: BasicPublishOptions,
+    body: Arc<Vec<u8>>,
+    properties: BasicProperties,
 }
 
-impl InFlight {
-    /// Starts publishing `message` on `channel`. lapin's `basic_publish`
-    /// takes its delivery tag and queues its frames on the first poll, so
-    /// the future is polled once here: the broker gets the messages in the
-    /// order they were started, however many are in flight.
-    fn start(channel: &Arc<lapin::Channel>, message: Message) -> Self {
-        let channel = channel.clone();
-        let body = message.body.clone();
-        let (exchange, routing_key) = (message.exchange.clone(), message.routing_key.clone());
-        let properties = message.properties.clone();
-        let options = BasicPublishOptions {
-            mandatory: message.mandatory,
-            ..BasicPublishOptions::default()
-        };
-        let mut outcome: Publish = Box::pin(async move {
-            channel
-                .basic_publish(exchange, routing_key, options, &body, properties)
-                .await?
-                .await
-        });
-        // A finished future must not be polled again: keep what it gave.
-        if let Poll::Ready(done) = outcome
-            .as_mut()
-            .poll(&mut Context::from_waker(Waker::noop()))
-        {
-            outcome = Box::pin(std::future::ready(done));
-        }
-        Self { message, outcome }
-    }
+/// lapin's publish of one message, then its confirm, as one future. Its
+/// type is unnamed: the engine is generic over it ([`Engine`]'s `F`), so
+/// that it can keep the boxes of finished ones for the next.
+async fn publish(send: ToSend) -> lapin::Result<Confirmation> {
+    send.channel
+        .basic_publish(
+            send.exchange,
+            send.routing_key,
+            send.options,
+            &send.body,
+            send.properties,
+        )
+        .await?
+        .await
+}
 
+/// One publish in flight, and the future that gives its outcome.
+struct InFlight<F> {
+    message: Message,
+    outcome: Pin<Box<F>>,
+    /// What the future gave on its first poll: it must not be polled again.
+    done: Option<lapin::Result<Confirmation>>,
+}
+
+impl<F: Future<Output = lapin::Result<Confirmation>>> InFlight<F> {
     /// Polled until ready, and then not again: the engine pops it.
     fn poll_outcome(&mut self, cx: &mut Context<'_>) -> Poll<lapin::Result<Confirmation>> {
-        self.outcome.as_mut().poll(cx)
+        match self.done.take() {
+            Some(done) => Poll::Ready(done),
+            None => self.outcome.as_mut().poll(cx),
+        }
     }
 }
 
-struct Engine {
+/// The engine of an [`Outbox`]: `publish` makes the future of each
+/// publish, of type `F`, boxed; the boxes of finished ones are kept in
+/// `spare` for the next (a publish's future is larger than what the
+/// allocator keeps at hand per thread, so a new box each time is costly).
+struct Engine<F, P> {
+    publish: P,
+    spare: Vec<Pin<Box<F>>>,
     conn: Connection,
     confirms: bool,
     events: Arc<Semaphore>,
@@ -314,7 +408,7 @@ struct Engine {
     pending: VecDeque<(Message, bool)>,
     /// Refused with a nack, to be sent again at the time given.
     nacked: VecDeque<(Instant, Message)>,
-    in_flight: VecDeque<InFlight>,
+    in_flight: VecDeque<InFlight<F>>,
     /// How many messages at the front of `pending` were in flight when a
     /// channel was lost: they are sent one at a time, so that a message the
     /// broker refuses by closing the channel is found and failed alone.
@@ -335,7 +429,11 @@ enum Stop {
     GaveUp(String),
 }
 
-impl Engine {
+impl<F, P> Engine<F, P>
+where
+    F: Future<Output = lapin::Result<Confirmation>>,
+    P: Fn(ToSend) -> F,
+{
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut open = true;
         let mut aborted = self.aborted.clone();
@@ -406,7 +504,8 @@ impl Engine {
                     self.counters.republished.fetch_add(1, Ordering::Relaxed);
                     telemetry::count("tidings_republished_total", "", "");
                 }
-                self.in_flight.push_back(InFlight::start(channel, message));
+                let started = self.start(channel, message);
+                self.in_flight.push_back(started);
             }
             if !*open
                 && self.pending.is_empty()
@@ -430,8 +529,8 @@ impl Engine {
                     None => Poll::Pending,
                 }), if waiting => match outcome {
                     Ok(confirmation) => {
-                        if let Some(front) = self.in_flight.pop_front() {
-                            self.answered(front.message, confirmation);
+                        if let Some(message) = self.pop_finished() {
+                            self.answered(message, confirmation);
                         }
                         if let Err(e) = self.settle_ready() {
                             return self.channel_lost(&e.to_string());
@@ -469,6 +568,54 @@ impl Engine {
         }
     }
 
+    /// Starts publishing `message` on `channel`. lapin's `basic_publish`
+    /// takes its delivery tag and queues its frames on the first poll, so
+    /// the future is polled once here: the broker gets the messages in the
+    /// order they were started, however many are in flight.
+    fn start(&mut self, channel: &Arc<lapin::Channel>, mut message: Message) -> InFlight<F> {
+        let send = ToSend {
+            channel: channel.clone(),
+            exchange: message.exchange.clone(),
+            routing_key: message.routing_key.clone(),
+            options: BasicPublishOptions {
+                mandatory: message.mandatory,
+                ..BasicPublishOptions::default()
+            },
+            body: message.body.clone(),
+            properties: message.properties.next(),
+        };
+        let future = (self.publish)(send);
+        let mut outcome = match self.spare.pop() {
+            Some(mut spare) => {
+                spare.set(future);
+                spare
+            }
+            None => Box::pin(future),
+        };
+        let done = match outcome
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+        {
+            Poll::Ready(done) => Some(done),
+            Poll::Pending => None,
+        };
+        InFlight {
+            message,
+            outcome,
+            done,
+        }
+    }
+
+    /// Takes a publish that gave its outcome off the front of the window;
+    /// its box is kept for the next.
+    fn pop_finished(&mut self) -> Option<Message> {
+        let finished = self.in_flight.pop_front()?;
+        if self.spare.len() < SPARE {
+            self.spare.push(finished.outcome);
+        }
+        Some(finished.message)
+    }
+
     /// Settles, in order, every publish whose outcome is there already:
     /// the broker confirms in batches (`multiple`), so one wake-up settles
     /// many.
@@ -477,8 +624,8 @@ impl Engine {
         while let Some(front) = self.in_flight.front_mut() {
             match front.poll_outcome(&mut cx) {
                 Poll::Ready(Ok(confirmation)) => {
-                    if let Some(front) = self.in_flight.pop_front() {
-                        self.answered(front.message, confirmation);
+                    if let Some(message) = self.pop_finished() {
+                        self.answered(message, confirmation);
                     }
                 }
                 Poll::Ready(Err(e)) => return Err(e),

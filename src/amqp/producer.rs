@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::amqp::connection::{Connection, short};
 use crate::amqp::outbox::PublishCounters;
-use crate::amqp::outbox::{Message, Outbox};
+use crate::amqp::outbox::{Message, Outbox, Properties};
 use crate::amqp::props::WhenFull;
 use crate::codec::Codec;
 use crate::error::{Error, ErrorKind, Result};
@@ -307,7 +307,7 @@ impl Producer {
             routing_key: short(&publish.routing_key)?,
             mandatory: publish.mandatory,
             body: Arc::new(body),
-            properties,
+            properties: Properties::Kept(properties),
             done: Some(done),
             counted: true,
             strikes: 0,
@@ -323,20 +323,20 @@ impl Producer {
         })
     }
 
-    /// Queues an encoded event for the props' exchange (or `exchange`):
-    /// the bus's path, with its properties built by the caller (from
-    /// [`properties`](Self::properties)). `done` hears the outcome; without
-    /// it a failure is counted and logged.
-    pub(crate) async fn send_event(
+    /// An encoded event for the props' exchange (or `exchange`): the bus's
+    /// path, with its properties built by the caller (from
+    /// [`properties_at`](Self::properties_at)). `done` hears the outcome;
+    /// without it a failure is counted and logged.
+    pub(crate) fn event(
         &self,
         exchange: Option<ShortString>,
         routing_key: ShortString,
         body: Arc<Vec<u8>>,
-        properties: BasicProperties,
+        properties: Properties,
         mandatory: bool,
         done: Option<oneshot::Sender<Result<()>>>,
-    ) -> Result<()> {
-        let message = Message {
+    ) -> Message {
+        Message {
             exchange: exchange.unwrap_or_else(|| self.inner.exchange.clone()),
             routing_key,
             mandatory,
@@ -347,11 +347,29 @@ impl Producer {
             strikes: 0,
             nacks: 0,
             accepted: Instant::now(),
-        };
+        }
+    }
+
+    /// Queues an [`event`](Self::event), waiting for room in the buffer
+    /// if the props say so.
+    pub(crate) async fn send(&self, message: Message) -> Result<()> {
         self.inner
             .outbox
             .submit(message, self.inner.when_full)
             .await
+    }
+
+    /// Queues an [`event`](Self::event) if that needs no waiting: the
+    /// message back when it has to wait for room
+    /// ([`send_waiting`](Self::send_waiting)).
+    pub(crate) fn try_send(&self, message: Message) -> Result<Option<Message>> {
+        self.inner.outbox.try_submit(message, self.inner.when_full)
+    }
+
+    /// Queues an [`event`](Self::event) [`try_send`](Self::try_send) gave
+    /// back, once there is room for it.
+    pub(crate) async fn send_waiting(&self, message: Message) -> Result<()> {
+        self.inner.outbox.submit_waiting(message).await
     }
 
     /// Publishes a received message again, properties and all (a retry or
@@ -372,7 +390,7 @@ impl Producer {
             routing_key,
             mandatory,
             body: Arc::new(body.to_vec()),
-            properties,
+            properties: Properties::Kept(properties),
             done: Some(done),
             counted: false,
             strikes: 0,
@@ -389,7 +407,10 @@ impl Producer {
     /// A message id unique across processes: `<instance-id>-<n>`.
     fn next_message_id(&self) -> ShortString {
         let sequence = self.inner.sequence.fetch_add(1, Ordering::Relaxed);
-        ShortString::from(format!("{}-{sequence}", self.inner.instance_id))
+        ShortString::from(crate::headers::message_id(
+            &self.inner.instance_id,
+            sequence,
+        ))
     }
 
     /// The content type of what this producer encodes.
@@ -400,14 +421,26 @@ impl Producer {
     pub(crate) fn properties(
         &self,
         message_id: ShortString,
+        headers: FieldTable,
+    ) -> BasicProperties {
+        self.properties_at(message_id, headers, unix_now())
+    }
+
+    /// The properties of a message sent at `timestamp` (seconds since the
+    /// Unix epoch): content type, message id, timestamp, app id, and the
+    /// headers with the origin added.
+    pub(crate) fn properties_at(
+        &self,
+        message_id: ShortString,
         mut headers: FieldTable,
+        timestamp: u64,
     ) -> BasicProperties {
         let inner = &*self.inner;
         headers.insert(ORIGIN_HEADER.into(), inner.origin.clone());
         BasicProperties::default()
             .with_content_type(inner.content_type.clone())
             .with_message_id(message_id)
-            .with_timestamp(unix_now())
+            .with_timestamp(timestamp)
             .with_app_id(inner.app_id.clone())
             .with_headers(headers)
     }
@@ -502,7 +535,8 @@ impl IntoFuture for Confirm {
     }
 }
 
-fn unix_now() -> u64 {
+/// Now, in seconds since the Unix epoch: the AMQP `timestamp`.
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

@@ -22,6 +22,8 @@ pub(crate) struct Settings {
     pub(crate) mandatory: bool,
     /// The dead-letter queue's limits: messages, bytes.
     pub(crate) dead_letter_limits: (u64, u64),
+    /// Every event published carries its send time, `x-tidings-sent-at`.
+    pub(crate) sent_at: bool,
 }
 
 /// **What a bus does with an event of a type this process does not know**
@@ -60,6 +62,7 @@ impl Default for Settings {
                 crate::amqp::connection::DEAD_LETTER_MAX_MESSAGES,
                 crate::amqp::connection::DEAD_LETTER_MAX_BYTES,
             ),
+            sent_at: true,
         }
     }
 }

@@ -3,7 +3,10 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use lapin::BasicProperties;
@@ -20,7 +23,8 @@ use crate::amqp::connection_event::ConnectionEvents;
 use crate::amqp::consumer::Consumer;
 use crate::amqp::delivery::Delivery;
 use crate::amqp::header_frame;
-use crate::amqp::producer::Producer;
+use crate::amqp::outbox::{Message, Properties};
+use crate::amqp::producer::{Producer, unix_now};
 use crate::amqp::props::{AmqpProps, QueueType};
 use crate::amqp::queue::Queue;
 use crate::amqp::rpc::{self, Requester};
@@ -169,7 +173,7 @@ impl Transport for AmqpTransport {
     }
 
     fn publish(&self, out: Outgoing, done: Option<Settlement>) -> BoxFuture<'_, Result<()>> {
-        Box::pin(self.inner.publish(out, done))
+        self.inner.publish(out, done)
     }
 
     fn request(
@@ -186,7 +190,7 @@ impl Transport for AmqpTransport {
                 ),
             };
             let body = out.body.clone();
-            let properties = self.inner.properties(out)?;
+            let properties = self.inner.properties(&out)?;
             let properties = match ttl {
                 Some(ttl) => properties
                     .with_expiration(rpc::expiration(ttl))
@@ -218,7 +222,7 @@ impl Transport for AmqpTransport {
             let routing_key = short(&queue)?;
             let correlation_id = out.correlation_id.clone();
             let body = out.body.clone();
-            let mut properties = self.inner.properties(out)?;
+            let mut properties = self.inner.properties(&out)?;
             if let Some(id) = correlation_id {
                 properties = properties.with_correlation_id(id.into());
             }
@@ -527,59 +531,74 @@ impl Amqp {
     /// Queues an event for the broker; `done` hears the broker's answer.
     /// Sent to a queue by name it is mandatory, so a missing queue is
     /// reported instead of dropped.
-    async fn publish(&self, out: Outgoing, done: Option<Settlement>) -> Result<()> {
+    ///
+    /// Unless it is delayed (whose delay queue may have to be declared
+    /// first) or has to wait for room in the buffer, the event is queued
+    /// before this returns, and the future returned is a zero-sized box
+    /// (no allocation) with the outcome.
+    fn publish(&self, out: Outgoing, done: Option<Settlement>) -> BoxFuture<'_, Result<()>> {
+        if let (None, Some(delay)) = (&out.to_queue, out.delivery.delay) {
+            return Box::pin(async move {
+                let exchange = short(&self.delay_exchange(delay).await?)?;
+                let message = self.message(out, Some(exchange), done)?;
+                self.producer.send(message).await
+            });
+        }
+        let queued = self
+            .message(out, None, done)
+            .and_then(|message| self.producer.try_send(message));
+        match queued {
+            Ok(None) => Box::pin(Accepted),
+            Ok(Some(message)) => Box::pin(self.producer.send_waiting(message)),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+
+    /// The message of an outgoing event, through `exchange` (the props'
+    /// exchange without one).
+    ///
+    /// Its properties are sent as built the first time, and built again
+    /// from `out` (kept for it) only if it has to be sent again after a
+    /// lost channel: cheaper than keeping a copy of them for every event.
+    fn message(
+        &self,
+        out: Outgoing,
+        exchange: Option<ShortString>,
+        done: Option<Settlement>,
+    ) -> Result<Message> {
         // A reply goes to a caller that may be gone: not an error.
         let correlation_id = out.correlation_id.as_deref().map(short).transpose()?;
         let mandatory = out.delivery.mandatory.unwrap_or(self.mandatory);
-        let (exchange, routing_key, mandatory) = match (&out.to_queue, out.delivery.delay) {
-            (Some(queue), _) => (
+        let (exchange, routing_key, mandatory) = match &out.to_queue {
+            Some(queue) => (
                 Some(ShortString::from("")),
                 short(queue)?,
                 correlation_id.is_none(),
             ),
-            (None, Some(delay)) => (
-                Some(short(&self.delay_exchange(delay).await?)?),
-                short(&out.routing_key)?,
-                mandatory,
-            ),
-            (None, None) => (None, short(&out.routing_key)?, mandatory),
+            None => (exchange, short(&out.routing_key)?, mandatory),
         };
         let body = out.body.clone();
-        let mut properties = self.properties(out)?;
-        if let Some(id) = correlation_id {
-            properties = properties.with_correlation_id(id);
-        }
-        self.producer
-            .send_event(exchange, routing_key, body, properties, mandatory, done)
-            .await
+        let timestamp = unix_now();
+        let first = event_properties(&self.producer, &out, timestamp, correlation_id)?;
+        let producer = self.producer.clone();
+        // Built from the same values as `first`, so it cannot fail where
+        // `first` did not.
+        let again = Box::new(move || {
+            let correlation_id = out.correlation_id.as_deref().map(ShortString::from);
+            event_properties(&producer, &out, timestamp, correlation_id).unwrap_or_default()
+        });
+        let properties = Properties::Rebuilt {
+            first: Some(first),
+            again,
+        };
+        Ok(self
+            .producer
+            .event(exchange, routing_key, body, properties, mandatory, done))
     }
 
-    /// The AMQP properties of an outgoing event: message id, content type
-    /// and encoding, headers, persistence, priority, expiration.
-    fn properties(&self, out: Outgoing) -> Result<BasicProperties> {
-        let message_id = short(&out.message_id)?;
-        // Another than the producer's only for an event of another codec.
-        let content_type = (*out.content_type != *self.producer.content_type())
-            .then(|| short(&out.content_type))
-            .transpose()?;
-        let (encoding, delivery) = (out.content_encoding, out.delivery);
-        let mut properties = self.producer.properties(message_id, event_headers(out));
-        if let Some(content_type) = content_type {
-            properties = properties.with_content_type(content_type);
-        }
-        if delivery.persistent {
-            properties = properties.with_delivery_mode(2);
-        }
-        if let Some(encoding) = encoding {
-            properties = properties.with_content_encoding(encoding.into());
-        }
-        if let Some(priority) = delivery.priority {
-            properties = properties.with_priority(priority);
-        }
-        if let Some(ttl) = delivery.expiration {
-            properties = properties.with_expiration(rpc::expiration(ttl));
-        }
-        Ok(properties)
+    /// The AMQP properties of an outgoing event sent now.
+    fn properties(&self, out: &Outgoing) -> Result<BasicProperties> {
+        event_properties(&self.producer, out, unix_now(), None)
     }
 
     /// The exchange of the delay queue for `delay`, declared (again) unless
@@ -711,14 +730,60 @@ impl Amqp {
     }
 }
 
+/// The AMQP properties of an outgoing event sent by `producer` at
+/// `timestamp`: message id, content type and encoding, headers,
+/// persistence, priority, expiration, and the correlation id of a reply.
+fn event_properties(
+    producer: &Producer,
+    out: &Outgoing,
+    timestamp: u64,
+    correlation_id: Option<ShortString>,
+) -> Result<BasicProperties> {
+    let message_id = short(&out.message_id)?;
+    let delivery = out.delivery;
+    let mut properties = producer.properties_at(message_id, event_headers(out), timestamp);
+    // Another than the producer's only for an event of another codec.
+    if *out.content_type != *producer.content_type() {
+        properties = properties.with_content_type(short(&out.content_type)?);
+    }
+    if delivery.persistent {
+        properties = properties.with_delivery_mode(2);
+    }
+    if let Some(encoding) = out.content_encoding {
+        properties = properties.with_content_encoding(encoding.into());
+    }
+    if let Some(priority) = delivery.priority {
+        properties = properties.with_priority(priority);
+    }
+    if let Some(ttl) = delivery.expiration {
+        properties = properties.with_expiration(rpc::expiration(ttl));
+    }
+    if let Some(id) = correlation_id {
+        properties = properties.with_correlation_id(id);
+    }
+    Ok(properties)
+}
+
+/// The outcome of a publish queued before its future was asked for: `Ok`,
+/// without allocating (a zero-sized future in a `Box` takes no memory).
+struct Accepted;
+
+impl Future for Accepted {
+    type Output = Result<()>;
+
+    fn poll(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> Poll<Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
 /// The headers of an outgoing event: its tag, fingerprint, version and
 /// the others it carries.
-fn event_headers(out: Outgoing) -> FieldTable {
+fn event_headers(out: &Outgoing) -> FieldTable {
     let mut headers = FieldTable::default();
     headers.insert(TAG_HEADER.into(), AMQPValue::LongString(out.tag.into()));
     headers.insert(
         FINGERPRINT_HEADER.into(),
-        AMQPValue::LongString(out.fingerprint.to_string().into()),
+        AMQPValue::LongString(hex16(out.fingerprint.as_u64()).into()),
     );
     if out.version != 1 {
         headers.insert(
@@ -726,10 +791,23 @@ fn event_headers(out: Outgoing) -> FieldTable {
             AMQPValue::LongString(out.version.to_string().into()),
         );
     }
-    for (name, value) in out.headers {
-        headers.insert(name.as_ref().into(), AMQPValue::LongString(value.into()));
+    for (name, value) in &out.headers {
+        headers.insert(
+            name.as_ref().into(),
+            AMQPValue::LongString(value.as_str().into()),
+        );
     }
     headers
+}
+
+/// `value` in 16 lowercase hex digits, as `{:016x}` writes it, without the
+/// formatting machinery.
+fn hex16(value: u64) -> Vec<u8> {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    (0..16)
+        .rev()
+        .map(|nibble| DIGITS[((value >> (nibble * 4)) & 0xf) as usize])
+        .collect()
 }
 
 /// The replies to one request, by direct reply-to.

@@ -15,8 +15,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use serde::{Deserialize, Serialize};
 use tidings::{
     Bus, Codec, Compression, Connection, Context, Event, EventType, ExchangeKind,
-    FINGERPRINT_HEADER, Json, Listen, Publish, PublishOptions, RejectReason, Subscribers,
-    Subscription, TAG_HEADER,
+    FINGERPRINT_HEADER, Json, Listen, Publish, PublishOptions, RejectReason, SENT_AT_HEADER,
+    Subscribers, Subscription, TAG_HEADER,
 };
 
 #[derive(Event, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -159,6 +159,61 @@ async fn the_options_of_one_publish_reach_the_wire() {
     );
     assert_eq!(second.delivery.routing_key.as_str(), Parcel::ROUTING_KEY);
     bus.close().await.unwrap();
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_send_time_is_left_out_by_a_bus_built_without_it() {
+    let props = common::props(ExchangeKind::Topic);
+    let cleanup = common::Cleanup::new(&props);
+    let conn = Connection::connect(&props).await.unwrap();
+    let queue = raw_queue(&conn, props.exchange(), FieldTable::default()).await;
+    cleanup.queue(&queue);
+    let with = publisher(&props).await;
+    let without = Bus::with_props(props.clone())
+        .subscribers(Subscribers::new())
+        .publish_only()
+        .sent_at(false)
+        .connect()
+        .await
+        .unwrap();
+    with.publish_confirmed(&parcel(1)).await.unwrap();
+    without.publish_confirmed(&parcel(2)).await.unwrap();
+    let sent_at = |delivery: &lapin::message::BasicGetMessage| {
+        let headers = delivery
+            .delivery
+            .properties
+            .headers()
+            .clone()
+            .unwrap_or_default();
+        headers.inner().get(SENT_AT_HEADER).cloned()
+    };
+    let first = common::raw_get(&conn, &queue)
+        .await
+        .expect("the first event");
+    match sent_at(&first) {
+        Some(AMQPValue::LongString(at)) => {
+            let micros: u64 = at.to_string().parse().expect("a decimal");
+            assert!(micros > 1_700_000_000_000_000, "{micros} microseconds");
+        }
+        other => panic!("x-tidings-sent-at is sent by default, not {other:?}"),
+    }
+    let second = common::raw_get(&conn, &queue)
+        .await
+        .expect("the second event");
+    assert_eq!(sent_at(&second), None, "left out with sent_at(false)");
+    let headers = second
+        .delivery
+        .properties
+        .headers()
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        headers.inner().contains_key(TAG_HEADER),
+        "the tag is still sent"
+    );
+    with.close().await.unwrap();
+    without.close().await.unwrap();
     conn.close().await.unwrap();
 }
 
