@@ -30,10 +30,6 @@ use crate::telemetry;
 /// Publishes sent and not yet confirmed, per producer. Enough to keep the
 /// broker busy; it also bounds lapin's own frame queue.
 const IN_FLIGHT: usize = 512;
-/// How many boxes of finished publishes an engine keeps for the next
-/// ones, at most: a full window. A publish's future takes about 1.4 KB
-/// (lapin 4.12), so at most some 700 KB per producer, kept after a burst.
-const SPARE: usize = IN_FLIGHT;
 /// The wait before opening a channel again on a connection that is up but
 /// refused the last one.
 const CHANNEL_RETRY: Duration = Duration::from_millis(200);
@@ -136,8 +132,6 @@ impl Outbox {
         let bytes = Arc::new(Semaphore::new(max_bytes));
         let (abort, aborted) = watch::channel(None);
         let engine = Engine {
-            publish,
-            spare: Vec::new(),
             conn: conn.clone(),
             confirms,
             events: events.clone(),
@@ -341,6 +335,8 @@ impl fmt::Debug for Outbox {
     }
 }
 
+type Publish = Pin<Box<dyn Future<Output = lapin::Result<Confirmation>> + Send>>;
+
 /// A publishing channel and the underlying connection it is on.
 struct Opened {
     channel: Arc<lapin::Channel>,
@@ -348,57 +344,49 @@ struct Opened {
     link: watch::Receiver<Link>,
 }
 
-/// What lapin's `basic_publish` takes for one message.
-struct ToSend {
-    channel: Arc<lapin::Channel>,
-    exchange: ShortString,
-    routing_key: ShortString,
-    options: BasicPublishOptions,
-    body: Arc<Vec<u8>>,
-    properties: BasicProperties,
-}
-
-/// lapin's publish of one message, then its confirm, as one future. Its
-/// type is unnamed: the engine is generic over it ([`Engine`]'s `F`), so
-/// that it can keep the boxes of finished ones for the next.
-async fn publish(send: ToSend) -> lapin::Result<Confirmation> {
-    send.channel
-        .basic_publish(
-            send.exchange,
-            send.routing_key,
-            send.options,
-            &send.body,
-            send.properties,
-        )
-        .await?
-        .await
-}
-
 /// One publish in flight, and the future that gives its outcome.
-struct InFlight<F> {
+struct InFlight {
     message: Message,
-    outcome: Pin<Box<F>>,
-    /// What the future gave on its first poll: it must not be polled again.
-    done: Option<lapin::Result<Confirmation>>,
+    outcome: Publish,
 }
 
-impl<F: Future<Output = lapin::Result<Confirmation>>> InFlight<F> {
+impl InFlight {
+    /// Starts publishing `message` on `channel`. lapin's `basic_publish`
+    /// takes its delivery tag and queues its frames on the first poll, so
+    /// the future is polled once here: the broker gets the messages in the
+    /// order they were started, however many are in flight.
+    fn start(channel: &Arc<lapin::Channel>, mut message: Message) -> Self {
+        let channel = channel.clone();
+        let body = message.body.clone();
+        let (exchange, routing_key) = (message.exchange.clone(), message.routing_key.clone());
+        let properties = message.properties.next();
+        let options = BasicPublishOptions {
+            mandatory: message.mandatory,
+            ..BasicPublishOptions::default()
+        };
+        let mut outcome: Publish = Box::pin(async move {
+            channel
+                .basic_publish(exchange, routing_key, options, &body, properties)
+                .await?
+                .await
+        });
+        // A finished future must not be polled again: keep what it gave.
+        if let Poll::Ready(done) = outcome
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+        {
+            outcome = Box::pin(std::future::ready(done));
+        }
+        Self { message, outcome }
+    }
+
     /// Polled until ready, and then not again: the engine pops it.
     fn poll_outcome(&mut self, cx: &mut Context<'_>) -> Poll<lapin::Result<Confirmation>> {
-        match self.done.take() {
-            Some(done) => Poll::Ready(done),
-            None => self.outcome.as_mut().poll(cx),
-        }
+        self.outcome.as_mut().poll(cx)
     }
 }
 
-/// The engine of an [`Outbox`]: `publish` makes the future of each
-/// publish, of type `F`, boxed; the boxes of finished ones are kept in
-/// `spare` for the next (a publish's future is larger than what the
-/// allocator keeps at hand per thread, so a new box each time is costly).
-struct Engine<F, P> {
-    publish: P,
-    spare: Vec<Pin<Box<F>>>,
+struct Engine {
     conn: Connection,
     confirms: bool,
     events: Arc<Semaphore>,
@@ -408,7 +396,7 @@ struct Engine<F, P> {
     pending: VecDeque<(Message, bool)>,
     /// Refused with a nack, to be sent again at the time given.
     nacked: VecDeque<(Instant, Message)>,
-    in_flight: VecDeque<InFlight<F>>,
+    in_flight: VecDeque<InFlight>,
     /// How many messages at the front of `pending` were in flight when a
     /// channel was lost: they are sent one at a time, so that a message the
     /// broker refuses by closing the channel is found and failed alone.
@@ -429,11 +417,7 @@ enum Stop {
     GaveUp(String),
 }
 
-impl<F, P> Engine<F, P>
-where
-    F: Future<Output = lapin::Result<Confirmation>>,
-    P: Fn(ToSend) -> F,
-{
+impl Engine {
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut open = true;
         let mut aborted = self.aborted.clone();
@@ -504,8 +488,7 @@ where
                     self.counters.republished.fetch_add(1, Ordering::Relaxed);
                     telemetry::count("tidings_republished_total", "", "");
                 }
-                let started = self.start(channel, message);
-                self.in_flight.push_back(started);
+                self.in_flight.push_back(InFlight::start(channel, message));
             }
             if !*open
                 && self.pending.is_empty()
@@ -529,8 +512,8 @@ where
                     None => Poll::Pending,
                 }), if waiting => match outcome {
                     Ok(confirmation) => {
-                        if let Some(message) = self.pop_finished() {
-                            self.answered(message, confirmation);
+                        if let Some(front) = self.in_flight.pop_front() {
+                            self.answered(front.message, confirmation);
                         }
                         if let Err(e) = self.settle_ready() {
                             return self.channel_lost(&e.to_string());
@@ -568,54 +551,6 @@ where
         }
     }
 
-    /// Starts publishing `message` on `channel`. lapin's `basic_publish`
-    /// takes its delivery tag and queues its frames on the first poll, so
-    /// the future is polled once here: the broker gets the messages in the
-    /// order they were started, however many are in flight.
-    fn start(&mut self, channel: &Arc<lapin::Channel>, mut message: Message) -> InFlight<F> {
-        let send = ToSend {
-            channel: channel.clone(),
-            exchange: message.exchange.clone(),
-            routing_key: message.routing_key.clone(),
-            options: BasicPublishOptions {
-                mandatory: message.mandatory,
-                ..BasicPublishOptions::default()
-            },
-            body: message.body.clone(),
-            properties: message.properties.next(),
-        };
-        let future = (self.publish)(send);
-        let mut outcome = match self.spare.pop() {
-            Some(mut spare) => {
-                spare.set(future);
-                spare
-            }
-            None => Box::pin(future),
-        };
-        let done = match outcome
-            .as_mut()
-            .poll(&mut Context::from_waker(Waker::noop()))
-        {
-            Poll::Ready(done) => Some(done),
-            Poll::Pending => None,
-        };
-        InFlight {
-            message,
-            outcome,
-            done,
-        }
-    }
-
-    /// Takes a publish that gave its outcome off the front of the window;
-    /// its box is kept for the next.
-    fn pop_finished(&mut self) -> Option<Message> {
-        let finished = self.in_flight.pop_front()?;
-        if self.spare.len() < SPARE {
-            self.spare.push(finished.outcome);
-        }
-        Some(finished.message)
-    }
-
     /// Settles, in order, every publish whose outcome is there already:
     /// the broker confirms in batches (`multiple`), so one wake-up settles
     /// many.
@@ -624,8 +559,8 @@ where
         while let Some(front) = self.in_flight.front_mut() {
             match front.poll_outcome(&mut cx) {
                 Poll::Ready(Ok(confirmation)) => {
-                    if let Some(message) = self.pop_finished() {
-                        self.answered(message, confirmation);
+                    if let Some(front) = self.in_flight.pop_front() {
+                        self.answered(front.message, confirmation);
                     }
                 }
                 Poll::Ready(Err(e)) => return Err(e),
