@@ -57,11 +57,15 @@ pub(crate) fn subscribe_other_types(subscribers: &Subscribers, n: u32) {
     }
 }
 
-/// How a row's events compare with the plain 100 B row's: as many bytes,
-/// scaled down for larger bodies, but at least 200 events (or `events`,
-/// when fewer were asked for).
+/// How many events a row of this body size sends: `events` up to 10 KB
+/// (a rate over fewer events is mostly start-up and the last batch), and
+/// as many bytes as 10 KB rows move above it, but at least 200 events (or
+/// `events`, when fewer were asked for).
 fn events_for(events: u64, size: usize) -> u64 {
-    (events * 100 / size as u64).max(events.min(200))
+    if size <= 10_000 {
+        return events;
+    }
+    (events * 10_000 / size as u64).max(events.min(200))
 }
 
 /// One line of the table: a factor's value, tidings' figures, raw lapin's
@@ -79,7 +83,7 @@ struct Line<'a> {
 /// Prints the table of how cost grows.
 pub(crate) async fn run(urls: &Urls, events: u64) -> Result<(), Error> {
     println!(
-        "tidings bench --growth: {events} events per row (fewer for bodies over 100 B), fanout \
+        "tidings bench --growth: {events} events per row (fewer for bodies over 10 KB), fanout \
          1, confirmed, prefetch {}, window {}; raw lapin tuned beside tidings",
         crate::PREFETCH,
         crate::WINDOW

@@ -37,7 +37,7 @@
 //! grows" table instead (`growth.rs`: body size, subscribed event types,
 //! subscribers per type, listeners per process, handler concurrency; each
 //! against raw lapin where raw lapin can do the same work; one run per
-//! row, `--events` per row, fewer for bodies over 100 B). `--soak-spin-us
+//! row, `--events` per row, fewer for bodies over 10 KB). `--soak-spin-us
 //! N` (default 50) sets how long the soak handler spins per event: `--soak
 //! 10000000 --soak-spin-us 0` is a 10M-event soak that takes minutes, its
 //! RSS printed every 1,000,000 events.
