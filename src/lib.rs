@@ -84,7 +84,6 @@ mod contract;
 mod dead_letters;
 mod error;
 mod event;
-mod fnv;
 pub mod headers;
 pub mod log;
 mod runtime;

@@ -6,10 +6,10 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
+use fnv::FnvBuildHasher as FnvBuild;
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 
-use crate::fnv::FnvBuild;
 use crate::telemetry;
 use crate::transport::seam::PublishCounters;
 
@@ -215,8 +215,8 @@ impl Count {
 pub(crate) struct Counters {
     counts: [AtomicU64; Count::ALL.len()],
     /// Counts of the event types this bus published or handled, by tag
-    /// (tags of registered types only, so FNV rather than SipHash: see
-    /// [`crate::fnv`]).
+    /// (tags of registered types only, which no peer can add to, so the
+    /// unkeyed FNV rather than SipHash).
     tags: RwLock<HashMap<String, TagCounters, FnvBuild>>,
     /// Unknown events by tag, for at most [`UNKNOWN_TAGS`] tags.
     unknown_tags: Mutex<BTreeMap<String, u64>>,
