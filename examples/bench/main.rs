@@ -60,7 +60,8 @@
 //! events (deliveries for the consumers); the consumers' at the clock
 //! tick's resolution (10 ms, `/proc/self/stat`).
 //!
-//! Latency rows: publish -> handler at 2,000/s and at 10,000/s offered
+//! Latency rows (`--latency` runs only them, `--reps N` times each, and
+//! prints medians): publish -> handler at 2,000/s and at 10,000/s offered
 //! (tokio's timer paces at 1 ms, so 10,000/s goes out in bursts of about
 //! ten), raw lapin naive against tidings, and the ratio of their p99.
 
@@ -245,6 +246,9 @@ async fn run() -> Result<(), Error> {
     if args.iter().any(|a| a == "--growth") {
         return growth::run(&urls, events).await;
     }
+    if args.iter().any(|a| a == "--latency") {
+        return latency_table(&url, events, reps).await;
+    }
     print_header(events, &AmqpProps::from_url(&url)?.redacted_url());
     if args.iter().any(|a| a == "--compression") {
         return compression_rows(&urls, events).await;
@@ -330,50 +334,68 @@ async fn run() -> Result<(), Error> {
         Some(why) => println!("pika row skipped: {why}"),
     }
     println!();
-    let latency_events = events.min(6_000);
+    latency_table(&url, events, reps).await
+}
+
+/// The latency rows at every offered rate, on at most 6,000 events.
+async fn latency_table(url: &str, events: u64, reps: usize) -> Result<(), Error> {
     for rate in latency::RATES {
-        latency_rows(&url, latency_events, rate).await?;
+        latency_rows(url, events.min(6_000), rate, reps).await?;
     }
     Ok(())
 }
 
 /// Latency publish -> handler at `rate` events/s offered: raw lapin
-/// naive, then tidings, then the ratio of their p99.
-async fn latency_rows(url: &str, events: u64, rate: u64) -> Result<(), Error> {
+/// naive, then tidings, `reps` times; prints each row's median p50, p99
+/// and max over the repetitions with each repetition's p99, then the
+/// median of the per-repetition p99 ratios.
+async fn latency_rows(url: &str, events: u64, rate: u64, reps: usize) -> Result<(), Error> {
     println!(
         "latency publish -> handler at {} events/s offered, {events} events, 100 B, \
-         fire-and-forget:",
-        thousands(rate as f64)
+         fire-and-forget{}:",
+        thousands(rate as f64),
+        if reps > 1 { ", medians" } else { "" }
     );
     println!(
         "{:<28} {:>10} {:>10} {:>10}",
         "row", "p50 ms", "p99 ms", "max ms"
     );
-    let mut p99 = Vec::with_capacity(2);
-    for (name, mut samples) in [
-        (
-            "raw lapin naive",
-            latency::raw_latency(url, events, rate).await?,
-        ),
-        ("tidings", latency::bus_latency(url, events, rate).await?),
-    ] {
-        samples.sort_unstable();
-        let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize] as f64 / 1e6;
-        println!(
-            "{name:<28} {:>10.2} {:>10.2} {:>10.2}",
-            at(0.5),
-            at(0.99),
-            at(1.0)
-        );
-        p99.push(at(0.99));
+    // Per row, per repetition: p50, p99, max in ms.
+    let mut figures: [Vec<[f64; 3]>; 2] = [Vec::with_capacity(reps), Vec::with_capacity(reps)];
+    for _ in 0..reps {
+        let raw = latency::raw_latency(url, events, rate).await?;
+        let ours = latency::bus_latency(url, events, rate).await?;
+        for (row, mut samples) in [raw, ours].into_iter().enumerate() {
+            samples.sort_unstable();
+            let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize] as f64 / 1e6;
+            figures[row].push([at(0.5), at(0.99), at(1.0)]);
+        }
     }
-    if let [raw, ours] = p99[..] {
+    for (name, row) in ["raw lapin naive", "tidings"].iter().zip(&figures) {
+        let column = |i: usize| median(&row.iter().map(|f| f[i]).collect::<Vec<_>>());
+        let each = if reps > 1 {
+            let p99s: Vec<String> = row.iter().map(|f| format!("{:.2}", f[1])).collect();
+            format!("  p99 {}", p99s.join("/"))
+        } else {
+            String::new()
+        };
         println!(
-            "tidings / raw lapin p99 at {} events/s: {:.2}x",
-            thousands(rate as f64),
-            ours / raw
+            "{name:<28} {:>10.2} {:>10.2} {:>10.2}{each}",
+            column(0),
+            column(1),
+            column(2)
         );
     }
+    let ratios: Vec<f64> = figures[0]
+        .iter()
+        .zip(&figures[1])
+        .map(|(raw, ours)| ours[1] / raw[1])
+        .collect();
+    println!(
+        "tidings / raw lapin p99 at {} events/s: {:.2}x",
+        thousands(rate as f64),
+        median(&ratios)
+    );
     println!();
     Ok(())
 }

@@ -126,6 +126,29 @@ fn repetitions_print_medians_and_each_value() {
 }
 
 #[test]
+fn latency_repetitions_print_medians_and_each_p99() {
+    let stdout = bench(&["--latency", "--events", "100", "--reps", "2"]);
+    for rate in ["2,000", "10,000"] {
+        assert!(
+            stdout.contains(&format!("tidings / raw lapin p99 at {rate} events/s: ")),
+            "{stdout}"
+        );
+    }
+    // Each row, at each rate, with its two repetitions' p99.
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("raw lapin naive ") || l.starts_with("tidings    "))
+        .collect();
+    assert_eq!(rows.len(), 4, "{stdout}");
+    assert!(
+        rows.iter().all(|row| row
+            .split_once("  p99 ")
+            .is_some_and(|(_, each)| each.split('/').count() == 2)),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn every_growth_row_receives_every_event() {
     let stdout = bench(&["--growth", "--events", "20"]);
     let rows: Vec<&str> = stdout
