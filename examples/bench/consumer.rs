@@ -69,6 +69,8 @@ impl Report {
 
 /// The parent's handle on a consumer process.
 pub(crate) struct ConsumerProcess {
+    /// Its arguments, to say which consumer an error is about.
+    what: String,
     child: Child,
     stdin: ChildStdin,
     lines: Lines<BufReader<ChildStdout>>,
@@ -103,6 +105,7 @@ impl ConsumerProcess {
         let stdin = child.stdin.take().ok_or("no stdin pipe")?;
         let stdout = child.stdout.take().ok_or("no stdout pipe")?;
         let mut process = Self {
+            what: args.join(" "),
             child,
             stdin,
             lines: BufReader::new(stdout).lines(),
@@ -140,15 +143,21 @@ impl ConsumerProcess {
     pub(crate) async fn finish(mut self) -> Result<(), Error> {
         self.stdin.write_all(b"exit\n").await?;
         // Samples a soak consumer printed after the last report.
-        while let Some(line) =
-            tokio::time::timeout(ANSWER_TIMEOUT, self.lines.next_line()).await??
+        let what = &self.what;
+        let silent =
+            |_| format!("consumer process ({what}) still running {ANSWER_TIMEOUT:?} after `exit`");
+        while let Some(line) = tokio::time::timeout(ANSWER_TIMEOUT, self.lines.next_line())
+            .await
+            .map_err(silent)??
         {
             match line.strip_prefix("rss ") {
                 Some(sample) => print_rss_sample(sample),
                 None => return Err(format!("unexpected line from a consumer: {line:?}").into()),
             }
         }
-        let status = tokio::time::timeout(ANSWER_TIMEOUT, self.child.wait()).await??;
+        let status = tokio::time::timeout(ANSWER_TIMEOUT, self.child.wait())
+            .await
+            .map_err(silent)??;
         if !status.success() {
             return Err(format!("consumer process failed: {status}").into());
         }
@@ -282,11 +291,30 @@ pub(crate) async fn run_child(args: &[String]) -> Result<(), Error> {
             other => return Err(format!("unknown command {other:?}").into()),
         }
     }
-    match running {
-        Running::Raw(raw) => raw.stop().await,
-        Running::Bus(bus) => Ok(bus.close().await?),
+    let kind = match running {
+        Running::Raw(_) => "raw lapin",
+        Running::Bus(_) => "tidings",
+    };
+    let stopping = async {
+        match running {
+            Running::Raw(raw) => raw.stop().await,
+            Running::Bus(bus) => Ok(bus.close().await?),
+        }
+    };
+    tokio::pin!(stopping);
+    // A stop that hangs is a finding, not only a timeout in the parent: say
+    // which consumer it is (on stderr, which the parent shows).
+    match tokio::time::timeout(SLOW_STOP, &mut stopping).await {
+        Ok(stopped) => stopped,
+        Err(_) => {
+            eprintln!("{kind} consumer still stopping {SLOW_STOP:?} after `exit`");
+            stopping.await
+        }
     }
 }
+
+/// How long a consumer may take to stop before it says so on stderr.
+const SLOW_STOP: Duration = Duration::from_secs(20);
 
 enum Running {
     Raw(Box<RawConsumer>),
