@@ -341,6 +341,22 @@ pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) ->
     condition()
 }
 
+/// Waits until the async `condition` holds, polling, for at most `limit`
+/// (the `eventually` of a condition that asks the broker).
+pub async fn eventually_async<F: Future<Output = bool>>(
+    limit: Duration,
+    mut condition: impl FnMut() -> F,
+) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if condition().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    condition().await
+}
+
 /// A RabbitMQ node of the test's own: own name, ports and data directory
 /// under the target directory, so it can be stopped and restarted without
 /// touching the shared broker.
