@@ -7,13 +7,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use tokio_stream::StreamExt;
 use tracing::warn;
 
+use super::declared::Declared;
 use super::seam::{
     BoxFuture, DeadLetter, Endpoint, Header, Inbox, Outgoing, PublishCounters, Received, Replies,
     Settlement, Transport,
@@ -63,21 +64,17 @@ pub(super) struct Amqp {
     mandatory: bool,
     /// The queues consumed, by name: whether each is durable, and its type.
     consumed: Mutex<HashMap<String, (bool, Option<QueueType>)>>,
-    /// The retry queues declared, by name: when, to declare one again
-    /// (which renews its expiry) before it could expire.
-    retry_queues: Mutex<HashMap<String, Instant>>,
-    /// The delay queues declared, by delay in milliseconds: the exchange
-    /// in front of each, and when it was declared.
-    delay_queues: Mutex<HashMap<u32, (String, Instant)>>,
+    /// The retry queues declared lately, by name: declared again (which
+    /// renews their expiry) before they could expire.
+    retry_queues: Declared<String, ()>,
+    /// The delay queues declared lately, by delay in milliseconds: the
+    /// exchange in front of each.
+    delay_queues: Declared<u32, String>,
     /// The exchange's schema stream.
     schemas: SchemaStream,
     /// Requests, their replies by direct reply-to.
     requester: Requester,
 }
-
-/// How long a retry queue is trusted to exist after its declaration; it
-/// expires ten minutes after its last use.
-const RETRY_QUEUE_FRESH: Duration = Duration::from_secs(60);
 
 impl AmqpTransport {
     /// **Connects** with `props`, as `endpoint` asks: unless it only
@@ -116,8 +113,8 @@ impl AmqpTransport {
                 dead_letter_limits: endpoint.dead_letter_limits,
                 mandatory: endpoint.mandatory,
                 consumed: Mutex::default(),
-                retry_queues: Mutex::default(),
-                delay_queues: Mutex::default(),
+                retry_queues: Declared::default(),
+                delay_queues: Declared::default(),
                 schemas: SchemaStream::new(conn_props),
                 requester: Requester::new(conn.clone()),
             }),
@@ -490,16 +487,9 @@ impl Amqp {
     /// being cancelled).
     async fn delete_retry_queues(&self, queue: &str) -> Result<()> {
         let prefix = format!("{queue}.retry.");
-        let names: Vec<String> = {
-            let mut declared = lock(&self.retry_queues);
-            let names = declared
-                .keys()
-                .filter(|name| name.starts_with(&prefix))
-                .cloned()
-                .collect();
-            declared.retain(|name, _| !name.starts_with(&prefix));
-            names
-        };
+        let names = self
+            .retry_queues
+            .take_matching(|name| name.starts_with(&prefix));
         for name in names {
             self.conn.delete_queue(&name).await?;
         }
@@ -510,12 +500,9 @@ impl Amqp {
     /// The retry queue of `queue` for `delay`, declared (again) unless it
     /// was lately.
     async fn retry_queue(&self, queue: &str, delay: Duration) -> Result<String> {
-        let delay_ms = u32::try_from(delay.as_millis()).unwrap_or(u32::MAX).max(1);
+        let delay_ms = whole_ms(delay);
         let name = format!("{queue}.retry.{delay_ms}");
-        let fresh = lock(&self.retry_queues)
-            .get(&name)
-            .is_some_and(|at| at.elapsed() < RETRY_QUEUE_FRESH);
-        if !fresh {
+        if self.retry_queues.fresh(&name).is_none() {
             let (durable, queue_type) = lock(&self.consumed)
                 .get(queue)
                 .copied()
@@ -523,7 +510,7 @@ impl Amqp {
             self.conn
                 .declare_queue(&Queue::retry_for(queue, delay_ms, durable, queue_type))
                 .await?;
-            lock(&self.retry_queues).insert(name.clone(), Instant::now());
+            self.retry_queues.remember(name.clone(), ());
         }
         Ok(name)
     }
@@ -604,16 +591,12 @@ impl Amqp {
     /// The exchange of the delay queue for `delay`, declared (again) unless
     /// it was lately.
     async fn delay_exchange(&self, delay: Duration) -> Result<String> {
-        let delay_ms = u32::try_from(delay.as_millis()).unwrap_or(u32::MAX).max(1);
-        let fresh = lock(&self.delay_queues)
-            .get(&delay_ms)
-            .filter(|(_, at)| at.elapsed() < RETRY_QUEUE_FRESH)
-            .map(|(name, _)| name.clone());
-        if let Some(name) = fresh {
+        let delay_ms = whole_ms(delay);
+        if let Some(name) = self.delay_queues.fresh(&delay_ms) {
             return Ok(name);
         }
         let name = self.conn.declare_delay(delay_ms).await?;
-        lock(&self.delay_queues).insert(delay_ms, (name.clone(), Instant::now()));
+        self.delay_queues.remember(delay_ms, name.clone());
         Ok(name)
     }
 
@@ -666,7 +649,7 @@ impl Amqp {
             .await;
         if parked.is_err() {
             // Perhaps deleted under us: declare it again next time.
-            lock(&self.retry_queues).remove(&retry_queue);
+            self.retry_queues.forget(&retry_queue);
         }
         parked
     }
@@ -728,6 +711,12 @@ impl Amqp {
             )
         })
     }
+}
+
+/// A delay in whole milliseconds, at least 1, at most `u32::MAX` (the
+/// name of its retry or delay queue).
+fn whole_ms(delay: Duration) -> u32 {
+    u32::try_from(delay.as_millis()).unwrap_or(u32::MAX).max(1)
 }
 
 /// The AMQP properties of an outgoing event sent by `producer` at

@@ -7,6 +7,7 @@
 
 pub(crate) mod amqp;
 pub(crate) mod amqp_stream;
+mod declared;
 pub(crate) mod drivers;
 pub(crate) mod faults;
 pub(crate) mod listen;
