@@ -721,12 +721,6 @@ impl Bus {
             routing_key = %routing_key,
             exchange = %inner.transport.exchange(),
         );
-        let mut delivery = DeliveryOptions::DEFAULT;
-        delivery.persistent = options.persistent.unwrap_or(true);
-        delivery.priority = options.priority;
-        delivery.expiration = options.expiration;
-        delivery.mandatory = options.mandatory;
-        delivery.delay = options.delay;
         let mut out = Outgoing {
             body: Arc::new(body),
             content_type,
@@ -743,7 +737,7 @@ impl Bus {
             to_queue,
             correlation_id: None,
             content_encoding,
-            delivery,
+            delivery: options.delivery,
         };
         if let Some(signing) = &inner.signing {
             signing.sign(&mut out, &inner.instance_id);

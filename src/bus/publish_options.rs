@@ -9,6 +9,7 @@ use crate::codec::Codec;
 use crate::compression::Compression;
 use crate::error::{Error, ErrorKind, Result};
 use crate::headers::is_reserved;
+use crate::transport::seam::DeliveryOptions;
 
 /// **How to publish one event**, for [`Bus::publish_with`](crate::Bus::publish_with):
 /// one value for everything a single publish may change. Each option left
@@ -71,12 +72,10 @@ pub struct PublishOptions {
     pub(crate) causation_id: Option<String>,
     pub(crate) confirm: bool,
     pub(crate) routing_key: Option<String>,
-    pub(crate) priority: Option<u8>,
-    pub(crate) expiration: Option<Duration>,
-    pub(crate) persistent: Option<bool>,
-    pub(crate) mandatory: Option<bool>,
+    /// Persistence, priority, expiration, mandatory and delay, as the
+    /// transport takes them.
+    pub(crate) delivery: DeliveryOptions,
     pub(crate) message_id: Option<String>,
-    pub(crate) delay: Option<Duration>,
     pub(crate) codec: Option<Arc<dyn Codec>>,
     /// The algorithm, and the threshold if one was given.
     pub(crate) compression: Option<(Compression, Option<usize>)>,
@@ -90,12 +89,8 @@ impl PublishOptions {
         causation_id: None,
         confirm: false,
         routing_key: None,
-        priority: None,
-        expiration: None,
-        persistent: None,
-        mandatory: None,
+        delivery: DeliveryOptions::DEFAULT,
         message_id: None,
-        delay: None,
         codec: None,
         compression: None,
     };
@@ -167,7 +162,7 @@ impl PublishOptions {
     /// and quorum queues always, ignore it.
     #[must_use]
     pub fn priority(mut self, priority: u8) -> Self {
-        self.priority = Some(priority);
+        self.delivery.priority = Some(priority);
         self
     }
 
@@ -176,7 +171,7 @@ impl PublishOptions {
     /// event is dropped, not dead-lettered by tidings.
     #[must_use]
     pub fn expiration(mut self, ttl: Duration) -> Self {
-        self.expiration = Some(ttl);
+        self.delivery.expiration = Some(ttl);
         self
     }
 
@@ -185,7 +180,7 @@ impl PublishOptions {
     /// faster and loses the event with a broker restart.
     #[must_use]
     pub fn persistent(mut self, on: bool) -> Self {
-        self.persistent = Some(on);
+        self.delivery.persistent = on;
         self
     }
 
@@ -196,7 +191,7 @@ impl PublishOptions {
     /// With a [`delay`](Self::delay) it checks the delay queue only.
     #[must_use]
     pub fn mandatory(mut self, on: bool) -> Self {
-        self.mandatory = Some(on);
+        self.delivery.mandatory = Some(on);
         self
     }
 
@@ -225,7 +220,7 @@ impl PublishOptions {
     /// the publish buffer through an outage.
     #[must_use]
     pub fn delay(mut self, delay: Duration) -> Self {
-        self.delay = Some(delay);
+        self.delivery.delay = Some(delay);
         self
     }
 
@@ -278,7 +273,7 @@ impl PublishOptions {
                 id.len()
             ));
         }
-        if let Some(delay) = self.delay
+        if let Some(delay) = self.delivery.delay
             && (delay < Duration::from_millis(1) || delay.as_millis() > u128::from(u32::MAX))
         {
             return invalid(format!(
